@@ -1,0 +1,16 @@
+//! butterfly-onnx: run an exported butterfly_onnx classifier without Python or torch.
+//!
+//! * [`decode`]: encoded bytes or a path -> RGB8, exactly as `PIL.Image.open(f).convert("RGB")`.
+//! * [`preprocess`]: torchvision's eval preprocessing (Pillow's fixed-point resampling, center
+//!   crop, normalize), bit-exact, written straight into the batch tensor.
+//! * [`contract`]: the only Rust reader of the model contract (docs/contract.md).
+//! * [`classifier`]: ONNX Runtime session (via `ort`, loaded dynamically), batches, threads.
+//! * [`error`]: one error enum; every variant names its input.
+
+pub mod classifier;
+pub mod contract;
+pub mod decode;
+pub mod error;
+pub mod preprocess;
+
+pub use error::{Error, Result};
