@@ -1,0 +1,73 @@
+"""The model catalog against torchvision's own weights metadata."""
+
+import csv
+import io
+import math
+
+import pytest
+
+torchvision = pytest.importorskip("torchvision")
+
+from butterfly_onnx.catalog import catalog_table, model_catalog, pareto_front, plot_catalog  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return model_catalog()
+
+
+def test_every_imagenet_weights_is_listed_with_torchvision_numbers(catalog):
+    from torchvision.models import get_model_weights, list_models
+
+    expected = {
+        f"{type(w).__name__}.{w.name}": w
+        for arch in list_models(module=torchvision.models)
+        for w in get_model_weights(arch)
+        if "ImageNet-1K" in w.meta.get("_metrics", {})
+        and math.isfinite(w.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+    }
+    assert {e.weights for e in catalog} == set(expected)
+    for entry in catalog:
+        meta = expected[entry.weights].meta
+        assert entry.acc1 == meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        assert entry.params_m == meta["num_params"] / 1e6
+        assert entry.gflops == meta["_ops"]
+        assert entry.crop_size == expected[entry.weights].transforms().crop_size[0]
+
+
+def test_default_flags_and_sorting(catalog):
+    resnet50 = [e for e in catalog if e.arch == "resnet50"]
+    assert [e.weights for e in resnet50 if e.is_default] == ["ResNet50_Weights.IMAGENET1K_V2"]
+    assert [e.acc1 for e in catalog] == sorted((e.acc1 for e in catalog), reverse=True)
+    cheap = model_catalog(max_gflops=1.0, sort_by="gflops")
+    assert cheap and all(e.gflops <= 1.0 for e in cheap)
+    assert [e.gflops for e in cheap] == sorted(e.gflops for e in cheap)
+    with pytest.raises(ValueError, match="sort_by"):
+        model_catalog(sort_by="speed")
+
+
+@pytest.mark.parametrize("cost", ["gflops", "params_m"])
+def test_pareto_front_is_undominated(catalog, cost):
+    front = pareto_front(catalog, cost)
+    assert front
+    for f in front:
+        assert not any(
+            getattr(e, cost) <= getattr(f, cost) and e.acc1 > f.acc1 for e in catalog
+        ), f"{f.weights} is dominated"
+    # everything off the front is dominated by some front entry
+    names = {f.weights for f in front}
+    for e in catalog:
+        if e.weights not in names:
+            assert any(getattr(f, cost) <= getattr(e, cost) and f.acc1 >= e.acc1 for f in front)
+
+
+def test_table_formats_and_plot(catalog, tmp_path):
+    rows = list(csv.DictReader(io.StringIO(catalog_table(catalog, fmt="csv"))))
+    assert len(rows) == len(catalog)
+    assert float(rows[0]["acc1"]) == catalog[0].acc1
+    markdown = catalog_table(catalog[:3])
+    assert markdown.count("\n") == 5 and catalog[0].arch in markdown
+    png = plot_catalog(catalog, tmp_path / "catalog.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        catalog_table(catalog, fmt="html")
