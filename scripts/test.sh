@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs every test: the Rust crate's tests, then pytest over
+# tests/ and benchmarks/ (benchmarks run once each, untimed, as smoke tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+# Missing native module = failure, not a skip.
+export BUTTERFLY_ONNX_REQUIRE_RUST=1
+export BUTTERFLY_ONNX_PYTHON="$PWD/.venv/bin/python"
+cargo test -p butterfly-onnx --release
+python -m pytest tests benchmarks "$@"
