@@ -1,0 +1,162 @@
+"""What callers may pass as images, and how the python backend decodes them.
+
+:func:`expand_images` turns the user's argument into a flat list of ``ImageItem`` =
+``(source, payload)``, shared by both backends: ``source`` names the input in every error
+message, ``payload`` is a :class:`pathlib.Path`, ``bytes`` (an encoded file), a PIL image, or
+a C-contiguous HxWx3 uint8 array.
+
+:func:`decode_rgb` is torchvision's loader, ``Image.open(f).convert("RGB")`` (no EXIF
+rotation), with the pixel limit checked from the header before any pixel is decoded and
+every failure mapped onto :mod:`butterfly_onnx.errors`.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "pixel_limit_default"]
+
+#: File extensions a directory is searched for (case-insensitive).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+Payload = Union[Path, bytes, np.ndarray, Image.Image]
+ImageItem = tuple[str, Payload]
+
+
+def pixel_limit_default() -> int | None:
+    """Twice ``PIL.Image.MAX_IMAGE_PIXELS``: where Pillow itself raises DecompressionBombError
+    (178,956,970 pixels with Pillow's default)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _expand_path(path: Path) -> list[ImageItem]:
+    if path.is_file():
+        return [(str(path), path)]
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not files:
+            raise ImageNotFoundError(
+                f"{path}: the directory holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})",
+                source=str(path),
+            )
+        return [(str(p), p) for p in files]
+    text = str(path)
+    if _is_glob(text):
+        matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+        files = [m for m in matches if m.is_file()]
+        if not files:
+            raise ImageNotFoundError(f"{text}: the pattern matches no file", source=text)
+        return [(str(p), p) for p in files]
+    if path.exists():  # a socket, a device...
+        raise ImageDecodeError(f"{path}: not a regular file", source=str(path))
+    raise ImageNotFoundError(f"{path}: no such image file", source=str(path))
+
+
+def _check_array(array: np.ndarray, source: str) -> np.ndarray:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ImageDecodeError(
+            f"{source}: an image array must be HxWx3 uint8 (RGB), got {array.dtype} {array.shape}",
+            source=source,
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageDecodeError(f"{source}: the image array is empty ({array.shape})", source=source)
+    return np.ascontiguousarray(array)
+
+
+def _expand_one(image: Any, position: int) -> list[ImageItem]:
+    if isinstance(image, (str, os.PathLike)):
+        return _expand_path(Path(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return [(f"<bytes #{position}>", bytes(image))]
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        return [(f"<PIL image #{position} {image.mode} {width}x{height}>", image)]
+    if isinstance(image, np.ndarray):
+        source = f"<array #{position} {'x'.join(map(str, image.shape))}>"
+        return [(source, _check_array(image, source))]
+    raise TypeError(
+        f"image #{position}: expected a path, bytes, a PIL image or an HxWx3 uint8 array, "
+        f"got {type(image).__name__}"
+    )
+
+
+def expand_images(images: Any) -> list[ImageItem]:
+    """The flat, ordered list of items for ``images``: one of the accepted kinds or a
+    list/tuple of them.  Directories expand to their image files and glob patterns to their
+    matching files, each sorted by path.  Raises ImageNotFoundError for a missing path (or an
+    empty directory / unmatched pattern), ImageDecodeError for a malformed array, and
+    TypeError for anything else."""
+    if isinstance(images, (list, tuple)):
+        items: list[ImageItem] = []
+        for position, image in enumerate(images):
+            items.extend(_expand_one(image, position))
+        return items
+    return _expand_one(images, 0)
+
+
+def _check_pixels(width: int, height: int, max_image_pixels: int | None, source: str) -> None:
+    if max_image_pixels is not None and width * height > max_image_pixels:
+        raise ImageTooLargeError(
+            f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{max_image_pixels} (max_image_pixels)",
+            source=source,
+        )
+
+
+def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | np.ndarray:
+    """The RGB pixels of one item: a PIL image in mode RGB, or the item's own uint8 array.
+
+    Paths and bytes are opened with Pillow, their size checked against ``max_image_pixels``
+    from the header, then decoded with ``convert("RGB")`` (truncated files raise, as with
+    Pillow's default ``LOAD_TRUNCATED_IMAGES = False``).  In-memory images are taken as they
+    are: the limit guards decoding, and they are already decoded.
+    """
+    source, payload = item
+    if isinstance(payload, np.ndarray):
+        return payload
+    if isinstance(payload, Image.Image):
+        return payload if payload.mode == "RGB" else payload.convert("RGB")
+    try:
+        if isinstance(payload, bytes):
+            if not payload:
+                raise ImageDecodeError(f"{source}: empty data (0 bytes)", source=source)
+            stream: Any = io.BytesIO(payload)
+        else:
+            try:
+                stream = open(payload, "rb")
+            except FileNotFoundError:
+                raise ImageNotFoundError(f"{source}: no such image file", source=source) from None
+            except OSError as exc:
+                raise ImageDecodeError(f"{source}: cannot read the file: {exc.strerror or exc}", source=source) from None
+        with stream:
+            if not isinstance(payload, bytes) and os.fstat(stream.fileno()).st_size == 0:
+                raise ImageDecodeError(f"{source}: empty file (0 bytes)", source=source)
+            with Image.open(stream) as img:
+                _check_pixels(img.width, img.height, max_image_pixels, source)
+                return img.convert("RGB")
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{source}: {exc}", source=source) from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(f"{source}: not a recognised image format", source=source) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError...
+        raise ImageDecodeError(f"{source}: cannot decode the image: {exc}", source=source) from exc
