@@ -1,0 +1,145 @@
+"""The python backend: onnxruntime for the model, Pillow for decoding, and
+:mod:`butterfly_onnx.preprocess` for torchvision-exact preprocessing.  Imports neither torch
+nor torchvision.
+
+Images are decoded and preprocessed on a pool of ``threads`` worker threads (Pillow releases
+the GIL while decoding and resampling), each writing its own row of one preallocated batch.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from threading import Lock
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import preprocess as _pre
+from ..contract import ModelContract, PreprocessSpec
+from ..errors import ImageError, InvalidModelError, ModelNotFoundError
+from ..images import ImageItem, decode_rgb
+from . import resolve_contract
+
+__all__ = ["Backend"]
+
+
+def _static(dim: object) -> object:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+class Backend:
+    name = "python"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int | None,
+        labels: Sequence[str] | None,
+        preprocess: PreprocessSpec | None,
+        max_image_pixels: int | None,
+    ) -> None:
+        model_path = Path(model_path)
+        source = str(model_path)
+        if not model_path.exists():
+            raise ModelNotFoundError(f"{source}: no such model file")
+        if not model_path.is_file():
+            raise InvalidModelError(f"{source}: not a file")
+        self.threads = threads if threads is not None else (os.cpu_count() or 1)
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.model_path = model_path
+        self.max_image_pixels = max_image_pixels
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: no warnings on stderr for ordinary models
+        try:
+            self._session = ort.InferenceSession(
+                source, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidModelError(f"{source}: not a loadable ONNX model: {message}") from None
+
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        self.contract: ModelContract = resolve_contract(
+            self._session.get_modelmeta().custom_metadata_map,
+            labels=labels,
+            preprocess=preprocess,
+            inputs=[(i.name, [_static(d) for d in i.shape]) for i in inputs],
+            outputs=[(o.name, [_static(d) for d in o.shape]) for o in outputs],
+            source=source,
+        )
+        model_input = next(i for i in inputs if i.name == self.contract.input_name)
+        if model_input.type != "tensor(float)":
+            raise InvalidModelError(
+                f"{source}: input {model_input.name!r} must be float32, the model has {model_input.type}"
+            )
+        # A model exported with a fixed batch size is fed in chunks of that size.
+        self._batch_limit = _static(model_input.shape[0])
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = Lock()
+
+    # -- preprocessing -------------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="butterfly-pre")
+            return self._pool
+
+    def _preprocess_one(self, item: ImageItem, row: np.ndarray) -> ImageError | None:
+        try:
+            rgb = decode_rgb(item, self.max_image_pixels)
+            _pre.preprocess_image(rgb, self.contract.preprocess, row)
+        except ImageError as exc:
+            return exc
+        return None
+
+    def preprocess(self, items: list[ImageItem]) -> tuple[np.ndarray, dict[int, ImageError]]:
+        crop = self.contract.preprocess.crop_size
+        batch = np.empty((len(items), 3, crop, crop), dtype=np.float32)
+        if self.threads == 1 or len(items) <= 1:
+            results = [self._preprocess_one(item, batch[i]) for i, item in enumerate(items)]
+        else:
+            results = list(self._executor().map(self._preprocess_one, items, batch))
+        errors = {i: err for i, err in enumerate(results) if err is not None}
+        if errors:
+            keep = [i for i in range(len(items)) if i not in errors]
+            batch = np.ascontiguousarray(batch[keep])
+        return batch, errors
+
+    # -- inference -----------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if len(batch) == 0:
+            return np.zeros((0, self.contract.num_classes), dtype=np.float32)
+        names = [self.contract.output_name]
+        step = self._batch_limit or len(batch)
+        parts = [
+            self._session.run(names, {self.contract.input_name: batch[start : start + step]})[0]
+            for start in range(0, len(batch), step)
+        ]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def logits(self, items: list[ImageItem]) -> tuple[np.ndarray, dict[int, ImageError]]:
+        batch, errors = self.preprocess(items)
+        return self.run(batch), errors
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,137 @@
+"""Shared fixtures: contract models built from torchvision at test time, the image corpus,
+and the backend parameter (``python`` / ``rust``).
+
+The rust backend is skipped when ``butterfly_onnx._native`` cannot be imported, unless the
+environment variable ``BUTTERFLY_ONNX_REQUIRE_RUST`` is set (CI sets it, so a missing
+extension fails there instead of passing silently).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/corpus.py
+
+from butterfly_onnx.contract import ModelContract, PreprocessSpec  # noqa: E402
+
+BACKENDS = ("python", "rust")
+LABELS = tuple(f"species_{i:02d}" for i in range(10))
+
+
+def native_available() -> tuple[bool, str]:
+    try:
+        importlib.import_module("butterfly_onnx._native")
+    except ImportError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def require_backend(name: str) -> None:
+    """Skip (or fail, under BUTTERFLY_ONNX_REQUIRE_RUST) when backend ``name`` is missing."""
+    if name != "rust":
+        return
+    ok, why = native_available()
+    if not ok:
+        if os.environ.get("BUTTERFLY_ONNX_REQUIRE_RUST"):
+            pytest.fail(f"BUTTERFLY_ONNX_REQUIRE_RUST is set but butterfly_onnx._native is missing: {why}")
+        pytest.skip(f"butterfly_onnx._native is not built: {why}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    require_backend(request.param)
+    return request.param
+
+
+@dataclass
+class ContractModel:
+    path: Path
+    module: Any  # the torch.nn.Module the ONNX file was exported from (eval mode)
+    contract: ModelContract
+
+
+def build_torch_classifier(arch: str = "mobilenet_v3_small", seed: int = 0):
+    """A torchvision architecture with a seeded random init and a 10-class head whose
+    BatchNorm statistics are calibrated on random images (so activations stay in range and
+    the logits are spread, not tied)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=len(LABELS))
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, 160, 160, generator=generator))
+    model.eval()
+    return model
+
+
+def export_contract_model(module, path: Path, spec: PreprocessSpec, *, dynamic_hw: bool = True) -> ModelContract:
+    import torch
+
+    from butterfly_onnx.contract import write_contract
+
+    crop = spec.crop_size
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, 3, crop, crop),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": axes, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    contract = ModelContract(labels=LABELS, preprocess=spec, provenance={"arch": "test"})
+    write_contract(path, contract)
+    return contract
+
+
+@pytest.fixture(scope="session")
+def contract_model(tmp_path_factory) -> ContractModel:
+    """mobilenet_v3_small (random init, 10 classes), dynamic batch/height/width, contract
+    spec 256/224 bilinear with the installed Pillow's resample order."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    module = build_torch_classifier()
+    path = tmp_path_factory.mktemp("models") / "mobilenet_v3_small_10.onnx"
+    contract = export_contract_model(module, path, PreprocessSpec(256, 224))
+    return ContractModel(path, module, contract)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    from corpus import build_corpus, real_photos
+
+    files = build_corpus(tmp_path_factory.mktemp("corpus"))
+    files.update(real_photos())
+    return files
+
+
+@pytest.fixture(scope="session")
+def classifiers(contract_model):
+    """``get(backend, spec=None, **kwargs)``: a cached Classifier on the contract model."""
+    from butterfly_onnx import Classifier
+
+    cache: dict[Any, Any] = {}
+
+    def get(backend: str, spec: PreprocessSpec | None = None, **kwargs):
+        key = (backend, spec, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = Classifier(contract_model.path, backend=backend, preprocess=spec, **kwargs)
+        return cache[key]
+
+    return get
