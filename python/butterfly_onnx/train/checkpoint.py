@@ -42,7 +42,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
     if missing:
         raise TrainingError(f"checkpoint config for {path} lacks {missing}")
     try:
-        json.dumps(config)
+        # A JSON round trip leaves only plain types (str subclasses such as torch's TorchVersion
+        # would not pass weights_only=True loading).
+        config = json.loads(json.dumps(config))
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"checkpoint config for {path} is not JSON-serialisable: {exc}") from None
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
