@@ -41,6 +41,14 @@ def natural_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _upscaled(height: int, width: int, factor: int, seed: int) -> Image.Image:
+    """A large natural-looking image, cheaply: a smaller one upscaled (bicubic) plus noise."""
+    small = Image.fromarray(natural_rgb(height // factor, width // factor, seed=seed))
+    big = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC))
+    noise = np.random.default_rng(seed).integers(-10, 11, size=(height, width, 1), dtype=np.int16)
+    return Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8))
+
+
 def write_png16_rgb(path: Path, array: np.ndarray) -> None:
     """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
     height, width, _ = array.shape
@@ -106,10 +114,10 @@ def build_corpus(root: Path, *, big: bool = True) -> dict[str, Path]:
     save("jpeg_portrait_600x1300", Image.fromarray(natural_rgb(1300, 600, seed=10)), ".jpg", quality=90)
     save("jpeg_landscape_1301x601", Image.fromarray(natural_rgb(601, 1301, seed=11)), ".jpg", quality=90)
     # tall > 100:1 that shrinks (Pillow 12.2's vertical-first case) and a very wide strip
-    save("jpeg_tall_257x26000", Image.fromarray(natural_rgb(26000, 257, seed=12)), ".jpg", quality=90)
+    save("jpeg_tall_257x26000", _upscaled(26000, 257, factor=4, seed=12), ".jpg", quality=90)
     save("png_wide_3000x20", Image.fromarray(natural_rgb(20, 3000, seed=13)), ".png")
     if big:
-        save(BIG, Image.fromarray(natural_rgb(4000, 6000, seed=14)), ".jpg", quality=90, subsampling=2)
+        save(BIG, _upscaled(4000, 6000, factor=4, seed=14), ".jpg", quality=90, subsampling=2)
     return files
 
 
