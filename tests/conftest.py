@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,18 @@ def export_contract_model(module, path: Path, spec: PreprocessSpec, *, dynamic_h
 
     crop = spec.crop_size
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    torch.onnx.export(
-        module,
-        (torch.zeros(1, 3, crop, crop),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": axes, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, 3, crop, crop),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": axes, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     contract = ModelContract(labels=LABELS, preprocess=spec, provenance={"arch": "test"})
     write_contract(path, contract)
     return contract

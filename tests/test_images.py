@@ -61,8 +61,10 @@ def test_non_contiguous_array_is_made_contiguous():
 
 
 def test_missing_path_and_empty_matches(tmp_path):
+    # a missing file is kept as an item and fails when decoded (so on_error="skip" can skip it)
+    (item,) = expand_images(tmp_path / "nope.jpg")
     with pytest.raises(ImageNotFoundError, match="nope.jpg"):
-        expand_images(tmp_path / "nope.jpg")
+        decode_rgb(item, None)
     with pytest.raises(ImageNotFoundError, match=r"\*.gif"):
         expand_images(str(tmp_path / "*.gif"))
     with pytest.raises(ImageNotFoundError, match="no image files"):

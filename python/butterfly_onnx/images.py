@@ -63,9 +63,9 @@ def _expand_path(path: Path) -> list[ImageItem]:
         if not files:
             raise ImageNotFoundError(f"{text}: the pattern matches no file", source=text)
         return [(str(p), p) for p in files]
-    if path.exists():  # a socket, a device...
-        raise ImageDecodeError(f"{path}: not a regular file", source=str(path))
-    raise ImageNotFoundError(f"{path}: no such image file", source=str(path))
+    # A missing file stays an item: the backend reports it (ImageNotFoundError) like any other
+    # unreadable image, so on_error="skip" can skip it.
+    return [(text, path)]
 
 
 def _check_array(array: np.ndarray, source: str) -> np.ndarray:
@@ -99,9 +99,9 @@ def _expand_one(image: Any, position: int) -> list[ImageItem]:
 def expand_images(images: Any) -> list[ImageItem]:
     """The flat, ordered list of items for ``images``: one of the accepted kinds or a
     list/tuple of them.  Directories expand to their image files and glob patterns to their
-    matching files, each sorted by path.  Raises ImageNotFoundError for a missing path (or an
-    empty directory / unmatched pattern), ImageDecodeError for a malformed array, and
-    TypeError for anything else."""
+    matching files, each sorted by path.  Raises ImageNotFoundError for an empty directory or
+    an unmatched pattern, ImageDecodeError for a malformed array, and TypeError for anything
+    else; a path to a missing file is kept (decoding it raises ImageNotFoundError)."""
     if isinstance(images, (list, tuple)):
         items: list[ImageItem] = []
         for position, image in enumerate(images):
@@ -142,6 +142,8 @@ def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | n
                 stream = open(payload, "rb")
             except FileNotFoundError:
                 raise ImageNotFoundError(f"{source}: no such image file", source=source) from None
+            except IsADirectoryError:
+                raise ImageDecodeError(f"{source}: a directory, not an image file", source=source) from None
             except OSError as exc:
                 raise ImageDecodeError(f"{source}: cannot read the file: {exc.strerror or exc}", source=source) from None
         with stream:

@@ -1,0 +1,357 @@
+"""The Classifier on both backends: logits against torch eager, every input kind, bad input
+(same exception class on both backends, message naming the input), on_error="skip", model
+and contract errors, thread safety, and the torch-free python backend."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from butterfly_onnx import Classifier, Prediction
+from butterfly_onnx.classifier import ImageSkippedWarning
+from butterfly_onnx.contract import METADATA_KEY, PreprocessSpec
+from butterfly_onnx.errors import (
+    BackendUnavailableError,
+    ButterflyError,
+    ContractError,
+    ImageDecodeError,
+    ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InvalidModelError,
+    ModelNotFoundError,
+)
+from conftest import LABELS
+from corpus import BIG, natural_rgb
+
+torch = pytest.importorskip("torch")
+T = pytest.importorskip("torchvision.transforms")
+onnx = pytest.importorskip("onnx")
+
+LOGIT_NAMES = [
+    "jpeg_420", "jpeg_444", "jpeg_progressive", "jpeg_grey", "jpeg_cmyk", "png_rgba", "png_palette",
+    "png_rgb16", "size_1x1", "size_3x500", "jpeg_portrait_600x1300", "sklearn_china.jpg",
+    "sklearn_flower.jpg", "skimage_astronaut.png", "skimage_chelsea.png", "matplotlib_grace_hopper.jpg",
+]
+
+
+def torch_reference(module, spec: PreprocessSpec, paths) -> np.ndarray:
+    transform = T.Compose(
+        [T.Resize(spec.resize_size), T.CenterCrop(spec.crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    )
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(transform(img.convert("RGB")))
+    with torch.no_grad():
+        return module(torch.stack(images)).numpy()
+
+
+@pytest.fixture(scope="module")
+def logit_paths(corpus):
+    return [corpus[n] for n in LOGIT_NAMES if n in corpus]
+
+
+@pytest.fixture(scope="module")
+def torch_logits(contract_model, logit_paths):
+    return torch_reference(contract_model.module, contract_model.contract.preprocess, logit_paths)
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """Small good files plus every kind of bad one."""
+    root = tmp_path_factory.mktemp("inputs")
+    good = root / "good"
+    good.mkdir()
+    for i, (h, w) in enumerate([(40, 60), (50, 40), (33, 33)]):  # all under 4000 pixels
+        Image.fromarray(natural_rgb(h, w, seed=40 + i)).save(good / f"img{i}.jpg", quality=90)
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("this is a text file, not a JPEG\n")
+    buffer = io.BytesIO()
+    Image.fromarray(natural_rgb(50, 70, seed=50)).save(buffer, "JPEG", quality=95)
+    (bad / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    Image.fromarray(natural_rgb(60, 80, seed=51)).save(bad / "big_4800px.png")
+    return {"good": good, "bad": bad, "missing": root / "missing.jpg"}
+
+
+# --- logits and predictions ---------------------------------------------------------------
+def test_logits_match_torch_eager(backend, classifiers, logit_paths, torch_logits):
+    clf = classifiers(backend)
+    logits = clf.logits(logit_paths)
+    assert logits.dtype == np.float32 and logits.shape == (len(logit_paths), len(LABELS))
+    diff = float(np.abs(logits - torch_logits).max())
+    assert diff <= 1e-4, f"max abs logit diff {diff}"
+    assert np.array_equal(logits.argmax(1), torch_logits.argmax(1))
+    spread = np.sort(torch_logits, axis=1)
+    assert (spread[:, -1] - spread[:, -2]).min() > 1e-3  # top-1 is not a near-tie: the check has teeth
+
+
+def test_predict_matches_torch_softmax(backend, classifiers, logit_paths, torch_logits):
+    predictions = classifiers(backend).predict(logit_paths, top_k=len(LABELS))
+    probabilities = torch.softmax(torch.from_numpy(torch_logits).double(), dim=1).numpy()
+    for row, prediction in enumerate(predictions):
+        assert isinstance(prediction, Prediction) and prediction.ok
+        assert prediction.source == str(logit_paths[row])
+        indices = [t.index for t in prediction.top_k]
+        assert sorted(indices) == list(range(len(LABELS)))
+        probs = [t.probability for t in prediction.top_k]
+        assert probs == sorted(probs, reverse=True)
+        assert all(t.label == LABELS[t.index] for t in prediction.top_k)
+        assert prediction.index == int(torch_logits[row].argmax())
+        assert prediction.label == LABELS[prediction.index] and prediction.probability == probs[0]
+        assert np.allclose([probabilities[row, i] for i in indices], probs, atol=1e-5)
+    assert len(classifiers(backend).predict(logit_paths[:2], top_k=3)[0].top_k) == 3
+
+
+def test_backends_agree_exactly(classifiers, logit_paths):
+    from conftest import require_backend
+
+    require_backend("rust")
+    assert np.array_equal(classifiers("python").preprocess(logit_paths), classifiers("rust").preprocess(logit_paths))
+    assert np.abs(classifiers("python").logits(logit_paths) - classifiers("rust").logits(logit_paths)).max() <= 1e-5
+
+
+def test_output_kind_probabilities_is_not_softmaxed_again(contract_model, tmp_path, backend, logit_paths):
+    model = onnx.load(str(contract_model.path))
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    document = json.loads(entry.value)
+    document["output"]["kind"] = "probabilities"
+    entry.value = json.dumps(document)
+    path = tmp_path / "probabilities.onnx"
+    onnx.save(model, str(path))
+    clf = Classifier(path, backend=backend)
+    raw = clf.logits(logit_paths[:3])
+    for row, prediction in enumerate(clf.predict(logit_paths[:3], top_k=1)):
+        assert prediction.probability == pytest.approx(float(raw[row].max()), abs=0)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+def test_every_input_kind_gives_the_same_rows(backend, classifiers, image_files):
+    clf = classifiers(backend)
+    files = sorted(image_files["good"].glob("*.jpg"))
+    want = clf.preprocess(files)
+    path = files[0]
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    array = np.asarray(rgb)
+    for kind, value in {
+        "Path": path,
+        "str": str(path),
+        "bytes": path.read_bytes(),
+        "PIL": rgb,
+        "PIL-L-converted": rgb,  # a PIL image is taken as RGB
+        "array": array,
+    }.items():
+        assert np.array_equal(clf.preprocess(value)[0], want[0]), kind
+    assert np.array_equal(clf.preprocess([str(f) for f in files]), want)
+    assert np.array_equal(clf.preprocess(image_files["good"]), want)
+    assert np.array_equal(clf.preprocess(str(image_files["good"] / "img*.jpg")), want)
+    mixed = clf.preprocess([files[0].read_bytes(), np.asarray(Image.open(files[1]).convert("RGB")), files[2]])
+    assert np.array_equal(mixed, want)
+
+
+def test_pil_image_in_another_mode_is_converted(backend, classifiers, image_files):
+    clf = classifiers(backend)
+    path = sorted(image_files["good"].glob("*.jpg"))[0]
+    with Image.open(path) as img:
+        grey = img.convert("L")
+    want = clf.preprocess(np.asarray(grey.convert("RGB")))
+    assert np.array_equal(clf.preprocess(grey), want)
+
+
+# --- bad input: same class on both backends, message names the input ---------------------
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("missing", ImageNotFoundError),
+        ("empty.jpg", ImageDecodeError),
+        ("text.jpg", ImageDecodeError),
+        ("truncated.jpg", ImageDecodeError),
+        ("big_4800px.png", ImageTooLargeError),
+    ],
+)
+def test_bad_images_raise_clear_errors(backend, classifiers, image_files, name, error):
+    clf = classifiers(backend, max_image_pixels=4000)
+    path = image_files["missing"] if name == "missing" else image_files["bad"] / name
+    for call in (clf.preprocess, clf.logits, clf.predict):
+        with pytest.raises(error) as info:
+            call(path)
+        assert type(info.value) is error
+        assert path.name in str(info.value)
+        assert isinstance(info.value, (ButterflyError, ValueError))
+    if name == "missing":
+        assert isinstance(info.value, FileNotFoundError)
+    if name != "missing":  # the same bytes in memory fail the same way, named by position
+        with pytest.raises(error, match="<bytes #1>"):
+            clf.preprocess([image_files["good"] / "img0.jpg", path.read_bytes()])
+
+
+def test_on_error_skip_returns_the_good_images(backend, classifiers, image_files):
+    clf = classifiers(backend, max_image_pixels=4000)
+    good = sorted(image_files["good"].glob("*.jpg"))[:2]
+    bad = sorted(image_files["bad"].iterdir())
+    inputs = [good[0], *bad, image_files["missing"], good[1]]
+    with pytest.raises(ImageError):
+        clf.preprocess(inputs)
+    want = clf.preprocess(good)
+    with pytest.warns(ImageSkippedWarning) as caught:
+        got = clf.preprocess(inputs, on_error="skip")
+    assert np.array_equal(got, want)
+    messages = "\n".join(str(w.message) for w in caught)
+    for path in [*bad, image_files["missing"]]:
+        assert path.name in messages
+    with pytest.warns(ImageSkippedWarning):
+        logits = clf.logits(inputs, on_error="skip")
+    assert np.array_equal(logits, clf.logits(good))
+    with pytest.warns(ImageSkippedWarning):
+        predictions = clf.predict(inputs, on_error="skip")
+    assert len(predictions) == len(inputs)
+    assert predictions[0].ok and predictions[-1].ok and predictions[0].source == str(good[0])
+    for prediction, path in zip(predictions[1:-1], [*bad, image_files["missing"]]):
+        assert not prediction.ok and prediction.top_k == () and prediction.label is None
+        assert isinstance(prediction.error, ImageError) and path.name in str(prediction.error)
+
+
+def test_on_error_default_from_constructor(backend, contract_model, image_files):
+    clf = Classifier(contract_model.path, backend=backend, on_error="skip")
+    with pytest.warns(ImageSkippedWarning, match="text.jpg"):
+        assert clf.logits([image_files["bad"] / "text.jpg"]).shape == (0, len(LABELS))
+    with pytest.raises(ImageDecodeError):
+        clf.logits([image_files["bad"] / "text.jpg"], on_error="raise")
+    with pytest.raises(ValueError, match="on_error"):
+        Classifier(contract_model.path, backend=backend, on_error="ignore")
+
+
+# --- models and contracts ---------------------------------------------------------------------
+def _rewrite(source: Path, target: Path, edit) -> Path:
+    model = onnx.load(str(source))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    document = json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
+    document = edit(document)
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if document is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(document)
+    onnx.save(model, str(target))
+    return target
+
+
+def test_model_errors(backend, tmp_path):
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(ModelNotFoundError, match="nope.onnx"):
+        Classifier(missing, backend=backend)
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("definitely not a protobuf\n" * 10)
+    with pytest.raises(InvalidModelError, match="notes.onnx"):
+        Classifier(not_onnx, backend=backend)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidModelError, match="empty.onnx"):
+        Classifier(empty, backend=backend)
+
+
+def test_model_without_contract(backend, contract_model, tmp_path, logit_paths, torch_logits):
+    path = _rewrite(contract_model.path, tmp_path / "bare.onnx", lambda doc: None)
+    with pytest.raises(ContractError, match="bare.onnx"):
+        Classifier(path, backend=backend)
+    with pytest.raises(ContractError):
+        Classifier(path, backend=backend, labels=LABELS)  # preprocess still missing
+    clf = Classifier(path, backend=backend, labels=LABELS, preprocess=contract_model.contract.preprocess)
+    assert clf.labels == LABELS and clf.spec.input_name == "input" and clf.spec.output_name == "logits"
+    assert np.abs(clf.logits(logit_paths) - torch_logits).max() <= 1e-4
+    # the preprocessing may also be given as a torchvision preset
+    preset = pytest.importorskip("torchvision.transforms._presets").ImageClassification(crop_size=224, resize_size=256)
+    clf = Classifier(path, backend=backend, labels=LABELS, preprocess=preset)
+    assert clf.spec.preprocess == contract_model.contract.preprocess
+
+
+def test_unknown_schema_version(backend, contract_model, tmp_path):
+    path = _rewrite(contract_model.path, tmp_path / "future.onnx", lambda doc: {**doc, "schema_version": 99})
+    with pytest.raises(ContractError, match="schema_version") as info:
+        Classifier(path, backend=backend)
+    assert "future.onnx" in str(info.value)
+    clf = Classifier(path, backend=backend, labels=LABELS, preprocess=PreprocessSpec(256, 224))
+    assert clf.num_classes == len(LABELS)
+
+
+def test_contract_overrides_are_checked(backend, contract_model):
+    with pytest.raises(ContractError, match="3 labels"):
+        Classifier(contract_model.path, backend=backend, labels=["a", "b", "c"])
+    renamed = [f"class {i}" for i in range(len(LABELS))]
+    clf = Classifier(contract_model.path, backend=backend, labels=renamed, preprocess=PreprocessSpec(160, 128))
+    assert clf.labels == tuple(renamed) and clf.input_size == (3, 128, 128)
+    assert clf.preprocess(natural_rgb(50, 60)).shape == (1, 3, 128, 128)
+
+
+def test_unknown_backend(contract_model):
+    with pytest.raises(BackendUnavailableError, match="cobol"):
+        Classifier(contract_model.path, backend="cobol")
+
+
+def test_properties_and_repr(backend, classifiers, contract_model):
+    clf = classifiers(backend)
+    assert clf.backend == backend and clf.spec == contract_model.contract and clf.labels == LABELS
+    text = repr(clf)
+    for part in (backend, contract_model.path.name, "classes=10", "3x224x224"):
+        assert part in text
+
+
+# --- threads ------------------------------------------------------------------------------------
+def test_threads_setting_does_not_change_results(backend, contract_model, logit_paths):
+    one = Classifier(contract_model.path, backend=backend, threads=1)
+    two = Classifier(contract_model.path, backend=backend, threads=2)
+    assert one.threads == 1 and two.threads == 2
+    assert np.array_equal(one.preprocess(logit_paths), two.preprocess(logit_paths))
+    assert np.abs(one.logits(logit_paths) - two.logits(logit_paths)).max() <= 1e-5
+
+
+def test_one_classifier_from_four_threads(backend, classifiers, corpus):
+    clf = classifiers(backend)
+    names = [n for n in corpus if n != BIG][:16]
+    jobs = [[corpus[n] for n in names[i::4]] for i in range(4)]
+    serial = [(clf.preprocess(job), clf.logits(job)) for job in jobs]
+    results: list = [None] * 4
+    errors: list = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(2):
+                results[i] = (clf.preprocess(jobs[i]), clf.logits(jobs[i]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for (pre_s, log_s), (pre_t, log_t) in zip(serial, results):
+        assert np.array_equal(pre_s, pre_t)
+        assert np.array_equal(log_s, log_t)
+
+
+# --- torch-free -----------------------------------------------------------------------------------
+def test_inference_does_not_import_torch(backend, contract_model, image_files):
+    code = (
+        "import sys, butterfly_onnx\n"
+        f"clf = butterfly_onnx.Classifier({str(contract_model.path)!r}, backend={backend!r})\n"
+        f"print(clf.predict({str(image_files['good'])!r})[0].label)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in LABELS
