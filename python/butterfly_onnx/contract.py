@@ -79,15 +79,24 @@ def _positive_int(value: Any, name: str, *, optional: bool = False) -> int | Non
 
 
 def _triple(value: Any, name: str, *, positive: bool) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ContractError(f"preprocess.{name} must be 3 numbers, got {value!r}") from None
+    # Numbers only: JSON strings or booleans are rejected, as the Rust reader does.
+    if isinstance(value, (str, bytes)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in _iterable(value)
+    ):
+        raise ContractError(f"preprocess.{name} must be 3 numbers, got {value!r}")
+    values = tuple(float(v) for v in value)
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ContractError(f"preprocess.{name} must be 3 finite numbers, got {value!r}")
     if positive and not all(v > 0 for v in values):
         raise ContractError(f"preprocess.{name} must be > 0, got {value!r}")
     return values  # type: ignore[return-value]
+
+
+def _iterable(value: Any) -> Any:
+    try:
+        return iter(value)
+    except TypeError:
+        raise ContractError(f"expected a list of 3 numbers, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -290,7 +299,8 @@ class ModelContract:
             if not isinstance(data, Mapping):
                 raise ContractError("the contract must be a JSON object")
             version = data.get("schema_version")
-            if version != SCHEMA_VERSION:
+            # exactly the integer 1: not 1.0, not true (as the Rust reader)
+            if type(version) is not int or version != SCHEMA_VERSION:
                 raise ContractError(
                     f"unsupported contract schema_version {version!r} (this butterfly_onnx reads "
                     f"version {SCHEMA_VERSION}); upgrade butterfly_onnx or re-export the model"
