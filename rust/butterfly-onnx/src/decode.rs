@@ -1,0 +1,497 @@
+//! Encoded bytes or a path -> RGB8, exactly as `PIL.Image.open(f).convert("RGB")` (what
+//! torchvision's loader does; no EXIF rotation).
+//!
+//! * JPEG: libjpeg-turbo's decoder (the MozJPEG fork's, built from source by `mozjpeg-sys`)
+//!   with Pillow's settings: ISLOW IDCT, fancy upsampling, no DCT scaling, a suspending data
+//!   source (running out of data is "image file is truncated", as in Pillow without
+//!   `LOAD_TRUNCATED_IMAGES`), warnings ignored like Pillow's silenced `output_message`.
+//!   Greyscale is replicated; CMYK is read with Adobe polarity (Pillow's `CMYK;I`) and
+//!   converted with Pillow's `cmyk2rgb`.
+//! * PNG (png crate) and GIF (gif crate) are read as raw samples / palette indices so that
+//!   Pillow's conversions can be applied exactly: alpha dropped, palettes mapped (Pillow's
+//!   unset palette entries are a grey ramp), 16-bit RGB keeps the high byte, 16-bit grey
+//!   (`I;16`) clips to 255.
+//! * BMP, TIFF, WebP through the `image` crate with the same conversion rules.
+//!
+//! The pixel limit is checked from the header before any pixel is decoded. No input panics:
+//! every failure is [`Error::ImageDecode`] (or `ImageTooLarge`) naming the source.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use crate::preprocess::ImageView;
+use crate::{Error, Result};
+
+/// A decoded image: `height` rows of `width` RGB8 pixels (HWC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn view(&self) -> ImageView<'_> {
+        ImageView { width: self.width, height: self.height, data: &self.data }
+    }
+}
+
+/// Decompression-bomb protection: `width * height` above `max_pixels` is refused before
+/// decoding (Pillow raises `DecompressionBombError` above `2 * Image.MAX_IMAGE_PIXELS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_pixels: Option<u64>,
+}
+
+/// Read and decode the image file at `path`; errors name the path as given.
+pub fn read_rgb(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
+    let source_name = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => decode_rgb(&bytes, &source_name, limits),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::ImageNotFound { source_name }),
+        Err(e) => Err(decode_error(&source_name, format!("cannot read the file: {e}"))),
+    }
+}
+
+/// Decode an encoded image (JPEG, PNG, GIF, BMP, TIFF, WebP) to RGB8.
+pub fn decode_rgb(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(decode_error(source_name, "empty file (0 bytes)"));
+    }
+    // Pillow's JpegImagePlugin accepts files starting with FF D8 FF.
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return jpeg::decode(bytes, source_name, limits);
+    }
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return decode_png(bytes, source_name, limits);
+    }
+    if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        return decode_gif(bytes, source_name, limits);
+    }
+    match image::guess_format(bytes) {
+        Ok(format @ (image::ImageFormat::Bmp | image::ImageFormat::Tiff | image::ImageFormat::WebP)) => {
+            decode_with_image_crate(bytes, format, source_name, limits)
+        }
+        Ok(other) => Err(decode_error(source_name, format!("unsupported image format {other:?}"))),
+        Err(_) => Err(decode_error(source_name, "unknown image format (not JPEG, PNG, GIF, BMP, TIFF or WebP)")),
+    }
+}
+
+fn decode_error(source_name: &str, reason: impl Into<String>) -> Error {
+    Error::ImageDecode { source_name: source_name.to_string(), reason: reason.into() }
+}
+
+fn check_limit(source_name: &str, width: u64, height: u64, limits: &DecodeLimits) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(decode_error(source_name, format!("invalid image size {width}x{height}")));
+    }
+    let pixels = width.saturating_mul(height);
+    match limits.max_pixels {
+        Some(limit) if pixels > limit => Err(Error::ImageTooLarge {
+            source_name: source_name.to_string(),
+            width,
+            height,
+            pixels,
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn alloc_rgb(source_name: &str, width: u32, height: u32) -> Result<Vec<u8>> {
+    let len = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| decode_error(source_name, format!("cannot allocate {len} bytes for {width}x{height} pixels")))?;
+    data.resize(len, 0);
+    Ok(data)
+}
+
+// -- Pillow's convert("RGB") rules on raw samples ----------------------------------------
+
+/// Pillow's palette: the file's entries, then (for unset indices) its initial grey ramp.
+fn palette_table(palette: &[u8]) -> [[u8; 3]; 256] {
+    let mut table = [[0u8; 3]; 256];
+    for (i, entry) in table.iter_mut().enumerate() {
+        *entry = [i as u8; 3];
+    }
+    for (entry, rgb) in table.iter_mut().zip(palette.chunks_exact(3)) {
+        *entry = [rgb[0], rgb[1], rgb[2]];
+    }
+    table
+}
+
+/// Pillow's `cmyk2rgb` (Convert.c): `nk = 255 - k; c' = nk - MULDIV255(c, nk)` (clipped).
+#[inline]
+fn cmyk_to_rgb(c: u8, m: u8, y: u8, k: u8) -> [u8; 3] {
+    let nk = 255 - k as i32;
+    let muldiv255 = |a: i32, b: i32| {
+        let tmp = a * b + 128;
+        ((tmp >> 8) + tmp) >> 8
+    };
+    let f = |v: u8| (nk - muldiv255(v as i32, nk)).clamp(0, 255) as u8;
+    [f(c), f(m), f(y)]
+}
+
+// -- JPEG ------------------------------------------------------------------------------------
+
+#[cfg(panic = "abort")]
+compile_error!(
+    "butterfly-onnx's JPEG decoder reports libjpeg errors by unwinding out of the C error \
+     handler; with panic = \"abort\" a corrupt JPEG would abort the process. Build with panic = \"unwind\"."
+);
+
+mod jpeg {
+    use std::cell::UnsafeCell;
+    use std::os::raw::{c_int, c_long};
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+    use mozjpeg_sys::*;
+
+    use super::{alloc_rgb, check_limit, cmyk_to_rgb, decode_error, DecodeLimits, RgbImage};
+    use crate::Result;
+
+    /// The payload unwound out of libjpeg's `error_exit` (libjpeg's default calls `exit()`).
+    struct LibjpegError(String);
+
+    const JPEG_SUSPENDED: c_int = 0;
+    const JPEG_HEADER_TABLES_ONLY: c_int = 2;
+    /// Pillow's message when the data ends before the decoder is done.
+    const TRUNCATED: &str = "image file is truncated";
+
+    unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+        // libjpeg formats into a JMSG_LENGTH_MAX (200) byte buffer; mozjpeg-sys types it as
+        // [u8; 80], so hand it a larger buffer through the declared type.
+        let buffer = UnsafeCell::new([0u8; 200]);
+        let err = unsafe { &*cinfo.err };
+        let message = match err.format_message {
+            Some(format) => {
+                unsafe { format(cinfo, &*(buffer.get() as *const [u8; 80])) };
+                let bytes = unsafe { &*buffer.get() };
+                let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                String::from_utf8_lossy(&bytes[..end]).into_owned()
+            }
+            None => format!("libjpeg error {}", err.msg_code),
+        };
+        // resume_unwind does not run the panic hook: nothing is printed.
+        resume_unwind(Box::new(LibjpegError(message)));
+    }
+
+    /// Pillow silences libjpeg's messages (warnings included) and keeps decoding.
+    unsafe extern "C-unwind" fn output_message(_cinfo: &mut jpeg_common_struct) {}
+
+    unsafe extern "C-unwind" fn init_source(_cinfo: &mut jpeg_decompress_struct) {}
+    unsafe extern "C-unwind" fn term_source(_cinfo: &mut jpeg_decompress_struct) {}
+
+    /// All the data is in the buffer from the start: asking for more means it is truncated.
+    /// Returning FALSE suspends the decoder, like Pillow's `fill_input_buffer`.
+    unsafe extern "C-unwind" fn fill_input_buffer(_cinfo: &mut jpeg_decompress_struct) -> boolean {
+        0
+    }
+
+    unsafe extern "C-unwind" fn skip_input_data(cinfo: &mut jpeg_decompress_struct, num_bytes: c_long) {
+        if num_bytes <= 0 {
+            return;
+        }
+        let src = unsafe { &mut *cinfo.src };
+        let skip = (num_bytes as u64).min(src.bytes_in_buffer as u64) as usize;
+        src.next_input_byte = unsafe { src.next_input_byte.add(skip) };
+        src.bytes_in_buffer -= skip;
+    }
+
+    /// Owns the libjpeg objects; `jpeg_destroy_decompress` runs on every exit, unwinding included.
+    struct Decompressor {
+        cinfo: Box<jpeg_decompress_struct>,
+        _err: Box<jpeg_error_mgr>,
+        _src: Box<jpeg_source_mgr>,
+    }
+
+    impl Drop for Decompressor {
+        fn drop(&mut self) {
+            // Safe on a partially created object: it returns when `mem` is NULL.
+            unsafe { jpeg_destroy_decompress(&mut self.cinfo) };
+        }
+    }
+
+    pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+        match catch_unwind(AssertUnwindSafe(|| unsafe { decode_unwinding(bytes, source_name, limits) })) {
+            Ok(result) => result,
+            Err(payload) => match payload.downcast::<LibjpegError>() {
+                Ok(e) => Err(decode_error(source_name, format!("broken JPEG data: {}", e.0))),
+                Err(other) => resume_unwind(other),
+            },
+        }
+    }
+
+    unsafe fn decode_unwinding(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+        let mut err: Box<jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
+        unsafe { jpeg_std_error(&mut err) };
+        err.error_exit = Some(error_exit);
+        err.output_message = Some(output_message);
+        let mut src: Box<jpeg_source_mgr> = Box::new(unsafe { std::mem::zeroed() });
+        src.next_input_byte = bytes.as_ptr();
+        src.bytes_in_buffer = bytes.len();
+        src.init_source = Some(init_source);
+        src.fill_input_buffer = Some(fill_input_buffer);
+        src.skip_input_data = Some(skip_input_data);
+        src.resync_to_restart = Some(jpeg_resync_to_restart);
+        src.term_source = Some(term_source);
+
+        let mut d = Decompressor { cinfo: Box::new(unsafe { std::mem::zeroed() }), _err: err, _src: src };
+        d.cinfo.common.err = &mut *d._err;
+        unsafe { jpeg_create_decompress(&mut *d.cinfo) };
+        d.cinfo.src = &mut *d._src;
+        let cinfo = &mut *d.cinfo;
+
+        // As Pillow: skip tables-only datastreams until an image header.
+        loop {
+            match unsafe { jpeg_read_header(cinfo, 0) } {
+                JPEG_HEADER_TABLES_ONLY => continue,
+                JPEG_SUSPENDED => return Err(decode_error(source_name, TRUNCATED)),
+                _ => break,
+            }
+        }
+        check_limit(source_name, cinfo.image_width as u64, cinfo.image_height as u64, limits)?;
+        // Pillow's modes by layer count: 1 -> "L", 3 -> "RGB", 4 -> "CMYK" (read as "CMYK;I").
+        let layers = cinfo.num_components;
+        cinfo.out_color_space = match layers {
+            1 => J_COLOR_SPACE::JCS_GRAYSCALE,
+            3 => J_COLOR_SPACE::JCS_RGB,
+            4 => J_COLOR_SPACE::JCS_CMYK,
+            n => return Err(decode_error(source_name, format!("cannot handle {n}-layer images"))),
+        };
+        // libjpeg-turbo's defaults, which Pillow keeps (no draft mode): spelled out.
+        cinfo.dct_method = J_DCT_METHOD::JDCT_ISLOW;
+        cinfo.do_fancy_upsampling = 1;
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = 1;
+
+        if unsafe { jpeg_start_decompress(cinfo) } == 0 {
+            return Err(decode_error(source_name, TRUNCATED));
+        }
+        let (width, height) = (cinfo.output_width, cinfo.output_height);
+        let components = cinfo.output_components as usize;
+        if components != layers as usize {
+            return Err(decode_error(source_name, "unexpected JPEG output layout"));
+        }
+        let row_len = width as usize * components;
+        let mut raw = if components == 3 {
+            alloc_rgb(source_name, width, height)?
+        } else {
+            let len = row_len
+                .checked_mul(height as usize)
+                .ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
+            vec![0u8; len]
+        };
+        let mut rows: Vec<*mut u8> = raw.chunks_exact_mut(row_len).map(|r| r.as_mut_ptr()).collect();
+        while cinfo.output_scanline < height {
+            let next = cinfo.output_scanline as usize;
+            let read = unsafe { jpeg_read_scanlines(cinfo, rows[next..].as_mut_ptr(), (height as usize - next) as u32) };
+            if read == 0 {
+                return Err(decode_error(source_name, TRUNCATED));
+            }
+        }
+        // Pillow reads to the end of the image; a missing EOI after the last row is accepted.
+        unsafe { jpeg_finish_decompress(cinfo) };
+        drop(rows);
+        drop(d);
+
+        let data = match components {
+            3 => raw,
+            1 => {
+                let mut rgb = alloc_rgb(source_name, width, height)?;
+                for (px, &v) in rgb.chunks_exact_mut(3).zip(&raw) {
+                    px.fill(v);
+                }
+                rgb
+            }
+            _ => {
+                // Pillow's "CMYK;I" raw mode: Adobe files store inverted CMYK.
+                let mut rgb = alloc_rgb(source_name, width, height)?;
+                for (px, cmyk) in rgb.chunks_exact_mut(3).zip(raw.chunks_exact(4)) {
+                    px.copy_from_slice(&cmyk_to_rgb(255 - cmyk[0], 255 - cmyk[1], 255 - cmyk[2], 255 - cmyk[3]));
+                }
+                rgb
+            }
+        };
+        Ok(RgbImage { width, height, data })
+    }
+}
+
+// -- PNG -------------------------------------------------------------------------------------
+
+fn decode_png(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    use png::{BitDepth, ColorType, Transformations};
+    let png_error = |e: png::DecodingError| {
+        let reason = match e {
+            png::DecodingError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                "image file is truncated".to_string()
+            }
+            other => format!("broken PNG data: {other}"),
+        };
+        decode_error(source_name, reason)
+    };
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 1 << 30 });
+    // Raw samples: Pillow's conversions differ from png's expansions (16-bit grey clips).
+    decoder.set_transformations(Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(png_error)?;
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
+    check_limit(source_name, width as u64, height as u64, limits)?;
+    let color = info.color_type;
+    let depth = info.bit_depth;
+    let palette = info.palette.as_ref().map(|p| palette_table(p));
+    let size = reader.output_buffer_size().ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
+    let mut raw = Vec::new();
+    raw.try_reserve_exact(size).map_err(|_| decode_error(source_name, "image too large for memory"))?;
+    raw.resize(size, 0);
+    let frame = reader.next_frame(&mut raw).map_err(png_error)?;
+    let line = frame.line_size;
+    let mut rgb = alloc_rgb(source_name, width, height)?;
+    let w = width as usize;
+    for (row, out) in raw.chunks(line).zip(rgb.chunks_exact_mut(w * 3)) {
+        match (color, depth) {
+            (ColorType::Rgb, BitDepth::Eight) => out.copy_from_slice(&row[..w * 3]),
+            (ColorType::Rgba, BitDepth::Eight) => {
+                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
+                    o.copy_from_slice(&p[..3]);
+                }
+            }
+            (ColorType::GrayscaleAlpha, BitDepth::Eight) => {
+                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(2)) {
+                    o.fill(p[0]);
+                }
+            }
+            (ColorType::Grayscale, BitDepth::Eight) => {
+                for (o, &v) in out.chunks_exact_mut(3).zip(row) {
+                    o.fill(v);
+                }
+            }
+            // Pillow's "RGB;16B" / "RGBA;16B" / "LA;16B" raw modes keep the high byte.
+            (ColorType::Rgb, BitDepth::Sixteen) => {
+                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(6)) {
+                    o.copy_from_slice(&[p[0], p[2], p[4]]);
+                }
+            }
+            (ColorType::Rgba, BitDepth::Sixteen) => {
+                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(8)) {
+                    o.copy_from_slice(&[p[0], p[2], p[4]]);
+                }
+            }
+            (ColorType::GrayscaleAlpha, BitDepth::Sixteen) => {
+                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
+                    o.fill(p[0]);
+                }
+            }
+            // 16-bit grey opens as "I;16"; convert("RGB") clips: min(v, 255).
+            (ColorType::Grayscale, BitDepth::Sixteen) => {
+                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(2)) {
+                    let v = u16::from_be_bytes([p[0], p[1]]);
+                    o.fill(v.min(255) as u8);
+                }
+            }
+            // Grey below 8 bits: Pillow's "1", "L;2", "L;4" scale to 0..255 (x255, x85, x17).
+            (ColorType::Grayscale, d) => {
+                let bits = d as u8 as usize;
+                let scale = 255 / ((1u16 << bits) - 1) as u8;
+                for (x, o) in out.chunks_exact_mut(3).enumerate() {
+                    o.fill(packed_sample(row, x, bits) * scale);
+                }
+            }
+            (ColorType::Indexed, d) => {
+                let table = palette.as_ref().ok_or_else(|| decode_error(source_name, "palette image without a palette"))?;
+                let bits = d as u8 as usize;
+                for (x, o) in out.chunks_exact_mut(3).enumerate() {
+                    let index = if bits == 8 { row[x] } else { packed_sample(row, x, bits) };
+                    o.copy_from_slice(&table[index as usize]);
+                }
+            }
+            (c, d) => return Err(decode_error(source_name, format!("unsupported PNG color type {c:?} at {d:?}"))),
+        }
+    }
+    Ok(RgbImage { width, height, data: rgb })
+}
+
+/// Sample `x` of a row packed MSB first with `bits` (1, 2 or 4) bits per sample.
+#[inline]
+fn packed_sample(row: &[u8], x: usize, bits: usize) -> u8 {
+    let per_byte = 8 / bits;
+    let byte = row[x / per_byte];
+    let shift = 8 - bits * (x % per_byte + 1);
+    (byte >> shift) & ((1u16 << bits) - 1) as u8
+}
+
+// -- GIF -------------------------------------------------------------------------------------
+
+/// The first frame, as Pillow composes it: on a logical-screen canvas filled with the frame's
+/// transparency index (or index 0), mapped through the frame's (local or global) palette.
+fn decode_gif(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    let gif_error = |e: gif::DecodingError| decode_error(source_name, format!("broken GIF data: {e}"));
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::Indexed);
+    options.set_memory_limit(gif::MemoryLimit::Bytes(std::num::NonZeroU64::new(1 << 32).unwrap()));
+    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(gif_error)?;
+    let (width, height) = (decoder.width() as u32, decoder.height() as u32);
+    check_limit(source_name, width as u64, height as u64, limits)?;
+    let global = decoder.global_palette().map(|p| p.to_vec());
+    let frame = decoder
+        .read_next_frame()
+        .map_err(gif_error)?
+        .ok_or_else(|| decode_error(source_name, "GIF without image frames"))?;
+    let palette = frame.palette.as_deref().or(global.as_deref()).unwrap_or(&[]);
+    let table = palette_table(palette);
+    let w = width as usize;
+    let mut indices = vec![frame.transparent.unwrap_or(0); w * height as usize];
+    let (left, top) = (frame.left as usize, frame.top as usize);
+    let fw = frame.width as usize;
+    for (y, src) in frame.buffer.chunks(fw.max(1)).enumerate().take(frame.height as usize) {
+        let ty = top + y;
+        if ty >= height as usize || left >= w {
+            continue;
+        }
+        let n = fw.min(w - left).min(src.len());
+        indices[ty * w + left..ty * w + left + n].copy_from_slice(&src[..n]);
+    }
+    let mut rgb = alloc_rgb(source_name, width, height)?;
+    for (o, &i) in rgb.chunks_exact_mut(3).zip(&indices) {
+        o.copy_from_slice(&table[i as usize]);
+    }
+    Ok(RgbImage { width, height, data: rgb })
+}
+
+// -- BMP, TIFF, WebP -------------------------------------------------------------------------
+
+fn decode_with_image_crate(
+    bytes: &[u8],
+    format: image::ImageFormat,
+    source_name: &str,
+    limits: &DecodeLimits,
+) -> Result<RgbImage> {
+    use image::{DynamicImage, ImageDecoder};
+    let image_error = |e: image::ImageError| decode_error(source_name, format!("broken {format:?} data: {e}"));
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    reader.no_limits();
+    let decoder = reader.into_decoder().map_err(image_error)?;
+    let (width, height) = decoder.dimensions();
+    check_limit(source_name, width as u64, height as u64, limits)?;
+    let decoded = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    let data = match decoded {
+        DynamicImage::ImageRgb8(img) => img.into_raw(),
+        DynamicImage::ImageRgba8(img) => img.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        DynamicImage::ImageLuma8(img) => img.into_raw().iter().flat_map(|&v| [v, v, v]).collect(),
+        DynamicImage::ImageLumaA8(img) => img.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        DynamicImage::ImageRgb16(img) => img.into_raw().iter().map(|&v| (v >> 8) as u8).collect(),
+        DynamicImage::ImageRgba16(img) => {
+            img.into_raw().chunks_exact(4).flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]).collect()
+        }
+        DynamicImage::ImageLuma16(img) => img.into_raw().iter().flat_map(|&v| [v.min(255) as u8; 3]).collect(),
+        DynamicImage::ImageLumaA16(img) => img.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect(),
+        other => {
+            return Err(decode_error(source_name, format!("unsupported {format:?} pixel format {:?}", other.color())))
+        }
+    };
+    Ok(RgbImage { width, height, data })
+}
