@@ -30,7 +30,7 @@ from butterfly_onnx.errors import (
     InvalidModelError,
     ModelNotFoundError,
 )
-from conftest import LABELS
+from contract_models import LABELS
 from corpus import BIG, natural_rgb
 
 torch = pytest.importorskip("torch")
@@ -115,7 +115,7 @@ def test_predict_matches_torch_softmax(backend, classifiers, logit_paths, torch_
 
 
 def test_backends_agree_exactly(classifiers, logit_paths):
-    from conftest import require_backend
+    from contract_models import require_backend
 
     require_backend("rust")
     assert np.array_equal(classifiers("python").preprocess(logit_paths), classifiers("rust").preprocess(logit_paths))

@@ -151,7 +151,9 @@ def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | n
                 raise ImageDecodeError(f"{source}: empty file (0 bytes)", source=source)
             with Image.open(stream) as img:
                 _check_pixels(img.width, img.height, max_image_pixels, source)
-                return img.convert("RGB")
+                img.load()  # decodes; raises on truncated data
+                # convert("RGB") of an RGB image is a copy: skip it, the pixels are the same
+                return img if img.mode == "RGB" else img.convert("RGB")
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
