@@ -4,7 +4,8 @@
 //! * [`preprocess`]: torchvision's eval preprocessing (Pillow's fixed-point resampling, center
 //!   crop, normalize), bit-exact, written straight into the batch tensor.
 //! * [`contract`]: the only Rust reader of the model contract (docs/contract.md).
-//! * [`classifier`]: ONNX Runtime session (via `ort`, loaded dynamically), batches, threads.
+//! * [`classifier`]: ONNX Runtime session (via `ort`), batches, threads.
+//! * [`runtime`]: loading the ONNX Runtime shared library at run time (`ort` load-dynamic).
 //! * [`error`]: one error enum; every variant names its input.
 
 pub mod classifier;
@@ -12,5 +13,6 @@ pub mod contract;
 pub mod decode;
 pub mod error;
 pub mod preprocess;
+pub mod runtime;
 
 pub use error::{Error, Result};

@@ -1,0 +1,247 @@
+//! `butterfly_onnx._native`: a thin PyO3 layer over the `butterfly-onnx` crate.
+//!
+//! It only converts arguments, releases the GIL (`Python::detach`) around decoding,
+//! preprocessing and inference, and maps `butterfly_onnx::Error` onto the exception classes
+//! of `python/butterfly_onnx/errors.py` by `Error::kind()`. The Python adapter over it is
+//! `python/butterfly_onnx/_backends/rust.py`; the typed surface is `_native.pyi`.
+
+use std::path::PathBuf;
+
+use butterfly_onnx::classifier::{Classifier as CoreClassifier, ClassifierOptions, ImageErrors, ImageInput};
+use butterfly_onnx::contract;
+use butterfly_onnx::decode::RgbImage;
+use butterfly_onnx::Error;
+use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray3, PyReadonlyArray4, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+mod errors {
+    pyo3::import_exception!(butterfly_onnx.errors, ButterflyError);
+    pyo3::import_exception!(butterfly_onnx.errors, ImageNotFoundError);
+    pyo3::import_exception!(butterfly_onnx.errors, ImageDecodeError);
+    pyo3::import_exception!(butterfly_onnx.errors, ImageTooLargeError);
+    pyo3::import_exception!(butterfly_onnx.errors, ModelNotFoundError);
+    pyo3::import_exception!(butterfly_onnx.errors, InvalidModelError);
+    pyo3::import_exception!(butterfly_onnx.errors, ContractError);
+    pyo3::import_exception!(butterfly_onnx.errors, BackendUnavailableError);
+}
+
+/// The Python exception for a core error. Image errors carry `.source` (ImageError's second
+/// constructor argument); the others take the message only.
+fn to_py_err(error: &Error) -> PyErr {
+    let message = error.to_string();
+    let source = error.source_name();
+    match error.kind() {
+        "ImageNotFoundError" => errors::ImageNotFoundError::new_err((message, source)),
+        "ImageDecodeError" => errors::ImageDecodeError::new_err((message, source)),
+        "ImageTooLargeError" => errors::ImageTooLargeError::new_err((message, source)),
+        "ModelNotFoundError" => errors::ModelNotFoundError::new_err(message),
+        "InvalidModelError" => errors::InvalidModelError::new_err(message),
+        "ContractError" => errors::ContractError::new_err(message),
+        "BackendUnavailableError" => errors::BackendUnavailableError::new_err(message),
+        _ => errors::ButterflyError::new_err(message),
+    }
+}
+
+/// Per-image failures as {input index: exception instance}.
+fn errors_to_dict<'py>(py: Python<'py>, failures: &ImageErrors) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (index, error) in failures {
+        dict.set_item(*index, to_py_err(error).into_value(py))?;
+    }
+    Ok(dict)
+}
+
+/// Convert `(source, payload)` items (payload: str/os.PathLike path, bytes, or an HxWx3
+/// uint8 array) while holding the GIL; everything after runs without it. A payload of the
+/// wrong kind is a per-image ImageDecodeError naming the source, like undecodable bytes.
+fn convert_items(items: &Bound<'_, PyAny>) -> PyResult<(Vec<ImageInput>, ImageErrors)> {
+    let mut inputs = Vec::new();
+    let mut rejected = Vec::new();
+    for (index, item) in items.try_iter()?.enumerate() {
+        let item = item?;
+        let pair = item.cast::<PyTuple>().map_err(|_| PyValueError::new_err("items must be (source, payload) tuples"))?;
+        if pair.len() != 2 {
+            return Err(PyValueError::new_err("items must be (source, payload) tuples"));
+        }
+        let source: String = pair.get_item(0)?.str()?.extract()?;
+        let payload = pair.get_item(1)?;
+        if let Ok(bytes) = payload.cast::<PyBytes>() {
+            inputs.push(ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() });
+        } else if let Ok(array) = payload.extract::<PyReadonlyArray3<'_, u8>>() {
+            let shape = array.shape();
+            if shape[2] != 3 {
+                rejected.push((index, bad_payload(source, format!("expected an HxWx3 uint8 array, got shape {shape:?}"))));
+                inputs.push(placeholder());
+                continue;
+            }
+            let (height, width) = (shape[0] as u32, shape[1] as u32);
+            // A copy (in C order whatever the strides): Python code may still mutate the
+            // array while the GIL is released.
+            let data = array.as_array().iter().copied().collect();
+            inputs.push(ImageInput::Rgb { source, image: RgbImage { width, height, data } });
+        } else if let Ok(path) = payload.extract::<PathBuf>() {
+            inputs.push(ImageInput::Path(path));
+        } else {
+            let kind = payload.get_type().name()?.to_string();
+            rejected.push((index, bad_payload(source, format!("unsupported image payload of type {kind}"))));
+            inputs.push(placeholder());
+        }
+    }
+    Ok((inputs, rejected))
+}
+
+fn bad_payload(source: String, reason: String) -> Error {
+    Error::ImageDecode { source_name: source, reason }
+}
+
+/// Stands in for a rejected payload so that indices stay aligned; never preprocessed.
+fn placeholder() -> ImageInput {
+    ImageInput::Rgb { source: String::new(), image: RgbImage { width: 0, height: 0, data: Vec::new() } }
+}
+
+/// Preprocess the convertible items, merging conversion failures with decode failures.
+/// Pure Rust: callers run it inside `py.detach`.
+fn preprocess_items(
+    classifier: &CoreClassifier,
+    inputs: Vec<ImageInput>,
+    rejected: ImageErrors,
+) -> (ndarray::Array4<f32>, ImageErrors) {
+    let rejected_indices: Vec<usize> = rejected.iter().map(|(i, _)| *i).collect();
+    let kept: Vec<(usize, ImageInput)> =
+        inputs.into_iter().enumerate().filter(|(i, _)| !rejected_indices.contains(i)).collect();
+    let (indices, kept_inputs): (Vec<usize>, Vec<ImageInput>) = kept.into_iter().unzip();
+    let (batch, failures) = classifier.preprocess(&kept_inputs);
+    let mut all: ImageErrors = failures.into_iter().map(|(i, e)| (indices[i], e)).collect();
+    all.extend(rejected);
+    all.sort_by_key(|(i, _)| *i);
+    (batch, all)
+}
+
+/// An ONNX classifier with torchvision-exact preprocessing (see butterfly_onnx.Classifier
+/// for the public API; this is its rust backend).
+#[pyclass(frozen, module = "butterfly_onnx._native")]
+struct Classifier {
+    inner: CoreClassifier,
+}
+
+#[pymethods]
+impl Classifier {
+    /// Open `model_path`. `preprocess_json`: a PreprocessSpec as JSON (its `to_dict()`),
+    /// replacing the contract's; `labels` replace the contract's labels.
+    #[new]
+    #[pyo3(signature = (model_path, *, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None))]
+    fn new(
+        py: Python<'_>,
+        model_path: PathBuf,
+        threads: Option<i64>,
+        labels: Option<Vec<String>>,
+        preprocess_json: Option<&str>,
+        max_image_pixels: Option<u64>,
+        ort_library: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let threads = match threads {
+            Some(n) if n < 1 => return Err(PyValueError::new_err(format!("threads must be at least 1, got {n}"))),
+            Some(n) => Some(n as usize),
+            None => None,
+        };
+        let source = model_path.display().to_string();
+        let preprocess = match preprocess_json {
+            Some(text) => Some(contract::preprocess_from_json_str(text, &source).map_err(|e| to_py_err(&e))?),
+            None => None,
+        };
+        let options = ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library };
+        let inner = py.detach(|| CoreClassifier::open(&model_path, options)).map_err(|e| to_py_err(&e))?;
+        Ok(Classifier { inner })
+    }
+
+    /// The effective contract, as `ModelContract.to_dict()` JSON.
+    #[getter]
+    fn contract_json(&self) -> String {
+        self.inner.contract().to_json()
+    }
+
+    /// The contract JSON stored in the model, verbatim; None when it has none.
+    #[getter]
+    fn model_contract_json(&self) -> Option<String> {
+        self.inner.model_contract_json().map(str::to_string)
+    }
+
+    #[getter]
+    fn threads(&self) -> usize {
+        self.inner.threads()
+    }
+
+    #[getter]
+    fn static_batch(&self) -> Option<usize> {
+        self.inner.static_batch()
+    }
+
+    #[getter]
+    fn model_path(&self) -> PathBuf {
+        self.inner.model_path().to_path_buf()
+    }
+
+    /// `items`: (source, payload) pairs. Returns (float32 (n_ok, 3, crop, crop), {index: ImageError}).
+    fn preprocess<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyDict>)> {
+        let (inputs, rejected) = convert_items(items)?;
+        let inner = &self.inner;
+        let (batch, failures) = py.detach(|| preprocess_items(inner, inputs, rejected));
+        Ok((batch.into_pyarray(py), errors_to_dict(py, &failures)?))
+    }
+
+    /// Run the model on a float32 (N, 3, crop, crop) batch; returns float32 (N, classes).
+    fn run<'py>(&self, py: Python<'py>, batch: PyReadonlyArray4<'py, f32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        // Copied so that no Python thread can change it while the GIL is released.
+        let batch = batch.as_array().to_owned();
+        let output = py.detach(|| self.inner.run(batch.view())).map_err(|e| to_py_err(&e))?;
+        Ok(output.into_pyarray(py))
+    }
+
+    /// preprocess then run, without the GIL in between. Returns (logits, {index: ImageError}).
+    fn logits<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyDict>)> {
+        let (inputs, rejected) = convert_items(items)?;
+        let inner = &self.inner;
+        let result = py.detach(|| {
+            let (batch, failures) = preprocess_items(inner, inputs, rejected);
+            inner.run(batch.view()).map(|logits| (logits, failures))
+        });
+        let (logits, failures) = result.map_err(|e| to_py_err(&e))?;
+        Ok((logits.into_pyarray(py), errors_to_dict(py, &failures)?))
+    }
+
+    fn __repr__(&self) -> String {
+        let contract = self.inner.contract();
+        format!(
+            "_native.Classifier(model={:?}, classes={}, input=3x{}x{}, threads={})",
+            self.inner.model_path().display().to_string(),
+            contract.labels.len(),
+            contract.preprocess.crop_size,
+            contract.preprocess.crop_size,
+            self.inner.threads()
+        )
+    }
+}
+
+/// The ONNX Runtime library this process loaded, or None before the first Classifier.
+#[pyfunction]
+fn loaded_ort_library() -> Option<PathBuf> {
+    butterfly_onnx::runtime::loaded_library()
+}
+
+#[pymodule(name = "_native")]
+fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Classifier>()?;
+    m.add_function(wrap_pyfunction!(loaded_ort_library, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

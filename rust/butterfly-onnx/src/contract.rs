@@ -1,0 +1,457 @@
+//! The model contract: the JSON document an exported model carries in its ONNX
+//! `metadata_props` under [`METADATA_KEY`] (schema in docs/contract.md).
+//!
+//! This is the only Rust reader of it. It mirrors `python/butterfly_onnx/contract.py`
+//! (`ModelContract.from_dict`, `PreprocessSpec.from_dict`) field by field and check by check;
+//! the shared fixtures in `tests/fixtures/contracts/` prove that both accept and reject the
+//! same documents. The document is parsed into a `serde_json::Value` first and validated by
+//! hand (not with `#[derive(Deserialize)]`) so that the rules, defaults and messages follow
+//! the Python reader exactly: e.g. unknown top-level keys are allowed but unknown
+//! `preprocess` keys are not, and a duplicated key keeps its last value, as `json.loads` does.
+
+use serde_json::{Map, Value};
+
+use crate::preprocess::{Interpolation, PreprocessSpec, ResampleOrder};
+use crate::{Error, Result};
+
+/// The only schema version this reader understands.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The ONNX `metadata_props` key that holds the contract JSON.
+pub const METADATA_KEY: &str = "butterfly_onnx";
+/// Interpolation names (torchvision `InterpolationMode` values).
+pub const INTERPOLATIONS: [&str; 2] = ["bilinear", "bicubic"];
+/// Pillow pass-order rules (see contract.py `RESAMPLE_ORDERS`).
+pub const RESAMPLE_ORDERS: [&str; 3] = ["pillow_12_1", "pillow_12_2", "pillow_13"];
+
+/// What the model's output holds: raw logits (softmax applied for probabilities) or
+/// probabilities already (used as they are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Logits,
+    Probabilities,
+}
+
+impl OutputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::Logits => "logits",
+            OutputKind::Probabilities => "probabilities",
+        }
+    }
+}
+
+/// Everything needed to run an exported classifier (schema version 1).
+#[derive(Debug, Clone)]
+pub struct ModelContract {
+    pub labels: Vec<String>,
+    pub preprocess: PreprocessSpec,
+    pub input_name: String,
+    pub output_name: String,
+    pub output_kind: OutputKind,
+    /// Free-form JSON object (architecture, weights, versions, metrics).
+    pub provenance: Value,
+    pub schema_version: u32,
+}
+
+/// A validation failure, before the caller's source name is attached.
+type Check<T> = std::result::Result<T, String>;
+
+impl ModelContract {
+    /// Parse the metadata value (a JSON string). `source` names the model in errors.
+    pub fn from_json_str(raw: &str, source: &str) -> Result<Self> {
+        let data: Value = serde_json::from_str(raw).map_err(|e| Error::Contract {
+            source_name: source.to_string(),
+            reason: format!("the butterfly_onnx contract is not valid JSON: {e}"),
+        })?;
+        Self::from_value(&data, source)
+    }
+
+    /// Read the contract from a model's metadata lookup (`None` when the key is absent).
+    pub fn from_metadata(raw: Option<&str>, source: &str) -> Result<Self> {
+        match raw {
+            Some(raw) => Self::from_json_str(raw, source),
+            None => Err(missing_contract(source)),
+        }
+    }
+
+    /// Validate an already-parsed document (contract.py `ModelContract.from_dict`).
+    pub fn from_value(data: &Value, source: &str) -> Result<Self> {
+        contract_from_value(data).map_err(|reason| invalid(source, &reason))
+    }
+
+    /// A contract built from explicit parts (for models without one); validated like a
+    /// parsed document.
+    pub fn new(
+        labels: Vec<String>,
+        preprocess: PreprocessSpec,
+        input_name: String,
+        output_name: String,
+        output_kind: OutputKind,
+        provenance: Value,
+    ) -> Result<Self> {
+        let contract = ModelContract {
+            labels,
+            preprocess,
+            input_name,
+            output_name,
+            output_kind,
+            provenance,
+            schema_version: SCHEMA_VERSION,
+        };
+        contract.validate().map_err(|reason| invalid("<contract>", &reason))?;
+        Ok(contract)
+    }
+
+    /// The checks of contract.py `ModelContract.__post_init__` on fields set in Rust.
+    fn validate(&self) -> Check<()> {
+        check_labels(&self.labels)?;
+        check_spec(&self.preprocess)?;
+        if self.input_name.is_empty() {
+            return Err("input_name must be a non-empty string".into());
+        }
+        if self.output_name.is_empty() {
+            return Err("output_name must be a non-empty string".into());
+        }
+        if !self.provenance.is_object() {
+            return Err("provenance must be an object".into());
+        }
+        Ok(())
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// The document as contract.py `ModelContract.to_dict` writes it.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "schema_version": self.schema_version,
+            "labels": self.labels,
+            "preprocess": preprocess_to_value(&self.preprocess),
+            "input": {"name": self.input_name, "layout": "NCHW", "dtype": "float32"},
+            "output": {"name": self.output_name, "kind": self.output_kind.as_str()},
+            "provenance": self.provenance,
+        })
+    }
+
+    /// Compact JSON of [`Self::to_value`].
+    pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+}
+
+/// Parse a `preprocess` object on its own (used for explicit overrides).
+pub fn preprocess_from_value(data: &Value, source: &str) -> Result<PreprocessSpec> {
+    spec_from_value(data).map_err(|reason| invalid(source, &reason))
+}
+
+/// Parse a `preprocess` object given as JSON text (`PreprocessSpec.to_dict()` in Python).
+pub fn preprocess_from_json_str(raw: &str, source: &str) -> Result<PreprocessSpec> {
+    let data: Value = serde_json::from_str(raw).map_err(|e| invalid(source, &format!("preprocess is not valid JSON: {e}")))?;
+    preprocess_from_value(&data, source)
+}
+
+/// Validate an explicit label list (non-empty, non-empty strings, unique).
+pub fn validate_labels(labels: &[String], source: &str) -> Result<()> {
+    check_labels(labels).map_err(|reason| invalid(source, &reason))
+}
+
+/// A `preprocess` object as contract.py `PreprocessSpec.to_dict` writes it.
+pub fn preprocess_to_value(spec: &PreprocessSpec) -> Value {
+    serde_json::json!({
+        "resize_size": spec.resize_size,
+        "crop_size": spec.crop_size,
+        "interpolation": interpolation_name(spec.interpolation),
+        "max_size": spec.max_size,
+        "mean": spec.mean.map(f32_to_json),
+        "std": spec.std.map(f32_to_json),
+        "resample_order": resample_order_name(spec.resample_order),
+    })
+}
+
+pub fn interpolation_name(interpolation: Interpolation) -> &'static str {
+    match interpolation {
+        Interpolation::Bilinear => "bilinear",
+        Interpolation::Bicubic => "bicubic",
+    }
+}
+
+pub fn resample_order_name(order: ResampleOrder) -> &'static str {
+    match order {
+        ResampleOrder::Pillow12_1 => "pillow_12_1",
+        ResampleOrder::Pillow12_2 => "pillow_12_2",
+        ResampleOrder::Pillow13 => "pillow_13",
+    }
+}
+
+/// mean/std are float32 in the pipeline (torchvision converts them first); write the
+/// shortest decimal that reads back as the same f32 ("0.485", not 0.48500001430511475),
+/// so a round trip through Python gives back the numbers the contract was written with.
+fn f32_to_json(value: f32) -> Value {
+    let shortest: f64 = format!("{value}").parse().unwrap_or(value as f64);
+    serde_json::Number::from_f64(shortest).map_or(Value::Null, Value::Number)
+}
+
+pub(crate) fn missing_contract(source: &str) -> Error {
+    Error::Contract {
+        source_name: source.to_string(),
+        reason: format!(
+            "the model carries no butterfly_onnx contract (metadata key '{METADATA_KEY}'); export it \
+             with butterfly_onnx.export_onnx, or pass labels= and preprocess= explicitly"
+        ),
+    }
+}
+
+fn invalid(source: &str, reason: &str) -> Error {
+    Error::Contract {
+        source_name: source.to_string(),
+        reason: format!("invalid butterfly_onnx contract: {reason}"),
+    }
+}
+
+/// Python-like rendering of a JSON value inside messages.
+fn show(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("'{s}'"),
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        other => other.to_string(),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+fn contract_from_value(data: &Value) -> Check<ModelContract> {
+    let data = data.as_object().ok_or("the contract must be a JSON object")?;
+    // JSON integer 1 only: `true` and `1.0` are not a schema version.
+    let version = data.get("schema_version");
+    let version_ok = version.and_then(Value::as_u64) == Some(SCHEMA_VERSION as u64);
+    if !version_ok {
+        return Err(format!(
+            "unsupported contract schema_version {} (this butterfly_onnx reads version {SCHEMA_VERSION}); \
+             upgrade butterfly_onnx or re-export the model",
+            version.map_or("None".into(), show)
+        ));
+    }
+    for key in ["labels", "preprocess", "input", "output"] {
+        if !data.contains_key(key) {
+            return Err(format!("the contract is missing '{key}'"));
+        }
+    }
+    let (Some(input), Some(output)) = (data["input"].as_object(), data["output"].as_object()) else {
+        return Err("input and output must be objects".into());
+    };
+    let layout_ok = input.get("layout").is_none_or(|v| v == "NCHW");
+    let dtype_ok = input.get("dtype").is_none_or(|v| v == "float32");
+    if !layout_ok || !dtype_ok {
+        return Err("input must be NCHW float32".into());
+    }
+    let labels = data["labels"].as_array().ok_or("labels must be a list of strings")?;
+    let labels = labels_from_values(labels)?;
+    let provenance = data.get("provenance").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    if !provenance.is_object() {
+        return Err("provenance must be an object".into());
+    }
+    let preprocess = spec_from_value(&data["preprocess"])?;
+    let input_name = non_empty_string(input.get("name"), "input_name")?;
+    let output_name = non_empty_string(output.get("name"), "output_name")?;
+    let output_kind = match output.get("kind") {
+        None => OutputKind::Logits,
+        Some(v) if v == "logits" => OutputKind::Logits,
+        Some(v) if v == "probabilities" => OutputKind::Probabilities,
+        Some(v) => return Err(format!("output.kind must be 'logits' or 'probabilities', got {}", show(v))),
+    };
+    Ok(ModelContract {
+        labels,
+        preprocess,
+        input_name,
+        output_name,
+        output_kind,
+        provenance,
+        schema_version: SCHEMA_VERSION,
+    })
+}
+
+fn labels_from_values(values: &[Value]) -> Check<Vec<String>> {
+    let mut labels = Vec::with_capacity(values.len());
+    for value in values {
+        match value.as_str() {
+            Some(s) => labels.push(s.to_string()),
+            None => return Err("labels must be non-empty strings".into()),
+        }
+    }
+    check_labels(&labels)?;
+    Ok(labels)
+}
+
+fn check_labels(labels: &[String]) -> Check<()> {
+    if labels.is_empty() {
+        return Err("labels must not be empty".into());
+    }
+    if labels.iter().any(String::is_empty) {
+        return Err("labels must be non-empty strings".into());
+    }
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for label in labels {
+        *seen.entry(label).or_default() += 1;
+    }
+    let repeated: Vec<String> = seen.iter().filter(|(_, n)| **n > 1).map(|(l, _)| format!("'{l}'")).collect();
+    if !repeated.is_empty() {
+        return Err(format!("labels must be unique; repeated: [{}]", repeated.join(", ")));
+    }
+    Ok(())
+}
+
+fn non_empty_string(value: Option<&Value>, name: &str) -> Check<String> {
+    match value.and_then(Value::as_str) {
+        Some(s) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("{name} must be a non-empty string")),
+    }
+}
+
+const SPEC_FIELDS: [&str; 7] = ["resize_size", "crop_size", "interpolation", "max_size", "mean", "std", "resample_order"];
+const SPEC_REQUIRED: [&str; 6] = ["crop_size", "interpolation", "mean", "resample_order", "resize_size", "std"];
+
+fn spec_from_value(data: &Value) -> Check<PreprocessSpec> {
+    let data = data.as_object().ok_or_else(|| format!("preprocess must be an object, got {}", type_name(data)))?;
+    let missing: Vec<String> = SPEC_REQUIRED.iter().filter(|k| !data.contains_key(**k)).map(|k| format!("'{k}'")).collect();
+    if !missing.is_empty() {
+        return Err(format!("preprocess is missing [{}]", missing.join(", ")));
+    }
+    let mut unknown: Vec<String> =
+        data.keys().filter(|k| !SPEC_FIELDS.contains(&k.as_str())).map(|k| format!("'{k}'")).collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(format!("preprocess has unknown fields [{}]", unknown.join(", ")));
+    }
+    let resize_size = positive_int(&data["resize_size"], "resize_size")?;
+    let crop_size = positive_int(&data["crop_size"], "crop_size")?;
+    let max_size = match data.get("max_size") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(positive_int(v, "max_size")?),
+    };
+    let mean = triple(&data["mean"], "mean", false)?;
+    let std = triple(&data["std"], "std", true)?;
+    let interpolation = match data["interpolation"].as_str() {
+        Some("bilinear") => Interpolation::Bilinear,
+        Some("bicubic") => Interpolation::Bicubic,
+        _ => {
+            return Err(format!(
+                "preprocess.interpolation must be one of ('bilinear', 'bicubic'), got {}",
+                show(&data["interpolation"])
+            ))
+        }
+    };
+    let resample_order = match data["resample_order"].as_str() {
+        Some("pillow_12_1") => ResampleOrder::Pillow12_1,
+        Some("pillow_12_2") => ResampleOrder::Pillow12_2,
+        Some("pillow_13") => ResampleOrder::Pillow13,
+        _ => {
+            return Err(format!(
+                "preprocess.resample_order must be one of ('pillow_12_1', 'pillow_12_2', 'pillow_13'), got {}",
+                show(&data["resample_order"])
+            ))
+        }
+    };
+    let spec = PreprocessSpec { resize_size, crop_size, interpolation, max_size, mean, std, resample_order };
+    check_spec(&spec)?;
+    Ok(spec)
+}
+
+/// The cross-field checks of contract.py `PreprocessSpec.__post_init__`.
+fn check_spec(spec: &PreprocessSpec) -> Check<()> {
+    for (name, value) in [("resize_size", spec.resize_size), ("crop_size", spec.crop_size)] {
+        if value == 0 {
+            return Err(format!("preprocess.{name} must be a positive integer, got 0"));
+        }
+    }
+    if let Some(max_size) = spec.max_size {
+        if max_size <= spec.resize_size {
+            return Err(format!(
+                "preprocess.max_size ({max_size}) must be greater than resize_size ({}), as torchvision requires",
+                spec.resize_size
+            ));
+        }
+    }
+    if !spec.mean.iter().chain(&spec.std).all(|v| v.is_finite()) {
+        return Err("preprocess.mean and std must be finite numbers".into());
+    }
+    if !spec.std.iter().all(|v| *v > 0.0) {
+        return Err(format!("preprocess.std must be > 0, got {:?}", spec.std));
+    }
+    Ok(())
+}
+
+/// A JSON integer in 1..=u32::MAX (`true`, `224.0` and `"224"` are not integers).
+fn positive_int(value: &Value, name: &str) -> Check<u32> {
+    match value.as_u64() {
+        Some(n) if n > 0 && n <= u32::MAX as u64 => Ok(n as u32),
+        _ => Err(format!("preprocess.{name} must be a positive integer, got {}", show(value))),
+    }
+}
+
+/// Three JSON numbers (not strings, not booleans), finite; positive when `positive`.
+fn triple(value: &Value, name: &str, positive: bool) -> Check<[f32; 3]> {
+    let numbers: Option<Vec<f64>> = value.as_array().and_then(|items| items.iter().map(Value::as_f64).collect());
+    let numbers = match numbers {
+        Some(n) if n.len() == 3 => n,
+        _ => return Err(format!("preprocess.{name} must be 3 numbers, got {}", show(value))),
+    };
+    // Converted to float32 as torchvision's Normalize does; an f64 beyond f32's range
+    // becomes infinite and is rejected like a non-finite value.
+    let values = [numbers[0] as f32, numbers[1] as f32, numbers[2] as f32];
+    if !values.iter().all(|v| v.is_finite()) {
+        return Err(format!("preprocess.{name} must be 3 finite numbers, got {}", show(value)));
+    }
+    if positive && !values.iter().all(|v| *v > 0.0) {
+        return Err(format!("preprocess.{name} must be > 0, got {}", show(value)));
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "labels": ["a", "b"],
+            "preprocess": {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear",
+                           "max_size": null, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                           "resample_order": "pillow_13"},
+            "input": {"name": "input", "layout": "NCHW", "dtype": "float32"},
+            "output": {"name": "logits", "kind": "logits"},
+            "provenance": {"arch": "x"}
+        })
+    }
+
+    #[test]
+    fn round_trip_keeps_the_written_decimals() {
+        let contract = ModelContract::from_value(&doc(), "m.onnx").unwrap();
+        assert_eq!(contract.to_value(), doc());
+    }
+
+    #[test]
+    fn schema_version_must_be_the_integer_one() {
+        for bad in [serde_json::json!(2), serde_json::json!(true), serde_json::json!(1.0), serde_json::json!("1")] {
+            let mut d = doc();
+            d["schema_version"] = bad;
+            let err = ModelContract::from_value(&d, "m.onnx").unwrap_err();
+            assert_eq!(err.kind(), "ContractError");
+            assert!(err.to_string().starts_with("m.onnx: "), "{err}");
+            assert!(err.to_string().contains("schema_version"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+"""Test fixture for the Rust tests (tests/cli.rs, tests/classifier.rs): a small ONNX
+classifier carrying a butterfly_onnx contract, a few real photos, and the reference
+predictions computed with torchvision + onnxruntime in Python.
+
+    python make_fixture.py OUT_DIR
+
+Writes OUT_DIR/{model.onnx, model_static2.onnx, model_no_contract.onnx, images/*, bad/*,
+reference.json} and prints the onnxruntime library path (capi/libonnxruntime.so*) on stdout.
+The model is built with onnx.helper (no torch export: a few milliseconds), the reference
+uses torchvision's transforms on Image.open(p).convert("RGB"), as training does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from torchvision import transforms as T
+
+from butterfly_onnx.contract import ModelContract, PreprocessSpec, write_contract
+
+LABELS = ["admiral", "monarch", "swallowtail", "peacock", "brimstone", "skipper", "ringlet"]
+SPEC = PreprocessSpec(resize_size=80, crop_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+
+
+def build_model(path: Path, *, batch: int | str, with_contract: bool) -> None:
+    """Conv(3->8, 3x3, stride 2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->7)."""
+    rng = np.random.default_rng(7)
+    crop = SPEC.crop_size
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "conv_b"),
+        numpy_helper.from_array(rng.normal(0, 1.0, (len(LABELS), 8)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (len(LABELS),)).astype(np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, crop, crop])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, len(LABELS)])],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if with_contract:
+        contract = ModelContract(labels=tuple(LABELS), preprocess=SPEC, provenance={"arch": "tiny_classifier"})
+        write_contract(model, contract)
+    onnx.save(model, str(path))
+
+
+def photos(out: Path) -> list[Path]:
+    """Real photos (tuxpaint stamps) as PNG (RGBA, as shipped) and JPEG (4:2:0, via Pillow)."""
+    picks = ["animals/insects/cartoon/butterfly.png", "seasonal/easter/butterfly.png", "animals/fish/butterflyfish.png"]
+    sources = [STAMPS / p for p in picks if (STAMPS / p).is_file()]
+    if len(sources) < 3:
+        sources += sorted(STAMPS.rglob("*.png"))[: 3 - len(sources)]
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, source in enumerate(sources):
+        png = images / f"{i}_{source.stem}.png"
+        png.write_bytes(source.read_bytes())
+        jpeg = images / f"{i}_{source.stem}.jpg"
+        Image.open(source).convert("RGB").save(jpeg, quality=90)
+        written += [png, jpeg]
+    if not written:  # no tuxpaint: a synthetic but non-trivial image
+        rng = np.random.default_rng(1)
+        array = (rng.random((150, 210, 3)) * 255).astype(np.uint8)
+        png = images / "noise.png"
+        Image.fromarray(array).save(png)
+        written.append(png)
+    # Not images: skipped when a directory is expanded.
+    (images / "notes.txt").write_text("not an image")
+    return sorted(written)
+
+
+def reference(model: Path, files: list[Path]) -> list[dict]:
+    preprocess = T.Compose([
+        T.Resize(SPEC.resize_size, interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(SPEC.crop_size),
+        T.ToTensor(),
+        T.Normalize(SPEC.mean, SPEC.std),
+    ])
+    batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in files]).numpy()
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": batch})[0]
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = exp / exp.sum(axis=1, keepdims=True)
+    rows = []
+    for path, row_logits, row_probabilities in zip(files, logits, probabilities):
+        order = np.argsort(-row_probabilities, kind="stable")
+        rows.append({
+            "source": str(path),
+            "logits": [float(v) for v in row_logits],
+            "top_k": [{"label": LABELS[i], "index": int(i), "probability": float(row_probabilities[i])} for i in order],
+        })
+    return rows
+
+
+def ort_library() -> Path:
+    spec = importlib.util.find_spec("onnxruntime")
+    for location in spec.submodule_search_locations or []:
+        libs = sorted((Path(location) / "capi").glob("libonnxruntime.so*"))
+        if libs:
+            return libs[-1]
+    raise SystemExit("no libonnxruntime in the onnxruntime wheel")
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    build_model(out / "model.onnx", batch="batch", with_contract=True)
+    build_model(out / "model_static2.onnx", batch=2, with_contract=True)
+    build_model(out / "model_no_contract.onnx", batch="batch", with_contract=False)
+    files = photos(out)
+    bad = out / "bad"
+    bad.mkdir(exist_ok=True)
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("this is not a JPEG")
+    jpeg = next((p for p in files if p.suffix == ".jpg"), None)
+    if jpeg is not None:
+        (bad / "truncated.jpg").write_bytes(jpeg.read_bytes()[:300])
+    (out / "not_a_model.onnx").write_text("not a protobuf")
+    refs = {"labels": LABELS, "crop_size": SPEC.crop_size, "images": reference(out / "model.onnx", files)}
+    (out / "reference.json").write_text(json.dumps(refs, indent=1))
+    print(ort_library())
+
+
+if __name__ == "__main__":
+    main()
