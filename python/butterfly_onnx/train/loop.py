@@ -325,6 +325,8 @@ def finetune(
     """
     if epochs < 1 or head_epochs < 0 or head_epochs > epochs:
         raise TrainingError(f"need epochs >= 1 and 0 <= head_epochs <= epochs, got epochs={epochs}, head_epochs={head_epochs}")
+    if lr < 0 or (finetune_lr is not None and finetune_lr < 0):
+        raise TrainingError(f"learning rates must be >= 0, got lr={lr}, finetune_lr={finetune_lr}")
     if batch_size < 1:
         raise TrainingError(f"batch_size must be >= 1, got {batch_size}")
     if not (unfreeze in ("all", "none") or (isinstance(unfreeze, (int, float)) and 0 < float(unfreeze) <= 1)):
@@ -413,9 +415,10 @@ def _finetune(*, data, model, weights, epochs, head_epochs, unfreeze, batch_size
     if steps_per_epoch == 0:
         raise DatasetError(f"the training split has {len(train_samples)} images: too few for one batch")
     head_steps, total_steps = head_epochs * steps_per_epoch, epochs * steps_per_epoch
+    ratio = finetune_lr / lr if lr > 0 else 0.0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        _lr_lambda(head_steps, total_steps, warmup, finetune_lr / lr, "head"),
-        _lr_lambda(head_steps, total_steps, warmup, finetune_lr / lr, "backbone"),
+        _lr_lambda(head_steps, total_steps, warmup, ratio, "head"),
+        _lr_lambda(head_steps, total_steps, warmup, ratio, "backbone"),
     ])
     scaler = torch.amp.GradScaler(device_.type, enabled=amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -482,6 +485,7 @@ def _finetune(*, data, model, weights, epochs, head_epochs, unfreeze, batch_size
             "epoch": epoch + 1, "phase": phase,
             "train_loss": sum(t["loss_sum"] for t in totals) / max(1, seen),
             "train_acc": sum(t["correct"] for t in totals) / max(1, seen),
+            "train_images": seen,
             "val_loss": val_loss,
             "val_acc1": topk_accuracy(logits, targets, 1),
             "val_acc5": topk_accuracy(logits, targets, 5),

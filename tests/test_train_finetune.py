@@ -1,0 +1,222 @@
+"""finetune(): a real fine-tune on real photos, resume after an interruption, DDP with 2 CPU
+processes, outputs (checkpoints, metrics, plots) and configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+from PIL import Image  # noqa: E402
+
+import butterfly_onnx  # noqa: E402
+from butterfly_onnx.contract import PreprocessSpec  # noqa: E402
+from butterfly_onnx.errors import ArchitectureError, DatasetError, TrainingError  # noqa: E402
+from butterfly_onnx.sample_data import tuxpaint_available, tuxpaint_photo_dataset  # noqa: E402
+from butterfly_onnx.train import FinetuneResult, finetune, load_checkpoint  # noqa: E402
+from butterfly_onnx.train.data import load_rgb  # noqa: E402
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+SMALL = PreprocessSpec(resize_size=72, crop_size=64)  # keeps the synthetic runs cheap
+
+
+def _colour_dataset(root: Path, per_class: int = 12) -> Path:
+    """Three classes of noisy images whose mean colour differs: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    for label, colour in {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}.items():
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 40, (48, 48, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    return root
+
+
+def _tiny_run(data, out_dir, **overrides) -> FinetuneResult:
+    kwargs = dict(model="mobilenet_v3_small", weights=None, epochs=2, head_epochs=1, batch_size=8, lr=1e-2,
+                  preprocess=SMALL, out_dir=out_dir, progress=False, patience=None, seed=0)
+    kwargs.update(overrides)
+    return finetune(data, **kwargs)
+
+
+# --- a real fine-tune on real photos ------------------------------------------------------------
+@pytest.mark.skipif(not tuxpaint_available(), reason="tuxpaint-stamps-default is not installed")
+def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    classes = ["flowers", "fruit", "mammals", "vegetables"]
+    root = tuxpaint_photo_dataset(tmp_path / "photos", categories=classes, size=128, per_class=18)
+    spec = PreprocessSpec(resize_size=128, crop_size=112, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    result = finetune(root, model="efficientnet_lite0", weights="DEFAULT", epochs=2, head_epochs=2, batch_size=16,
+                      lr=3e-3, val_fraction=0.25, preprocess=spec, out_dir=tmp_path / "run", progress=True, seed=0)
+    assert result.labels == classes
+    assert len(result.val_samples) == 4 * round(18 * 0.25)
+    assert not {p for p, _ in result.val_samples} & {p for p, _ in result.train_samples}
+    acc = result.metrics["val_acc1"]
+    assert acc >= 0.7, result.metrics["history"]  # chance is 0.25
+    assert result.metrics["val_acc5"] == 1.0  # 4 classes: top-5 holds every class
+    assert set(result.metrics["per_class"]) == set(classes)
+    assert sum(map(sum, result.metrics["confusion_matrix"])) == len(result.val_samples)
+
+    # The reported accuracy is reproduced from the checkpoint alone, with torchvision's own eval
+    # pipeline: validation ran in eval mode with the weights' eval transforms, no augmentation.
+    from torchvision.transforms import v2
+
+    raw = torch.load(result.checkpoint, weights_only=True)
+    assert raw["config"]["metrics"]["val_acc1"] == pytest.approx(acc)
+    model, config = load_checkpoint(result.checkpoint)
+    assert PreprocessSpec.from_dict(config["preprocess"]) == spec == result.preprocess
+    preset = v2.Compose([v2.Resize(128, interpolation=v2.InterpolationMode.BILINEAR),
+                         v2.CenterCrop(112), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                         v2.Normalize([0.5] * 3, [0.5] * 3)])
+    batch = torch.stack([preset(load_rgb(p)) for p, _ in result.val_samples])
+    with torch.no_grad():
+        predicted = model(batch).argmax(1)
+    targets = torch.tensor([label for _, label in result.val_samples])
+    assert (predicted == targets).float().mean().item() == pytest.approx(acc)
+
+    # Metrics log, plots, health report.
+    history = json.loads(result.metrics_json.read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert result.metrics_csv.read_text().splitlines()[0].startswith("epoch,phase,train_loss")
+    for png in result.plots.values():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.health["num_images"] == 72
+
+
+# --- resume ---------------------------------------------------------------------------------------
+class _Interrupt:
+    def __init__(self, after_epoch: int):
+        self.after_epoch = after_epoch
+
+    def __call__(self, epoch, row):
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    data = _colour_dataset(tmp_path / "data")
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(data, tmp_path / "run", epochs=2, callbacks=[_Interrupt(after_epoch=1)])
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["config"]["epoch"] == 1 and [h["epoch"] for h in saved["history"]] == [1]
+
+    resumed = _tiny_run(data, tmp_path / "run", epochs=2)
+    history = resumed.metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and resumed.epochs_run == 2
+    assert history[:1] == saved["history"]  # the finished epoch is kept, not rerun
+    assert [h["phase"] for h in history] == ["head", "finetune"]
+
+    straight = _tiny_run(data, tmp_path / "straight", epochs=2, test_data=data)
+    assert [h["val_acc1"] for h in straight.metrics["history"]] == [h["val_acc1"] for h in history]
+    a = torch.load(resumed.last_checkpoint, weights_only=True)["model_state"]
+    b = torch.load(straight.last_checkpoint, weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # seeded per epoch: bit-identical
+    assert 0.0 <= straight.metrics["test"]["acc1"] <= 1.0 and "confusion_test" in straight.plots
+
+    # Running again with everything finished trains nothing and reports the same best model.
+    again = _tiny_run(data, tmp_path / "run", epochs=2)
+    assert again.metrics["history"] == history and again.metrics["val_acc1"] == resumed.metrics["val_acc1"]
+
+    with pytest.raises(TrainingError, match="cannot resume"):
+        _tiny_run(data, tmp_path / "run", model="resnet18", epochs=2)
+
+
+def test_early_stopping_and_phases(tmp_path):
+    data = _colour_dataset(tmp_path / "data", per_class=6)
+    result = _tiny_run(data, tmp_path / "run", epochs=6, head_epochs=2, lr=0.0, patience=1)
+    # lr 0 never improves on the first epoch: stops after patience epochs without a better score.
+    assert result.stopped_early and result.epochs_run == 2
+    phases = [h["phase"] for h in result.metrics["history"]]
+    assert phases == ["head", "head"]
+    head_only = _tiny_run(data, tmp_path / "frozen", epochs=2, head_epochs=1, unfreeze="none")
+    assert [h["phase"] for h in head_only.metrics["history"]] == ["head", "finetune"]
+    trained = torch.load(head_only.last_checkpoint, weights_only=True)["model_state"]
+    torch.manual_seed(0)  # finetune seeds before building the model: the same initial weights
+    initial = butterfly_onnx.train.build_model("mobilenet_v3_small", num_classes=3).state_dict()
+    head = {"classifier.3.weight", "classifier.3.bias"}
+    # unfreeze="none": the backbone, BatchNorm running statistics included, never changed.
+    assert all(torch.equal(trained[k], initial[k]) for k in initial if k not in head)
+    assert not all(torch.equal(trained[k], initial[k]) for k in head)
+
+
+# --- bad configuration ------------------------------------------------------------------------------
+def test_bad_configuration_errors(tmp_path):
+    data = _colour_dataset(tmp_path / "data", per_class=3)
+    with pytest.raises(ArchitectureError, match="unknown architecture 'efficientnet_lite9'"):
+        finetune(data, model="efficientnet_lite9", out_dir=tmp_path / "x", progress=False)
+    with pytest.raises(TrainingError, match="head_epochs"):
+        finetune(data, epochs=1, head_epochs=2, out_dir=tmp_path / "x", progress=False)
+    with pytest.raises(TrainingError, match="unfreeze"):
+        finetune(data, unfreeze="half", out_dir=tmp_path / "x", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty"):
+        _tiny_run(tmp_path / "empty", tmp_path / "x")
+
+
+# --- DDP with two CPU processes ----------------------------------------------------------------
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from butterfly_onnx.contract import PreprocessSpec
+    from butterfly_onnx.train import finetune
+    torch.set_num_threads(1)
+    data, out = sys.argv[1], sys.argv[2]
+    result = finetune(data, model="mobilenet_v3_small", weights=None, epochs=2, head_epochs=1, batch_size=4,
+                      lr=1e-2, preprocess=PreprocessSpec(resize_size=72, crop_size=64), out_dir=out,
+                      progress=False, patience=None, max_steps_per_epoch=2, dist_timeout_s=60)
+    rank = int(os.environ.get("RANK", "-1"))
+    print("RESULT", json.dumps({"rank": rank, "acc": result.metrics["val_acc1"], "n": len(result.val_samples)}))
+    """
+)
+
+
+def _torchrun(tmp_path, data, out, timeout=240):
+    script = tmp_path / "ddp_finetune.py"
+    script.write_text(DDP_SCRIPT)
+    package_root = str(Path(butterfly_onnx.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(data), str(out)]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # our own process group only
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish within {timeout}s:\n{output[-3000:]}")
+    return process.returncode, output
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    data = _colour_dataset(tmp_path / "data", per_class=8)
+    code, output = _torchrun(tmp_path, data, tmp_path / "run")
+    assert code == 0, output[-3000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines() if "RESULT " in line]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert results[0]["acc"] == results[1]["acc"]  # validation gathered from both shards
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["config"]["train_config"]["world_size"] == 2
+    assert not any(k.startswith("module.") for k in saved["model_state"])
+    # Both ranks trained: each step covers batch_size images per rank.
+    assert [h["train_images"] for h in saved["history"]] == [2 * 2 * 4, 2 * 2 * 4]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
+    load_checkpoint(tmp_path / "run" / "best.pt")
+
+
+def test_ddp_failure_terminates(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, output = _torchrun(tmp_path, tmp_path / "empty", tmp_path / "run", timeout=180)
+    assert code != 0
+    assert "DatasetError" in output
