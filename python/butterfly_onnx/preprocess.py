@@ -245,9 +245,15 @@ def normalization_table(spec: PreprocessSpec) -> np.ndarray:
 
 
 # --- the whole pipeline ---------------------------------------------------------------
-def _select_method(spec: PreprocessSpec, method: Method) -> str:
+def _select_method(spec: PreprocessSpec, method: Method, in_pixels: int, out_pixels: int) -> str:
     if method == "auto":
-        return "pillow" if spec.resample_order == current_resample_order() else "numpy"
+        if spec.resample_order != current_resample_order():
+            return "numpy"
+        # A large upscale of which the crop keeps a sliver (e.g. 3x500 -> 256x42666): Pillow
+        # would compute every output pixel, the port computes only the crop's.
+        if out_pixels > 16 * spec.crop_size**2 and in_pixels < out_pixels // 4:
+            return "numpy"
+        return "pillow"
     if method not in ("pillow", "numpy"):
         raise ValueError(f"method must be 'auto', 'pillow' or 'numpy', got {method!r}")
     return method
@@ -265,7 +271,8 @@ def preprocess_image(
     ``image`` is a PIL image in mode RGB (decoded with ``Image.open(f).convert("RGB")``) or an
     HxWx3 uint8 array.  ``method`` picks the resampler: ``"pillow"`` (Pillow's C code, exact
     only for the installed Pillow's rule), ``"numpy"`` (the port, exact for every rule) or
-    ``"auto"`` (Pillow when its rule is ``spec.resample_order``).
+    ``"auto"`` (Pillow when its rule is ``spec.resample_order``, except for large upscales
+    that the crop mostly discards).
     """
     crop = spec.crop_size
     if out is None:
@@ -285,7 +292,7 @@ def preprocess_image(
     pad_y, top = crop_offsets(new_h, crop)
     win_w, win_h = min(crop, new_w), min(crop, new_h)
 
-    if _select_method(spec, method) == "pillow":
+    if _select_method(spec, method, width * height, new_w * new_h) == "pillow":
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image, "RGB")
         resized = resize_pillow(pil, (new_w, new_h), spec.interpolation)
         region = np.asarray(resized)[top : top + win_h, left : left + win_w]
