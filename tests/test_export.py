@@ -156,6 +156,22 @@ def test_verification_on_real_photos_is_reported_and_independently_true(exported
     assert json.loads(report_path_for(path).read_text())["verification"]["passed"] is True
 
 
+def test_classifier_runs_the_exported_file_on_each_backend(exported, model, preset, photos, backend):
+    # `backend` (tests/conftest.py): python, and rust when the extension is built
+    from butterfly_onnx import Classifier
+
+    path, report = exported
+    clf = Classifier(path, backend=backend)
+    assert clf.labels == tuple(LABELS)
+    assert clf.spec.to_dict() == report.contract
+    paths = [p for p, _ in photos]
+    got = clf.logits(paths)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(_torchvision_batch(paths, preset))).numpy()
+    assert np.abs(got - expected).max() <= 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_dynamic_batch(exported, model, preset, photos, batch_size):
     path, _ = exported
