@@ -65,13 +65,17 @@ def build_torch_classifier(arch: str = "mobilenet_v3_small", seed: int = 0):
     return model
 
 
-def export_contract_model(module, path: Path, spec: PreprocessSpec, *, dynamic_hw: bool = True) -> ModelContract:
+def export_contract_model(
+    module, path: Path, spec: PreprocessSpec, *, dynamic_hw: bool = True, dynamic_batch: bool = True
+) -> ModelContract:
     import torch
 
     from butterfly_onnx.contract import write_contract
 
     crop = spec.crop_size
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    axes = {0: "batch"} if dynamic_batch else {}
+    if dynamic_hw:
+        axes.update({2: "height", 3: "width"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose
         torch.onnx.export(
@@ -80,7 +84,7 @@ def export_contract_model(module, path: Path, spec: PreprocessSpec, *, dynamic_h
             str(path),
             input_names=["input"],
             output_names=["logits"],
-            dynamic_axes={"input": axes, "logits": {0: "batch"}},
+            dynamic_axes={"input": axes, "logits": {0: "batch"} if dynamic_batch else {}},
             opset_version=17,
             dynamo=False,
         )

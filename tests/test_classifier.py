@@ -295,6 +295,30 @@ def test_contract_overrides_are_checked(backend, contract_model):
     assert clf.preprocess(natural_rgb(50, 60)).shape == (1, 3, 128, 128)
 
 
+@pytest.fixture(scope="module")
+def fixed_shape_model(contract_model, tmp_path_factory):
+    """The same network exported with a fixed input of (1, 3, 224, 224)."""
+    from contract_models import export_contract_model
+
+    path = tmp_path_factory.mktemp("fixed") / "fixed_1x3x224x224.onnx"
+    export_contract_model(
+        contract_model.module, path, contract_model.contract.preprocess, dynamic_hw=False, dynamic_batch=False
+    )
+    return path
+
+
+def test_fixed_batch_model_is_fed_in_chunks(backend, fixed_shape_model, logit_paths, torch_logits):
+    clf = Classifier(fixed_shape_model, backend=backend)
+    logits = clf.logits(logit_paths[:5])
+    assert logits.shape == (5, len(LABELS))
+    assert np.abs(logits - torch_logits[:5]).max() <= 1e-4
+
+
+def test_fixed_input_size_must_match_the_crop(backend, fixed_shape_model):
+    with pytest.raises(ContractError, match="fixed_1x3x224x224.onnx"):
+        Classifier(fixed_shape_model, backend=backend, preprocess=PreprocessSpec(160, 128))
+
+
 def test_unknown_backend(contract_model):
     with pytest.raises(BackendUnavailableError, match="cobol"):
         Classifier(contract_model.path, backend="cobol")
