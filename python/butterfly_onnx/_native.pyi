@@ -1,0 +1,59 @@
+"""Typed surface of ``butterfly_onnx._native`` (rust/butterfly-onnx-python/src/lib.rs).
+
+Private: use ``butterfly_onnx.Classifier(..., backend="rust")``. Every method releases the
+GIL while it decodes, preprocesses or runs the model; one instance may be shared by threads.
+Errors are the classes of ``butterfly_onnx.errors``.
+"""
+
+from os import PathLike
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ImageError
+
+__version__: str
+
+# payload: a path (str / os.PathLike), encoded file bytes, or an HxWx3 uint8 array.
+_Item = tuple[str, str | PathLike[str] | bytes | npt.NDArray[np.uint8]]
+
+class Classifier:
+    def __init__(
+        self,
+        model_path: str | PathLike[str],
+        *,
+        threads: int | None = None,
+        labels: Sequence[str] | None = None,
+        preprocess_json: str | None = None,
+        max_image_pixels: int | None = None,
+        ort_library: str | PathLike[str] | None = None,
+    ) -> None:
+        """Open a model. ``preprocess_json``: ``json.dumps(PreprocessSpec.to_dict())``;
+        ``ort_library``: the libonnxruntime file (else $BUTTERFLY_ONNX_ORT_LIB /
+        $ORT_DYLIB_PATH). Raises ModelNotFoundError, InvalidModelError, ContractError,
+        BackendUnavailableError, ValueError (threads < 1)."""
+    @property
+    def contract_json(self) -> str:
+        """The effective contract as ``ModelContract.to_dict()`` JSON."""
+    @property
+    def model_contract_json(self) -> str | None:
+        """The contract JSON stored in the model, verbatim (None when absent)."""
+    @property
+    def threads(self) -> int: ...
+    @property
+    def static_batch(self) -> int | None:
+        """The model's fixed batch size, or None for a dynamic batch axis."""
+    @property
+    def model_path(self) -> Path: ...
+    def preprocess(self, items: Sequence[_Item]) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]:
+        """float32 (n_ok, 3, crop, crop) for the items that decoded, in order, and
+        {item index: ImageError} for the others."""
+    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The raw model output (N, classes) for a float32 (N, 3, crop, crop) batch."""
+    def logits(self, items: Sequence[_Item]) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]:
+        """preprocess + run in one call."""
+
+def loaded_ort_library() -> Path | None:
+    """The libonnxruntime file this process loaded, or None before the first Classifier."""
