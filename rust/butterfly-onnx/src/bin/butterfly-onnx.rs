@@ -18,8 +18,8 @@ use butterfly_onnx::{runtime, Error};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-/// File extensions a directory expands to (formats the decoder reads), compared lowercased.
-const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "jpe", "png", "bmp", "gif", "webp", "tif", "tiff"];
+/// File extensions a directory expands to, compared lowercased (as images.py IMAGE_EXTENSIONS).
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
 #[derive(Parser)]
 #[command(name = "butterfly-onnx", version, about = "Classify images with a butterfly_onnx model (ONNX Runtime, torchvision-exact preprocessing)")]

@@ -4,8 +4,11 @@ predictions computed with torchvision + onnxruntime in Python.
 
     python make_fixture.py OUT_DIR
 
-Writes OUT_DIR/{model.onnx, model_static2.onnx, model_no_contract.onnx, images/*, bad/*,
-reference.json} and prints the onnxruntime library path (capi/libonnxruntime.so*) on stdout.
+Writes OUT_DIR/{model.onnx, model_static2.onnx, model_no_contract.onnx, not_a_model.onnx,
+images/*, bad/*, reference.json, reference_batch.f32 (torchvision's batch, little-endian
+float32)} and prints the onnxruntime library path (capi/libonnxruntime.so*) on stdout. Image
+paths in reference.json are relative to OUT_DIR.
+Exits with status 77 when torch, torchvision, onnx or onnxruntime is not installed.
 The model is built with onnx.helper (no torch export: a few milliseconds), the reference
 uses torchvision's transforms on Image.open(p).convert("RGB"), as training does.
 """
@@ -18,12 +21,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-import torch
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from torchvision import transforms as T
+
+try:
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+    from torchvision import transforms as T
+except ImportError as exc:  # the Rust tests report this as a skip
+    print(f"make_fixture.py needs the train and dev extras: {exc}", file=sys.stderr)
+    raise SystemExit(77) from None
 
 from butterfly_onnx.contract import ModelContract, PreprocessSpec, write_contract
 
@@ -91,7 +99,7 @@ def photos(out: Path) -> list[Path]:
     return sorted(written)
 
 
-def reference(model: Path, files: list[Path]) -> list[dict]:
+def reference(model: Path, files: list[Path], batch_path: Path) -> list[dict]:
     preprocess = T.Compose([
         T.Resize(SPEC.resize_size, interpolation=T.InterpolationMode.BILINEAR),
         T.CenterCrop(SPEC.crop_size),
@@ -99,6 +107,7 @@ def reference(model: Path, files: list[Path]) -> list[dict]:
         T.Normalize(SPEC.mean, SPEC.std),
     ])
     batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in files]).numpy()
+    batch.astype("<f4").tofile(batch_path)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": batch})[0]
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -107,7 +116,7 @@ def reference(model: Path, files: list[Path]) -> list[dict]:
     for path, row_logits, row_probabilities in zip(files, logits, probabilities):
         order = np.argsort(-row_probabilities, kind="stable")
         rows.append({
-            "source": str(path),
+            "source": str(path.relative_to(model.parent)),
             "logits": [float(v) for v in row_logits],
             "top_k": [{"label": LABELS[i], "index": int(i), "probability": float(row_probabilities[i])} for i in order],
         })
@@ -138,7 +147,7 @@ def main() -> None:
     if jpeg is not None:
         (bad / "truncated.jpg").write_bytes(jpeg.read_bytes()[:300])
     (out / "not_a_model.onnx").write_text("not a protobuf")
-    refs = {"labels": LABELS, "crop_size": SPEC.crop_size, "images": reference(out / "model.onnx", files)}
+    refs = {"labels": LABELS, "crop_size": SPEC.crop_size, "images": reference(out / "model.onnx", files, out / "reference_batch.f32")}
     (out / "reference.json").write_text(json.dumps(refs, indent=1))
     print(ort_library())
 
