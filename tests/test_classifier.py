@@ -379,3 +379,12 @@ def test_inference_does_not_import_torch(backend, contract_model, image_files):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() in LABELS
+
+
+def test_empty_input_list(backend, classifiers):
+    clf = classifiers(backend)
+    assert clf.preprocess([]).shape == (0, 3, 224, 224)
+    assert clf.logits([]).shape == (0, len(LABELS))
+    assert clf.predict([]) == []
+    with pytest.raises(ValueError, match="top_k"):
+        clf.predict([], top_k=0)
