@@ -113,6 +113,8 @@ def test_export_from_module_with_a_preset(exported, preset, photos):
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 224, 224]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # the model gets the same permissions as any new file (not mkstemp's 0600)
+    assert path.stat().st_mode & 0o777 == report_path_for(path).stat().st_mode & 0o777
     # no temporary files left beside it
     assert sorted(p.name for p in path.parent.iterdir()) == ["lite0.export.json", "lite0.onnx"]
 
@@ -296,6 +298,7 @@ def test_module_without_labels_or_preprocess_is_a_clear_error(model, preset, tmp
         ({"variants": ("int4",)}, ExportError, "unknown variants"),
         ({"verify_images": None}, ExportError, "verification needs real images"),
         ({"variants": ("int8",)}, ExportError, "needs calibration images"),
+        ({"variants": ("int8",), "int8_method": "kl"}, ExportError, "int8_method must be one of"),
         ({"path": "model.pt"}, ExportError, "must end with .onnx"),
         ({"opset": 7}, ExportError, "opset must be"),
     ],

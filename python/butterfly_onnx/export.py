@@ -29,6 +29,7 @@ import numpy as np
 
 from .contract import ModelContract, PreprocessSpec, current_resample_order, write_contract
 from .images import IMAGE_EXTENSIONS
+from .variants import INT8_METHODS
 from .errors import (
     BackendUnavailableError,
     ContractError,
@@ -537,6 +538,12 @@ def _atomic_replace(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def _chmod_like_a_new_file(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def export_onnx(
     source: Any,
     path: str | os.PathLike,
@@ -555,6 +562,7 @@ def export_onnx(
     variants: Sequence[str] = (),
     calibration_images: Any = None,
     calibration_size: int = 64,
+    int8_method: str = "minmax",
     benchmark_threads: int | None = None,
     benchmark_rounds: int = 7,
     provenance: Mapping[str, Any] | None = None,
@@ -583,7 +591,8 @@ def export_onnx(
     ``variants``: any of "optimized", "fp16", "int8", written beside the model as
     ``<stem>.<variant>.onnx`` with their accuracy and speed against fp32 in the report.
     "int8" calibrates on ``calibration_images`` (default: a seeded sample of
-    ``calibration_size`` training images of the FinetuneResult).
+    ``calibration_size`` training images of the FinetuneResult) with ``int8_method``
+    ("minmax", "percentile" or "entropy").
 
     The report is saved as JSON beside the model (:func:`report_path_for`); returns the path,
     or ``(path, ExportReport)`` with ``return_report=True``.
@@ -601,6 +610,8 @@ def export_onnx(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ExportError(f"unknown variants {unknown}; choose from {VARIANTS}")
+    if "int8" in variants and int8_method not in INT8_METHODS:
+        raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {int8_method!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 11:
         raise ExportError(f"opset must be an int >= 11, got {opset!r}")
 
@@ -632,6 +643,7 @@ def export_onnx(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx.tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _chmod_like_a_new_file(tmp)  # mkstemp makes it 0600; the model should get the usual umask mode
     variant_tmps: list[tuple[Path, Path]] = []
     try:
         dummy = torch.zeros(2 if dynamic_batch else 1, 3, spec.crop_size, spec.crop_size)
@@ -731,7 +743,9 @@ def export_onnx(
                 vtmp = target.with_name(f".{target.stem}.{name}.onnx.tmp")
                 variant_tmps.append((vtmp, vtarget))
                 calib = calibration if name == "int8" else None
-                notes = build_variant(name, tmp, vtmp, spec=spec, calibration=calib, batch_size=batch_size)
+                notes = build_variant(
+                    name, tmp, vtmp, spec=spec, calibration=calib, batch_size=batch_size, int8_method=int8_method
+                )
                 vprov = dict(prov, variant=name, variant_of=target.name, variant_notes=notes)
                 write_contract(vtmp, dataclasses.replace(contract, provenance=vprov), vtmp)
                 built.append((name, vtmp, vtarget, notes))
