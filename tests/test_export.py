@@ -23,7 +23,7 @@ onnx = pytest.importorskip("onnx")
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from butterfly_onnx.contract import METADATA_KEY, ModelContract, PreprocessSpec  # noqa: E402
+from butterfly_onnx.contract import ModelContract, PreprocessSpec  # noqa: E402
 from butterfly_onnx.errors import ContractError, ExportError, ExportVerificationError  # noqa: E402
 from butterfly_onnx.export import ExportReport, export_onnx, report_path_for, verify_onnx  # noqa: E402
 
@@ -278,6 +278,16 @@ def test_export_from_a_checkpoint_path(model, photos, tmp_path):
     assert prov["arch"] == "efficientnet_lite0" and prov["checkpoint"] == "best.pt" and prov["epoch"] == 3
     assert prov["metrics"] == {"val_acc1": 0.875, "val_acc5": 1.0}  # scalars only
     assert report.verification.passed and report.verification.num_images == len(photos)
+
+
+def test_verify_false_exports_without_images_and_says_so(model, preset, tmp_path):
+    path, report = export_onnx(
+        model, tmp_path / "unverified.onnx", labels=LABELS, preprocess=preset, verify=False, return_report=True
+    )
+    assert report.verification is None
+    contract = ModelContract.from_metadata(_session(path).get_modelmeta().custom_metadata_map)
+    assert "verification" not in contract.provenance
+    assert ExportReport.load(path).verification is None
 
 
 def test_module_without_labels_or_preprocess_is_a_clear_error(model, preset, tmp_path):

@@ -51,8 +51,6 @@ __all__ = [
 VARIANTS = ("optimized", "fp16", "int8")
 
 
-#: An image for verification or calibration: a path, or (path, class index) when its label is known.
-ImageSample = "str | os.PathLike | tuple[str | os.PathLike, int]"
 
 
 # --------------------------------------------------------------------------- reports
@@ -617,6 +615,12 @@ def export_onnx(
 
     src = _resolve_source(source, labels, preprocess)
     spec = src.preprocess
+    n_bytes = sum(p.numel() * p.element_size() for p in src.model.parameters())
+    if n_bytes >= 2**31 - 2**24:  # protobuf's 2 GB limit, minus room for the graph itself
+        raise ExportError(
+            f"the model has {n_bytes / 2**30:.2f} GiB of parameters: one self-contained .onnx file is "
+            "limited to 2 GB (protobuf); models that large are not supported"
+        )
     output_name = "probabilities" if probabilities else "logits"
     rng = np.random.default_rng(seed)
 
