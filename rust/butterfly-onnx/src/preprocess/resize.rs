@@ -178,30 +178,82 @@ impl<'a> Plane<'a> {
     }
 }
 
+/// Rows resampled together by the horizontal pass. The block is transposed so that every
+/// input column holds `BLOCK` pixels contiguously: one output column of the whole block is then
+/// a run of multiply-adds over `3 * BLOCK` contiguous bytes with one weight per tap, which the
+/// compiler vectorizes (the integer arithmetic, hence the result, is unchanged).
+const BLOCK: usize = 16;
+const LANES: usize = 3 * BLOCK;
+/// Bytes per transposed column: the lanes, plus room for the 4-byte stores of the transpose.
+const COLUMN: usize = LANES + 16;
+/// Columns transposed at a time (16 KiB).
+const TILE: usize = 256;
+
 /// Horizontal pass: for each of `src`'s rows, the outputs described by `coeffs` (their starts
 /// are column indices in `src`). Writes `src.rows x coeffs.starts.len()` RGB8 pixels.
 pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
+    debug_assert_eq!(dst.len(), src.rows * coeffs.starts.len() * 3);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { horizontal_pass_avx2(src, coeffs, dst) };
+    }
+    horizontal_pass_generic(src, coeffs, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn horizontal_pass_avx2(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
+    horizontal_pass_generic(src, coeffs, dst)
+}
+
+#[inline(always)]
+fn horizontal_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
     let out_w = coeffs.starts.len();
-    debug_assert_eq!(dst.len(), src.rows * out_w * 3);
-    if out_w == 0 {
+    if out_w == 0 || src.rows == 0 {
         return;
     }
-    let taps = coeffs.taps;
-    for (r, out_row) in dst.chunks_exact_mut(out_w * 3).enumerate() {
-        let row = src.row(r);
-        for (o, out_px) in out_row.chunks_exact_mut(3).enumerate() {
-            let start = coeffs.starts[o];
-            let k = coeffs.taps_of(o);
-            let px = &row[start * 3..(start + taps) * 3];
-            let (mut r0, mut g0, mut b0) = (ROUNDING, ROUNDING, ROUNDING);
-            for (p, &w) in px.chunks_exact(3).zip(k) {
-                r0 += p[0] as i32 * w;
-                g0 += p[1] as i32 * w;
-                b0 += p[2] as i32 * w;
+    let mut columns = vec![0u8; src.width * COLUMN];
+    for first_row in (0..src.rows).step_by(BLOCK) {
+        let n = BLOCK.min(src.rows - first_row);
+        // Transposed in tiles of columns that stay in L1 while the block's rows are written.
+        for tile in (0..src.width).step_by(TILE) {
+            let tile_end = (tile + TILE).min(src.width);
+            let tile_columns = &mut columns[tile * COLUMN..tile_end * COLUMN];
+            for r in 0..n {
+                let row = &src.row(first_row + r)[tile * 3..];
+                // Each pixel is copied as 4 bytes (its RGB and the next pixel's R): the extra
+                // byte lands on row r + 1's R, written afterwards, or on the column's padding.
+                // The row's last pixel has no next pixel to read, so it is copied as 3 bytes.
+                let full = if tile_end == src.width { tile_end - tile - 1 } else { tile_end - tile };
+                for (column, four) in tile_columns.chunks_exact_mut(COLUMN).zip(row.windows(4).step_by(3)).take(full) {
+                    column[r * 3..r * 3 + 4].copy_from_slice(four);
+                }
+                if full < tile_end - tile {
+                    let column = &mut tile_columns[full * COLUMN..];
+                    column[r * 3..r * 3 + 3].copy_from_slice(&row[full * 3..full * 3 + 3]);
+                }
             }
-            out_px[0] = clip8(r0);
-            out_px[1] = clip8(g0);
-            out_px[2] = clip8(b0);
+        }
+        let out_rows = &mut dst[first_row * out_w * 3..(first_row + n) * out_w * 3];
+        for o in 0..out_w {
+            let start = coeffs.starts[o];
+            let mut acc = [ROUNDING; LANES];
+            for (t, &w) in coeffs.taps_of(o).iter().enumerate() {
+                if w == 0 {
+                    continue;
+                }
+                let column: &[u8; LANES] = columns[(start + t) * COLUMN..(start + t) * COLUMN + LANES].try_into().unwrap();
+                for (a, &p) in acc.iter_mut().zip(column) {
+                    *a += p as i32 * w;
+                }
+            }
+            for r in 0..n {
+                let out = &mut out_rows[(r * out_w + o) * 3..(r * out_w + o) * 3 + 3];
+                out[0] = clip8(acc[r * 3]);
+                out[1] = clip8(acc[r * 3 + 1]);
+                out[2] = clip8(acc[r * 3 + 2]);
+            }
         }
     }
 }
@@ -209,8 +261,24 @@ pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]
 /// Vertical pass: the outputs described by `coeffs` (starts are row indices in `src`), over all
 /// of `src`'s columns. Writes `coeffs.starts.len() x src.width` RGB8 pixels. `acc` is scratch.
 pub fn vertical_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], acc: &mut Vec<i32>) {
+    debug_assert_eq!(dst.len(), coeffs.starts.len() * src.width * 3);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { vertical_pass_avx2(src, coeffs, dst, acc) };
+    }
+    vertical_pass_generic(src, coeffs, dst, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn vertical_pass_avx2(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], acc: &mut Vec<i32>) {
+    vertical_pass_generic(src, coeffs, dst, acc)
+}
+
+#[inline(always)]
+fn vertical_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], acc: &mut Vec<i32>) {
     let n = src.width * 3;
-    debug_assert_eq!(dst.len(), coeffs.starts.len() * n);
     if n == 0 {
         return;
     }
