@@ -99,8 +99,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     kwargs = {"variants": tuple(args.variant or ())}
-    if args.verify_images:
+    if args.no_verify:
+        kwargs["verify"] = False
+    else:
         kwargs["verify_images"] = args.verify_images
+    if args.calibration_images:
+        kwargs["calibration_images"] = args.calibration_images
     path = export_onnx(args.checkpoint, args.output, **kwargs)
     print(f"exported: {path}")
     return 0
@@ -167,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("output", type=Path)
     p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"))
-    p.add_argument("--verify-images", nargs="+", help="real images to verify on (default: the validation split)")
+    verify = p.add_mutually_exclusive_group(required=True)
+    verify.add_argument("--verify-images", nargs="+", help="real images (files, directories) to verify torch vs ONNX on")
+    verify.add_argument("--no-verify", action="store_true", help="skip the verification against PyTorch")
+    p.add_argument("--calibration-images", nargs="+", help="training images to calibrate the int8 variant on")
     p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser("demo", help="the whole job on real photos: fine-tune, export, predict with both backends")
