@@ -29,6 +29,8 @@ import torch
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+torch.set_num_threads(1)  # tiny tensors: threads only add contention
+
 OUT = Path(sys.argv[1])
 OUT.mkdir(parents=True, exist_ok=True)
 RNG = np.random.default_rng(20261127)
