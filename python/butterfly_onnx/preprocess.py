@@ -293,7 +293,7 @@ def preprocess_image(
     win_w, win_h = min(crop, new_w), min(crop, new_h)
 
     if _select_method(spec, method, width * height, new_w * new_h) == "pillow":
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(image, "RGB")
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         resized = resize_pillow(pil, (new_w, new_h), spec.interpolation)
         region = np.asarray(resized)[top : top + win_h, left : left + win_w]
     else:
