@@ -20,6 +20,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "Classifier": ".classifier",
     "Prediction": ".classifier",
+    "TopK": ".classifier",
+    "ImageSkippedWarning": ".classifier",
+    "ExportReport": ".export",
     "export_onnx": ".export",
     "verify_onnx": ".export",
     "finetune": ".train",
@@ -53,6 +56,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import model_catalog
-    from .classifier import Classifier, Prediction
-    from .export import export_onnx, verify_onnx
+    from .classifier import Classifier, ImageSkippedWarning, Prediction, TopK
+    from .export import ExportReport, export_onnx, verify_onnx
     from .train import FinetuneResult, build_model, finetune, load_dataset
