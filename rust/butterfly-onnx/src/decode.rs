@@ -278,15 +278,16 @@ mod jpeg {
             return Err(decode_error(source_name, "unexpected JPEG output layout"));
         }
         let row_len = width as usize * components;
-        let mut raw = if components == 3 {
-            alloc_rgb(source_name, width, height)?
-        } else {
-            let len = row_len
-                .checked_mul(height as usize)
-                .ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
-            vec![0u8; len]
-        };
-        let mut rows: Vec<*mut u8> = raw.chunks_exact_mut(row_len).map(|r| r.as_mut_ptr()).collect();
+        let len = row_len
+            .checked_mul(height as usize)
+            .ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
+        // Not zero-filled: libjpeg writes every row before the length is set.
+        let mut raw: Vec<u8> = Vec::new();
+        raw.try_reserve_exact(len)
+            .map_err(|_| decode_error(source_name, format!("cannot allocate {len} bytes for {width}x{height} pixels")))?;
+        let base = raw.as_mut_ptr();
+        // SAFETY: every row pointer lies inside the reserved capacity of `len` bytes.
+        let mut rows: Vec<*mut u8> = (0..height as usize).map(|y| unsafe { base.add(y * row_len) }).collect();
         while cinfo.output_scanline < height {
             let next = cinfo.output_scanline as usize;
             let read = unsafe { jpeg_read_scanlines(cinfo, rows[next..].as_mut_ptr(), (height as usize - next) as u32) };
@@ -297,6 +298,8 @@ mod jpeg {
         // Pillow reads to the end of the image; a missing EOI after the last row is accepted.
         unsafe { jpeg_finish_decompress(cinfo) };
         drop(rows);
+        // SAFETY: all `height` rows of `row_len` bytes were written by jpeg_read_scanlines.
+        unsafe { raw.set_len(len) };
         drop(d);
 
         let data = match components {

@@ -23,6 +23,7 @@ use crate::{Error, Result};
 pub use crop::{center_crop_axis, AxisCrop};
 pub use normalize::{normalize_level, NormalizeTable};
 pub use resize::{AxisCoefficients, Plane};
+use resize::Scratch;
 
 /// The Pillow filter used by `Resize` (torchvision `InterpolationMode` names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,6 +247,23 @@ pub fn resample_region<'a>(
     filter: Interpolation,
     order: ResampleOrder,
 ) -> Result<Region<'a>> {
+    let mut scratch = Scratch::take();
+    let region = resample_region_with(image, out_w, out_h, cols, rows, filter, order, &mut scratch);
+    scratch.give_back();
+    region
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resample_region_with<'a>(
+    image: ImageView<'a>,
+    out_w: u32,
+    out_h: u32,
+    cols: Range<usize>,
+    rows: Range<usize>,
+    filter: Interpolation,
+    order: ResampleOrder,
+    scratch: &mut Scratch,
+) -> Result<Region<'a>> {
     image.validate()?;
     if cols.end > out_w as usize || rows.end > out_h as usize || cols.start > cols.end || rows.start > rows.end {
         return Err(Error::InvalidArgument {
@@ -257,7 +275,6 @@ pub fn resample_region<'a>(
     let need_v = out_h as usize != in_h;
     let src = image.plane();
     let (n_cols, n_rows) = (cols.len(), rows.len());
-    let mut acc = Vec::new();
 
     if !need_h && !need_v {
         let offset = rows.start * src.stride;
@@ -284,11 +301,11 @@ pub fn resample_region<'a>(
             width: used_cols.len(),
             rows: used_rows.len(),
         };
-        let mut tmp = vec![0u8; n_rows * used_cols.len() * 3];
-        resize::vertical_pass(window, &yc, &mut tmp, &mut acc);
-        let tmp_plane = Plane { data: &tmp, stride: used_cols.len() * 3, x0: 0, width: used_cols.len(), rows: n_rows };
-        let mut out = vec![0u8; n_rows * n_cols * 3];
-        resize::horizontal_pass(tmp_plane, &xc, &mut out);
+        let tmp = resize::sized(&mut scratch.tmp, n_rows * used_cols.len() * 3);
+        resize::vertical_pass(window, &yc, tmp, &mut scratch.acc);
+        let tmp_plane = Plane { data: tmp, stride: used_cols.len() * 3, x0: 0, width: used_cols.len(), rows: n_rows };
+        let mut out = std::mem::take(&mut scratch.out);
+        resize::horizontal_pass(tmp_plane, &xc, resize::sized(&mut out, n_rows * n_cols * 3), &mut scratch.columns);
         return Ok(Region { data: Cow::Owned(out), stride: n_cols * 3, x0: 0, width: n_cols, rows: n_rows });
     }
 
@@ -313,8 +330,8 @@ pub fn resample_region<'a>(
             width: used_cols.len(),
             rows: used_rows.len(),
         };
-        let mut tmp = vec![0u8; used_rows.len() * n_cols * 3];
-        resize::horizontal_pass(window, &xc, &mut tmp);
+        let mut tmp = std::mem::take(&mut scratch.tmp);
+        resize::horizontal_pass(window, &xc, resize::sized(&mut tmp, used_rows.len() * n_cols * 3), &mut scratch.columns);
         (Cow::Owned(tmp), n_cols * 3, 0)
     } else {
         (Cow::Borrowed(&image.data[used_rows.start * src.stride..]), src.stride, cols.start)
@@ -323,8 +340,11 @@ pub fn resample_region<'a>(
         None => Ok(Region { data: mid, stride: mid_stride, x0: mid_x0, width: n_cols, rows: n_rows }),
         Some((yc, used)) => {
             let mid_plane = Plane { data: &mid, stride: mid_stride, x0: mid_x0, width: n_cols, rows: used.len() };
-            let mut out = vec![0u8; n_rows * n_cols * 3];
-            resize::vertical_pass(mid_plane, &yc, &mut out, &mut acc);
+            let mut out = std::mem::take(&mut scratch.out);
+            resize::vertical_pass(mid_plane, &yc, resize::sized(&mut out, n_rows * n_cols * 3), &mut scratch.acc);
+            if let Cow::Owned(tmp) = mid {
+                scratch.tmp = tmp;
+            }
             Ok(Region { data: Cow::Owned(out), stride: n_cols * 3, x0: 0, width: n_cols, rows: n_rows })
         }
     }
@@ -378,6 +398,11 @@ pub fn preprocess_into(image: ImageView<'_>, spec: &PreprocessSpec, out: &mut [f
             *g = t_g[px[1] as usize];
             *b = t_b[px[2] as usize];
         }
+    }
+    if let Cow::Owned(buffer) = region.data {
+        let mut scratch = Scratch::take();
+        scratch.out = buffer;
+        scratch.give_back();
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! Only the output indices that survive the center crop are computed: every output value
 //! depends on its own window alone, so the values are identical.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use super::Interpolation;
@@ -191,29 +192,30 @@ const TILE: usize = 256;
 
 /// Horizontal pass: for each of `src`'s rows, the outputs described by `coeffs` (their starts
 /// are column indices in `src`). Writes `src.rows x coeffs.starts.len()` RGB8 pixels.
-pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
+pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], columns: &mut Vec<u8>) {
     debug_assert_eq!(dst.len(), src.rows * coeffs.starts.len() * 3);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { horizontal_pass_avx2(src, coeffs, dst) };
+        return unsafe { horizontal_pass_avx2(src, coeffs, dst, columns) };
     }
-    horizontal_pass_generic(src, coeffs, dst)
+    horizontal_pass_generic(src, coeffs, dst, columns)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn horizontal_pass_avx2(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
-    horizontal_pass_generic(src, coeffs, dst)
+fn horizontal_pass_avx2(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], columns: &mut Vec<u8>) {
+    horizontal_pass_generic(src, coeffs, dst, columns)
 }
 
 #[inline(always)]
-fn horizontal_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
+fn horizontal_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], columns: &mut Vec<u8>) {
     let out_w = coeffs.starts.len();
     if out_w == 0 || src.rows == 0 {
         return;
     }
-    let mut columns = vec![0u8; src.width * COLUMN];
+    columns.clear();
+    columns.resize(src.width * COLUMN, 0);
     for first_row in (0..src.rows).step_by(BLOCK) {
         let n = BLOCK.min(src.rows - first_row);
         // Transposed in tiles of columns that stay in L1 while the block's rows are written.
@@ -300,4 +302,49 @@ fn vertical_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u
             *d = clip8(a);
         }
     }
+}
+
+/// Buffers reused by the calls on one thread: fresh large allocations would be fresh pages
+/// (page faults and zeroing) on every image.
+#[derive(Default)]
+pub struct Scratch {
+    pub columns: Vec<u8>,
+    pub acc: Vec<i32>,
+    pub tmp: Vec<u8>,
+    pub out: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Buffers kept between calls are dropped above this size (a huge image should not pin memory).
+const KEEP_BYTES: usize = 32 << 20;
+
+impl Scratch {
+    /// This thread's buffers (empty ones if another call holds them).
+    pub fn take() -> Scratch {
+        SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
+
+    /// Hand the buffers back for the next call on this thread.
+    pub fn give_back(mut self) {
+        fn trim<T>(v: &mut Vec<T>) {
+            if v.capacity() * std::mem::size_of::<T>() > KEEP_BYTES {
+                *v = Vec::new();
+            }
+        }
+        trim(&mut self.columns);
+        trim(&mut self.acc);
+        trim(&mut self.tmp);
+        trim(&mut self.out);
+        SCRATCH.with(|s| *s.borrow_mut() = self);
+    }
+}
+
+/// `buf` resized to `len` bytes, reusing its allocation.
+pub fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.clear();
+    buf.resize(len, 0);
+    &mut buf[..]
 }
