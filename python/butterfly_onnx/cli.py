@@ -19,10 +19,14 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .classifier import Classifier
+    import warnings
+
+    from .classifier import Classifier, ImageSkippedWarning
 
     classifier = Classifier(args.model, backend=args.backend, threads=args.threads)
-    predictions = classifier.predict(args.images, top_k=args.top_k, on_error="skip" if args.keep_going else "raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed below
+        predictions = classifier.predict(args.images, top_k=args.top_k, on_error="skip" if args.keep_going else "raise")
     failed = 0
     for prediction in predictions:
         if prediction.error is not None:
