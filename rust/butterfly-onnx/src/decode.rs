@@ -55,6 +55,22 @@ pub fn read_rgb(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
 
 /// Decode an encoded image (JPEG, PNG, GIF, BMP, TIFF, WebP) to RGB8.
 pub fn decode_rgb(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    // The decoders report errors as values; should one of them panic on a malformed file
+    // anyway, that is still a decode error about this input, not a crash of the caller.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_any(bytes, source_name, limits))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(decode_error(source_name, format!("decoder failed: {what}")))
+        }
+    }
+}
+
+fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(decode_error(source_name, "empty file (0 bytes)"));
     }
@@ -447,7 +463,11 @@ fn decode_gif(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<
     let palette = frame.palette.as_deref().or(global.as_deref()).unwrap_or(&[]);
     let table = palette_table(palette);
     let w = width as usize;
-    let mut indices = vec![frame.transparent.unwrap_or(0); w * height as usize];
+    let mut indices = Vec::new();
+    indices
+        .try_reserve_exact(w * height as usize)
+        .map_err(|_| decode_error(source_name, format!("cannot allocate {width}x{height} pixels")))?;
+    indices.resize(w * height as usize, frame.transparent.unwrap_or(0));
     let (left, top) = (frame.left as usize, frame.top as usize);
     let fw = frame.width as usize;
     for (y, src) in frame.buffer.chunks(fw.max(1)).enumerate().take(frame.height as usize) {
