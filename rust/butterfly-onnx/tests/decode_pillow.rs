@@ -129,3 +129,28 @@ fn read_rgb_reports_missing_files_and_names_the_path() {
         other => panic!("expected ImageDecode, got {other:?}"),
     }
 }
+
+#[test]
+fn concurrent_decodes_with_errors_stay_independent() {
+    // libjpeg errors unwind out of C on whichever thread hit them; other threads' decodes and
+    // results are unaffected (the rust backend decodes a batch on several threads).
+    let corpus = common::corpus();
+    let good = corpus.read("photo_420.jpg");
+    let bad = corpus.read("trunc_half.jpg");
+    let corrupt = corpus.read("corrupt_scan.jpg");
+    let expected = decode_rgb(&good, "good", &NO_LIMIT).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (good, bad, corrupt, expected) = (&good, &bad, &corrupt, &expected);
+            scope.spawn(move || {
+                for i in 0..6 {
+                    match (t + i) % 3 {
+                        0 => assert_eq!(&decode_rgb(good, "good", &NO_LIMIT).unwrap(), expected),
+                        1 => assert!(matches!(decode_rgb(bad, "bad", &NO_LIMIT), Err(Error::ImageDecode { .. }))),
+                        _ => assert!(decode_rgb(corrupt, "corrupt", &NO_LIMIT).is_ok()),
+                    }
+                }
+            });
+        }
+    });
+}
