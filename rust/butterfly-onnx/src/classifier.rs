@@ -212,7 +212,19 @@ impl Classifier {
         let outcomes: Vec<Result<()>> = self.pool.install(|| {
             data.par_chunks_mut(row_len.max(1))
                 .zip(items.par_iter())
-                .map(|(row, item)| preprocess_one(item, spec, limits, row))
+                .map(|(row, item)| {
+                    // A panic in a decoder must not take the batch (or the Python process)
+                    // down: it becomes this image's error.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| preprocess_one(item, spec, limits, row)))
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "unknown panic".into());
+                            Err(Error::ImageDecode { source_name: item.source(), reason: format!("internal error: {what}") })
+                        })
+                })
                 .collect()
         });
         let mut errors = Vec::new();
