@@ -70,6 +70,23 @@ fn generate(dir: &Path) {
     );
 }
 
+/// Corpora of earlier script versions (a few hundred MB each) beside `current`.
+fn remove_stale_corpora(current: &Path) {
+    if std::env::var_os("BUTTERFLY_ONNX_PILLOW_REFS").is_some() {
+        return;
+    }
+    let Some(parent) = current.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let is_corpus = name.to_string_lossy().starts_with("pillow-refs-") && !name.to_string_lossy().contains(".tmp");
+        if is_corpus && path != current {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 pub fn corpus() -> &'static Corpus {
     static CORPUS: OnceLock<Corpus> = OnceLock::new();
     CORPUS.get_or_init(|| {
@@ -90,6 +107,7 @@ pub fn corpus() -> &'static Corpus {
             if std::fs::rename(&tmp, &dir).is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
+            remove_stale_corpora(&dir);
         }
         let text = std::fs::read_to_string(&manifest_path)
             .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
