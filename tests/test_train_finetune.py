@@ -129,6 +129,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(TrainingError, match="cannot resume"):
         _tiny_run(data, tmp_path / "run", model="resnet18", epochs=2)
+    with pytest.raises(TrainingError, match="cannot resume: it was trained with preprocessing"):
+        _tiny_run(data, tmp_path / "run", epochs=2, preprocess=PreprocessSpec(resize_size=80, crop_size=64))
 
 
 def test_early_stopping_and_phases(tmp_path):

@@ -406,10 +406,13 @@ def _finetune(*, data, model, weights, epochs, head_epochs, unfreeze, batch_size
     sampler = (torch.utils.data.DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank,
                                                    shuffle=True, seed=seed) if dist.active else None)
     generator = torch.Generator()
+    per_rank = math.ceil(len(train_ds) / dist.world)
     loader = torch.utils.data.DataLoader(
         train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
-        generator=generator, pin_memory=device_.type == "cuda", drop_last=len(train_ds) > batch_size * dist.world,
-        persistent_workers=False,
+        generator=generator, pin_memory=device_.type == "cuda",
+        # Only a last batch of ONE image is dropped (BatchNorm cannot train on it); any other
+        # remainder is used, which matters on small datasets.
+        drop_last=per_rank % batch_size == 1 and per_rank > 1,
     )
     steps_per_epoch = len(loader) if max_steps_per_epoch is None else min(len(loader), max_steps_per_epoch)
     if steps_per_epoch == 0:
@@ -433,6 +436,11 @@ def _finetune(*, data, model, weights, epochs, head_epochs, unfreeze, batch_size
             raise TrainingError(
                 f"{last_path}: cannot resume: it was trained as {config['arch']} on {config['num_classes']} "
                 f"classes, this run is {arch} on {num_classes}; pass resume=False or another out_dir"
+            )
+        if config["preprocess"] != spec.to_dict():
+            raise TrainingError(
+                f"{last_path}: cannot resume: it was trained with preprocessing {config['preprocess']}, this run "
+                f"uses {spec.to_dict()}; pass resume=False or another out_dir"
             )
         net.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
