@@ -53,12 +53,18 @@ fn errors_to_dict<'py>(py: Python<'py>, failures: &ImageErrors) -> PyResult<Boun
     Ok(dict)
 }
 
+/// The convertible items with their positions in the caller's list, and the rejected ones.
+struct Converted {
+    positions: Vec<usize>,
+    inputs: Vec<ImageInput>,
+    rejected: ImageErrors,
+}
+
 /// Convert `(source, payload)` items (payload: str/os.PathLike path, bytes, or an HxWx3
 /// uint8 array) while holding the GIL; everything after runs without it. A payload of the
 /// wrong kind is a per-image ImageDecodeError naming the source, like undecodable bytes.
-fn convert_items(items: &Bound<'_, PyAny>) -> PyResult<(Vec<ImageInput>, ImageErrors)> {
-    let mut inputs = Vec::new();
-    let mut rejected = Vec::new();
+fn convert_items(items: &Bound<'_, PyAny>) -> PyResult<Converted> {
+    let mut converted = Converted { positions: Vec::new(), inputs: Vec::new(), rejected: Vec::new() };
     for (index, item) in items.try_iter()?.enumerate() {
         let item = item?;
         let pair = item.cast::<PyTuple>().map_err(|_| PyValueError::new_err("items must be (source, payload) tuples"))?;
@@ -67,54 +73,44 @@ fn convert_items(items: &Bound<'_, PyAny>) -> PyResult<(Vec<ImageInput>, ImageEr
         }
         let source: String = pair.get_item(0)?.str()?.extract()?;
         let payload = pair.get_item(1)?;
-        if let Ok(bytes) = payload.cast::<PyBytes>() {
-            inputs.push(ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() });
+        let input = if let Ok(bytes) = payload.cast::<PyBytes>() {
+            ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() }
         } else if let Ok(array) = payload.extract::<PyReadonlyArray3<'_, u8>>() {
             let shape = array.shape();
             if shape[2] != 3 {
-                rejected.push((index, bad_payload(source, format!("expected an HxWx3 uint8 array, got shape {shape:?}"))));
-                inputs.push(placeholder());
+                let reason = format!("expected an HxWx3 uint8 array, got shape {shape:?}");
+                converted.rejected.push((index, Error::ImageDecode { source_name: source, reason }));
                 continue;
             }
             let (height, width) = (shape[0] as u32, shape[1] as u32);
-            // A copy (in C order whatever the strides): Python code may still mutate the
+            // Copied (in C order whatever the strides): Python code may still mutate the
             // array while the GIL is released.
-            let data = array.as_array().iter().copied().collect();
-            inputs.push(ImageInput::Rgb { source, image: RgbImage { width, height, data } });
+            // (ndarray's as_slice is C order only; numpy's would also take Fortran order.)
+            let view = array.as_array();
+            let data = match view.as_slice() {
+                Some(slice) => slice.to_vec(),
+                None => view.iter().copied().collect(),
+            };
+            ImageInput::Rgb { source, image: RgbImage { width, height, data } }
         } else if let Ok(path) = payload.extract::<PathBuf>() {
-            inputs.push(ImageInput::Path(path));
+            ImageInput::Path(path)
         } else {
-            let kind = payload.get_type().name()?.to_string();
-            rejected.push((index, bad_payload(source, format!("unsupported image payload of type {kind}"))));
-            inputs.push(placeholder());
-        }
+            let reason = format!("unsupported image payload of type {}", payload.get_type().name()?);
+            converted.rejected.push((index, Error::ImageDecode { source_name: source, reason }));
+            continue;
+        };
+        converted.positions.push(index);
+        converted.inputs.push(input);
     }
-    Ok((inputs, rejected))
+    Ok(converted)
 }
 
-fn bad_payload(source: String, reason: String) -> Error {
-    Error::ImageDecode { source_name: source, reason }
-}
-
-/// Stands in for a rejected payload so that indices stay aligned; never preprocessed.
-fn placeholder() -> ImageInput {
-    ImageInput::Rgb { source: String::new(), image: RgbImage { width: 0, height: 0, data: Vec::new() } }
-}
-
-/// Preprocess the convertible items, merging conversion failures with decode failures.
-/// Pure Rust: callers run it inside `py.detach`.
-fn preprocess_items(
-    classifier: &CoreClassifier,
-    inputs: Vec<ImageInput>,
-    rejected: ImageErrors,
-) -> (ndarray::Array4<f32>, ImageErrors) {
-    let rejected_indices: Vec<usize> = rejected.iter().map(|(i, _)| *i).collect();
-    let kept: Vec<(usize, ImageInput)> =
-        inputs.into_iter().enumerate().filter(|(i, _)| !rejected_indices.contains(i)).collect();
-    let (indices, kept_inputs): (Vec<usize>, Vec<ImageInput>) = kept.into_iter().unzip();
-    let (batch, failures) = classifier.preprocess(&kept_inputs);
-    let mut all: ImageErrors = failures.into_iter().map(|(i, e)| (indices[i], e)).collect();
-    all.extend(rejected);
+/// Preprocess the convertible items; failures by position in the caller's list, conversion
+/// failures included. Pure Rust: callers run it inside `py.detach`.
+fn preprocess_items(classifier: &CoreClassifier, converted: Converted) -> (ndarray::Array4<f32>, ImageErrors) {
+    let (batch, failures) = classifier.preprocess(&converted.inputs);
+    let mut all: ImageErrors = failures.into_iter().map(|(i, e)| (converted.positions[i], e)).collect();
+    all.extend(converted.rejected);
     all.sort_by_key(|(i, _)| *i);
     (batch, all)
 }
@@ -189,9 +185,9 @@ impl Classifier {
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyDict>)> {
-        let (inputs, rejected) = convert_items(items)?;
+        let converted = convert_items(items)?;
         let inner = &self.inner;
-        let (batch, failures) = py.detach(|| preprocess_items(inner, inputs, rejected));
+        let (batch, failures) = py.detach(|| preprocess_items(inner, converted));
         Ok((batch.into_pyarray(py), errors_to_dict(py, &failures)?))
     }
 
@@ -209,10 +205,10 @@ impl Classifier {
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyDict>)> {
-        let (inputs, rejected) = convert_items(items)?;
+        let converted = convert_items(items)?;
         let inner = &self.inner;
         let result = py.detach(|| {
-            let (batch, failures) = preprocess_items(inner, inputs, rejected);
+            let (batch, failures) = preprocess_items(inner, converted);
             inner.run(batch.view()).map(|logits| (logits, failures))
         });
         let (logits, failures) = result.map_err(|e| to_py_err(&e))?;
