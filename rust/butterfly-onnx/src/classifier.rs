@@ -100,6 +100,9 @@ pub struct Prediction {
 /// Per-image failures: (index in the input list, error); the other images still come back.
 pub type ImageErrors = Vec<(usize, Error)>;
 
+/// The top-k of each image that decoded: (index in the input list, best first).
+pub type ImagePredictions = Vec<(usize, Vec<Prediction>)>;
+
 pub struct Classifier {
     model_path: PathBuf,
     contract: ModelContract,
@@ -316,7 +319,7 @@ impl Classifier {
     /// The top-k classes of each image that decoded, best first, as (input index,
     /// predictions); softmax over the output unless the contract says it already holds
     /// probabilities.
-    pub fn predict(&self, items: &[ImageInput], top_k: usize) -> Result<(Vec<(usize, Vec<Prediction>)>, ImageErrors)> {
+    pub fn predict(&self, items: &[ImageInput], top_k: usize) -> Result<(ImagePredictions, ImageErrors)> {
         let (logits, errors) = self.logits(items)?;
         let failed: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
         let ok_indices = (0..items.len()).filter(|i| !failed.contains(i));
@@ -388,6 +391,8 @@ fn preprocess_one(item: &ImageInput, spec: &PreprocessSpec, limits: &DecodeLimit
     })
 }
 
+// ort's builder errors carry the builder back (large); they are turned into strings at once.
+#[allow(clippy::result_large_err)]
 fn build_session(model_path: &Path, threads: usize) -> Result<Session> {
     let invalid = |reason: String| Error::InvalidModel { path: model_path.to_path_buf(), reason };
     let runtime = |reason: String| Error::RuntimeUnavailable { reason };

@@ -52,7 +52,7 @@ pub fn configured_library(explicit: Option<&Path>) -> Option<PathBuf> {
     }
     ENV_VARS
         .iter()
-        .filter_map(|name| std::env::var_os(name))
+        .filter_map(std::env::var_os)
         .find(|value| !value.is_empty())
         .map(PathBuf::from)
 }
