@@ -127,6 +127,42 @@ def test_the_gil_is_released_while_rust_works(models, big_jpeg, method):
     assert beats >= 5, f"only {beats} heartbeats in a {alone:.3f} s call: the GIL is held"
 
 
+def test_a_whole_native_call_fits_inside_another_threads_call(models, big_jpeg):
+    """Thread A preprocesses many large images; thread B, started once A is inside its call,
+    makes a complete small native call and returns well before A does. Were the GIL held for
+    A's call, B could neither enter nor leave native code until A returned. Needs no free core."""
+    classifier = _open(models["model"], threads=1)
+    # Its own classifier: a classifier's pool of threads=1 would queue B behind A.
+    other = _open(models["model"], threads=1)
+    long_items = [(f"big {i}", big_jpeg) for i in range(12)]
+    small_items = [("small", np.full((8, 8, 3), 90, np.uint8))]
+    other.logits(small_items)  # warm up
+    times: dict[str, float] = {}
+    barrier = threading.Barrier(2)
+
+    def long_call() -> None:
+        barrier.wait()
+        times["a_start"] = time.perf_counter()
+        classifier.preprocess(long_items)
+        times["a_end"] = time.perf_counter()
+
+    def short_call() -> None:
+        barrier.wait()
+        time.sleep(0.02)  # A is in native code by now
+        times["b_start"] = time.perf_counter()
+        other.logits(small_items)
+        times["b_end"] = time.perf_counter()
+
+    threads = [threading.Thread(target=long_call), threading.Thread(target=short_call)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Held, B would only get in as A's call returns (within a millisecond of a_end).
+    a_duration = times["a_end"] - times["a_start"]
+    assert times["a_end"] - times["b_end"] > 0.25 * a_duration, times
+
+
 def _parallel_over_serial(work) -> float:
     """Wall time of two threads running ``work`` at once over running it twice in a row."""
     start = time.perf_counter()
@@ -151,20 +187,19 @@ def _parallel_over_serial(work) -> float:
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to overlap")
 def test_two_threads_calling_in_parallel_overlap(models, big_jpeg):
     classifier = _open(models["model"], threads=1)  # one preprocessing thread per call
-    items = [(f"big {i}", big_jpeg) for i in range(4)]
+    items = [(f"big {i}", big_jpeg) for i in range(8)]
     classifier.preprocess(items[:1])  # warm up
-    payload = big_jpeg * 40
+    payload = big_jpeg * 4  # about as long to compress as the items take
     # The control: zlib releases the GIL, so its ratio is what this machine allows right now
     # (about 0.5 with a free second core, 1.0 on a saturated one). Held by the GIL, the
     # native calls would take 2x one call (ratio about 1.0) whatever the machine.
-    for _ in range(3):
-        control = _parallel_over_serial(lambda: __import__("zlib").compress(payload, 6))
-        native = _parallel_over_serial(lambda: classifier.preprocess(items))
-        if control < 0.85 and native < 0.85:
-            return
-    if control >= 0.85:
-        pytest.skip(f"no free second core right now (zlib control ratio {control:.2f})")
-    pytest.fail(f"parallel/serial wall time {native:.2f} (zlib control {control:.2f}): the calls did not overlap")
+    controls, natives = [], []
+    for _ in range(5):  # interleaved, best of each: the machine is shared
+        controls.append(_parallel_over_serial(lambda: __import__("zlib").compress(payload, 6)))
+        natives.append(_parallel_over_serial(lambda: classifier.preprocess(items)))
+    if min(controls) >= 0.85:
+        pytest.skip(f"no free second core right now (zlib control ratios {controls})")
+    assert min(natives) < 0.9, f"parallel/serial wall time {natives} (zlib control {controls}): no overlap"
 
 
 def test_one_classifier_shared_by_threads_gives_the_same_results(models, big_jpeg):
