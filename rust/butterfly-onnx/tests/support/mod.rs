@@ -83,6 +83,13 @@ fn build() -> Option<Fixture> {
         if std::fs::rename(&scratch, &dir).is_err() {
             std::fs::remove_dir_all(&scratch).ok();
         }
+        // Fixtures of older script versions are never read again.
+        for entry in std::fs::read_dir(dir.parent().unwrap()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("butterfly-fixture-") && !name.contains('.') && entry.path() != dir {
+                std::fs::remove_dir_all(entry.path()).ok();
+            }
+        }
     }
     let ort_library = butterfly_onnx::runtime::find_python_onnxruntime(python.to_str().unwrap())
         .expect("the Python environment's onnxruntime wheel has a libonnxruntime");
