@@ -68,7 +68,8 @@ def build_torch_classifier(seed: int = 0):
 
 
 def export_contract_model(
-    module, path: Path, spec: PreprocessSpec, *, dynamic_hw: bool = True, dynamic_batch: bool = True
+    module, path: Path, spec: PreprocessSpec, *, dynamic_hw: bool = True, dynamic_batch: bool = True,
+    batch: int = 1,
 ) -> ModelContract:
     import torch
 
@@ -82,7 +83,7 @@ def export_contract_model(
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose
         torch.onnx.export(
             module,
-            (torch.zeros(1, 3, crop, crop),),
+            (torch.zeros(batch, 3, crop, crop),),
             str(path),
             input_names=["input"],
             output_names=["logits"],

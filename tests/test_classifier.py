@@ -27,6 +27,7 @@ from butterfly_onnx.errors import (
     ImageError,
     ImageNotFoundError,
     ImageTooLargeError,
+    InvalidArgumentError,
     InvalidModelError,
     ModelNotFoundError,
 )
@@ -222,7 +223,7 @@ def test_on_error_default_from_constructor(backend, contract_model, image_files)
         assert clf.logits([image_files["bad"] / "text.jpg"]).shape == (0, len(LABELS))
     with pytest.raises(ImageDecodeError):
         clf.logits([image_files["bad"] / "text.jpg"], on_error="raise")
-    with pytest.raises(ValueError, match="on_error"):
+    with pytest.raises(InvalidArgumentError, match="on_error"):
         Classifier(contract_model.path, backend=backend, on_error="ignore")
 
 
@@ -293,25 +294,25 @@ def test_contract_overrides_are_checked(backend, contract_model):
 
 @pytest.fixture(scope="module")
 def fixed_shape_model(contract_model, tmp_path_factory):
-    """The same network exported with a fixed input of (1, 3, 224, 224)."""
+    """The same network exported with a fixed input of (2, 3, 224, 224)."""
     from contract_models import export_contract_model
 
-    path = tmp_path_factory.mktemp("fixed") / "fixed_1x3x224x224.onnx"
+    path = tmp_path_factory.mktemp("fixed") / "fixed_2x3x224x224.onnx"
     export_contract_model(
-        contract_model.module, path, contract_model.contract.preprocess, dynamic_hw=False, dynamic_batch=False
+        contract_model.module, path, contract_model.contract.preprocess, dynamic_hw=False, dynamic_batch=False, batch=2
     )
     return path
 
 
 def test_fixed_batch_model_is_fed_in_chunks(backend, fixed_shape_model, logit_paths, torch_logits):
     clf = Classifier(fixed_shape_model, backend=backend)
-    logits = clf.logits(logit_paths[:5])
+    logits = clf.logits(logit_paths[:5])  # 2 + 2 + 1: the last chunk is padded
     assert logits.shape == (5, len(LABELS))
     assert np.abs(logits - torch_logits[:5]).max() <= 1e-4
 
 
 def test_fixed_input_size_must_match_the_crop(backend, fixed_shape_model):
-    with pytest.raises(ContractError, match="fixed_1x3x224x224.onnx"):
+    with pytest.raises(ContractError, match="fixed_2x3x224x224.onnx"):
         Classifier(fixed_shape_model, backend=backend, preprocess=PreprocessSpec(160, 128))
 
 
@@ -382,5 +383,5 @@ def test_empty_input_list(backend, classifiers):
     assert clf.preprocess([]).shape == (0, 3, 224, 224)
     assert clf.logits([]).shape == (0, len(LABELS))
     assert clf.predict([]) == []
-    with pytest.raises(ValueError, match="top_k"):
+    with pytest.raises(InvalidArgumentError, match="top_k"):
         clf.predict([], top_k=0)

@@ -230,7 +230,7 @@ def test_threads_argument(models, big_jpeg):
     items = [(str(i), big_jpeg) for i in range(3)]
     np.testing.assert_array_equal(one.logits(items)[0], two.logits(items)[0])
     for bad in (0, -1):
-        with pytest.raises(ValueError, match="threads"):
+        with pytest.raises(errors.InvalidArgumentError, match="threads"):
             _open(models["model"], threads=bad)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._backends import load_backend
 from .contract import ModelContract, PreprocessSpec
-from .errors import ContractError, ImageError, ModelNotFoundError
+from .errors import ContractError, ImageError, InvalidArgumentError, ModelNotFoundError
 from .images import expand_images, pixel_limit_default
 
 __all__ = ["Classifier", "Prediction", "TopK", "ImageSkippedWarning", "DEFAULT"]
@@ -123,12 +123,12 @@ class Classifier:
         if isinstance(labels, str):
             raise TypeError("labels must be a sequence of strings, not one string")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+            raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
         self._on_error = self._check_on_error(on_error)
         if max_image_pixels is DEFAULT:
             max_image_pixels = pixel_limit_default()
         elif max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
-            raise ValueError(f"max_image_pixels must be a positive int or None, got {max_image_pixels!r}")
+            raise InvalidArgumentError(f"max_image_pixels must be a positive int or None, got {max_image_pixels!r}")
         self.max_image_pixels = max_image_pixels
         path = Path(model)
         if not path.exists():
@@ -186,7 +186,7 @@ class Classifier:
     @staticmethod
     def _check_on_error(on_error: str) -> str:
         if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+            raise InvalidArgumentError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         return on_error
 
     def _handle(self, errors: dict[int, ImageError], on_error: str | None) -> None:
@@ -218,7 +218,7 @@ class Classifier:
         their softmax probabilities (float64 softmax, reported as float32), best first.  A
         skipped image keeps its place, with ``error`` set and no classes."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+            raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
         items = expand_images(images)
         out, errors = self._backend.logits(items)
         self._handle(errors, on_error)

@@ -27,11 +27,16 @@ __all__ = [
     "ExportVerificationError",
     "TrainingError",
     "ArchitectureError",
+    "InvalidArgumentError",
 ]
 
 
 class ButterflyError(Exception):
     """Base class of every error raised by butterfly_onnx."""
+
+
+class InvalidArgumentError(ButterflyError, ValueError):
+    """An argument is out of range (threads, top_k, on_error, max_image_pixels, batch shape)."""
 
 
 # --- images -------------------------------------------------------------------------

@@ -121,10 +121,13 @@ class Backend:
             return np.zeros((0, self.contract.num_classes), dtype=np.float32)
         names = [self.contract.output_name]
         step = self._batch_limit or len(batch)
-        parts = [
-            self._session.run(names, {self.contract.input_name: batch[start : start + step]})[0]
-            for start in range(0, len(batch), step)
-        ]
+        parts = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            rows = len(chunk)
+            if rows < step:  # a fixed-batch model: zero-pad the last chunk, as the Rust core does
+                chunk = np.concatenate([chunk, np.zeros((step - rows, *chunk.shape[1:]), np.float32)])
+            parts.append(self._session.run(names, {self.contract.input_name: chunk})[0][:rows])
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return np.ascontiguousarray(out, dtype=np.float32)
 

@@ -25,6 +25,7 @@ mod errors {
     pyo3::import_exception!(butterfly_onnx.errors, InvalidModelError);
     pyo3::import_exception!(butterfly_onnx.errors, ContractError);
     pyo3::import_exception!(butterfly_onnx.errors, BackendUnavailableError);
+    pyo3::import_exception!(butterfly_onnx.errors, InvalidArgumentError);
 }
 
 /// The Python exception for a core error. Image errors carry `.source` (ImageError's second
@@ -40,6 +41,7 @@ fn to_py_err(error: &Error) -> PyErr {
         "InvalidModelError" => errors::InvalidModelError::new_err(message),
         "ContractError" => errors::ContractError::new_err(message),
         "BackendUnavailableError" => errors::BackendUnavailableError::new_err(message),
+        "InvalidArgumentError" => errors::InvalidArgumentError::new_err(message),
         _ => errors::ButterflyError::new_err(message),
     }
 }
@@ -138,7 +140,7 @@ impl Classifier {
         ort_library: Option<PathBuf>,
     ) -> PyResult<Self> {
         let threads = match threads {
-            Some(n) if n < 1 => return Err(PyValueError::new_err(format!("threads must be at least 1, got {n}"))),
+            Some(n) if n < 1 => return Err(errors::InvalidArgumentError::new_err(format!("threads must be at least 1, got {n}"))),
             Some(n) => Some(n as usize),
             None => None,
         };

@@ -58,7 +58,7 @@ impl Error {
             Error::Contract { .. } => "ContractError",
             Error::RuntimeUnavailable { .. } => "BackendUnavailableError",
             Error::Inference { .. } => "ButterflyError",
-            Error::InvalidArgument { .. } => "ButterflyError",
+            Error::InvalidArgument { .. } => "InvalidArgumentError",
         }
     }
 
