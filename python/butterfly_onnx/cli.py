@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole job on real photos: fine-tune, export, predict with both backends")
     p.add_argument("--data", help="a dataset (e.g. Kaggle's butterfly folder); default: real photos from tuxpaint stamps")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(run=_cmd_demo)
     return parser
