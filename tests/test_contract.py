@@ -90,7 +90,7 @@ def test_shared_fixtures_agree_with_their_expected_outcome():
             assert list(contract.labels) == spec["expect"]["labels"], case.name
             assert contract.preprocess.crop_size == spec["expect"]["crop_size"], case.name
         else:
-            with pytest.raises(ContractError, match=spec.get("error_contains", "")) as caught:
+            with pytest.raises(ContractError, match=spec.get("error_contains")) as caught:
                 ModelContract.from_metadata({METADATA_KEY: raw}, source=case.name)
             assert case.name in str(caught.value)
 

@@ -177,7 +177,9 @@ DDP_SCRIPT = textwrap.dedent(
                       lr=1e-2, preprocess=PreprocessSpec(resize_size=72, crop_size=64), out_dir=out,
                       progress=False, patience=None, max_steps_per_epoch=2, dist_timeout_s=60)
     rank = int(os.environ.get("RANK", "-1"))
-    print("RESULT", json.dumps({"rank": rank, "acc": result.metrics["val_acc1"], "n": len(result.val_samples)}))
+    # one file per rank: the two processes share one stdout pipe, where lines can interleave
+    with open(os.path.join(out, f"result_rank{rank}.json"), "w") as handle:
+        json.dump({"rank": rank, "acc": result.metrics["val_acc1"], "n": len(result.val_samples)}, handle)
     """
 )
 
@@ -205,7 +207,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     data = _colour_dataset(tmp_path / "data", per_class=8)
     code, output = _torchrun(tmp_path, data, tmp_path / "run")
     assert code == 0, output[-3000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines() if "RESULT " in line]
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "run").glob("result_rank*.json"))]
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert results[0]["acc"] == results[1]["acc"]  # validation gathered from both shards
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
