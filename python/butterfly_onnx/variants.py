@@ -90,7 +90,8 @@ class _CalibrationReader:
 
         self._input_name = input_name
         self._preprocess = _preprocess_fn(spec)
-        self._chunks = iter(list(_batches(list(paths), batch_size)))
+        self._all_chunks = list(_batches(list(paths), batch_size))
+        self._chunks = iter(self._all_chunks)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         chunk = next(self._chunks, None)
@@ -98,8 +99,9 @@ class _CalibrationReader:
             return None
         return {self._input_name: self._preprocess(chunk)}
 
-    def rewind(self) -> None:  # pragma: no cover - not used by MinMax
-        raise NotImplementedError
+    def rewind(self) -> None:
+        """Start over (calibrators that read the data more than once call this)."""
+        self._chunks = iter(self._all_chunks)
 
 
 #: int8 calibration methods (onnxruntime.quantization.CalibrationMethod): MinMax is fast; Percentile
