@@ -1,0 +1,636 @@
+"""Scale-out inference on Ray Data: the same exact predictions as :class:`Classifier`, over
+as many images as a Ray cluster can hold, with no torch on the workers.
+
+>>> from butterfly_onnx.ray import predict_dataset, write_parquet     # doctest: +SKIP
+>>> ds = predict_dataset("photos/", "butterflies.onnx", concurrency=2)  # doctest: +SKIP
+>>> write_parquet(ds, "predictions.parquet")                            # doctest: +SKIP
+
+:func:`predict_dataset` returns a lazy ``ray.data.Dataset`` with one row per image:
+``path`` (the image's source path, as Ray's readers name it), ``label``, ``index`` and
+``probability`` (the top-1 class), ``top_k`` (a list of ``{label, index, probability}``, best
+first) and ``error`` (None, or the message naming the image).  One bad file never fails the
+job: it becomes an ``error`` row (``on_error="skip"``, the default).
+
+Each worker is a Ray actor (``map_batches`` with a callable class and
+``compute=ActorPoolStrategy(...)``) that opens the :class:`Classifier` once and decodes with
+the package's own decoders (never Ray's PIL-based ``read_images``).  The model travels to the
+workers through Ray's object store as the file's bytes (``model_transfer="bytes"``, the
+default: nothing needs to be installed or mounted on the workers but the package), or by
+path (``model_transfer="path"``: every node opens the same path, e.g. on shared storage).
+
+Ray is imported only inside the functions here: ``import butterfly_onnx`` never imports it
+(``import ray`` below is absolute, so it is the real Ray, not this module).  See
+``docs/scale.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+from .errors import BackendUnavailableError, ButterflyError, InvalidArgumentError, ModelNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow
+    import ray.data
+
+__all__ = [
+    "COLUMNS",
+    "Predictor",
+    "predict_dataset",
+    "flatten_top_k",
+    "write_parquet",
+    "write_csv",
+    "write_submission",
+    "predict_cli",
+]
+
+#: The columns of :func:`predict_dataset`'s rows, in order.
+COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
+
+#: Images per batch handed to one actor call (its Classifier decodes them in parallel on
+#: ``threads`` threads, then runs one model batch).
+DEFAULT_BATCH_SIZE = 32
+
+MODEL_TRANSFERS = ("bytes", "path")
+ON_ERROR = ("skip", "raise")
+BACKENDS = ("python", "rust")
+
+_DEFAULT: Any = "default"  # max_image_pixels: the Classifier's own default
+
+
+def _import_ray() -> Any:
+    try:
+        import ray  # the real Ray (absolute import)
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"butterfly_onnx.ray needs Ray Data ({exc}); install it with: pip install 'butterfly-onnx[ray]'"
+        ) from None
+    return ray
+
+
+def _ensure_ray(ray: Any, address: str | None) -> None:
+    """Reuse the running Ray session; otherwise ``ray.init(address)`` (None: a cluster found
+    through RAY_ADDRESS or the latest ``ray start`` on this machine, else a new local one)."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING)
+
+
+# -- the rows ------------------------------------------------------------------------
+def _schema() -> "pyarrow.Schema":
+    import pyarrow as pa
+
+    score = pa.struct([("label", pa.string()), ("index", pa.int64()), ("probability", pa.float32())])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("index", pa.int64()),
+            ("probability", pa.float32()),
+            ("top_k", pa.list_(score)),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def _message(error: BaseException, source: str, path: str) -> str:
+    """The error's message, naming the image by its row's ``path``."""
+    text = str(error)
+    if source and source != path and text.startswith(source):
+        return path + text[len(source):]
+    return text if text.startswith(path) else f"{path}: {text}"
+
+
+def _open_classifier(model: str | bytes, backend: str, threads: int, kwargs: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """(Classifier, private temp file or None): ``model`` is a path or the file's bytes."""
+    from .classifier import Classifier
+
+    if isinstance(model, bytes):
+        try:
+            return Classifier(model, backend=backend, threads=threads, **kwargs), None
+        except TypeError:
+            pass  # a Classifier that takes paths only: a private copy of the file
+        fd, name = tempfile.mkstemp(prefix="butterfly_onnx_", suffix=".onnx")
+        with os.fdopen(fd, "wb") as f:
+            f.write(model)
+        try:
+            return Classifier(name, backend=backend, threads=threads, **kwargs), name
+        except BaseException:
+            os.unlink(name)
+            raise
+    return Classifier(model, backend=backend, threads=threads, **kwargs), None
+
+
+class Predictor:
+    """The callable class each Ray actor runs: one :class:`Classifier` per actor, opened in
+    ``__init__`` (again after a restart), applied to batches (``pyarrow.Table``) of either
+    ``path`` + ``bytes`` (a Ray read) or ``path`` + ``file`` (paths this module listed; the
+    actor reads the file).  Returns the rows described in :data:`COLUMNS`."""
+
+    def __init__(
+        self,
+        model: tuple[str, Any],
+        backend: str = "rust",
+        threads: int = 1,
+        top_k: int = 5,
+        on_error: str = "skip",
+        classifier_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.top_k = top_k
+        self.on_error = on_error
+        self._tempfile: str | None = None
+        kind, value = model
+        if kind == "bytes":
+            import ray
+
+            value = bytes(ray.get(value) if isinstance(value, ray.ObjectRef) else value)
+        self.classifier, self._tempfile = _open_classifier(value, backend, threads, classifier_kwargs or {})
+
+    def __del__(self) -> None:
+        name = getattr(self, "_tempfile", None)
+        if name:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+    def _items(self, batch: "pyarrow.Table") -> tuple[list[str], list[Any]]:
+        names = batch.column_names
+        if "path" not in names or ("bytes" not in names and "file" not in names):
+            raise InvalidArgumentError(
+                f"predict_dataset: the source rows need a 'path' and a 'bytes' column "
+                f"(ray.data.read_binary_files(..., include_paths=True)), got columns {names}"
+            )
+        paths = [str(p) for p in batch.column("path").to_pylist()]
+        if "bytes" in names:
+            items = [b if b is not None else b"" for b in batch.column("bytes").to_pylist()]
+        else:
+            items = [Path(f) for f in batch.column("file").to_pylist()]
+        return paths, items
+
+    def _predict(self, items: list[Any]) -> list[Any]:
+        from .classifier import ImageSkippedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImageSkippedWarning)
+            return self.classifier.predict(items, top_k=self.top_k, on_error=self.on_error)
+
+    def __call__(self, batch: "pyarrow.Table") -> "pyarrow.Table":
+        import pyarrow as pa
+
+        paths, items = self._items(batch)
+        try:
+            predictions = self._predict(items)
+            if len(predictions) != len(items):
+                raise RuntimeError("one prediction per item expected")
+            rows = [(p, pred, None) for p, pred in zip(paths, predictions)]
+        except ButterflyError:
+            if self.on_error == "raise":
+                raise
+            # Something about the batch as a whole failed (say a missing file whose name looks
+            # like a glob pattern): predict the images one by one, so only the bad one fails.
+            rows = []
+            for p, item in zip(paths, items):
+                try:
+                    pred = self._predict([item])
+                    rows.append((p, pred[0] if len(pred) == 1 else None, None))
+                except ButterflyError as exc:
+                    rows.append((p, None, _message(exc, str(p), p)))
+        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        for path, pred, failure in rows:
+            if failure is None and pred is not None and pred.error is not None:
+                failure = _message(pred.error, pred.source, path)
+            ok = failure is None and pred is not None and bool(pred.top_k)
+            if failure is None and not ok:
+                failure = f"{path}: no prediction"
+            top = list(pred.top_k) if ok else []
+            columns["path"].append(path)
+            columns["label"].append(top[0].label if ok else None)
+            columns["index"].append(int(top[0].index) if ok else None)
+            columns["probability"].append(float(top[0].probability) if ok else None)
+            columns["top_k"].append(
+                [{"label": s.label, "index": int(s.index), "probability": float(s.probability)} for s in top]
+            )
+            columns["error"].append(failure)
+        return pa.table(columns, schema=_schema())
+
+
+# -- the dataset ---------------------------------------------------------------------
+def _source_dataset(ray: Any, source: Any) -> tuple[Any, bool]:
+    """(dataset, reads_in_tasks): a Ray Dataset of ``path`` + ``bytes`` rows (given, or read
+    by Ray from remote URIs) or of ``path`` + ``file`` rows (local paths, read by the actors)."""
+    if isinstance(source, ray.data.Dataset):
+        try:
+            schema = source.schema(fetch_if_missing=False)
+        except TypeError:  # pragma: no cover - older Ray
+            schema = None
+        names = list(schema.names) if schema is not None else None
+        if names is not None and not ({"path", "bytes"} <= set(names)):
+            raise InvalidArgumentError(
+                "predict_dataset: a Ray Dataset source needs 'bytes' and 'path' columns, as "
+                f"ray.data.read_binary_files(..., include_paths=True) gives; it has {names}"
+            )
+        return source, True
+    if isinstance(source, (str, os.PathLike)):
+        sources = [source]
+    elif isinstance(source, (list, tuple)):
+        sources = list(source)
+        if not sources:
+            raise InvalidArgumentError("predict_dataset: the source list is empty")
+    else:
+        raise TypeError(
+            "predict_dataset: source must be a path, a directory, a glob pattern, a list of "
+            f"them, or a ray.data.Dataset with 'bytes' and 'path' columns, got {type(source).__name__}"
+        )
+    for s in sources:
+        if not isinstance(s, (str, os.PathLike)):
+            raise TypeError(f"predict_dataset: source entries must be paths, got {type(s).__name__}")
+    remote = ["://" in os.fspath(s) for s in sources]
+    if any(remote):
+        if not all(remote):
+            raise InvalidArgumentError("predict_dataset: do not mix URIs (scheme://) with local paths in one source")
+        return ray.data.read_binary_files([os.fspath(s) for s in sources], include_paths=True), True
+    from .images import expand_images
+
+    items = expand_images([os.fspath(s) for s in sources])  # dirs and globs: sorted, as Classifier
+    rows = [{"path": name, "file": os.path.abspath(os.fspath(payload))} for name, payload in items]
+    return ray.data.from_items(rows), False
+
+
+def _pool(concurrency: Any, default: int) -> tuple[Any, int]:
+    """(ActorPoolStrategy kwargs, the most actors it may run)."""
+    if concurrency is None:
+        return {"size": default}, default
+    if isinstance(concurrency, bool):
+        raise InvalidArgumentError(f"concurrency must be an int or a (min, max) pair, got {concurrency!r}")
+    if isinstance(concurrency, int):
+        if concurrency < 1:
+            raise InvalidArgumentError(f"concurrency must be at least 1, got {concurrency}")
+        return {"size": concurrency}, concurrency
+    if (
+        isinstance(concurrency, (tuple, list))
+        and len(concurrency) == 2
+        and all(isinstance(c, int) and not isinstance(c, bool) for c in concurrency)
+        and 1 <= concurrency[0] <= concurrency[1]
+    ):
+        return {"min_size": concurrency[0], "max_size": concurrency[1]}, concurrency[1]
+    raise InvalidArgumentError(f"concurrency must be an int or a (min, max) pair with 1 <= min <= max, got {concurrency!r}")
+
+
+def _cluster_cpus(ray: Any) -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def predict_dataset(
+    source: Any,
+    model: str | os.PathLike[str] | bytes,
+    *,
+    backend: str = "rust",
+    top_k: int = 5,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int | tuple[int, int] | None = None,
+    num_cpus: float | None = None,
+    threads: int | None = None,
+    on_error: str = "skip",
+    model_transfer: str = "bytes",
+    max_image_pixels: int | None = _DEFAULT,
+    address: str | None = None,
+    ray_remote_args: Mapping[str, Any] | None = None,
+    check_model: bool = True,
+    _predictor: type | None = None,
+) -> "ray.data.Dataset":
+    """Predict every image of ``source`` on Ray Data; a lazy Dataset of :data:`COLUMNS` rows.
+
+    Args:
+        source: an image path, a directory (its image files, sorted, not recursive), a glob
+            pattern, a list of them (listed here, then read by the actors: the paths must be
+            readable on every node), URIs ``scheme://...`` (read by Ray's
+            ``read_binary_files``), or a ``ray.data.Dataset`` with ``bytes`` and ``path``
+            columns (``ray.data.read_binary_files(..., include_paths=True)``).
+        model: the ``.onnx`` file's path, or its bytes.
+        backend: ``"rust"`` (default: decoding outside the GIL) or ``"python"``.
+        top_k: classes per row.
+        batch_size: images per actor call.
+        concurrency: actors: ``n`` (a fixed pool) or ``(min, max)`` (autoscaling).  None:
+            one per CPU of the cluster, less one CPU for Ray's read tasks when Ray reads.
+        num_cpus: CPUs reserved per actor.  None: ``(cluster CPUs - reserve) / max actors``,
+            at most 1 — fractional when actors are crowded, so read tasks always find a CPU
+            (actors holding every CPU starve the reads and the job never ends).
+        threads: the Classifier's threads per actor; None: ``num_cpus`` rounded (at least 1).
+        on_error: ``"skip"`` (a bad image becomes an ``error`` row) or ``"raise"`` (it fails
+            the job).
+        model_transfer: ``"bytes"`` (the model goes through the object store; default) or
+            ``"path"`` (each actor opens ``model`` itself: shared storage).
+        max_image_pixels: the Classifier's pixel limit (default: the Classifier's default).
+        address: ``ray.init(address)`` when no Ray session is running (None: an existing
+            cluster if one is found, else a local one).
+        ray_remote_args: more ``map_batches`` arguments for the actors (``max_restarts``,
+            ``memory``, ``resources``, ...).  Ray Data restarts dead actors and retries their
+            batches by default (``max_restarts=-1``, ``max_task_retries=-1``).
+        check_model: open the model once here first, so a missing or invalid model (or
+            backend) is one clear error before any actor starts.
+    """
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0):
+        raise InvalidArgumentError(f"num_cpus must be a non-negative number or None, got {num_cpus!r}")
+    if on_error not in ON_ERROR:
+        raise InvalidArgumentError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    _pool(concurrency, 1)  # checked before any Ray work
+    if model_transfer not in MODEL_TRANSFERS:
+        raise InvalidArgumentError(f"model_transfer must be one of {MODEL_TRANSFERS}, got {model_transfer!r}")
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        data: bytes | None = bytes(model)
+        if model_transfer == "path":
+            raise InvalidArgumentError('model_transfer="path" needs the model as a path, not bytes')
+        model_path = None
+    else:
+        model_path = Path(model)
+        if not model_path.is_file():
+            raise ModelNotFoundError(f"{model_path}: no such model file")
+        data = model_path.read_bytes() if model_transfer == "bytes" else None
+    classifier_kwargs: dict[str, Any] = {}
+    if max_image_pixels is not _DEFAULT:
+        classifier_kwargs["max_image_pixels"] = max_image_pixels
+
+    if check_model:  # a bad model or a missing backend: one clear error here, not in every actor
+        checked, temp = _open_classifier(data if data is not None else os.fspath(model_path), backend, 1, classifier_kwargs)
+        del checked
+        if temp:
+            os.unlink(temp)
+
+    ray = _import_ray()
+    _ensure_ray(ray, address)
+    dataset, reads_in_tasks = _source_dataset(ray, source)
+
+    cpus = _cluster_cpus(ray)
+    reserve = 1.0 if reads_in_tasks else 0.0  # one read task must always be able to run
+    pool, max_actors = _pool(concurrency, max(1, int(cpus - reserve)))
+    if num_cpus is None:
+        num_cpus = min(1.0, max(0.0, cpus - reserve) / max_actors)
+        num_cpus = math.floor(num_cpus * 100) / 100
+    if threads is None:
+        threads = max(1, int(round(num_cpus)))
+
+    if data is not None:
+        shipped: tuple[str, Any] = ("bytes", ray.put(data))
+    else:
+        shipped = ("path", os.path.abspath(os.fspath(model_path)))
+    remote_args = dict(ray_remote_args or {})
+    return dataset.map_batches(
+        _predictor or Predictor,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(**pool),
+        num_cpus=num_cpus,
+        udf_modifying_row_count=False,
+        fn_constructor_kwargs={
+            "model": shipped,
+            "backend": backend,
+            "threads": threads,
+            "top_k": top_k,
+            "on_error": on_error,
+            "classifier_kwargs": classifier_kwargs,
+        },
+        **remote_args,
+    )
+
+
+# -- writers -------------------------------------------------------------------------
+def _flat_columns(k: int) -> list[str]:
+    cols = ["path", "label", "index", "probability"]
+    for i in range(1, k + 1):
+        cols += [f"label_{i}", f"index_{i}", f"probability_{i}"]
+    return cols + ["error"]
+
+
+def flatten_top_k(ds: "ray.data.Dataset", top_k: int) -> "ray.data.Dataset":
+    """The rows with ``top_k`` spread over ``label_i, index_i, probability_i`` columns
+    (i = 1..top_k; empty where a row has fewer), for writers without nested types (CSV)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
+
+    def flatten(batch: "pyarrow.Table") -> "pyarrow.Table":
+        import pyarrow as pa
+
+        scores = batch.column("top_k").to_pylist()
+        out: dict[str, Any] = {name: batch.column(name) for name in ("path", "label", "index", "probability")}
+        for i in range(top_k):
+            out[f"label_{i + 1}"] = pa.array([s[i]["label"] if len(s) > i else None for s in scores], pa.string())
+            out[f"index_{i + 1}"] = pa.array([s[i]["index"] if len(s) > i else None for s in scores], pa.int64())
+            out[f"probability_{i + 1}"] = pa.array(
+                [s[i]["probability"] if len(s) > i else None for s in scores], pa.float32()
+            )
+        out["error"] = batch.column("error")
+        return pa.table(out)
+
+    return ds.map_batches(flatten, batch_format="pyarrow", udf_modifying_row_count=False)
+
+
+def write_parquet(ds: "ray.data.Dataset", path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """Ray's Parquet writer: a directory of ``.parquet`` files, nested ``top_k`` kept."""
+    ds.write_parquet(os.fspath(path), **kwargs)
+
+
+def write_csv(ds: "ray.data.Dataset", path: str | os.PathLike[str], *, top_k: int, **kwargs: Any) -> None:
+    """Ray's CSV writer (a directory of ``.csv`` files), ``top_k`` flattened as in
+    :func:`flatten_top_k` (pass the ``top_k`` given to :func:`predict_dataset`)."""
+    flatten_top_k(ds, top_k).write_csv(os.fspath(path), **kwargs)
+
+
+def write_submission(
+    ds: "ray.data.Dataset | Iterable[Mapping[str, Any]]",
+    path: str | os.PathLike[str],
+    filenames: Sequence[str] | None = None,
+) -> list[str]:
+    """A Kaggle submission: ONE CSV file ``filename,label`` (top-1), written here on the
+    driver as the rows stream in (a row is a few dozen bytes).
+
+    ``filename`` is the base name of each row's path.  With ``filenames`` (the test CSV's
+    column), rows follow that order and a filename without a good row is left out; without
+    it, rows are sorted by filename.  Returns the error messages of the rows left out
+    (failed images, and filenames no row matched), in output order."""
+    rows = ds.iter_rows() if hasattr(ds, "iter_rows") else iter(ds)
+    labels: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for row in rows:
+        name = os.path.basename(str(row["path"]))
+        if row.get("error") is None and row.get("label") is not None:
+            labels[name] = row["label"]
+            problems.pop(name, None)
+        elif name not in labels:
+            problems[name] = row.get("error") or f"{row['path']}: no prediction"
+    order = list(filenames) if filenames is not None else sorted(set(labels) | set(problems))
+    left_out: list[str] = []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["filename", "label"])
+        for name in order:
+            if name in labels:
+                writer.writerow([name, labels[name]])
+            else:
+                left_out.append(problems.get(name, f"{name}: no such image among the predictions"))
+    return left_out
+
+
+# -- the CLI (``butterfly-onnx predict --ray [ADDRESS]``) ------------------------------
+def _error(message: str) -> None:
+    print(f"butterfly-onnx: error: {message}", file=sys.stderr)
+
+
+def _kaggle_csv(path: Path) -> tuple[list[str], list[str]]:
+    """(image paths, filenames) of a Kaggle-style CSV: a ``filename`` column, the images in
+    ``<csv dir>/test/`` when that folder exists, else next to the CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "filename" not in reader.fieldnames:
+                raise InvalidArgumentError(f"{path}: a Kaggle CSV needs a 'filename' column, got {reader.fieldnames}")
+            names = [row["filename"] for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read the CSV: {exc}") from None
+    folder = path.parent / "test" if (path.parent / "test").is_dir() else path.parent
+    return [str(folder / name) for name in names], names
+
+
+def _row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "source": row["path"],
+        "label": row["label"],
+        "index": row["index"],
+        "probability": None if row["probability"] is None else float(row["probability"]),
+        "top_k": [
+            {"label": s["label"], "index": int(s["index"]), "probability": float(s["probability"])}
+            for s in (row["top_k"] or [])
+        ],
+        "error": row["error"],
+    }
+
+
+def _emit(rows: Iterator[Mapping[str, Any]], args: Any, top_k: int) -> tuple[int, int]:
+    """Writes the rows as the CLI does; (good rows, failed rows)."""
+    output = getattr(args, "output", None)
+    fmt = "text"
+    if output is not None:
+        fmt = Path(output).suffix.lower().lstrip(".")
+    elif getattr(args, "json", False):
+        fmt = "jsonl"
+    out = open(output, "w", newline="", encoding="utf-8") if output is not None else sys.stdout
+    good = bad = 0
+    try:
+        writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+        if writer is not None:
+            header = ["source", *_flat_columns(top_k)[1:]]
+            writer.writerow(header)
+        for row in rows:
+            d = _row_dict(row)
+            if d["error"] is None:
+                good += 1
+            else:
+                bad += 1
+                _error(d["error"])
+            if fmt == "jsonl":
+                out.write(json.dumps(d) + "\n")
+            elif writer is not None:
+                cells = [d["source"], d["label"], d["index"], d["probability"]]
+                for i in range(top_k):
+                    s = d["top_k"][i] if i < len(d["top_k"]) else None
+                    cells += [s["label"], s["index"], s["probability"]] if s else [None, None, None]
+                writer.writerow(["" if c is None else c for c in cells] + [d["error"] or ""])
+            elif d["error"] is None:
+                out.write(
+                    d["source"]
+                    + "".join(f"\t{s['label']} ({s['probability']:.4f})" for s in d["top_k"])
+                    + "\n"
+                )
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return good, bad
+
+
+def predict_cli(args: Any) -> int:
+    """``butterfly-onnx predict MODEL INPUTS... --ray [ADDRESS]``: the predict command on Ray
+    Data.  Reads ``args.model, inputs, top_k, batch_size, threads, output, backend, json,
+    progress`` and ``args.ray`` (an address, or None / ``"auto"``: the running cluster if one
+    is found, else a local one).  Outputs as the plain CLI (text, ``--json``, ``-o`` ``.csv`` /
+    ``.jsonl``, a Kaggle CSV input -> ``filename,label``), plus ``-o DIR.parquet`` (Ray's
+    Parquet writer).  Returns the exit code: 0 all done, 1 some images failed, 2 nothing done."""
+    try:
+        return _predict_cli(args)
+    except (ButterflyError, OSError, TypeError) as exc:
+        _error(str(exc))
+        return 2
+
+
+def _predict_cli(args: Any) -> int:
+    inputs = [os.fspath(i) for i in (getattr(args, "inputs", None) or getattr(args, "images", None) or [])]
+    if not inputs:
+        _error("no inputs given")
+        return 2
+    top_k = getattr(args, "top_k", 5) or 5
+    output = getattr(args, "output", None)
+    suffix = Path(output).suffix.lower() if output is not None else ""
+    if output is not None and suffix not in (".csv", ".jsonl", ".parquet"):
+        _error(f"{output}: -o takes a .csv, .jsonl or (with --ray) .parquet path")
+        return 2
+    filenames = None
+    csvs = [i for i in inputs if i.lower().endswith(".csv") and "://" not in i]
+    if csvs:
+        if len(inputs) != 1:
+            _error("a CSV input must be the only input")
+            return 2
+        inputs, filenames = _kaggle_csv(Path(csvs[0]))
+        if not inputs:
+            _error(f"{csvs[0]}: the CSV lists no images")
+            return 2
+    address = getattr(args, "ray", None)
+    if address in ("", "auto", True):
+        address = None
+    ray = _import_ray()
+    try:
+        _ensure_ray(ray, address)
+    except Exception as exc:  # ConnectionError, ValueError, ...: one line, exit 2
+        _error(f"cannot connect to Ray at {address or 'auto'}: {exc}")
+        return 2
+    context = ray.data.DataContext.get_current()
+    progress = getattr(args, "progress", None)
+    context.enable_progress_bars = sys.stderr.isatty() if progress is None else bool(progress)
+    context.execution_options.preserve_order = True  # rows in input order, as the plain CLI
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "batch_size", None):
+        kwargs["batch_size"] = args.batch_size
+    if getattr(args, "threads", None):
+        kwargs["threads"] = args.threads
+    ds = predict_dataset(
+        inputs, args.model, backend=getattr(args, "backend", None) or "rust", top_k=top_k, **kwargs
+    )
+    if suffix == ".parquet":
+        ds = ds.materialize()
+        write_parquet(ds, output)
+        failed = ds.filter(lambda row: row["error"] is not None).select_columns(["error"]).take_all()
+        for row in failed:
+            _error(row["error"])
+        return 1 if failed else 0
+    if filenames is not None and suffix == ".csv":
+        left_out = write_submission(ds, output, [os.path.basename(p) for p in inputs])
+        for message in left_out:
+            _error(message)
+        return 1 if left_out else 0
+    good, bad = _emit(ds.iter_rows(), args, top_k)
+    return 1 if bad else 0

@@ -1,0 +1,241 @@
+"""butterfly_onnx.ray on a local Ray cluster of 2 CPUs (one per module, shut down at the end).
+
+Every row of ``predict_dataset`` must equal ``Classifier.predict`` on the same file — label,
+index, probability and the whole top-k, exactly — for both backends and both kinds of
+source (paths listed by the module and read by the actors; a Ray Dataset of
+``read_binary_files(..., include_paths=True)``); bad images become ``error`` rows; a worker
+that dies mid-batch is restarted by Ray and its batch retried, with no row lost or doubled.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+from argparse import Namespace
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from butterfly_onnx.ray import COLUMNS, Predictor, predict_cli, predict_dataset, write_csv, write_parquet, write_submission  # noqa: E402
+from contract_models import require_backend  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)  # a starved Ray job hangs; fail instead
+
+TOP_K = 3
+#: Left out of the corpus here (decoding them dominates; test_classifier covers them).
+SLOW = ("jpeg_6000x4000", "jpeg_tall_257x26000")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    if ray.is_initialized():  # someone else's session: not ours to configure or stop
+        pytest.skip("a Ray session is already running in this process")
+    tests_dir = str(Path(__file__).parent)  # the workers unpickle this module's KillOnce class
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def image_files(corpus, tmp_path_factory) -> list[str]:
+    """Real photos, a few synthetic formats, and three bad files (text named .jpg, an empty
+    .png, a truncated JPEG), as path strings."""
+    bad = tmp_path_factory.mktemp("bad")
+    (bad / "text.jpg").write_text("not an image\n")
+    (bad / "empty.png").write_bytes(b"")
+    full = corpus.get("jpeg_420") or next(p for p in corpus.values() if str(p).endswith(".jpg"))
+    data = Path(full).read_bytes()
+    (bad / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    files = [str(path) for name, path in sorted(corpus.items()) if name not in SLOW]
+    files += [str(bad / n) for n in ("text.jpg", "empty.png", "truncated.jpg")]
+    return files
+
+
+@pytest.fixture(scope="module")
+def references(image_files, classifiers):
+    """``{backend: {path: Prediction}}``, from Classifier.predict(on_error="skip")."""
+
+    def get(backend: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {p.source: p for p in classifiers(backend).predict(image_files, top_k=TOP_K, on_error="skip")}
+
+    cache: dict[str, dict] = {}
+    return lambda backend: cache.setdefault(backend, get(backend))
+
+
+def _check_rows(rows: list[dict], reference: dict, *, same_messages: bool) -> None:
+    paths = [r["path"] for r in rows]
+    assert Counter(paths) == Counter(list(reference)), "rows lost or duplicated"
+    failed = 0
+    for row in rows:
+        assert tuple(row) == COLUMNS
+        expected = reference[row["path"]]
+        if expected.ok:
+            assert row["error"] is None, row
+            assert (row["label"], row["index"], row["probability"]) == (expected.label, expected.index, expected.probability)
+            assert [(s["label"], s["index"], s["probability"]) for s in row["top_k"]] == [tuple(s) for s in expected.top_k]
+        else:
+            failed += 1
+            assert row["label"] is None and row["index"] is None and row["probability"] is None
+            assert list(row["top_k"]) == []
+            assert row["error"].startswith(row["path"] + ":"), row["error"]
+            if same_messages:
+                assert row["error"] == str(expected.error)
+    assert failed == 3  # the three bad files, and only them
+
+
+def _source(kind: str, image_files: list[str]):
+    if kind == "paths":
+        return image_files
+    return ray.data.read_binary_files(image_files, include_paths=True)
+
+
+@pytest.mark.parametrize("kind", ["paths", "ray_dataset"])
+def test_rows_equal_classifier_predict(ray_cluster, contract_model, image_files, references, backend, kind):
+    """The defaults (fractional CPUs per actor) finish on 2 CPUs with concurrency=2."""
+    ds = predict_dataset(_source(kind, image_files), contract_model.path, backend=backend, top_k=TOP_K, concurrency=2, batch_size=8)
+    rows = ds.take_all()
+    _check_rows(rows, references(backend), same_messages=(kind == "paths"))
+
+
+def test_model_by_path_and_bytes_and_writers(ray_cluster, contract_model, image_files, references, tmp_path):
+    """model_transfer="path", the model given as bytes, and the three writers."""
+    reference = references("rust")
+    ds = predict_dataset(image_files, contract_model.path, top_k=TOP_K, concurrency=1, model_transfer="path").materialize()
+    rows = ds.take_all()
+    _check_rows(rows, reference, same_messages=True)
+    by_bytes = predict_dataset(image_files, contract_model.path.read_bytes(), top_k=1, concurrency=1).take_all()
+    assert sorted((r["path"], r["label"], r["probability"]) for r in by_bytes) == sorted(
+        (r["path"], r["label"], r["probability"]) for r in rows
+    )
+
+    write_parquet(ds, tmp_path / "out.parquet")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == list(COLUMNS)
+    assert sorted(table.to_pylist(), key=lambda r: r["path"]) == sorted(rows, key=lambda r: r["path"])
+
+    write_csv(ds, tmp_path / "csv", top_k=TOP_K)
+    parts = sorted((tmp_path / "csv").glob("*.csv"))
+    assert parts
+    flat = [row for part in parts for row in csv.DictReader(part.open())]
+    assert len(flat) == len(rows)
+    for row in flat:
+        expected = reference[row["path"]]
+        if expected.ok:
+            assert row["label"] == expected.label and row["error"] == ""
+            for i, score in enumerate(expected.top_k, 1):
+                assert (row[f"label_{i}"], int(row[f"index_{i}"])) == (score.label, score.index)
+                assert abs(float(row[f"probability_{i}"]) - score.probability) <= 1e-6
+        else:
+            assert row["label"] == "" and row["error"] == str(expected.error)
+
+    names = [os.path.basename(p) for p in image_files]
+    left_out = write_submission(ds, tmp_path / "submission.csv", filenames=names[::-1])
+    lines = list(csv.reader((tmp_path / "submission.csv").open()))
+    assert lines[0] == ["filename", "label"]
+    good = [p for p in image_files[::-1] if reference[p].ok]
+    assert lines[1:] == [[os.path.basename(p), reference[p].label] for p in good]
+    assert len(left_out) == 3 and all("bad" in m or ":" in m for m in left_out)
+
+
+class KillOnce(Predictor):
+    """Kills its own worker process at its first batch, once per test (marker file next to
+    the images, created atomically so exactly one actor dies)."""
+
+    def __call__(self, batch):
+        marker = Path(str(batch.column("path")[0])).parent / ".killed_once"
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().__call__(batch)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)
+
+
+def test_job_survives_a_worker_restart(ray_cluster, contract_model, image_files, references, tmp_path):
+    files = []
+    for path in image_files:  # a private copy: the marker lives beside the images
+        target = tmp_path / Path(path).name
+        target.write_bytes(Path(path).read_bytes())
+        files.append(str(target))
+    reference = {str(tmp_path / Path(p).name): pred for p, pred in references("rust").items()}
+    ds = predict_dataset(
+        ray.data.read_binary_files(files, include_paths=True),
+        contract_model.path,
+        top_k=TOP_K,
+        concurrency=2,
+        batch_size=4,
+        ray_remote_args={"max_restarts": 2, "max_task_retries": 2},
+        _predictor=KillOnce,
+    )
+    rows = ds.take_all()
+    assert (tmp_path / ".killed_once").exists(), "no worker was killed"
+    _check_rows(rows, {k: v for k, v in reference.items()}, same_messages=False)
+
+
+def test_predict_cli_kaggle_csv_and_jsonl(ray_cluster, contract_model, image_files, references, tmp_path, capsys):
+    reference = references("rust")
+    folder = tmp_path / "kaggle"
+    (folder / "test").mkdir(parents=True)
+    picked = [p for p in image_files if reference[p].ok][:4] + [image_files[-1]]  # the last is bad
+    for p in picked:
+        (folder / "test" / Path(p).name).write_bytes(Path(p).read_bytes())
+    with open(folder / "Testing_set.csv", "w") as f:
+        f.write("filename\n" + "".join(Path(p).name + "\n" for p in picked))
+    args = Namespace(model=str(contract_model.path), inputs=[str(folder / "Testing_set.csv")], top_k=2, batch_size=None,
+                     threads=None, output=str(tmp_path / "sub.csv"), backend="rust", json=False, progress=False, ray=None)
+    assert predict_cli(args) == 1  # one image failed
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    assert lines == ["filename,label"] + [f"{Path(p).name},{reference[p].label}" for p in picked[:4]]
+    err = capsys.readouterr().err
+    assert err.count("butterfly-onnx: error: ") == 1 and Path(picked[-1]).name in err
+
+    args.inputs, args.output, args.json = picked, None, True
+    assert predict_cli(args) == 1
+    out = capsys.readouterr().out.splitlines()
+    objects = [json.loads(line) for line in out]
+    assert [o["source"] for o in objects] == picked  # the input order
+    for o in objects[:4]:
+        assert o["label"] == reference[o["source"]].label
+        assert abs(o["probability"] - reference[o["source"]].probability) <= 1e-5
+        assert len(o["top_k"]) == 2 and o["error"] is None
+    assert objects[4]["label"] is None and objects[4]["error"]
+
+    args.model = str(tmp_path / "missing.onnx")
+    assert predict_cli(args) == 2
+    assert "missing.onnx" in capsys.readouterr().err
+
+
+def test_bad_arguments_fail_before_any_job(contract_model, tmp_path):
+    with pytest.raises(ValueError, match="concurrency"):
+        predict_dataset([str(tmp_path)], contract_model.path, concurrency=0)
+    with pytest.raises(ValueError, match="on_error"):
+        predict_dataset([str(tmp_path)], contract_model.path, on_error="ignore")
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        predict_dataset([str(tmp_path)], tmp_path / "nope.onnx")
+
+
+def test_import_butterfly_onnx_does_not_import_ray():
+    code = "import sys, butterfly_onnx, butterfly_onnx.ray; assert 'ray' not in sys.modules, 'ray imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
