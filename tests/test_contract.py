@@ -5,17 +5,24 @@ from pathlib import Path
 
 import pytest
 
+import butterfly_onnx.errors as errors
 from butterfly_onnx.contract import (
+    MAX_DEPTH,
+    MAX_DOCUMENT_BYTES,
+    MAX_SIZE,
     METADATA_KEY,
     SCHEMA_VERSION,
     ModelContract,
     PreprocessSpec,
     current_resample_order,
+    resolve_contract,
     write_contract,
 )
 from butterfly_onnx.errors import ContractError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "contracts"
+RESOLVE_CASES = Path(__file__).parent / "fixtures" / "resolve" / "cases.json"
+RESAMPLE_TABLE = Path(__file__).parents[1] / "python" / "butterfly_onnx" / "data" / "resample_orders.json"
 
 
 def _contract(**overrides):
@@ -34,12 +41,9 @@ def test_round_trip_through_metadata():
     assert ModelContract.from_metadata(metadata) == contract
 
 
-@pytest.mark.parametrize(
-    "version, expected",
-    [("11.3.0", "pillow_12_1"), ("12.1.1", "pillow_12_1"), ("12.2.0", "pillow_12_2"),
-     ("12.3.0", "pillow_12_2"), ("13.0.0", "pillow_13"), ("14.1.0.dev0", "pillow_13")],
-)
+@pytest.mark.parametrize("version, expected", json.loads(RESAMPLE_TABLE.read_text())["examples"])
 def test_resample_order_follows_pillow_version(version, expected):
+    """The examples of data/resample_orders.json (the Rust tests check the same ones)."""
     assert current_resample_order(version) == expected
 
 
@@ -78,21 +82,138 @@ def test_not_json_is_a_contract_error():
         ModelContract.from_metadata({METADATA_KEY: "{labels"}, source="m.onnx")
 
 
-def test_shared_fixtures_agree_with_their_expected_outcome():
-    """The same documents are read by the Rust reader (rust/butterfly-onnx/tests/contract.rs)."""
+def raw_document(case: dict) -> str:
+    """The metadata value as a model would carry it (same rule as the Rust test's
+    ``raw_document``): the document itself when it is a string, else its JSON text; then
+    padded with spaces to ``pad_to_bytes`` UTF-8 bytes when the case says so."""
+    raw = case["document"] if isinstance(case["document"], str) else json.dumps(case["document"])
+    if "pad_to_bytes" in case:
+        raw += " " * (case["pad_to_bytes"] - len(raw.encode("utf-8")))
+    return raw
+
+
+def contract_fixtures() -> list[tuple[str, dict]]:
     cases = sorted(FIXTURES.glob("*.json"))
     assert len(cases) >= 8, "the shared contract fixtures are missing"
-    for case in cases:
-        spec = json.loads(case.read_text())
-        raw = spec["document"] if isinstance(spec["document"], str) else json.dumps(spec["document"])
+    return [(case.name, json.loads(case.read_text(encoding="utf-8"))) for case in cases]
+
+
+def test_shared_fixtures_agree_with_their_expected_outcome():
+    """The same documents are read by the Rust reader (rust/butterfly-onnx/tests/contract.rs)."""
+    for name, spec in contract_fixtures():
+        raw = raw_document(spec)
         if spec["valid"]:
-            contract = ModelContract.from_metadata({METADATA_KEY: raw}, source=case.name)
-            assert list(contract.labels) == spec["expect"]["labels"], case.name
-            assert contract.preprocess.crop_size == spec["expect"]["crop_size"], case.name
+            contract = ModelContract.from_metadata({METADATA_KEY: raw}, source=name)
+            assert list(contract.labels) == spec["expect"]["labels"], name
+            assert contract.preprocess.crop_size == spec["expect"]["crop_size"], name
+            for key, value in spec["expect"].get("preprocess", {}).items():
+                got = getattr(contract.preprocess, key)
+                assert (list(got) if isinstance(got, tuple) else got) == value, (name, key)
         else:
-            with pytest.raises(ContractError, match=spec.get("error_contains")) as caught:
-                ModelContract.from_metadata({METADATA_KEY: raw}, source=case.name)
-            assert case.name in str(caught.value)
+            with pytest.raises(ContractError) as caught:
+                ModelContract.from_metadata({METADATA_KEY: raw}, source=name)
+            message = str(caught.value)
+            assert message.startswith(f"{name}: "), f"{name}: the message must name the model: {message}"
+            assert spec.get("error_contains", "") in message, f"{name}: {message!r}"
+
+
+def _resolve_case(case: dict, source: str):
+    contract = case["contract"]
+    metadata = {} if contract is None else {METADATA_KEY: contract if isinstance(contract, str) else json.dumps(contract)}
+
+    def port(entry):
+        dtype = "tensor(float)" if entry["dtype"] == "float32" else f"tensor({entry['dtype']})"
+        return (entry["name"], entry["shape"], dtype)
+
+    preprocess = None if case["preprocess"] is None else PreprocessSpec.coerce(case["preprocess"])
+    return resolve_contract(
+        metadata,
+        labels=case["labels"],
+        preprocess=preprocess,
+        inputs=[port(e) for e in case["inputs"]],
+        outputs=[port(e) for e in case["outputs"]],
+        source=source,
+    )
+
+
+def test_shared_resolve_cases():
+    """tests/fixtures/resolve/cases.json: the effective contract (or the error class and a
+    fragment of its message) of each case; rust/butterfly-onnx/tests/contract.rs reads the
+    same table with contract::resolve."""
+    table = json.loads(RESOLVE_CASES.read_text(encoding="utf-8"))
+    assert len(table["cases"]) >= 40
+    for case in table["cases"]:
+        name = case["name"]
+        if "error" in case:
+            cls = getattr(errors, case["error"]["class"])
+            with pytest.raises(errors.ButterflyError) as caught:
+                _resolve_case(case, table["source"])
+            assert type(caught.value) is cls, (name, caught.value)
+            assert case["error"]["contains"] in str(caught.value), (name, str(caught.value))
+        else:
+            contract = _resolve_case(case, table["source"])
+            want = case["expect"]
+            assert list(contract.labels) == want["labels"], name
+            assert contract.preprocess == PreprocessSpec.from_dict(want["preprocess"]), name
+            assert (contract.input_name, contract.output_name, contract.output_kind) == (
+                want["input_name"], want["output_name"], want["output_kind"]), name
+
+
+def test_resolve_names_the_model_in_every_error():
+    table = json.loads(RESOLVE_CASES.read_text(encoding="utf-8"))
+    for case in (c for c in table["cases"] if "error" in c and c["preprocess"] is None):
+        with pytest.raises(errors.ModelError) as caught:
+            _resolve_case(case, "zoo/butterfly.onnx")
+        assert str(caught.value).startswith("zoo/butterfly.onnx: "), (case["name"], str(caught.value))
+
+
+def test_limits_are_the_documented_ones():
+    assert (MAX_SIZE, MAX_DEPTH, MAX_DOCUMENT_BYTES) == (8192, 64, 1 << 20)
+    PreprocessSpec(MAX_SIZE - 1, MAX_SIZE, max_size=MAX_SIZE)
+    for bad in (dict(resize_size=MAX_SIZE + 1, crop_size=224), dict(resize_size=256, crop_size=2**31),
+                dict(resize_size=256, crop_size=10**5000), dict(resize_size=256, crop_size=224, max_size=2**64)):
+        with pytest.raises(ContractError, match="8192"):
+            PreprocessSpec(**bad)
+    for field, bad in (("std", (1e-300, 1, 1)), ("std", (0.5, 0.5, 1e300)), ("mean", (1e300, 0, 0)),
+                       ("mean", (10**400, 0, 0)), ("std", (float("nan"), 1, 1)), ("mean", (0, float("-inf"), 0))):
+        with pytest.raises(ContractError, match=field):
+            PreprocessSpec(256, 224, **{field: bad})
+
+
+def test_python_values_get_the_same_limits_without_raw_errors():
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"n": deep}
+    with pytest.raises(ContractError, match="nests deeper"):
+        ModelContract(labels=("a",), preprocess=PreprocessSpec(256, 224), provenance=deep)
+    document = _contract().to_dict()
+    document["provenance"] = deep
+    with pytest.raises(ContractError, match="m.onnx.*nests deeper"):
+        ModelContract.from_dict(document, source="m.onnx")
+    with pytest.raises(ContractError, match="JSON-serialisable"):
+        ModelContract(labels=("a",), preprocess=PreprocessSpec(256, 224), provenance={"loss": float("nan")})
+    with pytest.raises(ContractError, match="lone surrogate"):
+        ModelContract(labels=("a\ud800",), preprocess=PreprocessSpec(256, 224))
+    with pytest.raises(ContractError, match="m.onnx.*must be JSON text"):
+        ModelContract.from_metadata({METADATA_KEY: b"{}"}, source="m.onnx")
+    with pytest.raises(ContractError, match="bytes, more than the limit"):
+        ModelContract(labels=tuple(f"class {i:07d}" for i in range(80_000)), preprocess=PreprocessSpec(256, 224)).to_json()
+
+
+def test_coerce_is_the_one_converter():
+    spec = PreprocessSpec(256, 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert PreprocessSpec.coerce(spec) is spec
+    assert PreprocessSpec.coerce(spec.to_dict()) == spec
+    lenient = PreprocessSpec.coerce({"resize_size": 256, "crop_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert lenient == spec  # interpolation bilinear, max_size None, the installed Pillow's order
+    with pytest.raises(ContractError, match=r"the preprocess of x is missing \['mean', 'std'\]"):
+        PreprocessSpec.coerce({"resize_size": 256, "crop_size": 224}, what="the preprocess of x")
+    with pytest.raises(ContractError, match="unknown fields"):
+        PreprocessSpec.coerce({**spec.to_dict(), "gamma": 2.2})
+    with pytest.raises(ContractError, match="cannot read a preprocessing spec"):
+        PreprocessSpec.coerce(42)
+    with pytest.raises(ContractError, match="None"):
+        PreprocessSpec.coerce(None)
 
 
 torchvision = pytest.importorskip("torchvision")

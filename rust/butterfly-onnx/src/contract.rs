@@ -23,6 +23,22 @@ pub const INTERPOLATIONS: [&str; 2] = ["bilinear", "bicubic"];
 /// Pillow pass-order rules (see contract.py `RESAMPLE_ORDERS`).
 pub const RESAMPLE_ORDERS: [&str; 3] = ["pillow_12_1", "pillow_12_2", "pillow_13"];
 
+// Limits: the same constants as contract.py (MAX_SIZE, MEAN_RANGE, STD_RANGE, MAX_DEPTH,
+// MAX_DOCUMENT_BYTES); the shared fixtures pin them. docs/contract.md#limits.
+
+/// `resize_size`, `crop_size` and `max_size` are integers in `1..=MAX_SIZE` (a crop of 8192
+/// is already 805 MB of float32 per image).
+pub const MAX_SIZE: u32 = 8192;
+/// Each `mean` entry lies in this closed range, each `std` entry in [`STD_RANGE`], so that
+/// `(pixel - mean) / std` stays within +-1e6 for pixels in [0, 1]: never inf or NaN.
+pub const MEAN_RANGE: (f64, f64) = (-1000.0, 1000.0);
+pub const STD_RANGE: (f64, f64) = (1e-3, 1000.0);
+/// The contract JSON nests at most this many arrays/objects (the top-level object is 1);
+/// checked by a scan before parsing, so serde_json's own recursion limit (128) is never hit.
+pub const MAX_DEPTH: usize = 64;
+/// The contract JSON is at most this many bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
 /// What the model's output holds: raw logits (softmax applied for probabilities) or
 /// probabilities already (used as they are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +75,8 @@ type Check<T> = std::result::Result<T, String>;
 impl ModelContract {
     /// Parse the metadata value (a JSON string). `source` names the model in errors.
     pub fn from_json_str(raw: &str, source: &str) -> Result<Self> {
-        let data: Value = serde_json::from_str(raw).map_err(|e| Error::Contract {
-            source_name: source.to_string(),
-            reason: format!("the butterfly_onnx contract is not valid JSON: {e}"),
-        })?;
+        let data = parse_json(raw, "the butterfly_onnx contract")
+            .map_err(|reason| Error::Contract { source_name: source.to_string(), reason })?;
         Self::from_value(&data, source)
     }
 
@@ -147,8 +161,231 @@ pub fn preprocess_from_value(data: &Value, source: &str) -> Result<PreprocessSpe
 
 /// Parse a `preprocess` object given as JSON text (`PreprocessSpec.to_dict()` in Python).
 pub fn preprocess_from_json_str(raw: &str, source: &str) -> Result<PreprocessSpec> {
-    let data: Value = serde_json::from_str(raw).map_err(|e| invalid(source, &format!("preprocess is not valid JSON: {e}")))?;
+    let data = parse_json(raw, "preprocess").map_err(|reason| invalid(source, &reason))?;
     preprocess_from_value(&data, source)
+}
+
+/// Parse contract JSON text within the documented limits (size, then nesting depth), as
+/// contract.py `_loads` does. The message says what failed, without the source.
+fn parse_json(raw: &str, what: &str) -> Check<Value> {
+    if raw.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!("{what} is {} bytes, more than the limit of {MAX_DOCUMENT_BYTES}", raw.len()));
+    }
+    if !nesting_depth_ok(raw.as_bytes()) {
+        return Err(format!("{what} nests deeper than {MAX_DEPTH} levels"));
+    }
+    serde_json::from_str(raw).map_err(|e| format!("{what} is not valid JSON: {e}"))
+}
+
+/// True when no point of `text` is inside more than [`MAX_DEPTH`] arrays/objects (brackets
+/// inside strings do not count): a linear scan, the same as contract.py `_nesting_depth_ok`.
+fn nesting_depth_ok(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return false;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+/// The effective-contract rule's view of one graph input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// The dimensions, -1 (any negative) for a dynamic axis; `None` when unknown (not a tensor).
+    pub dims: Option<Vec<i64>>,
+    /// Whether the element type is float32.
+    pub float32: bool,
+}
+
+/// The effective contract of a model: the one rule both backends follow (contract.py
+/// `resolve_contract` is the Python one; `tests/fixtures/resolve/cases.json` holds the
+/// cases both are tested against).
+///
+/// 1. Explicit `labels` are checked (an explicit `preprocess` too).
+/// 2. The model's contract (`raw`: the metadata value, `None` when absent) is read; explicit
+///    `labels` / `preprocess` replace its fields. A missing or unreadable contract is a
+///    `Contract` error, unless both are given (a foreign model): then the names are the
+///    model's single input and output (else `InvalidModel`) and the output kind is logits.
+/// 3. The result is checked against the graph: the named input and output exist
+///    (`Contract`); the input is float32 and rank 4 (`InvalidModel`) with `3, crop, crop`
+///    where static (`Contract`); the output is float32 and rank 2 (`InvalidModel`) with
+///    `labels.len()` classes where static (`Contract`).
+///
+/// Nothing is filled in from defaults. Every error names `source`.
+pub fn resolve(
+    raw: Option<&str>,
+    labels: Option<&[String]>,
+    preprocess: Option<&PreprocessSpec>,
+    inputs: &[TensorInfo],
+    outputs: &[TensorInfo],
+    source: &str,
+) -> Result<ModelContract> {
+    let contract_error = |reason: String| Error::Contract { source_name: source.to_string(), reason };
+    let unfit = |reason: String| Error::InvalidModel { path: std::path::PathBuf::from(source), reason };
+    if let Some(labels) = labels {
+        check_labels(labels).map_err(|reason| contract_error(format!("labels: {reason}")))?;
+    }
+    if let Some(spec) = preprocess {
+        check_spec(spec).map_err(|reason| contract_error(format!("preprocess: {reason}")))?;
+    }
+    let mut contract = match (ModelContract::from_metadata(raw, source), labels, preprocess) {
+        (Ok(contract), _, _) => contract,
+        (Err(_), Some(labels), Some(spec)) => {
+            let names = |ports: &[TensorInfo]| ports.iter().map(|p| format!("'{}'", p.name)).collect::<Vec<_>>().join(", ");
+            let (input, output) = match (inputs, outputs) {
+                ([input], [output]) => (input.name.clone(), output.name.clone()),
+                _ => {
+                    return Err(unfit(format!(
+                        "without a usable contract the model must have exactly one input and one output, \
+                         it has inputs [{}] and outputs [{}]",
+                        names(inputs),
+                        names(outputs)
+                    )))
+                }
+            };
+            ModelContract::new(
+                labels.to_vec(),
+                spec.clone(),
+                input,
+                output,
+                OutputKind::Logits,
+                Value::Object(Map::new()),
+            )
+            .map_err(|e| match e {
+                Error::Contract { reason, .. } => contract_error(reason),
+                other => other,
+            })?
+        }
+        (Err(error), _, _) => return Err(error),
+    };
+    if let Some(labels) = labels {
+        contract.labels = labels.to_vec();
+    }
+    if let Some(spec) = preprocess {
+        contract.preprocess = spec.clone();
+    }
+
+    let names = |ports: &[TensorInfo]| ports.iter().map(|p| format!("'{}'", p.name)).collect::<Vec<_>>().join(", ");
+    let input = inputs.iter().find(|p| p.name == contract.input_name).ok_or_else(|| {
+        contract_error(format!("the contract names input '{}', the model has [{}]", contract.input_name, names(inputs)))
+    })?;
+    let output = outputs.iter().find(|p| p.name == contract.output_name).ok_or_else(|| {
+        contract_error(format!(
+            "the contract names output '{}', the model has [{}]",
+            contract.output_name,
+            names(outputs)
+        ))
+    })?;
+    if !input.float32 {
+        return Err(unfit(format!("input '{}' must be a float32 tensor", contract.input_name)));
+    }
+    let crop = contract.preprocess.crop_size as i64;
+    let input_dims = match &input.dims {
+        Some(dims) if dims.len() == 4 => dims,
+        other => {
+            return Err(unfit(format!(
+                "input '{}' must be NCHW (rank 4), its shape is {}",
+                contract.input_name,
+                show_dims(other.as_deref())
+            )))
+        }
+    };
+    for (&dim, want) in input_dims[1..].iter().zip([3, crop, crop]) {
+        if dim >= 0 && dim != want {
+            return Err(contract_error(format!(
+                "input '{}' has shape {}, but the preprocessing produces (N, 3, {crop}, {crop})",
+                contract.input_name,
+                show_dims(Some(input_dims))
+            )));
+        }
+    }
+    if !output.float32 {
+        return Err(unfit(format!("output '{}' must be a float32 tensor", contract.output_name)));
+    }
+    let output_dims = match &output.dims {
+        Some(dims) if dims.len() == 2 => dims,
+        other => {
+            return Err(unfit(format!(
+                "output '{}' must be (batch, classes), its shape is {}",
+                contract.output_name,
+                show_dims(other.as_deref())
+            )))
+        }
+    };
+    let classes = contract.labels.len() as i64;
+    if output_dims[1] >= 0 && output_dims[1] != classes {
+        return Err(contract_error(format!(
+            "{classes} labels, but the model output '{}' has {} classes",
+            contract.output_name, output_dims[1]
+        )));
+    }
+    Ok(contract)
+}
+
+/// The fixed batch size of the contract's input, if its first axis is static.
+pub fn static_batch(inputs: &[TensorInfo], contract: &ModelContract) -> Option<usize> {
+    let input = inputs.iter().find(|p| p.name == contract.input_name)?;
+    let first = *input.dims.as_ref()?.first()?;
+    (first > 0).then_some(first as usize)
+}
+
+/// A shape as contract.py `_dims` writes it: `[-1, 3, 224, 224]`, dynamic axes as -1.
+fn show_dims(dims: Option<&[i64]>) -> String {
+    match dims {
+        None => "unknown".into(),
+        Some(dims) => {
+            let parts: Vec<String> = dims.iter().map(|d| if *d >= 0 { d.to_string() } else { "-1".into() }).collect();
+            format!("[{}]", parts.join(", "))
+        }
+    }
+}
+
+/// The JSON table `python/butterfly_onnx/data/resample_orders.json` (also read by contract.py).
+pub const RESAMPLE_ORDERS_JSON: &str = include_str!("../../../python/butterfly_onnx/data/resample_orders.json");
+
+/// The `resample_order` rule of a Pillow version (`"13.0.0"`), from [`RESAMPLE_ORDERS_JSON`]:
+/// the first entry whose `from` `[major, minor]` is at most the version's (contract.py
+/// `current_resample_order`). Each version piece counts by its leading digits.
+pub fn resample_order_for_pillow(version: &str) -> ResampleOrder {
+    let leading = |piece: Option<&str>| -> u64 {
+        let digits: String = piece.unwrap_or("").chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().unwrap_or(0)
+    };
+    let mut pieces = version.split('.');
+    let have = (leading(pieces.next()), leading(pieces.next()));
+    let table: Value = serde_json::from_str(RESAMPLE_ORDERS_JSON).expect("resample_orders.json is valid JSON");
+    for entry in table["orders"].as_array().expect("resample_orders.json has orders") {
+        let since = (entry["from"][0].as_u64().unwrap_or(0), entry["from"][1].as_u64().unwrap_or(0));
+        if have >= since {
+            return match entry["order"].as_str() {
+                Some("pillow_12_1") => ResampleOrder::Pillow12_1,
+                Some("pillow_12_2") => ResampleOrder::Pillow12_2,
+                Some("pillow_13") => ResampleOrder::Pillow13,
+                other => panic!("resample_orders.json: unknown order {other:?}"),
+            };
+        }
+    }
+    ResampleOrder::Pillow12_1
 }
 
 /// Validate an explicit label list (non-empty, non-empty strings, unique).
@@ -335,14 +572,16 @@ fn spec_from_value(data: &Value) -> Check<PreprocessSpec> {
         unknown.sort();
         return Err(format!("preprocess has unknown fields [{}]", unknown.join(", ")));
     }
-    let resize_size = positive_int(&data["resize_size"], "resize_size")?;
-    let crop_size = positive_int(&data["crop_size"], "crop_size")?;
+    // The checks, in this order, are contract.py `PreprocessSpec.__post_init__`'s.
+    let resize_size = size(&data["resize_size"], "resize_size")?;
+    let crop_size = size(&data["crop_size"], "crop_size")?;
     let max_size = match data.get("max_size") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(positive_int(v, "max_size")?),
+        Some(v) => Some(size(v, "max_size")?),
     };
-    let mean = triple(&data["mean"], "mean", false)?;
-    let std = triple(&data["std"], "std", true)?;
+    check_max_size(max_size, resize_size)?;
+    let mean = triple(&data["mean"], "mean", MEAN_RANGE)?;
+    let std = triple(&data["std"], "std", STD_RANGE)?;
     let interpolation = match data["interpolation"].as_str() {
         Some("bilinear") => Interpolation::Bilinear,
         Some("bicubic") => Interpolation::Bicubic,
@@ -369,55 +608,59 @@ fn spec_from_value(data: &Value) -> Check<PreprocessSpec> {
     Ok(spec)
 }
 
-/// The cross-field checks of contract.py `PreprocessSpec.__post_init__`.
-fn check_spec(spec: &PreprocessSpec) -> Check<()> {
-    for (name, value) in [("resize_size", spec.resize_size), ("crop_size", spec.crop_size)] {
-        if value == 0 {
-            return Err(format!("preprocess.{name} must be a positive integer, got 0"));
+fn check_max_size(max_size: Option<u32>, resize_size: u32) -> Check<()> {
+    match max_size {
+        Some(max_size) if max_size <= resize_size => Err(format!(
+            "preprocess.max_size ({max_size}) must be greater than resize_size ({resize_size}), as torchvision requires"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The one validator of a [`PreprocessSpec`] built in Rust (the JSON reader checks the same
+/// rules on the document, before the float32 conversion): sizes in `1..=MAX_SIZE`,
+/// `max_size > resize_size`, `mean` in [`MEAN_RANGE`], `std` in [`STD_RANGE`]. The message
+/// says what is wrong, without a source; `preprocess::preprocess_into` uses it too.
+pub fn check_spec(spec: &PreprocessSpec) -> std::result::Result<(), String> {
+    let sizes = [("resize_size", Some(spec.resize_size)), ("crop_size", Some(spec.crop_size)), ("max_size", spec.max_size)];
+    for (name, value) in sizes {
+        if let Some(value) = value {
+            if !(1..=MAX_SIZE).contains(&value) {
+                return Err(format!("preprocess.{name} must be a positive integer <= {MAX_SIZE}, got {value}"));
+            }
         }
     }
-    if let Some(max_size) = spec.max_size {
-        if max_size <= spec.resize_size {
-            return Err(format!(
-                "preprocess.max_size ({max_size}) must be greater than resize_size ({}), as torchvision requires",
-                spec.resize_size
-            ));
+    check_max_size(spec.max_size, spec.resize_size)?;
+    for (name, values, (low, high)) in [("mean", spec.mean, MEAN_RANGE), ("std", spec.std, STD_RANGE)] {
+        if !values.iter().all(|&v| (v as f64).is_finite() && low <= v as f64 && v as f64 <= high) {
+            return Err(format!("preprocess.{name} must be 3 finite numbers in [{low}, {high}], got {values:?}"));
         }
-    }
-    if !spec.mean.iter().chain(&spec.std).all(|v| v.is_finite()) {
-        return Err("preprocess.mean and std must be finite numbers".into());
-    }
-    if !spec.std.iter().all(|v| *v > 0.0) {
-        return Err(format!("preprocess.std must be > 0, got {:?}", spec.std));
     }
     Ok(())
 }
 
-/// A JSON integer in 1..=u32::MAX (`true`, `224.0` and `"224"` are not integers).
-fn positive_int(value: &Value, name: &str) -> Check<u32> {
+/// A JSON integer in `1..=MAX_SIZE` (`true`, `224.0` and `"224"` are not integers).
+fn size(value: &Value, name: &str) -> Check<u32> {
     match value.as_u64() {
-        Some(n) if n > 0 && n <= u32::MAX as u64 => Ok(n as u32),
-        _ => Err(format!("preprocess.{name} must be a positive integer, got {}", show(value))),
+        Some(n) if (1..=MAX_SIZE as u64).contains(&n) => Ok(n as u32),
+        _ => Err(format!("preprocess.{name} must be a positive integer <= {MAX_SIZE}, got {}", show(value))),
     }
 }
 
-/// Three JSON numbers (not strings, not booleans), finite; positive when `positive`.
-fn triple(value: &Value, name: &str, positive: bool) -> Check<[f32; 3]> {
+/// Three JSON numbers (not strings, not booleans) within `low..=high`, as float32.
+fn triple(value: &Value, name: &str, (low, high): (f64, f64)) -> Check<[f32; 3]> {
+    let problem = || format!("preprocess.{name} must be 3 finite numbers in [{low}, {high}], got {}", show(value));
     let numbers: Option<Vec<f64>> = value.as_array().and_then(|items| items.iter().map(Value::as_f64).collect());
     let numbers = match numbers {
         Some(n) if n.len() == 3 => n,
-        _ => return Err(format!("preprocess.{name} must be 3 numbers, got {}", show(value))),
+        _ => return Err(problem()),
     };
-    // Converted to float32 as torchvision's Normalize does; an f64 beyond f32's range
-    // becomes infinite and is rejected like a non-finite value.
-    let values = [numbers[0] as f32, numbers[1] as f32, numbers[2] as f32];
-    if !values.iter().all(|v| v.is_finite()) {
-        return Err(format!("preprocess.{name} must be 3 finite numbers, got {}", show(value)));
+    // Bounds on the double (as contract.py); within them the float32 value torchvision's
+    // Normalize uses is finite too.
+    if !numbers.iter().all(|&v| v.is_finite() && low <= v && v <= high) {
+        return Err(problem());
     }
-    if positive && !values.iter().all(|v| *v > 0.0) {
-        return Err(format!("preprocess.{name} must be > 0, got {}", show(value)));
-    }
-    Ok(values)
+    Ok([numbers[0] as f32, numbers[1] as f32, numbers[2] as f32])
 }
 
 #[cfg(test)]

@@ -4,8 +4,13 @@
 
 use std::path::PathBuf;
 
-use butterfly_onnx::contract::{ModelContract, OutputKind};
+use butterfly_onnx::contract::{self, ModelContract, OutputKind, TensorInfo};
+use butterfly_onnx::preprocess::PreprocessSpec;
 use serde_json::Value;
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
 
 fn fixtures() -> Vec<(String, Value)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/contracts");
@@ -23,13 +28,19 @@ fn fixtures() -> Vec<(String, Value)> {
     cases
 }
 
-/// The metadata value as a model would carry it: the document itself when it is a string
-/// (invalid JSON, duplicated keys, Infinity), else its JSON text.
+/// The metadata value as a model would carry it (tests/test_contract.py `raw_document`): the
+/// document itself when it is a string (invalid JSON, duplicated keys, Infinity), else its
+/// JSON text; then padded with spaces to `pad_to_bytes` bytes when the case says so.
 fn raw_document(case: &Value) -> String {
-    match &case["document"] {
+    let mut raw = match &case["document"] {
         Value::String(text) => text.clone(),
         other => other.to_string(),
+    };
+    if let Some(size) = case.get("pad_to_bytes").and_then(Value::as_u64) {
+        let pad = size as usize - raw.len();
+        raw.push_str(&" ".repeat(pad));
     }
+    raw
 }
 
 #[test]
@@ -43,6 +54,17 @@ fn shared_fixtures_agree_with_their_expected_outcome() {
             let labels: Vec<String> = serde_json::from_value(case["expect"]["labels"].clone()).unwrap();
             assert_eq!(contract.labels, labels, "{name}");
             assert_eq!(contract.preprocess.crop_size as u64, case["expect"]["crop_size"].as_u64().unwrap(), "{name}");
+            if let Some(want) = case["expect"].get("preprocess").and_then(Value::as_object) {
+                let got = contract::preprocess_to_value(&contract.preprocess);
+                for (key, value) in want {
+                    let same = match (value.as_array(), got[key].as_array()) {
+                        // mean/std: float32 in the pipeline; compare as float32
+                        (Some(w), Some(g)) => w.iter().zip(g).all(|(w, g)| w.as_f64().map(|v| v as f32) == g.as_f64().map(|v| v as f32)),
+                        _ => &got[key] == value,
+                    };
+                    assert!(same, "{name}: preprocess.{key} is {}, expected {value}", got[key]);
+                }
+            }
             valid += 1;
         } else {
             let error = match outcome {
@@ -92,4 +114,117 @@ fn missing_contract_is_a_contract_error_naming_the_model() {
     let message = error.to_string();
     assert!(message.starts_with("butterfly.onnx: "), "{message}");
     assert!(message.contains("no butterfly_onnx contract") && message.contains("labels="), "{message}");
+}
+
+#[test]
+fn resample_order_table_examples() {
+    let table: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_file("python/butterfly_onnx/data/resample_orders.json")).unwrap()).unwrap();
+    assert_eq!(table.to_string(), serde_json::from_str::<Value>(contract::RESAMPLE_ORDERS_JSON).unwrap().to_string());
+    let examples = table["examples"].as_array().unwrap();
+    assert!(examples.len() >= 5);
+    for example in examples {
+        let (version, order) = (example[0].as_str().unwrap(), example[1].as_str().unwrap());
+        assert_eq!(contract::resample_order_for_pillow(version).as_str(), order, "Pillow {version}");
+    }
+}
+
+fn tensor(entry: &Value) -> TensorInfo {
+    TensorInfo {
+        name: entry["name"].as_str().unwrap().to_string(),
+        // null or a name: a dynamic axis
+        dims: entry["shape"].as_array().map(|dims| dims.iter().map(|d| d.as_i64().unwrap_or(-1)).collect()),
+        float32: entry["dtype"] == "float32",
+    }
+}
+
+fn resolve_case(case: &Value, source: &str) -> butterfly_onnx::Result<ModelContract> {
+    let raw = match &case["contract"] {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    };
+    let labels: Option<Vec<String>> = serde_json::from_value(case["labels"].clone()).unwrap();
+    let preprocess = match &case["preprocess"] {
+        Value::Null => None,
+        spec => Some(contract::preprocess_from_value(spec, source)?),
+    };
+    let inputs: Vec<TensorInfo> = case["inputs"].as_array().unwrap().iter().map(tensor).collect();
+    let outputs: Vec<TensorInfo> = case["outputs"].as_array().unwrap().iter().map(tensor).collect();
+    contract::resolve(raw.as_deref(), labels.as_deref(), preprocess.as_ref(), &inputs, &outputs, source)
+}
+
+fn resolve_table() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo_file("tests/fixtures/resolve/cases.json")).unwrap()).unwrap()
+}
+
+/// tests/fixtures/resolve/cases.json, which tests/test_contract.py feeds to contract.py
+/// `resolve_contract`: the same effective contract, or the same error class and fragment.
+#[test]
+fn shared_resolve_cases() {
+    let table = resolve_table();
+    let source = table["source"].as_str().unwrap();
+    let cases = table["cases"].as_array().unwrap();
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        match (resolve_case(case, source), case.get("error")) {
+            (Ok(got), None) => {
+                let want = &case["expect"];
+                let labels: Vec<String> = serde_json::from_value(want["labels"].clone()).unwrap();
+                assert_eq!(got.labels, labels, "{name}");
+                let spec: PreprocessSpec = contract::preprocess_from_value(&want["preprocess"], name).unwrap();
+                assert_eq!(got.preprocess, spec, "{name}");
+                assert_eq!(got.input_name, want["input_name"].as_str().unwrap(), "{name}");
+                assert_eq!(got.output_name, want["output_name"].as_str().unwrap(), "{name}");
+                assert_eq!(got.output_kind.as_str(), want["output_kind"].as_str().unwrap(), "{name}");
+            }
+            (Ok(_), Some(error)) => panic!("{name}: expected {error}, got a contract"),
+            (Err(error), None) => panic!("{name}: expected a contract, got {error}"),
+            (Err(error), Some(want)) => {
+                assert_eq!(error.kind(), want["class"].as_str().unwrap(), "{name}: {error}");
+                let fragment = want["contains"].as_str().unwrap();
+                assert!(error.to_string().contains(fragment), "{name}: {error:?} should contain {fragment:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn resolve_names_the_model_in_every_error() {
+    let table = resolve_table();
+    for case in table["cases"].as_array().unwrap().iter().filter(|c| c.get("error").is_some() && c["preprocess"].is_null()) {
+        let error = resolve_case(case, "zoo/butterfly.onnx").unwrap_err();
+        assert!(error.to_string().starts_with("zoo/butterfly.onnx: "), "{}: {error}", case["name"]);
+    }
+}
+
+#[test]
+fn static_batch_comes_from_the_named_input() {
+    let table = resolve_table();
+    let case = table["cases"].as_array().unwrap().iter().find(|c| c["name"] == "graph_input_static_batch").unwrap();
+    let resolved = resolve_case(case, "m.onnx").unwrap();
+    let inputs: Vec<TensorInfo> = case["inputs"].as_array().unwrap().iter().map(tensor).collect();
+    assert_eq!(contract::static_batch(&inputs, &resolved), Some(2));
+    let dynamic = table["cases"].as_array().unwrap().iter().find(|c| c["name"] == "graph_input_dynamic").unwrap();
+    let inputs: Vec<TensorInfo> = dynamic["inputs"].as_array().unwrap().iter().map(tensor).collect();
+    assert_eq!(contract::static_batch(&inputs, &resolve_case(dynamic, "m.onnx").unwrap()), None);
+}
+
+#[test]
+fn specs_built_in_rust_get_the_same_limits() {
+    let good = contract::preprocess_from_value(&resolve_table()["cases"][0]["contract"]["preprocess"], "m.onnx").unwrap();
+    assert!(contract::check_spec(&good).is_ok());
+    let mut bad = good.clone();
+    bad.crop_size = 1 << 31;
+    assert!(contract::check_spec(&bad).unwrap_err().contains("8192"));
+    let mut bad = good.clone();
+    bad.std = [1e-30, 1.0, 1.0];
+    assert!(contract::check_spec(&bad).unwrap_err().contains("std"));
+    let mut bad = good.clone();
+    bad.mean = [f32::NAN, 0.0, 0.0];
+    assert!(contract::check_spec(&bad).unwrap_err().contains("mean"));
+    let mut bad = good;
+    bad.max_size = Some(100_000);
+    assert!(contract::check_spec(&bad).unwrap_err().contains("max_size"));
 }
