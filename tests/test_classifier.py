@@ -263,7 +263,7 @@ def test_model_without_contract(backend, contract_model, tmp_path, logit_paths, 
     with pytest.raises(ContractError):
         Classifier(path, backend=backend, labels=LABELS)  # preprocess still missing
     clf = Classifier(path, backend=backend, labels=LABELS, preprocess=contract_model.contract.preprocess)
-    assert clf.labels == LABELS and clf.spec.input_name == "input" and clf.spec.output_name == "logits"
+    assert clf.labels == LABELS and clf.contract.input_name == "input" and clf.contract.output_name == "logits"
     assert np.abs(clf.logits(logit_paths) - torch_logits).max() <= 1e-4
     # the preprocessing may also be given as a torchvision preset
     spec = contract_model.contract.preprocess
@@ -271,7 +271,7 @@ def test_model_without_contract(backend, contract_model, tmp_path, logit_paths, 
         crop_size=224, resize_size=256, mean=spec.mean, std=spec.std
     )
     clf = Classifier(path, backend=backend, labels=LABELS, preprocess=preset)
-    assert clf.spec.preprocess == contract_model.contract.preprocess
+    assert clf.contract.preprocess == contract_model.contract.preprocess
 
 
 def test_unknown_schema_version(backend, contract_model, tmp_path):
@@ -323,7 +323,7 @@ def test_unknown_backend(contract_model):
 
 def test_properties_and_repr(backend, classifiers, contract_model):
     clf = classifiers(backend)
-    assert clf.backend == backend and clf.spec == contract_model.contract and clf.labels == LABELS
+    assert clf.backend == backend and clf.contract == contract_model.contract and clf.labels == LABELS
     text = repr(clf)
     for part in (backend, contract_model.path.name, "classes=10", "3x224x224"):
         assert part in text
@@ -385,3 +385,129 @@ def test_empty_input_list(backend, classifiers):
     assert clf.predict([]) == []
     with pytest.raises(InvalidArgumentError, match="top_k"):
         clf.predict([], top_k=0)
+
+
+# --- streaming ------------------------------------------------------------------------------------
+_PEAK_RSS = """
+import json, sys
+from butterfly_onnx import Classifier
+model, backend, folder = sys.argv[1:4]
+clf = Classifier(model, backend=backend, threads=2)
+predictions = clf.predict(folder, progress=False)  # the plain way: no batch size given
+with open("/proc/self/status") as status:
+    peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"peak_mb": peak_kb / 1024,
+                  "rows": [[p.source.rsplit("/", 1)[-1], p.index, p.probability] for p in predictions]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def jpeg_folders(tmp_path_factory, corpus):
+    """300 distinct 224x224 JPEGs re-encoded from real photos (random crops), and a folder of
+    1,200 whose file k holds the bytes of file k % 300 (so its answers are known)."""
+    photos = [Image.open(corpus[name]).convert("RGB") for name in sorted(corpus)
+              if name.startswith(("skimage_", "sklearn_", "matplotlib_grace"))]
+    rng = np.random.default_rng(0)
+    small, large = tmp_path_factory.mktemp("jpeg300"), tmp_path_factory.mktemp("jpeg1200")
+    blobs = []
+    for i in range(300):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(min(photo.size) // 2, min(photo.size) + 1))
+        x, y = int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1))
+        out = io.BytesIO()
+        photo.crop((x, y, x + side, y + side)).resize((224, 224), Image.BILINEAR).save(out, "JPEG", quality=90)
+        blobs.append(out.getvalue())
+        (small / f"img_{i:04d}.jpg").write_bytes(blobs[-1])
+    for i in range(1200):
+        (large / f"img_{i:04d}.jpg").write_bytes(blobs[i % 300])
+    return small, large
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+def test_predict_a_folder_in_flat_memory(backend, contract_model, classifiers, jpeg_folders):
+    """issue 6: peak RSS <= 1,000 MB and at most 100 MB more for 1,200 images than for 300,
+    with the same answers as predicting 50 files at a time."""
+    small, large = jpeg_folders
+    runs = {}
+    for folder in (small, large):
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, str(contract_model.path), backend, str(folder)],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        runs[folder] = json.loads(done.stdout)
+    peak_small, peak_large = runs[small]["peak_mb"], runs[large]["peak_mb"]
+    print(f"{backend}: peak RSS {peak_small:.0f} MB for 300 images, {peak_large:.0f} MB for 1,200")
+    assert peak_large <= 1000 and peak_small <= 1000
+    assert peak_large - peak_small <= 100
+
+    files = sorted(small.iterdir())
+    clf = classifiers(backend, threads=2)
+    reference = [p for start in range(0, 300, 50) for p in clf.predict(files[start : start + 50], batch_size=50)]
+    assert [row[0] for row in runs[small]["rows"]] == [f.name for f in files]
+    for row, expected in zip(runs[small]["rows"], reference):
+        assert row[1] == expected.index
+        assert row[2] == pytest.approx(expected.probability, abs=1e-6)
+    # file k of the large folder is file k % 300 of the small one
+    assert [row[1:] for row in runs[large]["rows"]] == [runs[small]["rows"][k % 300][1:] for k in range(1200)]
+
+
+def test_iter_predict_streams_in_input_order_with_failures_in_place(backend, classifiers, image_files, tmp_path):
+    clf = classifiers(backend)
+    good = sorted(image_files["good"].glob("*.jpg"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    inputs = [good, broken, good, tmp_path / "missing.png", good]
+    reference = clf.predict(good, top_k=3)[0]
+    for batch_size in (1, 2, 32):
+        stream = clf.iter_predict(inputs, top_k=3, batch_size=batch_size, on_error="skip")
+        assert not isinstance(stream, list)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImageSkippedWarning)
+            got = list(stream)
+        assert [p.source for p in got] == [str(p) for p in inputs]
+        assert [p.ok for p in got] == [True, False, True, False, True]
+        assert isinstance(got[1].error, ImageDecodeError) and isinstance(got[3].error, ImageNotFoundError)
+        for p in (got[0], got[2], got[4]):
+            assert p.top_k == reference.top_k
+    # on_error="raise": the predictions before the bad image come out, then its error
+    stream = clf.iter_predict(inputs, batch_size=1)
+    assert next(stream).ok
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        next(stream)
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        clf.predict(inputs, batch_size=2)
+
+
+def test_logits_and_predict_do_not_depend_on_the_batch_size(backend, classifiers, logit_paths):
+    clf = classifiers(backend)
+    whole = clf._backend.logits([(str(p), p) for p in logit_paths])[0]  # one backend call, no chunks
+    for batch_size in (1, 3, len(logit_paths) + 5):
+        assert np.array_equal(clf.logits(logit_paths, batch_size=batch_size), whole)
+    assert clf.predict(logit_paths, batch_size=1) == clf.predict(logit_paths)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InvalidArgumentError, match="batch_size"):
+            clf.predict(logit_paths, batch_size=bad)
+
+
+def test_model_given_as_bytes(backend, contract_model, classifiers, logit_paths):
+    from_bytes = Classifier(contract_model.path.read_bytes(), backend=backend)
+    assert from_bytes.model_path is None and "<model bytes>" in repr(from_bytes)
+    assert from_bytes.contract == contract_model.contract
+    assert np.array_equal(from_bytes.logits(logit_paths), classifiers(backend).logits(logit_paths))
+    with pytest.raises(InvalidModelError, match="model bytes"):
+        Classifier(b"not an onnx model", backend=backend)
+
+
+def test_prediction_to_dict_and_the_old_names(backend, classifiers, image_files):
+    from butterfly_onnx import ClassScore, TopK
+
+    clf = classifiers(backend)
+    prediction = clf.predict(sorted(image_files["good"].glob("*.jpg"))[0], top_k=2)[0]
+    assert TopK is ClassScore and isinstance(prediction.top_k[0], ClassScore)
+    as_dict = prediction.to_dict()
+    assert as_dict == json.loads(json.dumps(as_dict))
+    assert as_dict["label"] == prediction.label and as_dict["error"] is None
+    assert [t["label"] for t in as_dict["top_k"]] == [t.label for t in prediction.top_k]
+    with pytest.warns(DeprecationWarning, match="contract"):
+        assert clf.spec == clf.contract

@@ -10,16 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .contract import ModelContract, PreprocessSpec, write_contract
 from .errors import *  # noqa: F403  (the one exception hierarchy is public)
 from .errors import __all__ as _error_names
-
-__version__ = "0.1.0"
 
 # name -> module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "Classifier": ".classifier",
     "Prediction": ".classifier",
+    "ClassScore": ".classifier",
     "TopK": ".classifier",
     "ImageSkippedWarning": ".classifier",
     "ExportReport": ".export",
@@ -56,6 +56,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import model_catalog
-    from .classifier import Classifier, ImageSkippedWarning, Prediction, TopK
+    from .classifier import ClassScore, Classifier, ImageSkippedWarning, Prediction, TopK
+
     from .export import ExportReport, export_onnx, verify_onnx
     from .train import FinetuneResult, build_model, finetune, load_dataset

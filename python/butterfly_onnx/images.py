@@ -25,8 +25,14 @@ from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLa
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "pixel_limit_default"]
 
-#: File extensions a directory is searched for (case-insensitive).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+def _read_extensions() -> frozenset[str]:
+    text = (Path(__file__).parent / "data" / "image_extensions.txt").read_text(encoding="utf-8")
+    return frozenset("." + line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+#: File extensions a directory is searched for (case-insensitive), with the dot.  The one list
+#: (``data/image_extensions.txt``), read by training, inference and the Rust CLI alike.
+IMAGE_EXTENSIONS = _read_extensions()
 
 Payload = Union[Path, bytes, np.ndarray, Image.Image]
 ImageItem = tuple[str, Payload]

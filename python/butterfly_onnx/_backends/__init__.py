@@ -1,18 +1,19 @@
 """Inference backends: ``python`` (onnxruntime + Pillow + NumPy) and ``rust`` (the native
 module).  Each is ``class Backend`` in ``_backends/<name>.py`` with the same protocol (see
-``docs/inference.md``); this module picks one and holds the contract resolution rules both
-follow."""
+``docs/inference.md``); this module picks one and holds the decode-ahead pipeline both use
+(the contract both resolve is :func:`butterfly_onnx.contract.resolve_contract`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from typing import Any, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
 
-from ..contract import METADATA_KEY, ModelContract, PreprocessSpec
-from ..errors import BackendUnavailableError, ContractError, InvalidModelError
+import numpy as np
 
-__all__ = ["BACKENDS", "load_backend", "resolve_contract"]
+from ..errors import BackendUnavailableError
+
+__all__ = ["BACKENDS", "load_backend", "pipelined_logits"]
 
 BACKENDS = ("python", "rust")
 
@@ -30,84 +31,41 @@ def load_backend(name: str) -> type:
     return module.Backend
 
 
-def resolve_contract(
-    metadata: Mapping[str, str],
-    *,
-    labels: Sequence[str] | None,
-    preprocess: PreprocessSpec | None,
-    inputs: Sequence[tuple[str, Sequence[Any]]],
-    outputs: Sequence[tuple[str, Sequence[Any]]],
-    source: str,
-) -> ModelContract:
-    """The effective contract of a model (the same rules in both backends).
+Errors = dict  # {item index: ImageError}
 
-    ``inputs``/``outputs`` are the model's ``(name, shape)`` pairs, a shape entry being an int
-    (static) or anything else (dynamic).  The model's own contract is read from ``metadata``;
-    explicit ``labels`` / ``preprocess`` replace its fields.  With both given, a missing or
-    unreadable contract is not needed (foreign ONNX models); otherwise it is a ContractError.
-    Then the names, the NCHW input and the class count are checked against the graph.
+
+def pipelined_logits(
+    preprocess: Callable[[list], tuple[np.ndarray, Errors]],
+    run: Callable[[np.ndarray], np.ndarray],
+    items: Sequence[Any],
+    batch_size: int,
+    model_batch: int,
+    num_classes: int,
+) -> Iterator[tuple[np.ndarray, Errors]]:
+    """Logits of ``items`` chunk by chunk: yields, per consecutive chunk of ``batch_size``
+    items, ``(logits of its good items (n_ok, C), {index in items: error})``.
+
+    The next chunk is decoded on a helper thread while the model runs on the current one
+    (Pillow, the native module and ONNX Runtime all release the GIL), and the model is fed
+    ``model_batch`` rows at a time.  At most two decoded chunks exist at once, so memory is
+    bounded by ``batch_size``, not by ``len(items)``.
     """
-    explicit = labels is not None and preprocess is not None
-    try:
-        contract: ModelContract | None = ModelContract.from_metadata(metadata, source=source)
-    except ContractError:
-        if not explicit:
-            raise
-        contract = None
-
-    try:
-        if contract is None:
-            if len(inputs) != 1 or len(outputs) != 1:
-                raise InvalidModelError(
-                    f"{source}: without a contract the model must have exactly one input and one "
-                    f"output, it has inputs {[n for n, _ in inputs]} and outputs {[n for n, _ in outputs]}"
-                )
-            contract = ModelContract(
-                labels=tuple(labels), preprocess=preprocess, input_name=inputs[0][0], output_name=outputs[0][0]
-            )
-        else:
-            changes: dict[str, Any] = {}
-            if labels is not None:
-                changes["labels"] = tuple(labels)
-            if preprocess is not None:
-                changes["preprocess"] = preprocess
-            if changes:
-                contract = dataclasses.replace(contract, **changes)
-    except ContractError as exc:
-        raise ContractError(f"{source}: {exc}") from None
-
-    input_shapes = dict(inputs)
-    output_shapes = dict(outputs)
-    if contract.input_name not in input_shapes:
-        raise ContractError(
-            f"{source}: the contract names input {contract.input_name!r}, the model has {list(input_shapes)}"
-        )
-    if contract.output_name not in output_shapes:
-        raise ContractError(
-            f"{source}: the contract names output {contract.output_name!r}, the model has {list(output_shapes)}"
-        )
-    shape = list(input_shapes[contract.input_name])
-    crop = contract.preprocess.crop_size
-    if len(shape) != 4:
-        raise InvalidModelError(f"{source}: input {contract.input_name!r} must be NCHW (rank 4), got {shape}")
-    for axis, want in ((1, 3), (2, crop), (3, crop)):
-        if isinstance(shape[axis], int) and shape[axis] != want:
-            raise ContractError(
-                f"{source}: input {contract.input_name!r} has shape {shape}, but the preprocessing "
-                f"produces (N, 3, {crop}, {crop})"
-            )
-    out_shape = list(output_shapes[contract.output_name])
-    if len(out_shape) != 2:
-        raise InvalidModelError(
-            f"{source}: output {contract.output_name!r} must be (N, num_classes), got {out_shape}"
-        )
-    if isinstance(out_shape[1], int) and out_shape[1] != contract.num_classes:
-        raise ContractError(
-            f"{source}: {contract.num_classes} labels, but output {contract.output_name!r} has "
-            f"{out_shape[1]} classes"
-        )
-    return contract
-
-
-def metadata_has_contract(metadata: Mapping[str, str]) -> bool:
-    return METADATA_KEY in metadata
+    n = len(items)
+    if n == 0:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="butterfly-decode-ahead") as ahead:
+        pending = ahead.submit(preprocess, list(items[0:batch_size]))
+        for start in range(0, n, batch_size):
+            batch, errors = pending.result()
+            following = start + batch_size
+            if following < n:
+                pending = ahead.submit(preprocess, list(items[following : following + batch_size]))
+            parts = [run(batch[i : i + model_batch]) for i in range(0, len(batch), model_batch)]
+            del batch
+            if not parts:
+                out = np.zeros((0, num_classes), dtype=np.float32)
+            elif len(parts) == 1:
+                out = parts[0]
+            else:
+                out = np.concatenate(parts)
+            yield out, {start + index: error for index, error in errors.items()}

@@ -12,16 +12,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from .. import preprocess as _pre
-from ..contract import ModelContract, PreprocessSpec
+from ..contract import ModelContract, PreprocessSpec, resolve_contract
 from ..errors import ImageError, InvalidModelError, ModelNotFoundError
 from ..images import ImageItem, decode_rgb
-from . import resolve_contract
+from . import pipelined_logits
 
 __all__ = ["Backend"]
 
@@ -35,19 +35,23 @@ class Backend:
 
     def __init__(
         self,
-        model_path: Path,
+        model: Path | bytes,
         *,
         threads: int | None,
         labels: Sequence[str] | None,
         preprocess: PreprocessSpec | None,
         max_image_pixels: int | None,
     ) -> None:
-        model_path = Path(model_path)
-        source = str(model_path)
-        if not model_path.exists():
-            raise ModelNotFoundError(f"{source}: no such model file")
-        if not model_path.is_file():
-            raise InvalidModelError(f"{source}: not a file")
+        if isinstance(model, bytes):
+            model_path = None
+            source = "<model bytes>"
+        else:
+            model_path = Path(model)
+            source = str(model_path)
+            if not model_path.exists():
+                raise ModelNotFoundError(f"{source}: no such model file")
+            if not model_path.is_file():
+                raise InvalidModelError(f"{source}: not a file")
         self.threads = threads if threads is not None else (os.cpu_count() or 1)
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -60,7 +64,7 @@ class Backend:
         options.log_severity_level = 3  # errors only: no warnings on stderr for ordinary models
         try:
             self._session = ort.InferenceSession(
-                source, sess_options=options, providers=["CPUExecutionProvider"]
+                model if model_path is None else source, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -72,15 +76,11 @@ class Backend:
             self._session.get_modelmeta().custom_metadata_map,
             labels=labels,
             preprocess=preprocess,
-            inputs=[(i.name, [_static(d) for d in i.shape]) for i in inputs],
-            outputs=[(o.name, [_static(d) for d in o.shape]) for o in outputs],
+            inputs=[(i.name, [_static(d) for d in i.shape], i.type) for i in inputs],
+            outputs=[(o.name, [_static(d) for d in o.shape], o.type) for o in outputs],
             source=source,
         )
         model_input = next(i for i in inputs if i.name == self.contract.input_name)
-        if model_input.type != "tensor(float)":
-            raise InvalidModelError(
-                f"{source}: input {model_input.name!r} must be float32, the model has {model_input.type}"
-            )
         # A model exported with a fixed batch size is fed in chunks of that size.
         self._batch_limit = _static(model_input.shape[0])
         self._pool: ThreadPoolExecutor | None = None
@@ -134,6 +134,17 @@ class Backend:
     def logits(self, items: list[ImageItem]) -> tuple[np.ndarray, dict[int, ImageError]]:
         batch, errors = self.preprocess(items)
         return self.run(batch), errors
+
+    def iter_logits(
+        self, items: Sequence[ImageItem], batch_size: int, model_batch: int
+    ) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]:
+        """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error});
+        the next chunk decodes while the model runs (see ``pipelined_logits``)."""
+        if self._batch_limit:  # a fixed-batch model is fed its own batch size
+            model_batch = self._batch_limit
+        return pipelined_logits(
+            self.preprocess, self.run, items, batch_size, model_batch, self.contract.num_classes
+        )
 
     def close(self) -> None:
         with self._pool_lock:

@@ -6,18 +6,19 @@ without importing onnxruntime.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..contract import METADATA_KEY, ModelContract, PreprocessSpec
-from ..errors import BackendUnavailableError, ContractError, ImageError
+from ..contract import ModelContract, PreprocessSpec
+from ..errors import BackendUnavailableError, ButterflyError, ImageError
+from . import pipelined_logits
 
 __all__ = ["Backend", "find_onnxruntime_library"]
 
@@ -80,7 +81,7 @@ class Backend:
 
     def __init__(
         self,
-        model_path: Path,
+        model: Path | bytes,
         *,
         threads: int | None,
         labels: Sequence[str] | None,
@@ -88,39 +89,50 @@ class Backend:
         max_image_pixels: int | None,
     ) -> None:
         native = _native()
-        model_path = Path(model_path)
-        self.model_path = model_path
-        self._native = native.Classifier(
-            os.fspath(model_path),
+        options = dict(
             threads=threads,
             labels=list(labels) if labels is not None else None,
             preprocess_json=json.dumps(preprocess.to_dict()) if preprocess is not None else None,
             max_image_pixels=max_image_pixels,
             ort_library=os.fspath(find_onnxruntime_library()),
         )
+        if isinstance(model, bytes):
+            self.model_path = None
+            self._source = "<model bytes>"
+            self._native = self._from_bytes(native, model, options)
+        else:
+            self.model_path = Path(model)
+            self._source = str(self.model_path)
+            self._native = native.Classifier(os.fspath(self.model_path), **options)
         self.threads = self._native.threads
-        self.contract = self._effective_contract(labels, preprocess)
+        self.contract = self._effective_contract()
 
-    def _effective_contract(self, labels: Sequence[str] | None, preprocess: PreprocessSpec | None) -> ModelContract:
-        """The same ModelContract the python backend builds: the model's document read by
-        the Python reader, with the explicit overrides applied (Rust has already validated
-        all of it against the model)."""
-        source = str(self.model_path)
-        base = None
-        raw = self._native.model_contract_json
-        if raw is not None:
+    @staticmethod
+    def _from_bytes(native: Any, model: bytes, options: dict[str, Any]) -> Any:
+        """The native classifier from a model's bytes: ``model_bytes=`` where the binding
+        takes it, else through a private temporary file, removed once ONNX Runtime has read it."""
+        try:
+            return native.Classifier(None, model_bytes=model, **options)
+        except TypeError:
+            pass
+        handle, name = tempfile.mkstemp(suffix=".onnx", prefix="butterfly-model-")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(model)
             try:
-                base = ModelContract.from_metadata({METADATA_KEY: raw}, source=source)
-            except ContractError:
-                base = None  # unusable, and replaced by explicit labels and preprocess
-        if base is None:
-            base = ModelContract.from_dict(json.loads(self._native.contract_json), source=source)
-        changes: dict[str, Any] = {}
-        if labels is not None:
-            changes["labels"] = tuple(labels)
-        if preprocess is not None:
-            changes["preprocess"] = preprocess
-        return dataclasses.replace(base, **changes) if changes else base
+                return native.Classifier(name, **options)
+            except ButterflyError as exc:  # name the model as the caller gave it, not the temp file
+                raise type(exc)(str(exc).replace(name, "<model bytes>")) from None
+        finally:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+    def _effective_contract(self) -> ModelContract:
+        """The effective contract Rust resolved (``contract::resolve``, the same rules as
+        :func:`butterfly_onnx.contract.resolve_contract`), overrides applied."""
+        return ModelContract.from_dict(json.loads(self._native.contract_json), source=self._source)
 
     def preprocess(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
         return self._native.preprocess([_payload(item) for item in items])
@@ -130,3 +142,19 @@ class Backend:
 
     def logits(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
         return self._native.logits([_payload(item) for item in items])
+
+    def iter_logits(
+        self, items: Sequence[tuple[str, Any]], batch_size: int, model_batch: int
+    ) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]:
+        """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error}).
+        The binding's own pipeline (``iter_logits``) where it has one, else the shared
+        decode-ahead pipeline over its ``preprocess`` and ``run``."""
+        payloads = [_payload(item) for item in items]
+        native_iter = getattr(self._native, "iter_logits", None)
+        if native_iter is not None:
+            return iter(native_iter(payloads, batch_size))
+        static = self._native.static_batch
+        return pipelined_logits(
+            self._native.preprocess, self.run, payloads, batch_size, static or model_batch,
+            self.contract.num_classes,
+        )
