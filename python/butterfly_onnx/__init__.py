@@ -21,6 +21,8 @@ _LAZY = {
     "Prediction": ".classifier",
     "ClassScore": ".classifier",
     "TopK": ".classifier",
+    "write_predictions": ".results",
+    "write_submission": ".results",
     "ImageSkippedWarning": ".classifier",
     "ExportReport": ".export",
     "export_onnx": ".export",
@@ -57,6 +59,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import model_catalog
     from .classifier import ClassScore, Classifier, ImageSkippedWarning, Prediction, TopK
-
+    from .results import write_predictions, write_submission
     from .export import ExportReport, export_onnx, verify_onnx
     from .train import FinetuneResult, build_model, finetune, load_dataset

@@ -1,0 +1,158 @@
+"""The torch-free dataset readers (butterfly_onnx.datasets): every layout stays inside its root
+through symlinks, symlink loops add nothing, every bad CSV row is a DatasetError naming the
+file and the line, and the unlabelled-list rule the CLI's Kaggle submission uses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from butterfly_onnx.datasets import (
+    IMAGE_EXTENSIONS,
+    load_dataset,
+    load_unlabelled,
+    read_image_list,
+)
+from butterfly_onnx.errors import DatasetError
+from butterfly_onnx.images import IMAGE_EXTENSIONS as INFERENCE_EXTENSIONS
+
+
+def _photo(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _folders(root: Path) -> Path:
+    for i, name in enumerate(["a/1.png", "a/2.png", "b/1.png", "b/2.png"]):
+        _photo(root / name, i)
+    return root
+
+
+def test_one_extension_list_for_training_and_inference():
+    assert set(IMAGE_EXTENSIONS) == set(INFERENCE_EXTENSIONS)
+    listed = (Path(__file__).parents[1] / "python/butterfly_onnx/data/image_extensions.txt").read_text().split()
+    assert set(IMAGE_EXTENSIONS) == {"." + e for e in listed}
+
+
+def test_folder_symlinks_out_of_the_root_are_left_out(tmp_path):
+    root = _folders(tmp_path / "data")
+    outside = tmp_path / "outside"
+    _photo(outside / "x.png", 10)
+    _photo(outside / "c" / "y.png", 11)
+    (root / "a" / "escape.png").symlink_to(outside / "x.png")  # a file link leaving the root
+    (root / "b" / "away").symlink_to(outside)  # a folder link leaving the root
+    (root / "c").symlink_to(outside / "c")  # a class folder that is a link outside
+    (root / "a" / "inside.png").symlink_to(root / "b" / "1.png")  # inside the root: kept
+    dataset = load_dataset(root, check=False)
+    paths = sorted(str(p.relative_to(root)) for p, _ in dataset.samples)
+    assert paths == ["a/1.png", "a/2.png", "a/inside.png", "b/1.png", "b/2.png"]
+    assert dataset.classes == ["a", "b"]
+    for path, _ in dataset.samples:
+        assert path.resolve().is_relative_to(root.resolve())
+
+
+def test_symlink_loops_add_nothing(tmp_path):
+    root = _folders(tmp_path / "data")
+    (root / "a" / "loop").symlink_to(root / "a")  # a -> a -> a ...
+    (root / "b" / "up").symlink_to(root)  # b -> root -> a, b ...
+    (root / "a" / "self.png").symlink_to(root / "a" / "self.png")  # a link to itself
+    dataset = load_dataset(root, check=False)
+    assert len(dataset) == 4
+    assert sorted(str(p.relative_to(root)) for p, _ in dataset.samples) == ["a/1.png", "a/2.png", "b/1.png", "b/2.png"]
+
+
+def _kaggle(root: Path, rows: str, header: str = "filename,label") -> Path:
+    for i in range(4):
+        _photo(root / "train" / f"Image_{i}.jpg", i)
+    (root / "Training_set.csv").write_bytes((header + "\n").encode() + rows.encode("utf-8", "surrogateescape"))
+    return root
+
+
+GOOD_ROWS = "Image_0.jpg,A\nImage_1.jpg,A\nImage_2.jpg,B\nImage_3.jpg,B\n"
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ("Image_\x005.jpg,A\n", r"line 6: .*(NUL|control character)"),
+        ("Image_5.jpg\x01,A\n", r"line 6: .*control character"),
+        ("Image_0.jpg,A,extra\n", r"line 6: 3 fields, the header has 2"),
+        ("Image_0.jpg,\n", r"line 6: empty label"),
+        (",A\n", r"line 6: empty filename"),
+        ("\"Image_0.jpg,A\n", r"line 6"),
+        ("../x.jpg,A\n", r"line 6: .*outside the dataset root"),
+        ("/etc/passwd,A\n", r"line 6: absolute path"),
+    ],
+)
+def test_every_bad_row_names_the_file_and_the_line(tmp_path, extra, match):
+    root = _kaggle(tmp_path / "k", GOOD_ROWS + extra)
+    with pytest.raises(DatasetError, match=r"Training_set\.csv, " + match):
+        load_dataset(root, check=False)
+
+
+def test_bad_bytes_and_headers_name_the_line(tmp_path):
+    root = _kaggle(tmp_path / "k", GOOD_ROWS)
+    csv_path = root / "Training_set.csv"
+    csv_path.write_bytes(b"filename,label\nImage_0.jpg,A\nImage_1.jpg,\xff\xfe\n")
+    with pytest.raises(DatasetError, match=r"Training_set\.csv, line 3: not valid UTF-8"):
+        load_dataset(root, check=False)
+    csv_path.write_text("file,label\nImage_0.jpg,A\n")
+    with pytest.raises(DatasetError, match=r"Training_set\.csv, line 1: missing column"):
+        load_dataset(root, check=False)
+
+
+def test_csv_symlink_out_of_the_root_and_loops(tmp_path):
+    _photo(tmp_path / "outside.jpg", 9)
+    root = _kaggle(tmp_path / "k", GOOD_ROWS + "link.jpg,A\n")
+    (root / "train" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    with pytest.raises(DatasetError, match=r"line 6: link.jpg resolves outside"):
+        load_dataset(root, check=False)
+    (root / "train" / "link.jpg").unlink()
+    (root / "train" / "link.jpg").symlink_to(root / "train" / "link.jpg")  # a loop
+    with pytest.raises(DatasetError, match=r"line 6: link.jpg"):
+        load_dataset(root, check=False)
+
+
+def test_unlabelled_list_rule_and_safety(tmp_path):
+    # images in test/ when that folder exists ...
+    kaggle = tmp_path / "kaggle"
+    for name in ("Image_1.jpg", "Image_2.jpg"):
+        _photo(kaggle / "test" / name, 1)
+    (kaggle / "Testing_set.csv").write_text("filename\nImage_2.jpg\nImage_1.jpg\nImage_9.jpg\n")
+    listed = read_image_list(kaggle / "Testing_set.csv")
+    assert [(i.line, i.filename, i.path) for i in listed] == [
+        (2, "Image_2.jpg", kaggle / "test" / "Image_2.jpg"),
+        (3, "Image_1.jpg", kaggle / "test" / "Image_1.jpg"),
+        (4, "Image_9.jpg", kaggle / "test" / "Image_9.jpg"),
+    ]
+    with pytest.raises(DatasetError, match=r"1 listed images are missing: line 4: Image_9.jpg"):
+        load_unlabelled(kaggle)
+    # ... else next to the CSV
+    flat = tmp_path / "flat"
+    _photo(flat / "x.jpg", 2)
+    (flat / "list.csv").write_text("filename\nx.jpg\n")
+    assert load_unlabelled(flat / "list.csv") == [flat / "x.jpg"]
+    # no escape through a symlink, no NUL byte
+    (kaggle / "test" / "out.jpg").symlink_to(flat / "x.jpg")
+    (kaggle / "Testing_set.csv").write_text("filename\nImage_1.jpg\nout.jpg\n")
+    with pytest.raises(DatasetError, match=r"Testing_set\.csv, line 3: out.jpg resolves outside"):
+        read_image_list(kaggle / "Testing_set.csv")
+    (kaggle / "Testing_set.csv").write_bytes(b"filename\nImage_1.jpg\nImage\x00.jpg\n")
+    with pytest.raises(DatasetError, match=r"Testing_set\.csv, line 3"):
+        read_image_list(kaggle / "Testing_set.csv")
+    (kaggle / "Testing_set.csv").write_text("filename\n")
+    with pytest.raises(DatasetError, match="no rows"):
+        read_image_list(kaggle / "Testing_set.csv")
+
+
+def test_readers_import_no_torch():
+    code = "import sys, butterfly_onnx.datasets\nassert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
