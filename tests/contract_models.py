@@ -68,7 +68,12 @@ def build_torch_classifier(seed: int = 0):
 
 
 def export_contract_model(
-    module, path: Path, spec: PreprocessSpec, *, dynamic_hw: bool = True, dynamic_batch: bool = True,
+    module,
+    path: Path,
+    spec: PreprocessSpec,
+    *,
+    dynamic_hw: bool = True,
+    dynamic_batch: bool = True,
     batch: int = 1,
 ) -> ModelContract:
     import torch

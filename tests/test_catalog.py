@@ -23,8 +23,7 @@ def test_every_imagenet_weights_is_listed_with_torchvision_numbers(catalog):
         f"{type(w).__name__}.{w.name}": w
         for arch in list_models(module=torchvision.models)
         for w in get_model_weights(arch)
-        if "ImageNet-1K" in w.meta.get("_metrics", {})
-        and math.isfinite(w.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+        if "ImageNet-1K" in w.meta.get("_metrics", {}) and math.isfinite(w.meta["_metrics"]["ImageNet-1K"]["acc@1"])
     }
     assert {e.weights for e in catalog} == set(expected)
     for entry in catalog:
@@ -51,9 +50,9 @@ def test_pareto_front_is_undominated(catalog, cost):
     front = pareto_front(catalog, cost)
     assert front
     for f in front:
-        assert not any(
-            getattr(e, cost) <= getattr(f, cost) and e.acc1 > f.acc1 for e in catalog
-        ), f"{f.weights} is dominated"
+        assert not any(getattr(e, cost) <= getattr(f, cost) and e.acc1 > f.acc1 for e in catalog), (
+            f"{f.weights} is dominated"
+        )
     # everything off the front is dominated by some front entry
     names = {f.weights for f in front}
     for e in catalog:

@@ -20,11 +20,12 @@ torchvision = pytest.importorskip("torchvision")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from PIL import Image  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
+
 from butterfly_onnx.contract import ModelContract, PreprocessSpec  # noqa: E402
 from butterfly_onnx.errors import ContractError, ExportError, ExportVerificationError  # noqa: E402
 from butterfly_onnx.export import ExportReport, export_onnx, report_path_for, verify_onnx  # noqa: E402
-from PIL import Image  # noqa: E402
-from torchvision import transforms as T  # noqa: E402
 
 pytestmark = pytest.mark.train
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 from .errors import BackendUnavailableError
 
@@ -34,7 +35,7 @@ class CatalogEntry:
     interpolation: str
 
 
-def _torchvision():
+def _torchvision() -> tuple[Any, Any, Any]:
     try:
         import torchvision
         from torchvision.models import get_model_weights, list_models
@@ -148,7 +149,9 @@ def plot_catalog(entries: Sequence[CatalogEntry], path: str | Path, *, annotate_
         xs = [getattr(e, cost) for e in entries]
         ax.scatter(xs, [e.acc1 for e in entries], s=18, alpha=0.5, label="weights")
         front = pareto_front(entries, cost)
-        ax.plot([getattr(e, cost) for e in front], [e.acc1 for e in front], "-o", color="C3", ms=4, label="Pareto front")
+        ax.plot(
+            [getattr(e, cost) for e in front], [e.acc1 for e in front], "-o", color="C3", ms=4, label="Pareto front"
+        )
         if annotate_front:
             for e in front:
                 ax.annotate(e.arch, (getattr(e, cost), e.acc1), fontsize=7, xytext=(3, -8), textcoords="offset points")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .errors import DatasetError
 
@@ -88,8 +88,8 @@ def tuxpaint_photo_dataset(
         target = out / ("train" if layout == "kaggle" else label)
         target.mkdir(parents=True, exist_ok=True)
         for path in files:
-            with Image.open(path) as stamp:
-                stamp = stamp.convert("RGBA")
+            with Image.open(path) as opened:
+                stamp = opened.convert("RGBA")
             stamp.thumbnail((size - 16, size - 16), Image.Resampling.LANCZOS)
             tint = tuple(rng.randint(200, 255) for _ in range(3))
             canvas = Image.new("RGB", (size, size), tint)

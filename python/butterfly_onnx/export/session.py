@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import Sample, batches
+from .inputs import Sample
 
 __all__ = ["Comparison", "compare", "ort_run", "ort_session"]
 
@@ -35,7 +35,7 @@ def ort_run(session: Any, inputs: Iterable[np.ndarray]) -> np.ndarray:
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None  # dynamic_batch=False models
     outs = []
     for batch in inputs:
-        for part in [batch] if fixed is None else batches(batch, fixed):
+        for part in [batch] if fixed is None else [batch[i : i + fixed] for i in range(0, len(batch), fixed)]:
             outs.append(session.run(None, {inp.name: part})[0])
     return np.concatenate(outs).astype(np.float32, copy=False)
 

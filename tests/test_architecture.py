@@ -1,0 +1,43 @@
+"""The import rule of docs/architecture.md holds: scripts/check_imports.py finds no import cycle
+and no private cross-module import in python/butterfly_onnx, and it does find them when they exist."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "check_imports.py"
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location("check_imports", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_package_has_no_import_cycles_and_no_private_cross_module_imports():
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("0 import cycles, 0 private cross-module imports")
+
+
+def test_the_checker_finds_cycles_and_private_imports(tmp_path):
+    checker = _checker()
+    pkg = tmp_path / "butterfly_onnx"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import a\n")
+    (pkg / "a.py").write_text("def f():\n    from .b import g  # function-level: counts\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
+    (pkg / "c.py").write_text("from .a import _hidden\nfrom ._version import __version__\n")
+    (pkg / "_version.py").write_text("__version__ = '0'\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "x.py").write_text("from .. import a\nfrom ._y import _ok\n")  # _y is private: allowed
+    (pkg / "sub" / "_y.py").write_text("_ok = 1\n")
+    mods = checker.modules(pkg)
+    edges, private = checker.imports(mods)
+    assert checker.cycles(edges) == [["butterfly_onnx.a", "butterfly_onnx.b"]]
+    assert private == ["butterfly_onnx.c imports _hidden from butterfly_onnx.a"]
