@@ -267,3 +267,108 @@ def test_write_contract_checks_names_and_replaces(tmp_path):
         write_contract(path, _contract(input_name="pixels"))
     with pytest.raises(ContractError, match="no output 'probs'"):
         write_contract(path, _contract(output_name="probs"))
+
+
+# -- end to end: contracts written into a model's metadata, opened by both backends ----------
+def _tiny_model(path: Path, raw: str, *, classes: int = 3, input_name: str = "input", output_name: str = "logits") -> Path:
+    """A classifier graph (global average pool + a 3 x classes matmul) with dynamic batch,
+    height and width, whose metadata holds ``raw`` as the contract -- written with onnx
+    directly, bypassing write_contract's checks, as a foreign or tampered file would be."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.linspace(-1, 1, 3 * classes, dtype=np.float32).reshape(3, classes), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", [input_name], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], [output_name]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, raw
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(params=["python", "rust"])
+def backend(request):
+    pytest.importorskip("onnxruntime")
+    from contract_models import require_backend
+
+    require_backend(request.param)
+    return request.param
+
+
+def test_every_contract_fixture_end_to_end(backend, tmp_path):
+    """Each shared fixture written into a model file: the invalid ones are a ContractError
+    naming the model on this backend (never an abort, a panic or a raw Python error), the
+    valid ones open with the fixture's labels and crop size."""
+    from butterfly_onnx import Classifier
+
+    for name, case in contract_fixtures():
+        raw = raw_document(case)
+        if case["valid"]:
+            expect = case["expect"]
+            contract = ModelContract.from_metadata({METADATA_KEY: raw})
+            path = _tiny_model(tmp_path / name.replace(".json", ".onnx"), raw, classes=len(expect["labels"]),
+                               input_name=contract.input_name, output_name=contract.output_name)
+            clf = Classifier(path, backend=backend)
+            assert list(clf.labels) == expect["labels"], name
+            assert clf.contract.preprocess.crop_size == expect["crop_size"], name
+        else:
+            path = _tiny_model(tmp_path / name.replace(".json", ".onnx"), raw)
+            with pytest.raises(ContractError) as caught:
+                Classifier(path, backend=backend)
+            message = str(caught.value)
+            assert str(path) in message, (name, message)
+            assert case.get("error_contains", "") in message, (name, message)
+
+
+def test_bad_explicit_preprocess_is_a_contract_error(backend, tmp_path):
+    from butterfly_onnx import Classifier
+
+    path = _tiny_model(tmp_path / "m.onnx", "{labels")
+    good = {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    for bad in ({**good, "crop_size": 100000}, {**good, "crop_size": 2**31}, {**good, "std": [1e-300] * 3},
+                {**good, "mean": [1e300] * 3}, {**good, "resize_size": 10**30}):
+        with pytest.raises(ContractError, match="m.onnx: preprocess"):
+            Classifier(path, backend=backend, labels=["a", "b", "c"], preprocess=bad)
+    clf = Classifier(path, backend=backend, labels=["a", "b", "c"], preprocess=good)  # a foreign model
+    assert clf.contract.preprocess == PreprocessSpec.coerce(good)
+
+
+def test_contract_at_the_limits_gives_finite_logits_on_both_backends(tmp_path):
+    """mean and std at the edges of their ranges: the input stays finite (|x| <= 1e6), the
+    logits are finite, and both backends preprocess bit for bit alike."""
+    import numpy as np
+    from PIL import Image
+
+    from butterfly_onnx import Classifier
+
+    case = json.loads((FIXTURES / "valid_mean_std_at_the_limits.json").read_text())
+    path = _tiny_model(tmp_path / "limits.onnx", raw_document(case))
+    image = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(image)
+    backends = ["python"]
+    from contract_models import native_available
+
+    if native_available()[0]:
+        backends.append("rust")
+    results = {}
+    for name in backends:
+        clf = Classifier(path, backend=name)
+        batch = clf.preprocess([image])
+        logits = clf.logits([image])
+        assert np.isfinite(batch).all() and np.abs(batch).max() <= 1.001e6, name
+        assert np.isfinite(logits).all(), name
+        results[name] = (batch, logits)
+    if "rust" in results:
+        assert np.array_equal(results["python"][0], results["rust"][0])
+        np.testing.assert_allclose(results["python"][1], results["rust"][1], rtol=1e-5)

@@ -158,6 +158,8 @@ def _parse_float(text: str) -> float:
 def _parse_int(text: str) -> int | float:
     # As serde_json reads numbers: an integer in the 64-bit range stays an integer, a longer
     # one becomes a double (and one beyond the double range is an error).
+    if text == "-0":
+        return -0.0  # serde_json reads -0 as the double -0.0
     if len(text) <= 21:
         value = int(text)
         if -(2**63) <= value < 2**64:
