@@ -34,6 +34,7 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "PreprocessSpec",
     "ModelContract",
+    "check_output",
     "current_resample_order",
     "resolve_contract",
     "write_contract",
@@ -680,6 +681,18 @@ def resolve_contract(
             f"{out_shape[1]} classes"
         )
     return contract
+
+
+def check_output(contract: ModelContract, shape: Sequence[int], source: str, *, rows: int | None = None) -> None:
+    """The run-time half of the labels-vs-output check, for a model whose class axis is
+    dynamic (the static half is in :func:`resolve_contract`): an output of ``shape`` must be
+    ``(rows, len(labels))`` (any number of rows when ``rows`` is None).  ContractError, with
+    the message of the Rust core's check."""
+    dims = [int(d) for d in shape]
+    if len(dims) != 2 or dims[1] != contract.num_classes or (rows is not None and dims[0] != rows):
+        raise ContractError(
+            f"{source}: the model output has shape {dims}, but the contract has {contract.num_classes} labels"
+        )
 
 
 def _dims(shape: Any) -> str:
