@@ -14,6 +14,7 @@ from butterfly_onnx.contract import (
     SCHEMA_VERSION,
     ModelContract,
     PreprocessSpec,
+    check_output,
     current_resample_order,
     resolve_contract,
     write_contract,
@@ -200,6 +201,15 @@ def test_python_values_get_the_same_limits_without_raw_errors():
         ModelContract(labels=tuple(f"class {i:07d}" for i in range(80_000)), preprocess=PreprocessSpec(256, 224)).to_json()
 
 
+def test_check_output_is_the_run_time_half():
+    contract = _contract()
+    check_output(contract, (4, 3), "m.onnx", rows=4)
+    check_output(contract, (7, 3), "m.onnx")
+    for shape, rows in (((4, 5), 4), ((4, 3), 2), ((4, 3, 1), None), ((12,), None)):
+        with pytest.raises(ContractError, match=r"m.onnx: the model output has shape .*, but the contract has 3 labels"):
+            check_output(contract, shape, "m.onnx", rows=rows)
+
+
 def test_coerce_is_the_one_converter():
     spec = PreprocessSpec(256, 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert PreprocessSpec.coerce(spec) is spec
@@ -229,6 +239,7 @@ def test_spec_from_every_default_torchvision_preset():
         assert (spec.resize_size, spec.crop_size) == (preset.resize_size[0], preset.crop_size[0]), arch
         assert spec.mean == tuple(preset.mean) and spec.std == tuple(preset.std), arch
         assert spec.interpolation == preset.interpolation.value, arch
+        assert PreprocessSpec.coerce(preset) == spec, arch
 
 
 def test_spec_from_compose_and_its_limits():
