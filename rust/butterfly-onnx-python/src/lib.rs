@@ -2,7 +2,7 @@
 //!
 //! It only converts arguments, releases the GIL (`Python::detach`) around decoding,
 //! preprocessing and inference, and maps `butterfly_onnx::Error` onto the exception classes
-//! of `python/butterfly_onnx/errors.py` by `Error::kind()`. The Python adapter over it is
+//! of `python/butterfly_onnx/errors.py` by `Error::kind()` (an exhaustive `match`). The Python adapter over it is
 //! `python/butterfly_onnx/_backends/rust.py`; the typed surface is `_native.pyi`.
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use butterfly_onnx::classifier::{Classifier as CoreClassifier, ClassifierOptions, ImageErrors, ImageInput};
 use butterfly_onnx::contract;
 use butterfly_onnx::decode::RgbImage;
-use butterfly_onnx::Error;
+use butterfly_onnx::{Error, ErrorKind};
 use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray3, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -29,20 +29,21 @@ mod errors {
 }
 
 /// The Python exception for a core error. Image errors carry `.source` (ImageError's second
-/// constructor argument); the others take the message only.
+/// constructor argument); the others take the message only. Exhaustive: a new kind in the
+/// core does not compile until it is mapped here.
 fn to_py_err(error: &Error) -> PyErr {
     let message = error.to_string();
     let source = error.source_name();
     match error.kind() {
-        "ImageNotFoundError" => errors::ImageNotFoundError::new_err((message, source)),
-        "ImageDecodeError" => errors::ImageDecodeError::new_err((message, source)),
-        "ImageTooLargeError" => errors::ImageTooLargeError::new_err((message, source)),
-        "ModelNotFoundError" => errors::ModelNotFoundError::new_err(message),
-        "InvalidModelError" => errors::InvalidModelError::new_err(message),
-        "ContractError" => errors::ContractError::new_err(message),
-        "BackendUnavailableError" => errors::BackendUnavailableError::new_err(message),
-        "InvalidArgumentError" => errors::InvalidArgumentError::new_err(message),
-        _ => errors::ButterflyError::new_err(message),
+        ErrorKind::ImageNotFound => errors::ImageNotFoundError::new_err((message, source)),
+        ErrorKind::ImageDecode => errors::ImageDecodeError::new_err((message, source)),
+        ErrorKind::ImageTooLarge => errors::ImageTooLargeError::new_err((message, source)),
+        ErrorKind::ModelNotFound => errors::ModelNotFoundError::new_err(message),
+        ErrorKind::InvalidModel => errors::InvalidModelError::new_err(message),
+        ErrorKind::Contract => errors::ContractError::new_err(message),
+        ErrorKind::RuntimeUnavailable => errors::BackendUnavailableError::new_err(message),
+        ErrorKind::InvalidArgument => errors::InvalidArgumentError::new_err(message),
+        ErrorKind::Inference => errors::ButterflyError::new_err(message),
     }
 }
 
@@ -149,7 +150,7 @@ impl Classifier {
             Some(text) => Some(contract::preprocess_from_json_str(text, &source).map_err(|e| to_py_err(&e))?),
             None => None,
         };
-        let options = ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library };
+        let options = ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library, model_batch: None };
         let inner = py.detach(|| CoreClassifier::open(&model_path, options)).map_err(|e| to_py_err(&e))?;
         Ok(Classifier { inner })
     }

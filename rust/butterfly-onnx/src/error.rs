@@ -1,6 +1,7 @@
 //! The one error type of the crate. Every variant names the input it is about, and
-//! [`Error::kind`] gives the Python exception class (python/butterfly_onnx/errors.py) the
-//! binding raises for it; keep the two lists in step.
+//! [`Error::kind`] says which kind of failure it is ([`ErrorKind`], a plain enum to `match`
+//! on). The Python binding maps each kind onto a class of python/butterfly_onnx/errors.py
+//! with an exhaustive `match`, so a new kind does not compile until it is mapped.
 
 use std::path::PathBuf;
 
@@ -46,19 +47,47 @@ pub enum Error {
     InvalidArgument { reason: String },
 }
 
+/// What kind of failure an [`Error`] is, without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    ImageNotFound,
+    ImageDecode,
+    ImageTooLarge,
+    ModelNotFound,
+    InvalidModel,
+    Contract,
+    RuntimeUnavailable,
+    Inference,
+    InvalidArgument,
+}
+
+impl ErrorKind {
+    /// True for the per-image kinds: the other images of a batch are unaffected.
+    pub fn is_image_error(self) -> bool {
+        matches!(self, ErrorKind::ImageNotFound | ErrorKind::ImageDecode | ErrorKind::ImageTooLarge)
+    }
+}
+
+/// Transition only: `kind() == "ContractError"` (the variant name + `Error`), as tests written
+/// against the old string-returning `kind()` compare. New code compares with `ErrorKind::...`.
+impl PartialEq<&str> for ErrorKind {
+    fn eq(&self, other: &&str) -> bool {
+        other.strip_suffix("Error").is_some_and(|name| format!("{self:?}") == name)
+    }
+}
+
 impl Error {
-    /// The name of the matching exception class in `butterfly_onnx.errors`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::ImageNotFound { .. } => "ImageNotFoundError",
-            Error::ImageDecode { .. } => "ImageDecodeError",
-            Error::ImageTooLarge { .. } => "ImageTooLargeError",
-            Error::ModelNotFound { .. } => "ModelNotFoundError",
-            Error::InvalidModel { .. } => "InvalidModelError",
-            Error::Contract { .. } => "ContractError",
-            Error::RuntimeUnavailable { .. } => "BackendUnavailableError",
-            Error::Inference { .. } => "ButterflyError",
-            Error::InvalidArgument { .. } => "InvalidArgumentError",
+            Error::ImageNotFound { .. } => ErrorKind::ImageNotFound,
+            Error::ImageDecode { .. } => ErrorKind::ImageDecode,
+            Error::ImageTooLarge { .. } => ErrorKind::ImageTooLarge,
+            Error::ModelNotFound { .. } => ErrorKind::ModelNotFound,
+            Error::InvalidModel { .. } => ErrorKind::InvalidModel,
+            Error::Contract { .. } => ErrorKind::Contract,
+            Error::RuntimeUnavailable { .. } => ErrorKind::RuntimeUnavailable,
+            Error::Inference { .. } => ErrorKind::Inference,
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
         }
     }
 

@@ -15,4 +15,4 @@ pub mod error;
 pub mod preprocess;
 pub mod runtime;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -181,7 +181,7 @@ mod tests {
             return;
         }
         let err = ensure_loaded(Some(Path::new("/nonexistent/libonnxruntime.so.1"))).unwrap_err();
-        assert_eq!(err.kind(), "BackendUnavailableError");
+        assert_eq!(err.kind(), crate::ErrorKind::RuntimeUnavailable);
         assert!(err.to_string().contains("/nonexistent/libonnxruntime.so.1"), "{err}");
     }
 }

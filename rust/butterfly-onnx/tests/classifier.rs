@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput};
 use butterfly_onnx::contract::OutputKind;
 use butterfly_onnx::decode::{read_rgb, DecodeLimits};
-use butterfly_onnx::Error;
+use butterfly_onnx::{Error, ErrorKind};
 use support::{fixture, Fixture};
 
 fn open(fx: &Fixture, model: &str, options: ClassifierOptions) -> Result<Classifier, Error> {
@@ -88,10 +88,10 @@ fn bad_images_are_reported_by_index_and_the_others_still_come_back() {
         ImageInput::Rgb { source: "short pixels".into(), image: butterfly_onnx::decode::RgbImage { width: 4, height: 4, data: vec![0; 5] } },
     ];
     let (batch, errors) = classifier.preprocess(&inputs);
-    let kinds: Vec<(usize, &str)> = errors.iter().map(|(i, e)| (*i, e.kind())).collect();
+    let kinds: Vec<(usize, ErrorKind)> = errors.iter().map(|(i, e)| (*i, e.kind())).collect();
     assert_eq!(
         kinds,
-        [(0, "ImageDecodeError"), (2, "ImageNotFoundError"), (3, "ImageDecodeError"), (5, "ImageDecodeError"), (6, "ImageDecodeError")]
+        [(0, ErrorKind::ImageDecode), (2, ErrorKind::ImageNotFound), (3, ErrorKind::ImageDecode), (5, ErrorKind::ImageDecode), (6, ErrorKind::ImageDecode)]
     );
     for (index, error) in &errors {
         assert_eq!(error.source_name().unwrap(), inputs[*index].source(), "errors name their input");
@@ -112,7 +112,7 @@ fn pixel_limit_is_checked_before_decoding() {
         open(fx, "model.onnx", ClassifierOptions { max_image_pixels: Some(100), ..Default::default() }).unwrap();
     let (_, errors) = classifier.preprocess(&paths(&fx.images()[..1]));
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].1.kind(), "ImageTooLargeError");
+    assert_eq!(errors[0].1.kind(), ErrorKind::ImageTooLarge);
 }
 
 #[test]
@@ -167,23 +167,23 @@ fn model_errors_have_their_own_kinds() {
     let Some(fx) = fixture() else { return };
     let kind = |model: &str, options: ClassifierOptions| open(fx, model, options).unwrap_err();
     let missing = kind("missing.onnx", ClassifierOptions::default());
-    assert_eq!(missing.kind(), "ModelNotFoundError");
+    assert_eq!(missing.kind(), ErrorKind::ModelNotFound);
     let not_onnx = kind("not_a_model.onnx", ClassifierOptions::default());
-    assert_eq!(not_onnx.kind(), "InvalidModelError");
+    assert_eq!(not_onnx.kind(), ErrorKind::InvalidModel);
     assert!(not_onnx.to_string().contains("not_a_model.onnx"), "{not_onnx}");
     let no_contract = kind("model_no_contract.onnx", ClassifierOptions::default());
-    assert_eq!(no_contract.kind(), "ContractError");
+    assert_eq!(no_contract.kind(), ErrorKind::Contract);
     assert!(no_contract.to_string().contains("no butterfly_onnx contract"), "{no_contract}");
     // Labels alone are not enough without a contract.
     let labels: Vec<String> = (0..7).map(|i| format!("class {i}")).collect();
     let partial = kind("model_no_contract.onnx", ClassifierOptions { labels: Some(labels.clone()), ..Default::default() });
-    assert_eq!(partial.kind(), "ContractError");
+    assert_eq!(partial.kind(), ErrorKind::Contract);
     // A label count that does not fit the model's output.
     let wrong_count = kind("model.onnx", ClassifierOptions { labels: Some(labels[..3].to_vec()), ..Default::default() });
-    assert_eq!(wrong_count.kind(), "ContractError");
+    assert_eq!(wrong_count.kind(), ErrorKind::Contract);
     assert!(wrong_count.to_string().contains("3 labels"), "{wrong_count}");
     let duplicate = kind("model.onnx", ClassifierOptions { labels: Some(vec!["a".into(); 7]), ..Default::default() });
-    assert_eq!(duplicate.kind(), "ContractError");
+    assert_eq!(duplicate.kind(), ErrorKind::Contract);
 }
 
 #[test]
@@ -211,6 +211,114 @@ fn explicit_labels_and_preprocess_run_a_model_without_contract() {
     bigger.resize_size = 100;
     let error = open(fx, "model_static2.onnx", ClassifierOptions { preprocess: Some(bigger), ..Default::default() })
         .unwrap_err();
-    assert_eq!(error.kind(), "ContractError");
+    assert_eq!(error.kind(), ErrorKind::Contract);
     assert!(error.to_string().contains("96"), "{error}");
+}
+
+// -- the streaming pipeline ---------------------------------------------------------------
+
+/// Good photos with bad inputs interleaved, `n` long.
+fn mixed_inputs(fx: &Fixture, n: usize) -> Vec<ImageInput> {
+    let images = fx.images();
+    let bad = [fx.path("bad/text.jpg"), fx.path("no/such/image.png"), fx.path("bad/empty.jpg")];
+    (0..n)
+        .map(|i| if i % 5 == 3 { ImageInput::Path(bad[i % 3].clone()) } else { ImageInput::Path(images[i % images.len()].clone()) })
+        .collect()
+}
+
+#[test]
+fn the_stream_gives_the_one_shot_answers_in_input_order_with_failures_in_place() {
+    let Some(fx) = fixture() else { return };
+    let classifier = open(fx, "model.onnx", ClassifierOptions { threads: Some(2), ..Default::default() }).unwrap();
+    let inputs = mixed_inputs(fx, 23);
+    let (predictions, errors) = classifier.predict(&inputs, 3).unwrap();
+    assert!(!errors.is_empty());
+    for chunk_size in [1, 3, 7, 23, 1000] {
+        let results: Vec<_> =
+            classifier.predict_stream(inputs.clone(), 3, chunk_size).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(results.len(), inputs.len(), "chunk {chunk_size}");
+        let (mut good, mut bad) = (predictions.iter(), errors.iter());
+        for (position, result) in results.iter().enumerate() {
+            assert_eq!((result.index, result.source.as_str()), (position, inputs[position].source().as_str()));
+            match &result.outcome {
+                Ok(top) => {
+                    let (index, want) = good.next().unwrap();
+                    assert_eq!(*index, position);
+                    assert_eq!(top.iter().map(|p| p.index).collect::<Vec<_>>(), want.iter().map(|p| p.index).collect::<Vec<_>>());
+                    assert!(max_abs_diff(top.iter().map(|p| p.probability), want.iter().map(|p| p.probability)) <= 1e-6);
+                }
+                Err(error) => {
+                    let (index, want) = bad.next().unwrap();
+                    assert_eq!((*index, error.kind()), (position, want.kind()));
+                    assert_eq!(error.source_name().unwrap(), inputs[position].source());
+                }
+            }
+        }
+        assert!(good.next().is_none() && bad.next().is_none());
+    }
+}
+
+#[test]
+fn logits_chunks_match_the_reference_whatever_the_model_batch() {
+    let Some(fx) = fixture() else { return };
+    let images = fx.images();
+    let reference = fx.reference_logits();
+    for (model, model_batch) in [("model.onnx", Some(1)), ("model.onnx", Some(4)), ("model.onnx", None), ("model_static2.onnx", None)] {
+        let classifier = open(fx, model, ClassifierOptions { model_batch, ..Default::default() }).unwrap();
+        if let Some(size) = model_batch {
+            assert_eq!(classifier.model_batch(), size);
+        }
+        let measured = classifier.model_batch();
+        assert!((1..=butterfly_onnx::classifier::MAX_MODEL_BATCH).contains(&measured), "{measured}");
+        if model == "model_static2.onnx" {
+            assert_eq!(measured, 2, "a fixed batch axis is the model batch");
+        }
+        let mut rows = Vec::new();
+        let mut next_start = 0;
+        for chunk in classifier.logits_stream(paths(&images), 4).unwrap() {
+            let chunk = chunk.unwrap();
+            assert_eq!(chunk.start, next_start);
+            next_start += chunk.len();
+            assert!(chunk.len() <= 4 && chunk.errors.is_empty());
+            assert_eq!(chunk.logits.shape(), [chunk.len(), 7]);
+            rows.extend(chunk.logits.outer_iter().map(|r| r.to_vec()));
+        }
+        assert_eq!(rows.len(), reference.len());
+        for (row, want) in rows.iter().zip(&reference) {
+            assert!(max_abs_diff(row.iter().copied(), want.iter().copied()) <= 1e-5, "{model}: {row:?} vs {want:?}");
+        }
+    }
+    let error = open(fx, "model.onnx", ClassifierOptions { model_batch: Some(0), ..Default::default() }).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn the_stream_holds_at_most_two_chunks_and_takes_inputs_lazily() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(fx) = fixture() else { return };
+    let classifier = open(fx, "model.onnx", ClassifierOptions { threads: Some(2), ..Default::default() }).unwrap();
+    let inputs = mixed_inputs(fx, 40);
+    let chunk = 4;
+    let taken = AtomicUsize::new(0);
+    let counted = inputs.iter().cloned().inspect(|_| {
+        taken.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut stream = classifier.predict_stream(counted, 1, chunk).unwrap();
+    for seen in 0..inputs.len() {
+        let result = stream.next().unwrap().unwrap();
+        assert_eq!(result.index, seen);
+        // Inputs taken: the chunk being returned and at most one more being decoded.
+        let chunk_end = (seen / chunk + 1) * chunk;
+        let pulled = taken.load(Ordering::SeqCst);
+        assert!(pulled <= chunk_end + chunk, "after result {seen}: {pulled} inputs taken");
+        assert!(pulled >= chunk_end.min(inputs.len()));
+    }
+    assert!(stream.next().is_none());
+    // A stream dropped half way leaves nothing hanging, and the classifier still works.
+    let mut partial = classifier.predict_stream(inputs.clone(), 1, 3).unwrap();
+    partial.next().unwrap().unwrap();
+    drop(partial);
+    assert!(classifier.predict_stream(Vec::new(), 1, 3).unwrap().next().is_none());
+    let error = classifier.predict_stream(inputs, 1, 0).err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument);
 }

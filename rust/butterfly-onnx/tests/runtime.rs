@@ -7,6 +7,7 @@ use std::path::Path;
 
 use butterfly_onnx::classifier::{Classifier, ClassifierOptions};
 use butterfly_onnx::runtime::{ensure_loaded, find_python_onnxruntime, loaded_library};
+use butterfly_onnx::ErrorKind;
 
 #[test]
 fn load_errors_are_typed_and_one_library_per_process() {
@@ -22,11 +23,11 @@ fn load_errors_are_typed_and_one_library_per_process() {
     let fake = scratch.join("libonnxruntime.so.1");
     std::fs::write(&fake, "not a library").unwrap();
     let error = ensure_loaded(Some(&fake)).unwrap_err();
-    assert_eq!(error.kind(), "BackendUnavailableError");
+    assert_eq!(error.kind(), ErrorKind::RuntimeUnavailable);
     assert!(error.to_string().contains("libonnxruntime.so.1"), "{error}");
     assert_eq!(loaded_library(), None);
     // Missing, and not ONNX Runtime although a real shared library: refused the same way.
-    assert_eq!(ensure_loaded(Some(&scratch.join("absent.so"))).unwrap_err().kind(), "BackendUnavailableError");
+    assert_eq!(ensure_loaded(Some(&scratch.join("absent.so"))).unwrap_err().kind(), ErrorKind::RuntimeUnavailable);
     let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
     if libc.is_file() {
         let error = ensure_loaded(Some(libc)).unwrap_err();
@@ -38,7 +39,7 @@ fn load_errors_are_typed_and_one_library_per_process() {
         ClassifierOptions { ort_library: Some(fake.clone()), ..Default::default() },
     )
     .unwrap_err();
-    assert_eq!(error.kind(), "BackendUnavailableError");
+    assert_eq!(error.kind(), ErrorKind::RuntimeUnavailable);
 
     // After those refusals the real one still loads; asking again (same file) is fine.
     let loaded = ensure_loaded(Some(&library)).unwrap();
@@ -50,7 +51,7 @@ fn load_errors_are_typed_and_one_library_per_process() {
     let copy = scratch.join("libonnxruntime-copy.so");
     std::fs::copy(&library, &copy).unwrap();
     let error = ensure_loaded(Some(&copy)).unwrap_err();
-    assert_eq!(error.kind(), "BackendUnavailableError");
+    assert_eq!(error.kind(), ErrorKind::RuntimeUnavailable);
     assert!(error.to_string().contains("already loaded"), "{error}");
     std::fs::remove_dir_all(&scratch).ok();
 }

@@ -167,7 +167,7 @@ fn predict(
         let (predictions, errors) = classifier.predict(&inputs, top_k)?;
         for (index, error) in errors {
             eprintln!("error: {error}");
-            failures.push(json!({"source": inputs[index].source(), "kind": error.kind(), "message": error.to_string()}));
+            failures.push(json!({"source": inputs[index].source(), "kind": format!("{:?}", error.kind()), "message": error.to_string()}));
         }
         for (index, top) in predictions {
             let source = inputs[index].source();

@@ -1,0 +1,100 @@
+//! Decoding and preprocessing a list of images into one batch tensor, in parallel on the
+//! classifier's rayon pool, each image written straight into its row.
+
+use ndarray::Array4;
+use rayon::prelude::*;
+
+use super::{ImageErrors, ImageInput};
+use crate::decode::{self, DecodeLimits};
+use crate::preprocess::{self, ImageView, PreprocessSpec};
+use crate::{Error, Result};
+
+/// What turns inputs into rows: the contract's preprocessing and the decoding limits.
+/// Shared (`Arc`) with the decoding tasks of the pipeline.
+#[derive(Debug)]
+pub(super) struct Preprocessor {
+    pub spec: PreprocessSpec,
+    pub limits: DecodeLimits,
+}
+
+impl Preprocessor {
+    /// Decode and preprocess `items` (run this inside the classifier's pool: the images are
+    /// spread over its threads). Returns the rows of the images that succeeded, in input
+    /// order, shape `(n_ok, 3, crop, crop)`, and the failures by index in `items`.
+    pub fn batch(&self, items: &[ImageInput]) -> (Array4<f32>, ImageErrors) {
+        let crop = self.spec.crop_size as usize;
+        let row_len = 3 * crop * crop;
+        let mut data = vec![0f32; items.len() * row_len];
+        let outcomes: Vec<Result<()>> = if items.len() == 1 {
+            // One image: no hand-off to another thread.
+            vec![self.guarded(&items[0], &mut data)]
+        } else {
+            data.par_chunks_mut(row_len.max(1)).zip(items.par_iter()).map(|(row, item)| self.guarded(item, row)).collect()
+        };
+        let mut errors = Vec::new();
+        let mut kept = 0;
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Ok(()) => {
+                    if kept != index {
+                        data.copy_within(index * row_len..(index + 1) * row_len, kept * row_len);
+                    }
+                    kept += 1;
+                }
+                Err(error) => errors.push((index, error)),
+            }
+        }
+        data.truncate(kept * row_len);
+        let batch = Array4::from_shape_vec((kept, 3, crop, crop), data).expect("rows of 3*crop*crop floats");
+        (batch, errors)
+    }
+
+    /// The crate's one panic guard: a panic while decoding or preprocessing an image (a
+    /// decoder bug on a malformed file) becomes that image's error; the batch, the pipeline
+    /// and the Python process carry on.
+    fn guarded(&self, item: &ImageInput, row: &mut [f32]) -> Result<()> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.one(item, row))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::ImageDecode { source_name: item.source(), reason: format!("internal error: {what}") })
+        })
+    }
+
+    fn one(&self, item: &ImageInput, row: &mut [f32]) -> Result<()> {
+        let decoded;
+        let (source, image) = match item {
+            ImageInput::Path(path) => {
+                decoded = decode::read_rgb(path, &self.limits)?;
+                (path.display().to_string(), &decoded)
+            }
+            ImageInput::Bytes { source, bytes } => {
+                decoded = decode::decode_rgb(bytes, source, &self.limits)?;
+                (source.clone(), &decoded)
+            }
+            ImageInput::Rgb { source, image } => {
+                let expected = image.width as u64 * image.height as u64 * 3;
+                if image.width == 0 || image.height == 0 || image.data.len() as u64 != expected {
+                    return Err(Error::ImageDecode {
+                        source_name: source.clone(),
+                        reason: format!(
+                            "an RGB image of {}x{} needs {expected} bytes (> 0), got {}",
+                            image.width,
+                            image.height,
+                            image.data.len()
+                        ),
+                    });
+                }
+                (source.clone(), image)
+            }
+        };
+        let view = ImageView { width: image.width, height: image.height, data: &image.data };
+        preprocess::preprocess_into(view, &self.spec, row).map_err(|e| match e {
+            // Preprocessing errors name the image they are about.
+            Error::InvalidArgument { reason } => Error::ImageDecode { source_name: source, reason },
+            other => other,
+        })
+    }
+}

@@ -1,0 +1,319 @@
+//! The classifier: an ONNX Runtime session plus the model contract, with batched,
+//! parallel decoding and preprocessing.
+//!
+//! ```no_run
+//! use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput};
+//! let classifier = Classifier::open("model.onnx", ClassifierOptions::default())?;
+//! let (predictions, errors) = classifier.predict(&[ImageInput::path("photo.jpg")], 5)?;
+//! for p in &predictions[0].1 {
+//!     println!("{} {:.3}", p.label, p.probability);
+//! }
+//! # Ok::<(), butterfly_onnx::Error>(())
+//! ```
+//!
+//! One `Classifier` may be shared by many threads: preprocessing runs on the classifier's
+//! own rayon pool (never rayon's global one), and the session, whose `run` needs `&mut`,
+//! sits behind a mutex, so inference calls take turns while decoding overlaps.
+//!
+//! Two ways to classify:
+//! * one shot: [`Classifier::preprocess`], [`Classifier::run`], [`Classifier::logits`],
+//!   [`Classifier::predict`] take a slice and hold the whole batch in memory;
+//! * streaming ([`pipeline`]): [`Classifier::predict_stream`] and
+//!   [`Classifier::logits_stream`] take any iterator of inputs and decode the next chunk on
+//!   the pool while ONNX Runtime runs the current one; memory is bounded by the chunk size,
+//!   not by the number of images. Results come in input order, failures in place.
+//!
+//! Layout: `session.rs` (ONNX Runtime: session, contract check, running batches),
+//! `batch.rs` (decode + preprocess into a batch tensor), `pipeline.rs` (streaming).
+
+mod batch;
+pub mod pipeline;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ndarray::{Array2, Array4, ArrayView1, ArrayView4};
+
+use crate::contract::{ModelContract, OutputKind};
+use crate::decode::{DecodeLimits, RgbImage};
+use crate::preprocess::PreprocessSpec;
+use crate::runtime;
+use crate::{Error, Result};
+
+pub use pipeline::{ImageResult, LogitsChunk, LogitsStream, Pipeline, PredictStream, MAX_MODEL_BATCH};
+
+/// Pillow's decompression-bomb error threshold, `2 * PIL.Image.MAX_IMAGE_PIXELS`
+/// (above it `Image.open` raises `DecompressionBombError`); the default limit.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+/// How to open a [`Classifier`]. `Default` = all cores, the model's own contract, Pillow's
+/// pixel limit, and the ONNX Runtime library from the environment (see [`crate::runtime`]).
+#[derive(Debug, Clone)]
+pub struct ClassifierOptions {
+    /// Bounds both the preprocessing pool and ONNX Runtime's intra-op threads
+    /// (`None` = `std::thread::available_parallelism()`).
+    pub threads: Option<usize>,
+    /// Replace the contract's labels (required, with `preprocess`, for models without one).
+    pub labels: Option<Vec<String>>,
+    /// Replace the contract's preprocessing.
+    pub preprocess: Option<PreprocessSpec>,
+    /// `width * height` above this is an `ImageTooLarge` error, checked from the header
+    /// before decoding; `None` = unlimited.
+    pub max_image_pixels: Option<u64>,
+    /// The libonnxruntime file to load (else `BUTTERFLY_ONNX_ORT_LIB` / `ORT_DYLIB_PATH`).
+    pub ort_library: Option<PathBuf>,
+    /// How many images the streaming pipeline feeds ONNX Runtime per run (`None` = measured
+    /// on first use, see [`Classifier::model_batch`]; ignored by a model with a fixed batch).
+    pub model_batch: Option<usize>,
+}
+
+impl Default for ClassifierOptions {
+    fn default() -> Self {
+        ClassifierOptions {
+            threads: None,
+            labels: None,
+            preprocess: None,
+            max_image_pixels: Some(DEFAULT_MAX_IMAGE_PIXELS),
+            ort_library: None,
+            model_batch: None,
+        }
+    }
+}
+
+/// One image to classify. `source` names it in error messages.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// An image file, decoded like `PIL.Image.open(path).convert("RGB")`.
+    Path(PathBuf),
+    /// An encoded image file's bytes.
+    Bytes { source: String, bytes: Vec<u8> },
+    /// Already decoded RGB8 pixels (row-major, HxWx3).
+    Rgb { source: String, image: RgbImage },
+}
+
+impl ImageInput {
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        ImageInput::Path(path.into())
+    }
+
+    /// The name used for this input in error messages.
+    pub fn source(&self) -> String {
+        match self {
+            ImageInput::Path(path) => path.display().to_string(),
+            ImageInput::Bytes { source, .. } | ImageInput::Rgb { source, .. } => source.clone(),
+        }
+    }
+}
+
+/// One of the top-k classes of an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub label: String,
+    pub index: usize,
+    pub probability: f32,
+}
+
+/// Per-image failures: (index in the input list, error); the other images still come back.
+pub type ImageErrors = Vec<(usize, Error)>;
+
+/// The top-k of each image that decoded: (index in the input list, best first).
+pub type ImagePredictions = Vec<(usize, Vec<Prediction>)>;
+
+pub struct Classifier {
+    model_path: PathBuf,
+    contract: ModelContract,
+    /// The contract JSON stored in the model, verbatim (`None` when absent).
+    model_contract_json: Option<String>,
+    threads: usize,
+    model: session::Model,
+    prep: Arc<batch::Preprocessor>,
+    pool: rayon::ThreadPool,
+    /// Images per ONNX Runtime run in the pipeline: given, or measured once.
+    model_batch: OnceLock<usize>,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("model_path", &self.model_path)
+            .field("classes", &self.contract.labels.len())
+            .field("crop_size", &self.contract.preprocess.crop_size)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// Open a model: load ONNX Runtime if needed, create the session, read the contract,
+    /// apply the overrides and check the contract against the model's input and output.
+    ///
+    /// Errors: `ModelNotFound`; `InvalidModel` (not ONNX, or no single NCHW float input /
+    /// 2-D float output); `Contract` (missing, invalid, unknown version, or inconsistent
+    /// with the model); `RuntimeUnavailable`; `InvalidArgument` (threads == 0).
+    pub fn open(model_path: impl AsRef<Path>, options: ClassifierOptions) -> Result<Self> {
+        let model_path = model_path.as_ref().to_path_buf();
+        if !model_path.exists() {
+            return Err(Error::ModelNotFound { path: model_path });
+        }
+        if !model_path.is_file() {
+            return Err(Error::InvalidModel { path: model_path, reason: "not a file".into() });
+        }
+        let threads = match options.threads {
+            Some(0) => return Err(Error::InvalidArgument { reason: "threads must be at least 1".into() }),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if options.model_batch == Some(0) {
+            return Err(Error::InvalidArgument { reason: "model_batch must be at least 1".into() });
+        }
+        runtime::ensure_loaded(options.ort_library.as_deref())?;
+        let session::Opened { model, contract, model_contract_json } = session::open(&model_path, threads, &options)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("butterfly-preprocess-{i}"))
+            // A panicking pipeline task must not abort the process (rayon's default for
+            // `spawn`); its chunk then fails with an error. Images never panic out of
+            // `batch::Preprocessor`, which guards each one.
+            .panic_handler(|_| {})
+            .build()
+            .map_err(|e| Error::InvalidArgument { reason: format!("cannot start {threads} threads: {e}") })?;
+        let model_batch = OnceLock::new();
+        if let Some(size) = model.static_batch().or(options.model_batch) {
+            model_batch.set(size).expect("new cell");
+        }
+        let prep = Arc::new(batch::Preprocessor {
+            spec: contract.preprocess.clone(),
+            limits: DecodeLimits { max_pixels: options.max_image_pixels },
+        });
+        Ok(Classifier { model_path, contract, model_contract_json, threads, model, prep, pool, model_batch })
+    }
+
+    /// The effective contract (the model's, with the explicit overrides applied).
+    pub fn contract(&self) -> &ModelContract {
+        &self.contract
+    }
+
+    /// The contract JSON stored in the model, verbatim (`None` when the model has none).
+    pub fn model_contract_json(&self) -> Option<&str> {
+        self.model_contract_json.as_deref()
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.contract.labels
+    }
+
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The model's fixed batch size, when its batch axis is not dynamic.
+    pub fn static_batch(&self) -> Option<usize> {
+        self.model.static_batch()
+    }
+
+    /// How many images the streaming pipeline gives ONNX Runtime per run: the model's fixed
+    /// batch, else `ClassifierOptions::model_batch`, else measured on first use (see
+    /// [`pipeline`]: the batch size up to [`MAX_MODEL_BATCH`] with the lowest time per image,
+    /// preferring the smaller of two within 5%).
+    pub fn model_batch(&self) -> usize {
+        *self.model_batch.get_or_init(|| pipeline::measure_model_batch(self))
+    }
+
+    /// Decode and preprocess images in parallel, each written straight into its row of the
+    /// batch. Returns the rows of the images that succeeded, in input order, shape
+    /// `(n_ok, 3, crop, crop)`, and the failures by input index.
+    pub fn preprocess(&self, items: &[ImageInput]) -> (Array4<f32>, ImageErrors) {
+        if items.len() <= 1 {
+            return self.prep.batch(items);
+        }
+        self.pool.install(|| self.prep.batch(items))
+    }
+
+    /// Run the model on a preprocessed batch `(N, 3, crop, crop)`: the raw output `(N, classes)`.
+    /// The batch goes to ONNX Runtime as it is, except for a model exported with a fixed batch
+    /// size, which is fed in chunks of that size (the last one zero-padded).
+    pub fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
+        self.model.run(batch, usize::MAX)
+    }
+
+    /// [`Self::run`] in pieces of `size` rows (the pipeline's model batch).
+    pub(crate) fn run_in_pieces(&self, batch: ArrayView4<'_, f32>, size: usize) -> Result<Array2<f32>> {
+        self.model.run(batch, size)
+    }
+
+    /// The probabilities of one output row: softmax, unless the contract says the model
+    /// already outputs probabilities.
+    pub fn probabilities(&self, row: ArrayView1<'_, f32>) -> Vec<f32> {
+        match self.contract.output_kind {
+            OutputKind::Logits => softmax(&row.to_vec()),
+            OutputKind::Probabilities => row.to_vec(),
+        }
+    }
+
+    /// The `k` best classes of one output row, best first.
+    pub fn top_k(&self, row: ArrayView1<'_, f32>, k: usize) -> Vec<Prediction> {
+        top_k_of(&self.probabilities(row), &self.contract.labels, k)
+    }
+
+    /// [`Self::preprocess`] then [`Self::run`] on the images that decoded.
+    pub fn logits(&self, items: &[ImageInput]) -> Result<(Array2<f32>, ImageErrors)> {
+        let (batch, errors) = self.preprocess(items);
+        let logits = self.run(batch.view())?;
+        Ok((logits, errors))
+    }
+
+    /// The top-k classes of each image that decoded, best first, as (input index,
+    /// predictions); softmax over the output unless the contract says it already holds
+    /// probabilities.
+    pub fn predict(&self, items: &[ImageInput], top_k: usize) -> Result<(ImagePredictions, ImageErrors)> {
+        let (logits, errors) = self.logits(items)?;
+        let failed: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
+        let ok_indices = (0..items.len()).filter(|i| !failed.contains(i));
+        let predictions = ok_indices.zip(logits.outer_iter()).map(|(index, row)| (index, self.top_k(row, top_k))).collect();
+        Ok((predictions, errors))
+    }
+
+    /// Stream the top-k of every input, in input order, failures in place: decoding runs
+    /// `chunk_size` images ahead of ONNX Runtime on the classifier's pool, so memory is
+    /// bounded by the chunk, not by the inputs. A model failure ends the stream with one
+    /// `Err`. `chunk_size` 0 is an `InvalidArgument` error.
+    pub fn predict_stream<I>(&self, inputs: I, top_k: usize, chunk_size: usize) -> Result<PredictStream<&Self, I::IntoIter>>
+    where
+        I: IntoIterator<Item = ImageInput>,
+    {
+        Ok(PredictStream::new(LogitsStream::new(self, inputs, chunk_size)?, top_k))
+    }
+
+    /// The raw model output, a chunk of `chunk_size` inputs at a time, pipelined as
+    /// [`Self::predict_stream`].
+    pub fn logits_stream<I>(&self, inputs: I, chunk_size: usize) -> Result<LogitsStream<&Self, I::IntoIter>>
+    where
+        I: IntoIterator<Item = ImageInput>,
+    {
+        LogitsStream::new(self, inputs, chunk_size)
+    }
+}
+
+/// Numerically stable softmax, accumulated in f64.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|e| (e / sum) as f32).collect()
+}
+
+/// The `k` best classes, highest probability first; ties keep the lower class index first.
+pub fn top_k_of(probabilities: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| Prediction { label: labels[index].clone(), index, probability: probabilities[index] })
+        .collect()
+}

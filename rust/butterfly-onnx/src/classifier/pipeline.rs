@@ -1,0 +1,314 @@
+//! Streaming, pipelined prediction: the next chunk of images is decoded and preprocessed on
+//! the classifier's rayon pool while ONNX Runtime runs the current chunk.
+//!
+//! ```no_run
+//! use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput};
+//! let classifier = Classifier::open("model.onnx", ClassifierOptions::default())?;
+//! let files = std::fs::read_dir("photos")?.map(|e| ImageInput::Path(e.unwrap().path()));
+//! for result in classifier.predict_stream(files, 5, 32)? {
+//!     let result = result?; // Err only when the model itself fails
+//!     match &result.outcome {
+//!         Ok(top) => println!("{}\t{} ({:.4})", result.source, top[0].label, top[0].probability),
+//!         Err(error) => eprintln!("{error}"),
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How it runs
+//!
+//! Inputs are taken from the iterator a *chunk* at a time (`chunk_size` images: what is
+//! decoded and held at once). A chunk is decoded as one task on the classifier's pool
+//! (its images spread over the pool's threads, each written into its row of the chunk's
+//! tensor). As soon as chunk *k* is decoded, chunk *k + 1* is taken from the iterator and
+//! its decoding starts, and then ONNX Runtime runs chunk *k* on the calling thread. So at
+//! most two chunks are alive: the one being run and the one being decoded (the queue
+//! between decoding and the model holds one chunk), and memory is bounded by the chunk
+//! size, not by the number of images. Results come back chunk by chunk in input order;
+//! an image that fails is reported in its place and the others go on.
+//!
+//! # The model's batch
+//!
+//! ONNX Runtime does not see the decode chunk: it is fed [`Classifier::model_batch`] rows
+//! per run. On CPUs the time per image often *grows* with the batch once activations fall
+//! out of cache (EfficientNet-Lite0 on a 2-core VM: 5.7 ms per image at batch 1, 6.1 at 4,
+//! 7.6 at 32), while tiny models gain from large batches (per-run overhead). So the model
+//! batch is measured once per classifier, on first use: zero batches of 1, 2, 4, ... up to
+//! [`MAX_MODEL_BATCH`] images are run (after a warm-up run of each size), stopping when a
+//! size is over 10% slower per image than the best so far or the measurement has taken
+//! [`MEASURE_BUDGET`]; the smallest size within 5% of the best time per image wins. A model
+//! with a fixed batch axis uses that batch; `ClassifierOptions::model_batch` fixes it.
+//! Rows are independent, so the model batch changes speed only, never results.
+//!
+//! # Threads
+//!
+//! `threads` sizes both pools: the classifier's rayon pool (decoding) and ONNX Runtime's
+//! intra-op pool (its own threads plus the calling thread). While the pipeline is full,
+//! both work at once and share the cores through the OS scheduler, which is why ONNX
+//! Runtime's threads are built with spinning off (`with_intra_op_spinning(false)`): an idle
+//! ORT thread sleeps instead of burning the core a decoder could use, and a decoder that
+//! finishes early leaves its core to ORT. Neither pool uses rayon's global pool, and ORT's
+//! threads are never rayon threads.
+
+use std::collections::VecDeque;
+use std::ops::Deref;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use ndarray::{s, Array2, Array4, ArrayView1};
+
+use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction};
+use crate::{Error, Result};
+
+/// The largest model batch the measurement tries.
+pub const MAX_MODEL_BATCH: usize = 32;
+
+/// How long the model-batch measurement may take (it stops at the first size past it).
+pub const MEASURE_BUDGET: Duration = Duration::from_millis(400);
+
+/// One chunk of a stream: the model's output for the inputs that decoded, and the failures.
+#[derive(Debug)]
+pub struct LogitsChunk {
+    /// Index in the whole stream of the chunk's first input.
+    pub start: usize,
+    /// The names of the chunk's inputs ([`ImageInput::source`]), in order.
+    pub sources: Vec<String>,
+    /// One row per input that decoded, in input order: `(n_ok, classes)`.
+    pub logits: Array2<f32>,
+    /// The inputs that failed, by index in the whole stream, in order.
+    pub errors: ImageErrors,
+}
+
+impl LogitsChunk {
+    /// How many inputs the chunk covers (good and failed).
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Every input of the chunk in order: (index in the stream, source, its output row or
+    /// its error).
+    pub fn outcomes(&self) -> impl Iterator<Item = (usize, &str, std::result::Result<ArrayView1<'_, f32>, &Error>)> + '_ {
+        let mut errors = self.errors.iter().peekable();
+        let mut rows = self.logits.outer_iter();
+        self.sources.iter().enumerate().map(move |(offset, source)| {
+            let index = self.start + offset;
+            let outcome = match errors.next_if(|(i, _)| *i == index) {
+                Some((_, error)) => Err(error),
+                None => Ok(rows.next().expect("one row per decoded input")),
+            };
+            (index, source.as_str(), outcome)
+        })
+    }
+}
+
+/// A decode task in flight.
+struct Pending {
+    start: usize,
+    sources: Vec<String>,
+    done: mpsc::Receiver<(Array4<f32>, ImageErrors)>,
+}
+
+/// The pipeline's engine, for callers that feed chunks themselves (the Python binding
+/// converts each chunk's items while holding the GIL). [`LogitsStream`] drives it from an
+/// iterator.
+///
+/// `C` is anything that derefs to the classifier: `&Classifier`, `Arc<Classifier>`, ...
+pub struct Pipeline<C: Deref<Target = Classifier>> {
+    classifier: C,
+    pending: VecDeque<Pending>,
+    submitted: usize,
+}
+
+impl<C: Deref<Target = Classifier>> Pipeline<C> {
+    /// A pipeline over `classifier`; measures its model batch first if that is not known yet
+    /// (before any decoding starts, so the measurement has the cores to itself).
+    pub fn new(classifier: C) -> Self {
+        classifier.model_batch();
+        Pipeline { classifier, pending: VecDeque::new(), submitted: 0 }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Start decoding `items` as the next chunk on the classifier's pool; returns at once.
+    /// An empty chunk is ignored.
+    pub fn submit(&mut self, items: Vec<ImageInput>) {
+        if items.is_empty() {
+            return;
+        }
+        let (sender, done) = mpsc::sync_channel(1);
+        let sources = items.iter().map(ImageInput::source).collect();
+        let prep: Arc<Preprocessor> = Arc::clone(&self.classifier.prep);
+        self.classifier.pool.spawn(move || {
+            // The receiver may be gone (the stream was dropped): nothing to do then.
+            let _ = sender.send(prep.batch(&items));
+        });
+        self.pending.push_back(Pending { start: self.submitted, sources, done });
+        self.submitted += self.pending.back().map_or(0, |p| p.sources.len());
+    }
+
+    /// Chunks submitted and not yet returned by [`Self::next_chunk`].
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Wait for the oldest submitted chunk to be decoded, then call `refill` and submit what
+    /// it returns (so that chunk decodes while the model runs), then run the model on the
+    /// oldest chunk. With nothing in flight, what `refill` returns is the chunk (decoded,
+    /// then run). `None` when there is nothing to do. `Err` when the model fails.
+    pub fn next_chunk(&mut self, refill: impl FnOnce() -> Option<Vec<ImageInput>>) -> Option<Result<LogitsChunk>> {
+        let mut refill = Some(refill);
+        if self.pending.is_empty() {
+            // Nothing in flight: start with what `refill` gives, if anything.
+            let items = refill.take().and_then(|refill| refill())?;
+            self.submit(items);
+        }
+        let pending = self.pending.pop_front()?;
+        let decoded = pending.done.recv();
+        if let Some(items) = refill.and_then(|refill| refill()) {
+            self.submit(items);
+        }
+        let Ok((batch, local_errors)) = decoded else {
+            let first = pending.sources.first().cloned().unwrap_or_default();
+            return Some(Err(Error::Inference {
+                path: self.classifier.model_path().to_path_buf(),
+                reason: format!("the decoding task of the chunk starting at {first} failed"),
+            }));
+        };
+        let size = self.classifier.model_batch();
+        let logits = match self.classifier.run_in_pieces(batch.view(), size) {
+            Ok(logits) => logits,
+            Err(error) => return Some(Err(error)),
+        };
+        drop(batch);
+        let errors = local_errors.into_iter().map(|(i, e)| (pending.start + i, e)).collect();
+        Some(Ok(LogitsChunk { start: pending.start, sources: pending.sources, logits, errors }))
+    }
+}
+
+/// The model's output for an iterator of inputs, one [`LogitsChunk`] of `chunk_size`
+/// inputs at a time (see the module docs). Ends after the first `Err` (a model failure).
+pub struct LogitsStream<C: Deref<Target = Classifier>, I> {
+    pipeline: Pipeline<C>,
+    inputs: std::iter::Fuse<I>,
+    chunk_size: usize,
+    failed: bool,
+}
+
+impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> LogitsStream<C, I> {
+    pub fn new(classifier: C, inputs: impl IntoIterator<IntoIter = I>, chunk_size: usize) -> Result<Self> {
+        if chunk_size == 0 {
+            return Err(Error::InvalidArgument { reason: "the chunk size (batch size) must be at least 1".into() });
+        }
+        Ok(LogitsStream { pipeline: Pipeline::new(classifier), inputs: inputs.into_iter().fuse(), chunk_size, failed: false })
+    }
+
+    fn take_chunk(inputs: &mut std::iter::Fuse<I>, chunk_size: usize) -> Option<Vec<ImageInput>> {
+        let items: Vec<ImageInput> = inputs.by_ref().take(chunk_size).collect();
+        (!items.is_empty()).then_some(items)
+    }
+}
+
+impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> Iterator for LogitsStream<C, I> {
+    type Item = Result<LogitsChunk>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let (inputs, chunk_size) = (&mut self.inputs, self.chunk_size);
+        if self.pipeline.in_flight() == 0 {
+            let first = Self::take_chunk(inputs, chunk_size)?;
+            self.pipeline.submit(first);
+        }
+        let chunk = self.pipeline.next_chunk(|| Self::take_chunk(inputs, chunk_size))?;
+        self.failed = chunk.is_err();
+        Some(chunk)
+    }
+}
+
+/// One input's result from [`PredictStream`].
+#[derive(Debug)]
+pub struct ImageResult {
+    /// Index of the input in the stream.
+    pub index: usize,
+    /// [`ImageInput::source`] of the input.
+    pub source: String,
+    /// Its top-k classes, best first, or why it failed.
+    pub outcome: Result<Vec<Prediction>>,
+}
+
+/// The top-k of every input, in input order, failures in place (see
+/// [`Classifier::predict_stream`]). Yields `Err` once (and then ends) if the model fails.
+pub struct PredictStream<C: Deref<Target = Classifier>, I> {
+    chunks: LogitsStream<C, I>,
+    top_k: usize,
+    ready: VecDeque<ImageResult>,
+}
+
+impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> PredictStream<C, I> {
+    pub fn new(chunks: LogitsStream<C, I>, top_k: usize) -> Self {
+        PredictStream { chunks, top_k, ready: VecDeque::new() }
+    }
+}
+
+impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> Iterator for PredictStream<C, I> {
+    type Item = Result<ImageResult>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(result) = self.ready.pop_front() {
+            return Some(Ok(result));
+        }
+        let chunk = match self.chunks.next()? {
+            Ok(chunk) => chunk,
+            Err(error) => return Some(Err(error)),
+        };
+        let classifier = self.chunks.pipeline.classifier();
+        let mut errors = chunk.errors.into_iter().peekable();
+        let mut rows = chunk.logits.outer_iter();
+        for (offset, source) in chunk.sources.into_iter().enumerate() {
+            let index = chunk.start + offset;
+            let outcome = match errors.next_if(|(i, _)| *i == index) {
+                Some((_, error)) => Err(error),
+                None => Ok(classifier.top_k(rows.next().expect("one row per decoded input"), self.top_k)),
+            };
+            self.ready.push_back(ImageResult { index, source, outcome });
+        }
+        self.ready.pop_front().map(Ok)
+    }
+}
+
+/// The model batch with the lowest time per image (module docs, "The model's batch").
+pub(super) fn measure_model_batch(classifier: &Classifier) -> usize {
+    let crop = classifier.contract().preprocess.crop_size as usize;
+    let zeros = Array4::<f32>::zeros((MAX_MODEL_BATCH, 3, crop, crop));
+    let started = Instant::now();
+    let time = |size: usize| -> Option<f64> {
+        let view = zeros.slice(s![..size, .., .., ..]);
+        classifier.run_in_pieces(view, size).ok()?; // warm-up: ORT sizes its buffers
+        let t = Instant::now();
+        classifier.run_in_pieces(view, size).ok()?;
+        Some(t.elapsed().as_secs_f64() / size as f64)
+    };
+    let mut best: Option<(f64, usize)> = None;
+    let mut size = 1;
+    while size <= MAX_MODEL_BATCH {
+        let Some(per_image) = time(size) else { break };
+        match best {
+            None => best = Some((per_image, size)),
+            Some((fastest, _)) if per_image < fastest * 0.95 => best = Some((per_image, size)),
+            Some((fastest, _)) if per_image > fastest * 1.10 => break,
+            _ => {}
+        }
+        if started.elapsed() > MEASURE_BUDGET {
+            break;
+        }
+        size *= 2;
+    }
+    best.map_or(1, |(_, size)| size)
+}
