@@ -413,3 +413,12 @@ def test_variants_from_a_finetune_result_are_loadable_carry_the_contract_and_are
         "lite0.onnx",
         "lite0.optimized.onnx",
     ]
+
+
+def test_coerce_preprocess_is_a_deprecated_alias_of_preprocess_spec_coerce(preset):
+    from butterfly_onnx.export import coerce_preprocess
+
+    plain = {"resize_size": 232, "crop_size": 200, "mean": [0.5] * 3, "std": [0.5] * 3}
+    for value in (plain, preset):
+        with pytest.warns(DeprecationWarning, match="PreprocessSpec.coerce"):
+            assert coerce_preprocess(value) == PreprocessSpec.coerce(value)

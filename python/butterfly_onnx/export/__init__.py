@@ -17,7 +17,10 @@ Needs the ``train`` extra (torch, torchvision, onnx) besides onnxruntime.
 
 from __future__ import annotations
 
-from .inputs import coerce_preprocess  # noqa: F401  (kept importable: butterfly_onnx.export.coerce_preprocess)
+import warnings
+from typing import Any
+
+from ..contract import PreprocessSpec
 from .pipeline import export_onnx
 from .reports import ExportReport, VariantReport, VerificationReport, report_path_for
 from .variants import VARIANTS
@@ -32,3 +35,13 @@ __all__ = [
     "VARIANTS",
     "report_path_for",
 ]
+
+
+def coerce_preprocess(value: Any, *, what: str = "preprocess") -> PreprocessSpec:
+    """Deprecated alias of :meth:`PreprocessSpec.coerce <butterfly_onnx.contract.PreprocessSpec.coerce>`."""
+    warnings.warn(
+        "butterfly_onnx.export.coerce_preprocess is deprecated: use PreprocessSpec.coerce",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return PreprocessSpec.coerce(value, what=what)

@@ -1,16 +1,17 @@
-"""What export reads: the optional packages it needs, labels, preprocessing, and real images
-(paths, a directory, or (path, class index) pairs) fed through the project's own preprocessing."""
+"""What export reads: the optional packages it needs, labels, and real images (paths, a directory,
+or (path, class index) pairs) fed through the project's own preprocessing.  Preprocessing given
+in any form is converted by :meth:`PreprocessSpec.coerce <butterfly_onnx.contract.PreprocessSpec.coerce>`."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ..contract import PreprocessSpec, current_resample_order
+from ..contract import PreprocessSpec
 from ..errors import BackendUnavailableError, ContractError, ExportError
 from ..images import IMAGE_EXTENSIONS
 
@@ -18,7 +19,6 @@ __all__ = [
     "Sample",
     "batches",
     "coerce_labels",
-    "coerce_preprocess",
     "normalise_samples",
     "preprocess_fn",
     "require_onnx",
@@ -45,25 +45,6 @@ def require_onnx() -> Any:
     except ImportError as exc:  # pragma: no cover
         raise BackendUnavailableError("export_onnx needs the onnx package: install butterfly-onnx[train]") from exc
     return onnx
-
-
-def coerce_preprocess(value: Any, *, what: str = "preprocess") -> PreprocessSpec:
-    """A PreprocessSpec from a spec, a torchvision preset (``weights.transforms()``), a
-    ``Compose``, or a dict with resize_size, crop_size, mean, std (and optionally
-    interpolation, default "bilinear" like torchvision; max_size; resample_order, default the
-    installed Pillow's rule)."""
-    if isinstance(value, PreprocessSpec):
-        return value
-    if isinstance(value, Mapping):
-        data = dict(value)
-        missing = {"resize_size", "crop_size", "mean", "std"} - set(data)
-        if missing:
-            raise ContractError(f"{what} is missing {sorted(missing)}")
-        data.setdefault("interpolation", "bilinear")
-        data.setdefault("max_size", None)
-        data.setdefault("resample_order", current_resample_order())
-        return PreprocessSpec.from_dict(data)
-    return PreprocessSpec.from_transforms(value)
 
 
 def coerce_labels(labels: Any, *, what: str = "labels") -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..contract import PreprocessSpec
 from ..errors import ContractError, ExportError
-from .inputs import Sample, coerce_labels, coerce_preprocess, normalise_samples, require_torch
+from .inputs import Sample, coerce_labels, normalise_samples, require_torch
 
 __all__ = ["Source", "checkpoint_provenance", "resolve_source"]
 
@@ -62,7 +62,7 @@ def resolve_source(source: Any, labels: Any, preprocess: Any) -> Source:
         return Source(
             model=model,
             labels=coerce_labels(labels if labels is not None else source.labels),
-            preprocess=coerce_preprocess(preprocess if preprocess is not None else source.preprocess),
+            preprocess=PreprocessSpec.coerce(preprocess if preprocess is not None else source.preprocess),
             provenance=provenance,
             val_samples=normalise_samples(source.val_samples, "FinetuneResult.val_samples"),
             train_samples=normalise_samples(getattr(source, "train_samples", None) or [], "train_samples"),
@@ -82,7 +82,7 @@ def resolve_source(source: Any, labels: Any, preprocess: Any) -> Source:
         return Source(
             model=model,
             labels=coerce_labels(labels),
-            preprocess=coerce_preprocess(preprocess, what=f"the preprocess of checkpoint {source}"),
+            preprocess=PreprocessSpec.coerce(preprocess, what=f"the preprocess of checkpoint {source}"),
             provenance=provenance,
         )
     if isinstance(source, torch.nn.Module):
@@ -99,7 +99,7 @@ def resolve_source(source: Any, labels: Any, preprocess: Any) -> Source:
         return Source(
             model=model,
             labels=coerce_labels(labels),
-            preprocess=coerce_preprocess(preprocess),
+            preprocess=PreprocessSpec.coerce(preprocess),
             provenance={"arch": type(source).__name__.lower(), "weights": None},
             was_training=model.training,
         )

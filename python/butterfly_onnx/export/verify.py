@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import ModelContract
+from ..contract import ModelContract, PreprocessSpec
 from ..errors import ExportError, ExportVerificationError
-from .inputs import batches, coerce_preprocess, normalise_samples, preprocess_fn, require_torch
+from .inputs import batches, normalise_samples, preprocess_fn, require_torch
 from .reports import VerificationReport
 from .session import compare, ort_run, ort_session
 
@@ -60,11 +60,11 @@ def verify_onnx(
 
         meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
         contract = ModelContract.from_metadata(meta, source=str(onnx_path))
-        spec = coerce_preprocess(preprocess) if preprocess is not None else contract.preprocess
+        spec = PreprocessSpec.coerce(preprocess) if preprocess is not None else contract.preprocess
         if probabilities is None:
             probabilities = contract.output_kind == "probabilities"
     else:
-        spec = coerce_preprocess(preprocess)
+        spec = PreprocessSpec.coerce(preprocess)
     # eval() on the wrapper too: the TorchScript exporter restores the wrapper's own mode
     # afterwards, and a fresh Sequential is in training mode (it would put the model there)
     was_training = model.training
