@@ -4,7 +4,9 @@
   (a submodule reading its own package's ``__init__`` is not a cycle);
 - no module takes an underscore name from another module that is not itself private
   (``_native``, ``_backends``, ``_version`` may be read); a shared helper gets a public name
-  in a module of its own.
+  in a module of its own;
+- no module imports from a higher layer of :data:`LAYERS` (a module in no layer is listed, not
+  failed: give it a layer here and in docs/architecture.md).
 
 Prints what it finds, the counts last; exits 1 when there is anything.  Run by scripts/lint.sh.
 """
@@ -16,6 +18,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "python" / "butterfly_onnx"
+
+#: The layers of docs/architecture.md, bottom first: a module (or package, with its submodules)
+#: imports only from its own layer or the ones below.  The package ``__init__`` (the lazy public
+#: facade) and ``__main__`` are outside the layers.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("contract and errors", ("_version", "errors", "contract")),
+    ("images and preprocessing", ("images", "preprocess", "datasets")),
+    ("backends", ("_backends", "_native")),
+    ("inference", ("classifier", "results", "evaluate")),
+    ("training and export", ("train", "export", "variants", "catalog", "sample_data")),
+    ("CLI and tools", ("cli", "demo", "ray", "bench", "parity")),
+)
+OUTSIDE = {"butterfly_onnx", "butterfly_onnx.__main__"}
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -103,16 +118,50 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer_of(module: str) -> int | None:
+    """The index in :data:`LAYERS` of ``module`` (``butterfly_onnx.x.y`` belongs where ``x`` does)."""
+    top = module.split(".")[1] if module.count(".") else ""
+    for index, (_, names) in enumerate(LAYERS):
+        if top in names:
+            return index
+    return None
+
+
+def upward(edges: dict[str, set[str]]) -> tuple[list[str], list[str]]:
+    """Imports from a higher layer, and the modules that are in no layer."""
+    wrong, unlayered = [], []
+    for module in sorted(edges):
+        if module in OUTSIDE:
+            continue
+        mine = layer_of(module)
+        if mine is None:
+            unlayered.append(module)
+            continue
+        for target in sorted(edges[module]):
+            theirs = layer_of(target)
+            if target not in OUTSIDE and theirs is not None and theirs > mine:
+                wrong.append(f"{module} ({LAYERS[mine][0]}) imports {target} ({LAYERS[theirs][0]})")
+    return wrong, unlayered
+
+
 def main() -> int:
     mods = modules(ROOT)
     edges, private = imports(mods)
     found = cycles(edges)
+    wrong, unlayered = upward(edges)
     for component in found:
         print("cycle: " + " <-> ".join(component))
     for line in private:
         print("private import: " + line)
-    print(f"imports: {len(mods)} modules, {len(found)} import cycles, {len(private)} private cross-module imports")
-    return 1 if found or private else 0
+    for line in wrong:
+        print("upward import: " + line)
+    for module in unlayered:
+        print(f"note: {module} is in no layer (scripts/check_imports.py LAYERS, docs/architecture.md)")
+    print(
+        f"imports: {len(mods)} modules, {len(found)} import cycles, {len(private)} private cross-module imports, "
+        f"{len(wrong)} upward imports"
+    )
+    return 1 if found or private or wrong else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The import rule of docs/architecture.md holds: scripts/check_imports.py finds no import cycle
-and no private cross-module import in python/butterfly_onnx, and it does find them when they exist."""
+"""The import rule of docs/architecture.md holds: scripts/check_imports.py finds no import cycle,
+no private cross-module import and no import from a higher layer in python/butterfly_onnx, and it
+does find them when they exist."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def _checker():
 def test_the_package_has_no_import_cycles_and_no_private_cross_module_imports():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("0 import cycles, 0 private cross-module imports")
+    assert result.stdout.strip().endswith("0 import cycles, 0 private cross-module imports, 0 upward imports")
+    assert "note:" not in result.stdout  # every module has a layer
 
 
 def test_the_checker_finds_cycles_and_private_imports(tmp_path):
@@ -33,6 +35,8 @@ def test_the_checker_finds_cycles_and_private_imports(tmp_path):
     (pkg / "a.py").write_text("def f():\n    from .b import g  # function-level: counts\n")
     (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
     (pkg / "c.py").write_text("from .a import _hidden\nfrom ._version import __version__\n")
+    (pkg / "contract.py").write_text("def f():\n    from .cli import main  # upward, even inside a function\n")
+    (pkg / "cli.py").write_text("")
     (pkg / "_version.py").write_text("__version__ = '0'\n")
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "x.py").write_text("from .. import a\nfrom ._y import _ok\n")  # _y is private: allowed
@@ -41,3 +45,7 @@ def test_the_checker_finds_cycles_and_private_imports(tmp_path):
     edges, private = checker.imports(mods)
     assert checker.cycles(edges) == [["butterfly_onnx.a", "butterfly_onnx.b"]]
     assert private == ["butterfly_onnx.c imports _hidden from butterfly_onnx.a"]
+    assert checker.upward(edges)[0] == [
+        "butterfly_onnx.contract (contract and errors) imports butterfly_onnx.cli (CLI and tools)"
+    ]
+    assert "butterfly_onnx.a" in checker.upward(edges)[1]  # in no layer: listed
