@@ -19,6 +19,10 @@ if ((${#missing[@]})); then
     fi
 fi
 command -v cargo >/dev/null || { echo "setup: error: a Rust toolchain is needed (https://rustup.rs)" >&2; exit 1; }
+# scripts/lint.sh needs rustfmt and clippy (rustup toolchains may lack them)
+if command -v rustup >/dev/null && ! (cargo fmt --version && cargo clippy --version) >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
