@@ -22,6 +22,9 @@ use std::path::Path;
 use crate::preprocess::ImageView;
 use crate::{Error, Result};
 
+mod bmp;
+mod gif;
+
 /// A decoded image: `height` rows of `width` RGB8 pixels (HWC).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage {
@@ -82,7 +85,10 @@ fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<
         return decode_png(bytes, source_name, limits);
     }
     if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-        return decode_gif(bytes, source_name, limits);
+        return gif::decode(bytes, source_name, limits);
+    }
+    if bytes.starts_with(b"BM") {
+        return bmp::decode(bytes, source_name, limits);
     }
     match image::guess_format(bytes) {
         Ok(format @ (image::ImageFormat::Bmp | image::ImageFormat::Tiff | image::ImageFormat::WebP)) => {
@@ -128,12 +134,10 @@ fn alloc_rgb(source_name: &str, width: u32, height: u32) -> Result<Vec<u8>> {
 
 // -- Pillow's convert("RGB") rules on raw samples ----------------------------------------
 
-/// Pillow's palette: the file's entries, then (for unset indices) its initial grey ramp.
+/// Pillow's palette: the file's entries (at most 256), then black for unset indices
+/// (`ImagingPaletteNew` zero-fills).
 fn palette_table(palette: &[u8]) -> [[u8; 3]; 256] {
     let mut table = [[0u8; 3]; 256];
-    for (i, entry) in table.iter_mut().enumerate() {
-        *entry = [i as u8; 3];
-    }
     for (entry, rgb) in table.iter_mut().zip(palette.chunks_exact(3)) {
         *entry = [rgb[0], rgb[1], rgb[2]];
     }
@@ -441,48 +445,6 @@ fn packed_sample(row: &[u8], x: usize, bits: usize) -> u8 {
     let byte = row[x / per_byte];
     let shift = 8 - bits * (x % per_byte + 1);
     (byte >> shift) & ((1u16 << bits) - 1) as u8
-}
-
-// -- GIF -------------------------------------------------------------------------------------
-
-/// The first frame, as Pillow composes it: on a logical-screen canvas filled with the frame's
-/// transparency index (or index 0), mapped through the frame's (local or global) palette.
-fn decode_gif(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
-    let gif_error = |e: gif::DecodingError| decode_error(source_name, format!("broken GIF data: {e}"));
-    let mut options = gif::DecodeOptions::new();
-    options.set_color_output(gif::ColorOutput::Indexed);
-    options.set_memory_limit(gif::MemoryLimit::Bytes(std::num::NonZeroU64::new(1 << 32).unwrap()));
-    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(gif_error)?;
-    let (width, height) = (decoder.width() as u32, decoder.height() as u32);
-    check_limit(source_name, width as u64, height as u64, limits)?;
-    let global = decoder.global_palette().map(|p| p.to_vec());
-    let frame = decoder
-        .read_next_frame()
-        .map_err(gif_error)?
-        .ok_or_else(|| decode_error(source_name, "GIF without image frames"))?;
-    let palette = frame.palette.as_deref().or(global.as_deref()).unwrap_or(&[]);
-    let table = palette_table(palette);
-    let w = width as usize;
-    let mut indices = Vec::new();
-    indices
-        .try_reserve_exact(w * height as usize)
-        .map_err(|_| decode_error(source_name, format!("cannot allocate {width}x{height} pixels")))?;
-    indices.resize(w * height as usize, frame.transparent.unwrap_or(0));
-    let (left, top) = (frame.left as usize, frame.top as usize);
-    let fw = frame.width as usize;
-    for (y, src) in frame.buffer.chunks(fw.max(1)).enumerate().take(frame.height as usize) {
-        let ty = top + y;
-        if ty >= height as usize || left >= w {
-            continue;
-        }
-        let n = fw.min(w - left).min(src.len());
-        indices[ty * w + left..ty * w + left + n].copy_from_slice(&src[..n]);
-    }
-    let mut rgb = alloc_rgb(source_name, width, height)?;
-    for (o, &i) in rgb.chunks_exact_mut(3).zip(&indices) {
-        o.copy_from_slice(&table[i as usize]);
-    }
-    Ok(RgbImage { width, height, data: rgb })
 }
 
 // -- BMP, TIFF, WebP -------------------------------------------------------------------------
