@@ -212,7 +212,7 @@ def test_on_error_skip_returns_the_good_images(backend, classifiers, image_files
         predictions = clf.predict(inputs, on_error="skip")
     assert len(predictions) == len(inputs)
     assert predictions[0].ok and predictions[-1].ok and predictions[0].source == str(good[0])
-    for prediction, path in zip(predictions[1:-1], [*bad, image_files["missing"]]):
+    for prediction, path in zip(predictions[1:-1], [*bad, image_files["missing"]], strict=False):
         assert not prediction.ok and prediction.top_k == () and prediction.label is None
         assert isinstance(prediction.error, ImageError) and path.name in str(prediction.error)
 
@@ -359,7 +359,7 @@ def test_one_classifier_from_four_threads(backend, classifiers, corpus):
     for t in threads:
         t.join(timeout=300)
     assert not errors, errors
-    for (pre_s, log_s), (pre_t, log_t) in zip(serial, results):
+    for (pre_s, log_s), (pre_t, log_t) in zip(serial, results, strict=False):
         assert np.array_equal(pre_s, pre_t)
         assert np.array_equal(log_s, log_t)
 
@@ -445,7 +445,7 @@ def test_predict_a_folder_in_flat_memory(backend, contract_model, classifiers, j
     clf = classifiers(backend, threads=2)
     reference = [p for start in range(0, 300, 50) for p in clf.predict(files[start : start + 50], batch_size=50)]
     assert [row[0] for row in runs[small]["rows"]] == [f.name for f in files]
-    for row, expected in zip(runs[small]["rows"], reference):
+    for row, expected in zip(runs[small]["rows"], reference, strict=False):
         assert row[1] == expected.index
         assert row[2] == pytest.approx(expected.probability, abs=1e-6)
     # file k of the large folder is file k % 300 of the small one

@@ -1,13 +1,24 @@
-"""The butterfly-onnx command (python/butterfly_onnx/cli.py), run in-process."""
+"""The python ``butterfly-onnx`` command (cli.py), run in-process.
+
+``predict`` runs every golden case of tests/fixtures/cli/predict_cases.json (the Rust CLI's
+tests run the same file) on both backends and checks each answer against Classifier.predict;
+then the one-line errors and exit codes of the other subcommands."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from butterfly_onnx.classifier import Classifier
-from butterfly_onnx.cli import main
+from butterfly_onnx.cli import build_parser, main
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "cli" / "predict_cases.json").read_text())
+PREFIX = "butterfly-onnx: error:"
 
 
 @pytest.fixture(scope="module")
@@ -15,27 +26,122 @@ def photos(corpus):
     return [corpus[name] for name in sorted(corpus) if name.startswith(("skimage_", "sklearn_"))][:4]
 
 
-def test_predict_prints_the_classifiers_top_k(backend, contract_model, photos, capsys):
-    assert main(["predict", str(contract_model.path), *map(str, photos), "--backend", backend, "--top-k", "3", "--json"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    expected = Classifier(contract_model.path, backend="python").predict(photos, top_k=3)
-    assert [line["source"] for line in lines] == [p.source for p in expected]
-    for line, prediction in zip(lines, expected):
-        assert [t["label"] for t in line["top_k"]] == [t.label for t in prediction.top_k]
-        assert line["top_k"][0]["probability"] == pytest.approx(prediction.probability, abs=1e-6)
+@pytest.fixture(scope="module")
+def golden_data(tmp_path_factory, photos):
+    """The golden layout built from real photos (each 'photo' a different one, saved in the
+    format its extension names)."""
+    root = tmp_path_factory.mktemp("golden")
+    for i, (name, kind) in enumerate(sorted(GOLDEN["layout"].items())):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "photo":
+            image = Image.open(photos[i % len(photos)]).convert("RGB")
+            image.thumbnail((320, 320))
+            image.save(path, "PNG" if path.suffix == ".png" else "JPEG", quality=90)
+        elif kind == "text":
+            path.write_text("not an image")
+        elif kind.startswith("csv:"):
+            path.write_text("filename\n" + "".join(f"{n}\n" for n in kind[4:].split(",")))
+        else:
+            raise AssertionError(kind)
+    return root
 
 
-def test_predict_reports_bad_images_and_keeps_going(backend, contract_model, photos, tmp_path, capsys):
-    broken = tmp_path / "broken.jpg"
-    broken.write_text("not a jpeg")
-    args = ["predict", str(contract_model.path), str(photos[0]), str(broken), "--backend", backend]
-    assert main(args + ["--keep-going"]) == 2
+def _substitute(args, model, data, out):
+    return [a.replace("{model}", str(model)).replace("{data}", str(data)).replace("{out}", str(out)) for a in args]
+
+
+def _rel(source: str, data: Path) -> str:
+    assert source.startswith(str(data) + "/"), source
+    return source[len(str(data)) + 1 :]
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=[c["name"] for c in GOLDEN["cases"]])
+def test_predict_golden_case(case, backend, contract_model, classifiers, golden_data, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = _substitute(case["args"], contract_model.path, golden_data, out_dir) + ["--backend", backend, "--no-progress"]
+    code = main(args)
     out, err = capsys.readouterr()
-    assert out.startswith(str(photos[0])) and len(out.splitlines()) == 1
-    assert "broken.jpg" in err
-    assert main(args) == 1
-    out, err = capsys.readouterr()
-    assert out == "" and "error" in err and "broken.jpg" in err
+    assert code == case["exit"], err
+    err_lines = err.splitlines()
+    assert all(line.startswith(PREFIX) for line in err_lines), err
+    if case["format"] == "none":
+        assert out == "" and len(err_lines) == 1, err
+        for text in case["stderr_contains"]:
+            assert text in err
+        return
+    for name in case["failed"]:
+        assert any(name in line for line in err_lines), (name, err)
+    assert len(err_lines) == len(case["failed"]), err
+    top_k = case["top_k"]
+    good = [s for s in case["sources"] if s not in case["failed"]]
+    reference = {
+        _rel(p.source, golden_data): p
+        for p in classifiers(backend).predict([golden_data / s for s in good], top_k=top_k)
+    }
+
+    def check(source, label, index, probability):
+        expected = reference[source]
+        assert label == expected.label
+        assert index is None or index == expected.index
+        assert probability == pytest.approx(expected.probability, abs=1e-5)
+
+    fmt = case["format"]
+    if "output" in case:
+        assert out == ""
+        text = Path(_substitute([case["output"]], contract_model.path, golden_data, out_dir)[0]).read_text()
+    else:
+        text = out
+    if fmt == "text":
+        lines = [line.split("\t") for line in text.splitlines()]
+        assert [_rel(line[0], golden_data) for line in lines] == case["sources"]
+        for line in lines:
+            source = _rel(line[0], golden_data)
+            assert len(line) == 1 + top_k
+            scores = [(cell.rsplit(" (", 1)[0], float(cell.rsplit(" (", 1)[1].rstrip(")"))) for cell in line[1:]]
+            assert [s[0] for s in scores] == [t.label for t in reference[source].top_k]
+            for (_, p), t in zip(scores, reference[source].top_k, strict=False):
+                assert p == pytest.approx(t.probability, abs=5e-5)  # printed with 4 decimals
+    elif fmt == "jsonl":
+        records = [json.loads(line) for line in text.splitlines()]
+        assert [_rel(r["source"], golden_data) for r in records] == case["sources"]
+        for record in records:
+            source = _rel(record["source"], golden_data)
+            assert set(record) == {"source", "label", "index", "probability", "top_k", "error"}
+            if source in case["failed"]:
+                assert record["label"] is None and record["top_k"] == [] and source.split("/")[-1] in record["error"]
+                continue
+            assert record["error"] is None and len(record["top_k"]) == top_k
+            check(source, record["label"], record["index"], record["probability"])
+            for got, want in zip(record["top_k"], reference[source].top_k, strict=False):
+                assert (got["label"], got["index"]) == (want.label, want.index)
+                assert got["probability"] == pytest.approx(want.probability, abs=1e-5)
+    elif fmt == "csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        header = text.splitlines()[0].split(",")
+        expected_header = ["source", "label", "index", "probability"]
+        for k in range(1, top_k + 1):
+            expected_header += [f"label_{k}", f"index_{k}", f"probability_{k}"]
+        assert header == expected_header + ["error"]
+        assert [_rel(r["source"], golden_data) for r in rows] == case["sources"]
+        for row in rows:
+            source = _rel(row["source"], golden_data)
+            if source in case["failed"]:
+                assert row["label"] == "" and row["error"]
+                continue
+            assert row["error"] == ""
+            check(source, row["label"], int(row["index"]), float(row["probability"]))
+            for k, want in enumerate(reference[source].top_k, 1):
+                assert row[f"label_{k}"] == want.label and int(row[f"index_{k}"]) == want.index
+    elif fmt == "submission":
+        rows = list(csv.reader(text.splitlines()))
+        assert rows[0] == ["filename", "label"]
+        assert [r[0] for r in rows[1:]] == case["filenames"]
+        for (_filename, label), source in zip(rows[1:], case["sources"], strict=False):
+            assert label == reference[source].label
+    else:
+        raise AssertionError(fmt)
 
 
 def test_info_shows_the_contract(contract_model, capsys):
@@ -46,17 +152,73 @@ def test_info_shows_the_contract(contract_model, capsys):
     assert contract_model.contract.preprocess.describe() in out and "species_00" in out
 
 
-def test_missing_model_is_one_clear_line(tmp_path, capsys):
-    assert main(["info", str(tmp_path / "nope.onnx")]) == 1
-    assert "nope.onnx" in capsys.readouterr().err
+def _one_error_line(capsys, *needles):
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
 
 
-def test_models_lists_the_catalog(capsys):
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["info", "{tmp}/nope.onnx"], ["nope.onnx"]),
+        (["info", "{tmp}/text.onnx"], ["text.onnx"]),
+        (["val", "{tmp}/nope.onnx", "{tmp}"], ["nope.onnx"]),
+        (["predict"], ["required"]),
+        (["bogus"], ["bogus"]),
+        (["predict", "{tmp}/nope.onnx", "x.jpg", "--top-k", "zero"], ["top-k"]),
+        (["finetune", "{tmp}/no-data", "--resume", "--fresh"], ["--fresh"]),
+        (["finetune", "{tmp}/no-data", "--epochs", "0"], ["epochs"]),
+        (["models", "--plot", "{tmp}/missing/dir/x.png"], ["missing/dir"]),
+        (["export", "{tmp}/nope.pt", "{tmp}/x.onnx"], ["nope.pt"]),
+    ],
+)
+def test_errors_are_one_line_with_exit_status_2(args, needles, tmp_path, capsys):
+    (tmp_path / "text.onnx").write_text("not a model")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(args) == 2
+    _one_error_line(capsys, *needles)
+
+
+def test_models_errors_and_listing(tmp_path, capsys):
     pytest.importorskip("torchvision")
+    assert main(["models", "--sort", "bogus"]) == 2
+    _one_error_line(capsys, "bogus")
     assert main(["models", "--max-gflops", "0.1", "--csv"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("arch,weights,") and len(rows) > 2
     assert all(float(row.split(",")[6]) <= 0.1 for row in rows[1:])
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope.onnx"), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].startswith(PREFIX)
+
+
+def test_finetune_flags_reach_finetune(monkeypatch, tmp_path, capsys):
+    import butterfly_onnx.train as train
+
+    seen = []
+
+    def fake_finetune(data, **options):
+        seen.append(options["resume"])
+        raise train.TrainingError("stop here") if hasattr(train, "TrainingError") else RuntimeError("stop")
+
+    monkeypatch.setattr(train, "finetune", fake_finetune)
+    for flags, _expected in (([], None), (["--resume"], True), (["--fresh"], False)):
+        assert main(["finetune", str(tmp_path), *flags]) == 2
+        _one_error_line(capsys, "stop")
+    assert seen == [None, True, False]
+
+
+def test_every_subcommand_is_registered():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"predict", "val", "info", "models", "finetune", "export", "demo"} <= set(sub.choices)
 
 
 def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, capsys):
@@ -74,5 +236,18 @@ def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, caps
     ours = Classifier(out_path, backend="rust").logits(photos)
     reference = Classifier(contract_model.path, backend="python").logits(photos)
     assert abs(ours - reference).max() <= 1e-4
-    with pytest.raises(SystemExit):  # verification images or --no-verify are required
-        main(["export", str(checkpoint), str(tmp_path / "x.onnx")])
+    # no verification images given and no training data recorded: one line naming the flags
+    assert main(["export", str(checkpoint), str(tmp_path / "x.onnx"), "--variant", "int8"]) == 2
+    _one_error_line(capsys, "--verify-images", "--calibration-images")
+    # the rule: a checkpoint that records its (still existing) dataset is verified on it
+    data = tmp_path / "data"
+    for i, photo in enumerate(photos):
+        (data / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, data / f"class{i % 2}" / photo.name)
+    checkpoint = save_checkpoint(tmp_path / "best2.pt", contract_model.module, {
+        "arch": "efficientnet_lite0", "num_classes": 10, "labels": list(contract_model.contract.labels),
+        "weights": "DEFAULT", "preprocess": contract_model.contract.preprocess, "metrics": {},
+        "epoch": 1, "train_config": {"data": str(data)},
+    })
+    assert main(["export", str(checkpoint), str(tmp_path / "y.onnx")]) == 0
+    assert (tmp_path / "y.onnx").is_file()

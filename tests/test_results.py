@@ -35,7 +35,7 @@ def test_csv_rows_hold_every_prediction(predictions, tmp_path):
     assert rows[0] == csv_header(3)
     assert rows[0][:4] == ["source", "label", "index", "probability"] and rows[0][-1] == "error"
     assert len(rows) == 1 + len(predictions)
-    for row, prediction in zip(rows[1:], predictions):
+    for row, prediction in zip(rows[1:], predictions, strict=False):
         assert row[0] == prediction.source
         if not prediction.ok:
             assert row[1:-1] == [""] * 12 and "img1b.jpg" in row[-1]
@@ -52,7 +52,7 @@ def test_jsonl_is_to_dict_per_line(predictions, tmp_path):
     path = write_predictions(predictions, tmp_path / "p.jsonl", top_k=2)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == len(predictions)
-    for line, prediction in zip(lines, predictions):
+    for line, prediction in zip(lines, predictions, strict=False):
         expected = prediction.to_dict()
         expected["top_k"] = expected["top_k"][:2]
         assert line == expected
@@ -65,7 +65,7 @@ def test_submission_leaves_failed_rows_out(predictions, tmp_path):
     with open(tmp_path / "submission.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["filename", "label"]
-    assert rows[1:] == [[n, p.label] for n, p in zip(names, predictions) if p.ok]
+    assert rows[1:] == [[n, p.label] for n, p in zip(names, predictions, strict=False) if p.ok]
     assert failed == [p for p in predictions if not p.ok] and len(failed) == 1
     with pytest.raises(InvalidArgumentError, match="filenames"):
         write_submission(predictions, names[:-1] + names, tmp_path / "x.csv")

@@ -23,6 +23,7 @@ _LAZY = {
     "TopK": ".classifier",
     "write_predictions": ".results",
     "write_submission": ".results",
+    "evaluate": ".evaluate",
     "ImageSkippedWarning": ".classifier",
     "ExportReport": ".export",
     "export_onnx": ".export",
@@ -59,6 +60,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import model_catalog
     from .classifier import ClassScore, Classifier, ImageSkippedWarning, Prediction, TopK
+    from .evaluate import evaluate
     from .results import write_predictions, write_submission
     from .export import ExportReport, export_onnx, verify_onnx
     from .train import FinetuneResult, build_model, finetune, load_dataset

@@ -1,88 +1,225 @@
-"""The ``butterfly-onnx`` command: predict, inspect, fine-tune, export, choose a model, demo.
+"""The ``butterfly-onnx`` command: predict, val, info, models, finetune, export, demo (and
+bench / parity / ``predict --ray`` where those modules are installed).
 
-Each subcommand imports only what it needs, so ``butterfly-onnx predict`` runs without torch.
-Errors from the package's hierarchy are printed as one line (exit status 1); a prediction run
-with bad images reports them on stderr, prints the rest and exits with status 2.
+Each subcommand imports only what it needs, so ``butterfly-onnx predict`` and ``val`` run
+without torch.  Conventions, the same for the Rust CLI (docs/inference.md, 'Command line'):
+
+- every error is one line on stderr, ``butterfly-onnx: error: <message>``; a traceback only
+  with ``--debug``;
+- exit status 0: all done; 1: some inputs failed, the rest were written; 2: nothing done
+  (usage error, missing or invalid model, no ONNX Runtime, unreadable data, no images matched).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from .errors import ButterflyError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PARTIAL", "EXIT_FAILED"]
+
+PROG = "butterfly-onnx"
+EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
+
+
+class UsageError(ButterflyError):
+    """A command line that cannot run as given (exit status 2)."""
+
+
+def _error(message: str) -> None:
+    text = " ".join(str(message).split("\n")).strip()
+    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``butterfly-onnx: error: ...``, exit status 2)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        _error(f"{message} (see '{self.prog} --help')")
+        raise SystemExit(EXIT_FAILED)
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"--{name} must be a positive integer, got {text!r}")
+        return value
+
+    return parse
+
+
+# --- predict ------------------------------------------------------------------------------
+def _kaggle_csv(inputs: Sequence[str]) -> str | None:
+    """The one CSV input, or None; a CSV among other inputs is a usage error."""
+    csvs = [i for i in inputs if i.lower().endswith(".csv")]
+    if not csvs:
+        return None
+    if len(inputs) != 1:
+        raise UsageError(f"{csvs[0]}: a CSV input (a list of images) must be the only input")
+    return csvs[0]
+
+
+def _report_failures(predictions: Any, counts: dict[str, int]) -> Iterator[Any]:
+    """Pass predictions through, printing each failure as one stderr line."""
+    for prediction in predictions:
+        if prediction.ok:
+            counts["ok"] += 1
+        else:
+            counts["failed"] += 1
+            _error(str(prediction.error))
+        yield prediction
+
+
+def _text_line(prediction: Any) -> str:
+    return prediction.source + "".join(f"\t{s.label} ({s.probability:.4f})" for s in prediction.top_k)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None) is not None:
+        from .ray import predict_cli
+
+        return predict_cli(args)
     import warnings
 
     from .classifier import Classifier, ImageSkippedWarning
+    from .datasets import read_image_list
+    from .images import expand_images
+    from .results import output_format, write_predictions, write_submission
 
+    fmt = output_format(args.output) if args.output is not None else None  # before any work
+    csv_input = _kaggle_csv(args.inputs)
+    filenames: list[str] | None = None
+    if csv_input is not None:
+        listed = read_image_list(csv_input)
+        images: Any = [item.path for item in listed]
+        filenames = [item.filename for item in listed]
+    else:
+        images = expand_images(list(args.inputs))  # empty folders / unmatched globs: exit 2 here
     classifier = Classifier(args.model, backend=args.backend, threads=args.threads)
+    counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed below
-        predictions = classifier.predict(args.images, top_k=args.top_k, on_error="skip" if args.keep_going else "raise")
-    failed = 0
-    for prediction in predictions:
-        if prediction.error is not None:
-            failed += 1
-            print(f"error: {prediction.error}", file=sys.stderr)
-            continue
-        if args.json:
-            print(json.dumps({
-                "source": prediction.source,
-                "top_k": [{"label": t.label, "index": t.index, "probability": t.probability} for t in prediction.top_k],
-            }))
+        warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
+        stream = _report_failures(
+            classifier.iter_predict(
+                [payload for _, payload in images] if csv_input is None else images,
+                top_k=args.top_k, batch_size=args.batch_size, progress=args.progress, on_error="skip",
+            ),
+            counts,
+        )
+        if args.output is not None and filenames is not None and fmt == "csv":
+            write_submission(stream, filenames, args.output)
+        elif args.output is not None:
+            write_predictions(stream, args.output, top_k=args.top_k)
         else:
-            best = ", ".join(f"{t.label} {t.probability:.3f}" for t in prediction.top_k)
-            print(f"{prediction.source}\t{best}")
-    return 2 if failed else 0
+            for prediction in stream:
+                if args.json:
+                    print(json.dumps(prediction.to_dict()), flush=False)
+                elif prediction.ok:
+                    print(_text_line(prediction))
+            sys.stdout.flush()
+    return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
 
+# --- val ----------------------------------------------------------------------------------
+def _cmd_val(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    report = evaluate(
+        args.model, args.data, backend=args.backend, threads=args.threads, batch_size=args.batch_size,
+        progress=args.progress,
+    )
+    for failure in report.failed:
+        _error(failure)
+    if args.plot is not None:
+        report.plot_confusion(args.plot)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.summary())
+        if args.plot is not None:
+            print(f"confusion matrix: {args.plot}")
+    if report.count == 0:
+        return EXIT_FAILED
+    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+# --- info ---------------------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
     from .classifier import Classifier
 
     classifier = Classifier(args.model, backend="python", threads=1)
-    contract = classifier.spec
+    contract = classifier.contract
     if args.json:
         print(contract.to_json())
-        return 0
+        return EXIT_OK
     print(repr(classifier))
     print(f"preprocess: {contract.preprocess.describe()}")
     print(f"input: {contract.input_name}  output: {contract.output_name} ({contract.output_kind})")
     print(f"labels ({contract.num_classes}): {', '.join(contract.labels[:20])}" + (" ..." if contract.num_classes > 20 else ""))
     for key, value in contract.provenance.items():
         print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
-    return 0
+    return EXIT_OK
+
+
+# --- models -------------------------------------------------------------------------------
+def _writable_file(path: Path, what: str) -> Path:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{path}: cannot write the {what}: the folder {parent} does not exist")
+    return path
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .catalog import catalog_table, model_catalog, pareto_front, plot_catalog
+    from . import catalog
 
-    entries = model_catalog(
-        min_acc1=args.min_acc1, max_gflops=args.max_gflops, max_params_m=args.max_params,
-        default_only=not args.all_weights, sort_by=args.sort,
-    )
+    if args.plot is not None:
+        _writable_file(args.plot, "plot")
+    try:
+        entries = catalog.model_catalog(
+            min_acc1=args.min_acc1, max_gflops=args.max_gflops, max_params_m=args.max_params,
+            default_only=not args.all_weights, sort_by=args.sort,
+        )
+    except ValueError as exc:  # an unknown --sort column
+        if isinstance(exc, ButterflyError):
+            raise
+        raise UsageError(f"--sort: {exc}") from None
     if args.pareto:
-        front = {e.weights for e in pareto_front(entries, "gflops")}
+        front = {e.weights for e in catalog.pareto_front(entries, "gflops")}
         entries = [e for e in entries if e.weights in front]
-    print(catalog_table(entries, fmt="csv" if args.csv else "markdown"), end="")
+    print(catalog.catalog_table(entries, fmt="csv" if args.csv else "markdown"), end="")
     if args.plot:
-        print(f"plot: {plot_catalog(entries, args.plot)}", file=sys.stderr)
-    return 0
+        if not entries:
+            raise UsageError("no models match the filters: nothing to plot")
+        print(f"plot: {catalog.plot_catalog(entries, args.plot)}", file=sys.stderr)
+    return EXIT_OK
 
 
+# --- finetune -----------------------------------------------------------------------------
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .train import finetune
 
-    options = {
+    options: dict[str, Any] = {
         "model": args.model, "weights": None if args.weights in ("none", "None") else args.weights,
-        "epochs": args.epochs, "out_dir": args.out, "seed": args.seed,
+        "epochs": args.epochs, "out_dir": args.out, "seed": args.seed, "resume": args.resume,
     }
     for name in ("batch_size", "lr", "head_epochs", "val_fraction", "num_workers", "patience", "device"):
         value = getattr(args, name)
@@ -96,54 +233,125 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
         path = export_onnx(result, args.export)
         print(f"exported: {path}")
-    return 0
+    return EXIT_OK
+
+
+# --- export -------------------------------------------------------------------------------
+def _training_images(checkpoint: str) -> list[Path] | None:
+    """The images of the dataset a checkpoint was fine-tuned on (its ``train_config["data"]``),
+    when that is a path that still exists; else None."""
+    from .datasets import load_dataset
+    from .train.checkpoint import read_checkpoint
+
+    config = read_checkpoint(checkpoint).get("config", {})
+    data = (config.get("train_config") or {}).get("data")
+    if not isinstance(data, str) or data.startswith("<") or not Path(data).exists():
+        return None
+    return [path for path, _ in load_dataset(data, check=False).samples]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
-    kwargs = {"variants": tuple(args.variant or ())}
+    variants = tuple(args.variant or ())
+    kwargs: dict[str, Any] = {"variants": variants}
+    verify_images = args.verify_images
+    calibration = args.calibration_images
+    needs_images = (not args.no_verify and not verify_images) or ("int8" in variants and not calibration)
+    if needs_images:
+        # The rule: without --verify-images / --calibration-images, a checkpoint written by
+        # finetune is verified (and int8 calibrated) on the images of the dataset it was trained on.
+        found = _training_images(args.checkpoint)
+        if found is None:
+            missing = []
+            if not args.no_verify and not verify_images:
+                missing.append("--verify-images IMAGES (or --no-verify)")
+            if "int8" in variants and not calibration:
+                missing.append("--calibration-images IMAGES for the int8 variant")
+            raise UsageError(
+                f"{args.checkpoint}: the dataset it was trained on is not recorded or no longer exists; "
+                f"pass {' and '.join(missing)}"
+            )
+        verify_images = verify_images or found
+        calibration = calibration or found
     if args.no_verify:
         kwargs["verify"] = False
     else:
-        kwargs["verify_images"] = args.verify_images
-    if args.calibration_images:
-        kwargs["calibration_images"] = args.calibration_images
+        kwargs["verify_images"] = verify_images
+    if calibration:
+        kwargs["calibration_images"] = calibration
     path = export_onnx(args.checkpoint, args.output, **kwargs)
     print(f"exported: {path}")
-    return 0
+    return EXIT_OK
 
 
+# --- demo ---------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(out_dir=args.out, data=args.data, epochs=args.epochs, threads=args.threads)
-    return 0
+    return EXIT_OK
 
 
+def _plugin(name: str):
+    def run(args: argparse.Namespace) -> int:
+        module = importlib.import_module(f".{name}", __package__)
+        return int(module.run(args))
+
+    return run
+
+
+# --- the parser ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="butterfly-onnx",
-        description="Fine-tune torchvision classifiers, export self-describing ONNX, run it torch-free.",
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = _Parser(
+        prog=PROG, parents=[common],
+        description="Fine-tune torchvision classifiers, export self-describing ONNX, run it torch-free. "
+        "Exit status: 0 all done, 1 some inputs failed (the rest written), 2 nothing done.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("predict", help="classify images with an exported model")
+    def progress_flags(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                           help="a progress bar on stderr (default: when stderr is a terminal)")
+        group.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("predict", parents=[common], help="classify images with an exported model")
     p.add_argument("model", help="an exported .onnx file")
-    p.add_argument("images", nargs="+", help="image files, directories or glob patterns")
-    p.add_argument("--backend", choices=("python", "rust"), default="rust")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--keep-going", action="store_true", help="report bad images and go on (exit status 2)")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="image files, directories (their images, sorted), glob patterns, or one Kaggle-style CSV")
+    p.add_argument("--top-k", type=_positive("top-k"), default=5)
+    p.add_argument("--batch-size", type=_positive("batch-size"), default=None,
+                   help="images decoded and held at once (default 32)")
+    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument("--json", action="store_true", help="JSON Lines on stdout, one object per input")
+    p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
+    progress_flags(p)
+    p.add_argument("--backend", choices=("python", "rust"), default="python")
+    if _has_module("butterfly_onnx.ray"):
+        p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                       help="run on Ray Data (a cluster address, default: auto)")
     p.set_defaults(run=_cmd_predict)
 
-    p = sub.add_parser("info", help="show a model's contract")
+    p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
+    p.add_argument("model", help="an exported .onnx file")
+    p.add_argument("data", help="a Kaggle folder/CSV (filename,label) or a class-per-folder tree")
+    p.add_argument("--backend", choices=("python", "rust"), default="python")
+    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument("--batch-size", type=_positive("batch-size"), default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object (top1, top5, count, per_class, ...)")
+    p.add_argument("--plot", type=Path, help="write the confusion matrix PNG here (needs matplotlib)")
+    progress_flags(p)
+    p.set_defaults(run=_cmd_val)
+
+    p = sub.add_parser("info", parents=[common], help="show a model's contract")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_cmd_info)
 
-    p = sub.add_parser("models", help="torchvision's classification weights: table and plot")
+    p = sub.add_parser("models", parents=[common], help="torchvision's classification weights: table and plot")
     p.add_argument("--min-acc1", type=float)
     p.add_argument("--max-gflops", type=float)
     p.add_argument("--max-params", type=float, help="millions of parameters")
@@ -154,51 +362,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a PNG plot here")
     p.set_defaults(run=_cmd_models)
 
-    p = sub.add_parser("finetune", help="fine-tune a torchvision model on a labelled image folder or CSV")
+    p = sub.add_parser("finetune", parents=[common], help="fine-tune a torchvision model on a labelled image folder or CSV")
     p.add_argument("data", help="Kaggle folder (Training_set.csv + train/), a CSV, or a class-per-folder root")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision weights name, a local file, or none")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=_positive("epochs"), default=10)
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive("batch-size"))
     p.add_argument("--lr", type=float)
     p.add_argument("--head-epochs", type=int)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--patience", type=int)
     p.add_argument("--device")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
+                        help="continue the run in --out (its last checkpoint)")
+    resume.add_argument("--fresh", dest="resume", action="store_false",
+                        help="start over, replacing the run in --out")
     p.add_argument("--export", type=Path, help="also export the best checkpoint to this .onnx path")
     p.set_defaults(run=_cmd_finetune)
 
-    p = sub.add_parser("export", help="export a checkpoint to a verified, self-describing ONNX file")
+    p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
     p.add_argument("checkpoint")
     p.add_argument("output", type=Path)
     p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"))
-    verify = p.add_mutually_exclusive_group(required=True)
-    verify.add_argument("--verify-images", nargs="+", help="real images (files, directories) to verify torch vs ONNX on")
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument("--verify-images", nargs="+",
+                        help="real images (files, directories) to verify torch vs ONNX on "
+                        "(default: the checkpoint's training images, when they still exist)")
     verify.add_argument("--no-verify", action="store_true", help="skip the verification against PyTorch")
-    p.add_argument("--calibration-images", nargs="+", help="training images to calibrate the int8 variant on")
+    p.add_argument("--calibration-images", nargs="+",
+                   help="training images to calibrate the int8 variant on (default: the checkpoint's training images)")
     p.set_defaults(run=_cmd_export)
 
-    p = sub.add_parser("demo", help="the whole job on real photos: fine-tune, export, predict with both backends")
+    p = sub.add_parser("demo", parents=[common], help="the whole job on real photos: fine-tune, export, predict with both backends")
     p.add_argument("--data", help="a dataset (e.g. Kaggle's butterfly folder); default: real photos from tuxpaint stamps")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--epochs", type=_positive("epochs"), default=4)
+    p.add_argument("--threads", type=_positive("threads"), default=None)
     p.set_defaults(run=_cmd_demo)
+
+    for name, help_text in (("bench", "time decode, preprocess and inference per backend"),
+                            ("parity", "max difference per stage between torchvision, python and rust")):
+        if _has_module(f"butterfly_onnx.{name}"):
+            p = sub.add_parser(name, parents=[common], help=help_text)
+            importlib.import_module(f".{name}", __package__).add_arguments(p)
+            p.set_defaults(run=_plugin(name))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
-        return args.run(args)
-    except ButterflyError as exc:
-        print(f"butterfly-onnx: error: {exc}", file=sys.stderr)
-        return 1
+        args = build_parser().parse_args(argv)
+        return int(args.run(args))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (already printed, 2)
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
     except KeyboardInterrupt:  # pragma: no cover
+        _error("interrupted")
         return 130
+    except BrokenPipeError:  # pragma: no cover - e.g. `| head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except (ButterflyError, OSError, ValueError, TypeError, ImportError, RuntimeError, MemoryError) as exc:
+        if debug:
+            traceback.print_exc()
+        _error(_describe(exc))
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line (the traceback with --debug)
+        if debug:
+            traceback.print_exc()
+        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return EXIT_FAILED
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ButterflyError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,10 +26,11 @@ import os
 import random
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from .errors import DatasetError
 from .images import IMAGE_EXTENSIONS as _EXTENSIONS
@@ -39,6 +40,7 @@ __all__ = [
     "Dataset",
     "HealthReport",
     "load_dataset",
+    "read_labelled",
     "load_unlabelled",
     "health_report",
     "split_dataset",
@@ -73,7 +75,7 @@ class Dataset:
     classes: list[str]
     source: str
     root: Path | None = None
-    health: "HealthReport | None" = None
+    health: HealthReport | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -197,7 +199,7 @@ def health_report(dataset: Dataset, *, workers: int | None = None) -> tuple[Heal
     modes: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     widths, heights, distinct = [], [], set()
-    for (path, label), info in zip(dataset.samples, infos):
+    for (path, label), info in zip(dataset.samples, infos, strict=False):
         if "error" in info:
             corrupt.append((str(path), info["error"]))
             continue
@@ -400,7 +402,7 @@ def _csv_dataset(csv_path: Path, filename_column: str, label_column: str,
     folder = _image_dir_for(csv_path, names, image_dir)
     root = folder.resolve()
     pairs, missing = [], []
-    for (line, row), name in zip(rows, names):
+    for (line, row), name in zip(rows, names, strict=False):
         label = (row[label_column] or "").strip()
         if not label:
             raise DatasetError(f"{csv_path}, line {line}: empty label for {name}")
@@ -422,21 +424,17 @@ def _csv_dataset(csv_path: Path, filename_column: str, label_column: str,
     return _from_pairs(pairs, str(csv_path), folder)
 
 
-def load_dataset(
+def read_labelled(
     data: Any,
     *,
     filename_column: str = "filename",
     label_column: str = "label",
     image_dir: str | os.PathLike | None = None,
-    check: bool = True,
-    verbose: bool = False,
 ) -> Dataset:
-    """Load a labelled dataset from any supported layout (see the module docstring).
-
-    With ``check=True`` (default) every image is decoded once: the health report is attached
-    as ``dataset.health`` and unreadable/corrupt files are excluded (listed in the report, not
-    fatal).  Raises DatasetError for an empty dataset, a single class, CSV rows whose files
-    are missing or that point outside the root."""
+    """The labelled samples of ``data`` in any supported layout (see the module docstring),
+    without decoding any image and without :func:`load_dataset`'s training checks (one class
+    is fine: ``val`` scores subsets).  DatasetError for a missing dataset, a bad CSV row, files
+    missing or outside the root."""
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, (list, tuple)):
@@ -465,6 +463,25 @@ def load_dataset(
             dataset = _folder_dataset(path)
     else:
         raise DatasetError(f"unsupported dataset {type(data).__name__}: pass a folder, a CSV path or (path, label) pairs")
+    return dataset
+
+
+def load_dataset(
+    data: Any,
+    *,
+    filename_column: str = "filename",
+    label_column: str = "label",
+    image_dir: str | os.PathLike | None = None,
+    check: bool = True,
+    verbose: bool = False,
+) -> Dataset:
+    """Load a labelled dataset from any supported layout (see the module docstring).
+
+    With ``check=True`` (default) every image is decoded once: the health report is attached
+    as ``dataset.health`` and unreadable/corrupt files are excluded (listed in the report, not
+    fatal).  Raises DatasetError for an empty dataset, a single class, CSV rows whose files
+    are missing or that point outside the root."""
+    dataset = read_labelled(data, filename_column=filename_column, label_column=label_column, image_dir=image_dir)
     _check_classes(dataset)
     if check:
         report, dataset = health_report(dataset)

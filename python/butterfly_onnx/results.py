@@ -21,8 +21,9 @@ import csv
 import itertools
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .errors import InvalidArgumentError
 
@@ -108,7 +109,7 @@ def write_submission(
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["filename", "label"])
-        for filename, prediction in zip(filenames, predictions):
+        for filename, prediction in zip(filenames, predictions, strict=False):
             count += 1
             if prediction.ok:
                 writer.writerow([filename, prediction.label])

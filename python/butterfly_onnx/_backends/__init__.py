@@ -6,8 +6,9 @@ module).  Each is ``class Backend`` in ``_backends/<name>.py`` with the same pro
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -9,10 +9,10 @@ the GIL while decoding and resampling), each writing its own row of one prealloc
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
-from typing import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort

@@ -5,8 +5,9 @@ split) are torch-free and live in :mod:`butterfly_onnx.datasets`, shared with ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..datasets import (
     IMAGE_EXTENSIONS,
