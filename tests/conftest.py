@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/corpus.py, tests/contract_models.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference_images.py, tests/contract_models.py, ...
 
 from butterfly_onnx.contract import PreprocessSpec  # noqa: E402
 from contract_models import (  # noqa: E402
@@ -49,7 +49,7 @@ def contract_model(tmp_path_factory) -> ContractModel:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> dict[str, Path]:
-    from corpus import build_corpus, real_photos
+    from reference_images import build_corpus, real_photos
 
     files = build_corpus(tmp_path_factory.mktemp("corpus"))
     files.update(real_photos())
