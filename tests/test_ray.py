@@ -26,8 +26,15 @@ pytest.importorskip("ray.data")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from butterfly_onnx.ray import COLUMNS, Predictor, predict_cli, predict_dataset, write_csv, write_parquet, write_submission  # noqa: E402
-from contract_models import require_backend  # noqa: E402
+from butterfly_onnx.ray import (  # noqa: E402
+    COLUMNS,
+    Predictor,
+    predict_cli,
+    predict_dataset,
+    write_csv,
+    write_parquet,
+    write_submission,
+)
 
 pytestmark = pytest.mark.timeout(600)  # a starved Ray job hangs; fail instead
 
@@ -91,8 +98,14 @@ def _check_rows(rows: list[dict], reference: dict, *, same_messages: bool) -> No
         expected = reference[row["path"]]
         if expected.ok:
             assert row["error"] is None, row
-            assert (row["label"], row["index"], row["probability"]) == (expected.label, expected.index, expected.probability)
-            assert [(s["label"], s["index"], s["probability"]) for s in row["top_k"]] == [tuple(s) for s in expected.top_k]
+            assert (row["label"], row["index"], row["probability"]) == (
+                expected.label,
+                expected.index,
+                expected.probability,
+            )
+            assert [(s["label"], s["index"], s["probability"]) for s in row["top_k"]] == [
+                tuple(s) for s in expected.top_k
+            ]
         else:
             failed += 1
             assert row["label"] is None and row["index"] is None and row["probability"] is None
@@ -112,7 +125,9 @@ def _source(kind: str, image_files: list[str]):
 @pytest.mark.parametrize("kind", ["paths", "ray_dataset"])
 def test_rows_equal_classifier_predict(ray_cluster, contract_model, image_files, references, backend, kind):
     """The defaults (fractional CPUs per actor) finish on 2 CPUs with concurrency=2."""
-    ds = predict_dataset(_source(kind, image_files), contract_model.path, backend=backend, top_k=TOP_K, concurrency=2, batch_size=8)
+    ds = predict_dataset(
+        _source(kind, image_files), contract_model.path, backend=backend, top_k=TOP_K, concurrency=2, batch_size=8
+    )
     rows = ds.take_all()
     _check_rows(rows, references(backend), same_messages=(kind == "paths"))
 
@@ -120,7 +135,9 @@ def test_rows_equal_classifier_predict(ray_cluster, contract_model, image_files,
 def test_model_by_path_and_bytes_and_writers(ray_cluster, contract_model, image_files, references, tmp_path):
     """model_transfer="path", the model given as bytes, and the three writers."""
     reference = references("rust")
-    ds = predict_dataset(image_files, contract_model.path, top_k=TOP_K, concurrency=1, model_transfer="path").materialize()
+    ds = predict_dataset(
+        image_files, contract_model.path, top_k=TOP_K, concurrency=1, model_transfer="path"
+    ).materialize()
     rows = ds.take_all()
     _check_rows(rows, reference, same_messages=True)
     by_bytes = predict_dataset(image_files, contract_model.path.read_bytes(), top_k=1, concurrency=1).take_all()
@@ -202,16 +219,29 @@ def test_predict_cli_kaggle_csv_and_jsonl(ray_cluster, contract_model, image_fil
         (folder / "test" / Path(p).name).write_bytes(Path(p).read_bytes())
     with open(folder / "Testing_set.csv", "w") as f:
         f.write("filename\n" + "".join(Path(p).name + "\n" for p in picked))
-    args = Namespace(model=str(contract_model.path), inputs=[str(folder / "Testing_set.csv")], top_k=2, batch_size=None,
-                     threads=None, output=str(tmp_path / "sub.csv"), backend="rust", json=False, progress=False, ray=None)
+    args = Namespace(
+        model=str(contract_model.path),
+        inputs=[str(folder / "Testing_set.csv")],
+        top_k=2,
+        batch_size=None,
+        threads=None,
+        output=str(tmp_path / "sub.csv"),
+        backend="rust",
+        json=False,
+        progress=False,
+        ray=None,
+    )
     assert predict_cli(args) == 1  # one image failed
     lines = (tmp_path / "sub.csv").read_text().splitlines()
     assert lines == ["filename,label"] + [f"{Path(p).name},{reference[p].label}" for p in picked[:4]]
     err = capsys.readouterr().err
     assert err.count("butterfly-onnx: error: ") == 1 and Path(picked[-1]).name in err
 
-    args.inputs, args.output, args.json = picked, None, True
-    assert predict_cli(args) == 1
+    # the same through the command line: predict ... --json --ray (the running session)
+    from butterfly_onnx.cli import main
+
+    argv = ["predict", str(contract_model.path), *picked, "--json", "--top-k", "2", "--backend", "rust"]
+    assert main([*argv, "--no-progress", "--ray"]) == 1
     out = capsys.readouterr().out.splitlines()
     objects = [json.loads(line) for line in out]
     assert [o["source"] for o in objects] == picked  # the input order
@@ -220,6 +250,12 @@ def test_predict_cli_kaggle_csv_and_jsonl(ray_cluster, contract_model, image_fil
         assert abs(o["probability"] - reference[o["source"]].probability) <= 1e-5
         assert len(o["top_k"]) == 2 and o["error"] is None
     assert objects[4]["label"] is None and objects[4]["error"]
+
+    args.inputs, args.output = picked, str(tmp_path / "out.parquet")  # Ray's Parquet writer
+    assert predict_cli(args) == 1
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert sorted(table.column("path").to_pylist()) == sorted(picked)
+    assert capsys.readouterr().err.count("butterfly-onnx: error: ") == 1
 
     args.model = str(tmp_path / "missing.onnx")
     assert predict_cli(args) == 2

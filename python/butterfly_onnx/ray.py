@@ -25,16 +25,15 @@ Ray is imported only inside the functions here: ``import butterfly_onnx`` never 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackendUnavailableError, ButterflyError, InvalidArgumentError, ModelNotFoundError
 
@@ -50,6 +49,7 @@ __all__ = [
     "write_parquet",
     "write_csv",
     "write_submission",
+    "iter_predictions",
     "predict_cli",
 ]
 
@@ -87,7 +87,7 @@ def _ensure_ray(ray: Any, address: str | None) -> None:
 
 
 # -- the rows ------------------------------------------------------------------------
-def _schema() -> "pyarrow.Schema":
+def _schema() -> pyarrow.Schema:
     import pyarrow as pa
 
     score = pa.struct([("label", pa.string()), ("index", pa.int64()), ("probability", pa.float32())])
@@ -107,28 +107,8 @@ def _message(error: BaseException, source: str, path: str) -> str:
     """The error's message, naming the image by its row's ``path``."""
     text = str(error)
     if source and source != path and text.startswith(source):
-        return path + text[len(source):]
+        return path + text[len(source) :]
     return text if text.startswith(path) else f"{path}: {text}"
-
-
-def _open_classifier(model: str | bytes, backend: str, threads: int, kwargs: Mapping[str, Any]) -> tuple[Any, str | None]:
-    """(Classifier, private temp file or None): ``model`` is a path or the file's bytes."""
-    from .classifier import Classifier
-
-    if isinstance(model, bytes):
-        try:
-            return Classifier(model, backend=backend, threads=threads, **kwargs), None
-        except TypeError:
-            pass  # a Classifier that takes paths only: a private copy of the file
-        fd, name = tempfile.mkstemp(prefix="butterfly_onnx_", suffix=".onnx")
-        with os.fdopen(fd, "wb") as f:
-            f.write(model)
-        try:
-            return Classifier(name, backend=backend, threads=threads, **kwargs), name
-        except BaseException:
-            os.unlink(name)
-            raise
-    return Classifier(model, backend=backend, threads=threads, **kwargs), None
 
 
 class Predictor:
@@ -146,25 +126,18 @@ class Predictor:
         on_error: str = "skip",
         classifier_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
+        from .classifier import Classifier
+
         self.top_k = top_k
         self.on_error = on_error
-        self._tempfile: str | None = None
         kind, value = model
         if kind == "bytes":
             import ray
 
             value = bytes(ray.get(value) if isinstance(value, ray.ObjectRef) else value)
-        self.classifier, self._tempfile = _open_classifier(value, backend, threads, classifier_kwargs or {})
+        self.classifier = Classifier(value, backend=backend, threads=threads, **dict(classifier_kwargs or {}))
 
-    def __del__(self) -> None:
-        name = getattr(self, "_tempfile", None)
-        if name:
-            try:
-                os.unlink(name)
-            except OSError:
-                pass
-
-    def _items(self, batch: "pyarrow.Table") -> tuple[list[str], list[Any]]:
+    def _items(self, batch: pyarrow.Table) -> tuple[list[str], list[Any]]:
         names = batch.column_names
         if "path" not in names or ("bytes" not in names and "file" not in names):
             raise InvalidArgumentError(
@@ -185,22 +158,23 @@ class Predictor:
             warnings.simplefilter("ignore", ImageSkippedWarning)
             return self.classifier.predict(items, top_k=self.top_k, on_error=self.on_error)
 
-    def __call__(self, batch: "pyarrow.Table") -> "pyarrow.Table":
+    def __call__(self, batch: pyarrow.Table) -> pyarrow.Table:
         import pyarrow as pa
 
         paths, items = self._items(batch)
+        rows: list[tuple[str, Any, str | None]]
         try:
             predictions = self._predict(items)
             if len(predictions) != len(items):
                 raise RuntimeError("one prediction per item expected")
-            rows = [(p, pred, None) for p, pred in zip(paths, predictions)]
+            rows = [(p, pred, None) for p, pred in zip(paths, predictions, strict=True)]
         except ButterflyError:
             if self.on_error == "raise":
                 raise
             # Something about the batch as a whole failed (say a missing file whose name looks
             # like a glob pattern): predict the images one by one, so only the bad one fails.
             rows = []
-            for p, item in zip(paths, items):
+            for p, item in zip(paths, items, strict=True):
                 try:
                     pred = self._predict([item])
                     rows.append((p, pred[0] if len(pred) == 1 else None, None))
@@ -263,7 +237,7 @@ def _source_dataset(ray: Any, source: Any) -> tuple[Any, bool]:
     from .images import expand_images
 
     items = expand_images([os.fspath(s) for s in sources])  # dirs and globs: sorted, as Classifier
-    rows = [{"path": name, "file": os.path.abspath(os.fspath(payload))} for name, payload in items]
+    rows = [{"path": name, "file": os.path.abspath(str(payload))} for name, payload in items]
     return ray.data.from_items(rows), False
 
 
@@ -284,7 +258,9 @@ def _pool(concurrency: Any, default: int) -> tuple[Any, int]:
         and 1 <= concurrency[0] <= concurrency[1]
     ):
         return {"min_size": concurrency[0], "max_size": concurrency[1]}, concurrency[1]
-    raise InvalidArgumentError(f"concurrency must be an int or a (min, max) pair with 1 <= min <= max, got {concurrency!r}")
+    raise InvalidArgumentError(
+        f"concurrency must be an int or a (min, max) pair with 1 <= min <= max, got {concurrency!r}"
+    )
 
 
 def _cluster_cpus(ray: Any) -> float:
@@ -308,7 +284,7 @@ def predict_dataset(
     ray_remote_args: Mapping[str, Any] | None = None,
     check_model: bool = True,
     _predictor: type | None = None,
-) -> "ray.data.Dataset":
+) -> ray.data.Dataset:
     """Predict every image of ``source`` on Ray Data; a lazy Dataset of :data:`COLUMNS` rows.
 
     Args:
@@ -354,25 +330,25 @@ def predict_dataset(
     _pool(concurrency, 1)  # checked before any Ray work
     if model_transfer not in MODEL_TRANSFERS:
         raise InvalidArgumentError(f"model_transfer must be one of {MODEL_TRANSFERS}, got {model_transfer!r}")
+    # What the actors open: the file's bytes (through the object store) or its absolute path.
+    target: bytes | str
     if isinstance(model, (bytes, bytearray, memoryview)):
-        data: bytes | None = bytes(model)
         if model_transfer == "path":
             raise InvalidArgumentError('model_transfer="path" needs the model as a path, not bytes')
-        model_path = None
+        target = bytes(model)
     else:
         model_path = Path(model)
         if not model_path.is_file():
             raise ModelNotFoundError(f"{model_path}: no such model file")
-        data = model_path.read_bytes() if model_transfer == "bytes" else None
+        target = model_path.read_bytes() if model_transfer == "bytes" else str(model_path.resolve())
     classifier_kwargs: dict[str, Any] = {}
     if max_image_pixels is not _DEFAULT:
         classifier_kwargs["max_image_pixels"] = max_image_pixels
 
     if check_model:  # a bad model or a missing backend: one clear error here, not in every actor
-        checked, temp = _open_classifier(data if data is not None else os.fspath(model_path), backend, 1, classifier_kwargs)
-        del checked
-        if temp:
-            os.unlink(temp)
+        from .classifier import Classifier
+
+        Classifier(target, backend=backend, threads=1, **classifier_kwargs)
 
     ray = _import_ray()
     _ensure_ray(ray, address)
@@ -387,10 +363,7 @@ def predict_dataset(
     if threads is None:
         threads = max(1, int(round(num_cpus)))
 
-    if data is not None:
-        shipped: tuple[str, Any] = ("bytes", ray.put(data))
-    else:
-        shipped = ("path", os.path.abspath(os.fspath(model_path)))
+    shipped = ("bytes", ray.put(target)) if isinstance(target, bytes) else ("path", target)
     remote_args = dict(ray_remote_args or {})
     return dataset.map_batches(
         _predictor or Predictor,
@@ -412,20 +385,13 @@ def predict_dataset(
 
 
 # -- writers -------------------------------------------------------------------------
-def _flat_columns(k: int) -> list[str]:
-    cols = ["path", "label", "index", "probability"]
-    for i in range(1, k + 1):
-        cols += [f"label_{i}", f"index_{i}", f"probability_{i}"]
-    return cols + ["error"]
-
-
-def flatten_top_k(ds: "ray.data.Dataset", top_k: int) -> "ray.data.Dataset":
+def flatten_top_k(ds: ray.data.Dataset, top_k: int) -> ray.data.Dataset:
     """The rows with ``top_k`` spread over ``label_i, index_i, probability_i`` columns
     (i = 1..top_k; empty where a row has fewer), for writers without nested types (CSV)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
 
-    def flatten(batch: "pyarrow.Table") -> "pyarrow.Table":
+    def flatten(batch: pyarrow.Table) -> pyarrow.Table:
         import pyarrow as pa
 
         scores = batch.column("top_k").to_pylist()
@@ -442,195 +408,163 @@ def flatten_top_k(ds: "ray.data.Dataset", top_k: int) -> "ray.data.Dataset":
     return ds.map_batches(flatten, batch_format="pyarrow", udf_modifying_row_count=False)
 
 
-def write_parquet(ds: "ray.data.Dataset", path: str | os.PathLike[str], **kwargs: Any) -> None:
+def write_parquet(ds: ray.data.Dataset, path: str | os.PathLike[str], **kwargs: Any) -> None:
     """Ray's Parquet writer: a directory of ``.parquet`` files, nested ``top_k`` kept."""
     ds.write_parquet(os.fspath(path), **kwargs)
 
 
-def write_csv(ds: "ray.data.Dataset", path: str | os.PathLike[str], *, top_k: int, **kwargs: Any) -> None:
+def write_csv(ds: ray.data.Dataset, path: str | os.PathLike[str], *, top_k: int, **kwargs: Any) -> None:
     """Ray's CSV writer (a directory of ``.csv`` files), ``top_k`` flattened as in
     :func:`flatten_top_k` (pass the ``top_k`` given to :func:`predict_dataset`)."""
     flatten_top_k(ds, top_k).write_csv(os.fspath(path), **kwargs)
 
 
+def iter_predictions(ds: ray.data.Dataset | Iterable[Mapping[str, Any]]) -> Iterator[Any]:
+    """The rows as :class:`~butterfly_onnx.classifier.Prediction` objects (streamed, in the
+    dataset's order), for :mod:`butterfly_onnx.results`' writers; a failed row's ``error`` is
+    an :class:`~butterfly_onnx.errors.ImageError` carrying the row's message."""
+    from .classifier import ClassScore, Prediction
+    from .errors import ImageError
+
+    for row in ds.iter_rows() if hasattr(ds, "iter_rows") else ds:
+        path = str(row["path"])
+        if row["error"] is not None:
+            yield Prediction(path, (), ImageError(str(row["error"]), source=path))
+        else:
+            scores = tuple(ClassScore(s["label"], int(s["index"]), float(s["probability"])) for s in row["top_k"])
+            yield Prediction(path, scores)
+
+
 def write_submission(
-    ds: "ray.data.Dataset | Iterable[Mapping[str, Any]]",
+    ds: ray.data.Dataset | Iterable[Mapping[str, Any]],
     path: str | os.PathLike[str],
     filenames: Sequence[str] | None = None,
 ) -> list[str]:
-    """A Kaggle submission: ONE CSV file ``filename,label`` (top-1), written here on the
-    driver as the rows stream in (a row is a few dozen bytes).
+    """A Kaggle submission: ONE CSV file ``filename,label`` (top-1, as
+    :func:`butterfly_onnx.results.write_submission` writes it), on the driver.
 
-    ``filename`` is the base name of each row's path.  With ``filenames`` (the test CSV's
-    column), rows follow that order and a filename without a good row is left out; without
-    it, rows are sorted by filename.  Returns the error messages of the rows left out
-    (failed images, and filenames no row matched), in output order."""
-    rows = ds.iter_rows() if hasattr(ds, "iter_rows") else iter(ds)
-    labels: dict[str, str] = {}
-    problems: dict[str, str] = {}
-    for row in rows:
-        name = os.path.basename(str(row["path"]))
-        if row.get("error") is None and row.get("label") is not None:
-            labels[name] = row["label"]
-            problems.pop(name, None)
-        elif name not in labels:
-            problems[name] = row.get("error") or f"{row['path']}: no prediction"
-    order = list(filenames) if filenames is not None else sorted(set(labels) | set(problems))
-    left_out: list[str] = []
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["filename", "label"])
-        for name in order:
-            if name in labels:
-                writer.writerow([name, labels[name]])
-            else:
-                left_out.append(problems.get(name, f"{name}: no such image among the predictions"))
-    return left_out
+    ``filename`` is the base name of each row's path (Kaggle's test folder is flat).  With
+    ``filenames`` (the test CSV's column), rows follow that order; without it, they are sorted
+    by filename.  Rows are gathered by name first (a few dozen bytes each), since a Ray
+    Dataset's order is not the CSV's.  Returns the error messages of the filenames left out
+    (failed images, and names no row has)."""
+    from .classifier import Prediction
+    from .errors import ImageNotFoundError
+    from .results import write_submission as write_kaggle
+
+    by_name: dict[str, Any] = {}
+    for prediction in iter_predictions(ds):
+        name = os.path.basename(prediction.source)
+        if prediction.ok or name not in by_name:
+            by_name[name] = prediction
+    order = list(filenames) if filenames is not None else sorted(by_name)
+    rows = [
+        by_name.get(name)
+        or Prediction(name, (), ImageNotFoundError(f"{name}: no such image among the predictions", source=name))
+        for name in order
+    ]
+    return [str(p.error) for p in write_kaggle(rows, order, path)]
 
 
 # -- the CLI (``butterfly-onnx predict --ray [ADDRESS]``) ------------------------------
 def _error(message: str) -> None:
-    print(f"butterfly-onnx: error: {message}", file=sys.stderr)
+    text = " ".join(str(message).split("\n")).strip()
+    print(f"butterfly-onnx: error: {text}", file=sys.stderr, flush=True)
 
 
-def _kaggle_csv(path: Path) -> tuple[list[str], list[str]]:
-    """(image paths, filenames) of a Kaggle-style CSV: a ``filename`` column, the images in
-    ``<csv dir>/test/`` when that folder exists, else next to the CSV."""
+def _predict_cli(args: Any) -> int:
+    from .datasets import read_image_list
+    from .results import output_format
+
+    inputs = [os.fspath(i) for i in args.inputs]
+    output: str | None = None if getattr(args, "output", None) is None else os.fspath(args.output)
+    parquet = output is not None and Path(output).suffix.lower() == ".parquet"
+    fmt = output_format(output) if output is not None and not parquet else None  # before any work
+    top_k = getattr(args, "top_k", None) or 5
+    csvs = [i for i in inputs if i.lower().endswith(".csv")]
+    filenames: list[str] | None = None
+    if csvs:
+        if len(inputs) != 1:
+            raise InvalidArgumentError(f"{csvs[0]}: a CSV input (a list of images) must be the only input")
+        listed = read_image_list(csvs[0])
+        inputs, filenames = [str(item.path) for item in listed], [item.filename for item in listed]
+
+    ray = _import_ray()
+    address = getattr(args, "ray", None)
+    if address in ("", "auto", True):
+        address = None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except Exception as exc:  # ConnectionError, ValueError, ...: one line, exit 2
+            raise InvalidArgumentError(f"cannot connect to Ray at {address or 'auto'}: {exc}") from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
+    context = ray.data.DataContext.get_current()
+    saved = (context.enable_progress_bars, context.execution_options.preserve_order)
+    progress = getattr(args, "progress", None)
+    context.enable_progress_bars = sys.stderr.isatty() if progress is None else bool(progress)
+    context.execution_options.preserve_order = True  # rows in input order, as the plain CLI
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "filename" not in reader.fieldnames:
-                raise InvalidArgumentError(f"{path}: a Kaggle CSV needs a 'filename' column, got {reader.fieldnames}")
-            names = [row["filename"] for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidArgumentError(f"{path}: cannot read the CSV: {exc}") from None
-    folder = path.parent / "test" if (path.parent / "test").is_dir() else path.parent
-    return [str(folder / name) for name in names], names
+        return _cli_run(args, inputs, filenames, output, fmt, top_k)
+    finally:  # predict_cli may run inside a longer-lived process (tests, notebooks)
+        context.enable_progress_bars, context.execution_options.preserve_order = saved
 
 
-def _row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "source": row["path"],
-        "label": row["label"],
-        "index": row["index"],
-        "probability": None if row["probability"] is None else float(row["probability"]),
-        "top_k": [
-            {"label": s["label"], "index": int(s["index"]), "probability": float(s["probability"])}
-            for s in (row["top_k"] or [])
-        ],
-        "error": row["error"],
-    }
+def _cli_run(
+    args: Any, inputs: list[str], filenames: list[str] | None, output: str | None, fmt: str | None, top_k: int
+) -> int:
+    from .results import write_predictions
+    from .results import write_submission as write_kaggle
 
+    parquet = fmt is None and output is not None
+    options: dict[str, Any] = {}
+    if getattr(args, "batch_size", None):
+        options["batch_size"] = args.batch_size
+    if getattr(args, "threads", None):
+        options["threads"] = args.threads
+    ds = predict_dataset(inputs, args.model, backend=getattr(args, "backend", None) or "rust", top_k=top_k, **options)
 
-def _emit(rows: Iterator[Mapping[str, Any]], args: Any, top_k: int) -> tuple[int, int]:
-    """Writes the rows as the CLI does; (good rows, failed rows)."""
-    output = getattr(args, "output", None)
-    fmt = "text"
-    if output is not None:
-        fmt = Path(output).suffix.lower().lstrip(".")
-    elif getattr(args, "json", False):
-        fmt = "jsonl"
-    out = open(output, "w", newline="", encoding="utf-8") if output is not None else sys.stdout
-    good = bad = 0
-    try:
-        writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-        if writer is not None:
-            header = ["source", *_flat_columns(top_k)[1:]]
-            writer.writerow(header)
-        for row in rows:
-            d = _row_dict(row)
-            if d["error"] is None:
-                good += 1
-            else:
-                bad += 1
-                _error(d["error"])
-            if fmt == "jsonl":
-                out.write(json.dumps(d) + "\n")
-            elif writer is not None:
-                cells = [d["source"], d["label"], d["index"], d["probability"]]
-                for i in range(top_k):
-                    s = d["top_k"][i] if i < len(d["top_k"]) else None
-                    cells += [s["label"], s["index"], s["probability"]] if s else [None, None, None]
-                writer.writerow(["" if c is None else c for c in cells] + [d["error"] or ""])
-            elif d["error"] is None:
-                out.write(
-                    d["source"]
-                    + "".join(f"\t{s['label']} ({s['probability']:.4f})" for s in d["top_k"])
-                    + "\n"
-                )
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    return good, bad
+    failed = 0
+
+    def report(predictions: Iterable[Any]) -> Iterator[Any]:
+        nonlocal failed
+        for prediction in predictions:
+            if not prediction.ok:
+                failed += 1
+                _error(str(prediction.error))
+            yield prediction
+
+    if parquet and output is not None:
+        ds = ds.materialize()
+        write_parquet(ds, output)
+        for _ in report(iter_predictions(ds.filter(lambda row: row["error"] is not None))):
+            pass
+    elif output is not None and filenames is not None and fmt == "csv":
+        write_kaggle(report(iter_predictions(ds)), filenames, output)
+    elif output is not None:
+        write_predictions(report(iter_predictions(ds)), output, top_k=top_k)
+    else:
+        for prediction in report(iter_predictions(ds)):
+            if getattr(args, "json", False):
+                print(json.dumps(prediction.to_dict()))
+            elif prediction.ok:
+                print(prediction.source + "".join(f"\t{s.label} ({s.probability:.4f})" for s in prediction.top_k))
+        sys.stdout.flush()
+    return 1 if failed else 0
 
 
 def predict_cli(args: Any) -> int:
     """``butterfly-onnx predict MODEL INPUTS... --ray [ADDRESS]``: the predict command on Ray
     Data.  Reads ``args.model, inputs, top_k, batch_size, threads, output, backend, json,
-    progress`` and ``args.ray`` (an address, or None / ``"auto"``: the running cluster if one
-    is found, else a local one).  Outputs as the plain CLI (text, ``--json``, ``-o`` ``.csv`` /
-    ``.jsonl``, a Kaggle CSV input -> ``filename,label``), plus ``-o DIR.parquet`` (Ray's
-    Parquet writer).  Returns the exit code: 0 all done, 1 some images failed, 2 nothing done."""
+    progress`` and ``args.ray`` (an address, or None / ``"auto"``: the running Ray cluster if
+    one is found, else a new local one).  Writes what the plain command writes (text lines,
+    ``--json``, ``-o`` ``.csv`` / ``.jsonl``, a Kaggle CSV input with ``-o x.csv`` ->
+    ``filename,label``), in input order, plus ``-o DIR.parquet`` (Ray's Parquet writer, a
+    directory).  Returns the exit code: 0 all done, 1 some images failed (one stderr line
+    each), 2 nothing done (one stderr line)."""
     try:
         return _predict_cli(args)
-    except (ButterflyError, OSError, TypeError) as exc:
+    except (ButterflyError, OSError) as exc:
         _error(str(exc))
         return 2
-
-
-def _predict_cli(args: Any) -> int:
-    inputs = [os.fspath(i) for i in (getattr(args, "inputs", None) or getattr(args, "images", None) or [])]
-    if not inputs:
-        _error("no inputs given")
-        return 2
-    top_k = getattr(args, "top_k", 5) or 5
-    output = getattr(args, "output", None)
-    suffix = Path(output).suffix.lower() if output is not None else ""
-    if output is not None and suffix not in (".csv", ".jsonl", ".parquet"):
-        _error(f"{output}: -o takes a .csv, .jsonl or (with --ray) .parquet path")
-        return 2
-    filenames = None
-    csvs = [i for i in inputs if i.lower().endswith(".csv") and "://" not in i]
-    if csvs:
-        if len(inputs) != 1:
-            _error("a CSV input must be the only input")
-            return 2
-        inputs, filenames = _kaggle_csv(Path(csvs[0]))
-        if not inputs:
-            _error(f"{csvs[0]}: the CSV lists no images")
-            return 2
-    address = getattr(args, "ray", None)
-    if address in ("", "auto", True):
-        address = None
-    ray = _import_ray()
-    try:
-        _ensure_ray(ray, address)
-    except Exception as exc:  # ConnectionError, ValueError, ...: one line, exit 2
-        _error(f"cannot connect to Ray at {address or 'auto'}: {exc}")
-        return 2
-    context = ray.data.DataContext.get_current()
-    progress = getattr(args, "progress", None)
-    context.enable_progress_bars = sys.stderr.isatty() if progress is None else bool(progress)
-    context.execution_options.preserve_order = True  # rows in input order, as the plain CLI
-    kwargs: dict[str, Any] = {}
-    if getattr(args, "batch_size", None):
-        kwargs["batch_size"] = args.batch_size
-    if getattr(args, "threads", None):
-        kwargs["threads"] = args.threads
-    ds = predict_dataset(
-        inputs, args.model, backend=getattr(args, "backend", None) or "rust", top_k=top_k, **kwargs
-    )
-    if suffix == ".parquet":
-        ds = ds.materialize()
-        write_parquet(ds, output)
-        failed = ds.filter(lambda row: row["error"] is not None).select_columns(["error"]).take_all()
-        for row in failed:
-            _error(row["error"])
-        return 1 if failed else 0
-    if filenames is not None and suffix == ".csv":
-        left_out = write_submission(ds, output, [os.path.basename(p) for p in inputs])
-        for message in left_out:
-            _error(message)
-        return 1 if left_out else 0
-    good, bad = _emit(ds.iter_rows(), args, top_k)
-    return 1 if bad else 0
