@@ -263,13 +263,15 @@ def tuxpaint_photos(picks: Sequence[str], count: int | None = None) -> list[Path
 # --------------------------------------------------------------------------- references
 def pillow_decode(data: bytes) -> dict[str, Any]:
     """What Pillow makes of encoded ``data``: ``{"mode", "rgb"}`` (the file's mode and
-    ``Image.open(f).convert("RGB")`` as an HxWx3 uint8 array) or ``{"error": "Type: message"}``."""
+    ``Image.open(f).convert("RGB")`` as an HxWx3 uint8 array) or ``{"error": "Type: message"}``
+    (with ``"mode"`` too when the file opened and only the conversion failed)."""
+    mode = None
     try:
         with Image.open(io.BytesIO(data)) as im:
             mode = im.mode
             rgb = im.convert("RGB")
     except Exception as exc:  # any Pillow failure is an expected decode error
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": f"{type(exc).__name__}: {exc}", **({"mode": mode} if mode is not None else {})}
     return {"mode": mode, "rgb": np.asarray(rgb)}
 
 
