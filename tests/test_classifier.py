@@ -38,6 +38,7 @@ torch = pytest.importorskip("torch")
 T = pytest.importorskip("torchvision.transforms")
 onnx = pytest.importorskip("onnx")
 
+
 def torch_reference(module, spec: PreprocessSpec, paths) -> np.ndarray:
     transform = T.Compose(
         [T.Resize(spec.resize_size), T.CenterCrop(spec.crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
@@ -405,8 +406,11 @@ print(json.dumps({"peak_mb": peak_kb / 1024,
 def jpeg_folders(tmp_path_factory, corpus):
     """300 distinct 224x224 JPEGs re-encoded from real photos (random crops), and a folder of
     1,200 whose file k holds the bytes of file k % 300 (so its answers are known)."""
-    photos = [Image.open(corpus[name]).convert("RGB") for name in sorted(corpus)
-              if name.startswith(("skimage_", "sklearn_", "matplotlib_grace"))]
+    photos = [
+        Image.open(corpus[name]).convert("RGB")
+        for name in sorted(corpus)
+        if name.startswith(("skimage_", "sklearn_", "matplotlib_grace"))
+    ]
     rng = np.random.default_rng(0)
     small, large = tmp_path_factory.mktemp("jpeg300"), tmp_path_factory.mktemp("jpeg1200")
     blobs = []
@@ -432,7 +436,9 @@ def test_predict_a_folder_in_flat_memory(backend, contract_model, classifiers, j
     for folder in (small, large):
         done = subprocess.run(
             [sys.executable, "-c", _PEAK_RSS, str(contract_model.path), backend, str(folder)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert done.returncode == 0, done.stderr
         runs[folder] = json.loads(done.stdout)

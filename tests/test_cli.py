@@ -60,7 +60,11 @@ def _rel(source: str, data: Path) -> str:
 def test_predict_golden_case(case, backend, contract_model, classifiers, golden_data, tmp_path, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    args = _substitute(case["args"], contract_model.path, golden_data, out_dir) + ["--backend", backend, "--no-progress"]
+    args = _substitute(case["args"], contract_model.path, golden_data, out_dir) + [
+        "--backend",
+        backend,
+        "--no-progress",
+    ]
     code = main(args)
     out, err = capsys.readouterr()
     assert code == case["exit"], err
@@ -225,11 +229,20 @@ def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, caps
     pytest.importorskip("torch")
     from butterfly_onnx.train import save_checkpoint
 
-    checkpoint = save_checkpoint(tmp_path / "best.pt", contract_model.module, {
-        "arch": "efficientnet_lite0", "num_classes": 10, "labels": list(contract_model.contract.labels),
-        "weights": "DEFAULT", "preprocess": contract_model.contract.preprocess, "metrics": {},
-        "epoch": 1, "train_config": {},
-    })
+    checkpoint = save_checkpoint(
+        tmp_path / "best.pt",
+        contract_model.module,
+        {
+            "arch": "efficientnet_lite0",
+            "num_classes": 10,
+            "labels": list(contract_model.contract.labels),
+            "weights": "DEFAULT",
+            "preprocess": contract_model.contract.preprocess,
+            "metrics": {},
+            "epoch": 1,
+            "train_config": {},
+        },
+    )
     out_path = tmp_path / "cli.onnx"
     assert main(["export", str(checkpoint), str(out_path), "--verify-images", *map(str, photos)]) == 0
     assert "exported" in capsys.readouterr().out
@@ -244,10 +257,19 @@ def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, caps
     for i, photo in enumerate(photos):
         (data / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
         shutil.copy(photo, data / f"class{i % 2}" / photo.name)
-    checkpoint = save_checkpoint(tmp_path / "best2.pt", contract_model.module, {
-        "arch": "efficientnet_lite0", "num_classes": 10, "labels": list(contract_model.contract.labels),
-        "weights": "DEFAULT", "preprocess": contract_model.contract.preprocess, "metrics": {},
-        "epoch": 1, "train_config": {"data": str(data)},
-    })
+    checkpoint = save_checkpoint(
+        tmp_path / "best2.pt",
+        contract_model.module,
+        {
+            "arch": "efficientnet_lite0",
+            "num_classes": 10,
+            "labels": list(contract_model.contract.labels),
+            "weights": "DEFAULT",
+            "preprocess": contract_model.contract.preprocess,
+            "metrics": {},
+            "epoch": 1,
+            "train_config": {"data": str(data)},
+        },
+    )
     assert main(["export", str(checkpoint), str(tmp_path / "y.onnx")]) == 0
     assert (tmp_path / "y.onnx").is_file()

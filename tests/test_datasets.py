@@ -86,7 +86,7 @@ GOOD_ROWS = "Image_0.jpg,A\nImage_1.jpg,A\nImage_2.jpg,B\nImage_3.jpg,B\n"
         ("Image_0.jpg,A,extra\n", r"line 6: 3 fields, the header has 2"),
         ("Image_0.jpg,\n", r"line 6: empty label"),
         (",A\n", r"line 6: empty filename"),
-        ("\"Image_0.jpg,A\n", r"line 6"),
+        ('"Image_0.jpg,A\n', r"line 6"),
         ("../x.jpg,A\n", r"line 6: .*outside the dataset root"),
         ("/etc/passwd,A\n", r"line 6: absolute path"),
     ],

@@ -42,7 +42,9 @@ def test_metrics_equal_scikit_learn(labelled, backend, classifiers):
     logits = classifiers(backend).logits(sorted(labelled.rglob("*.*")))  # same order as the folder reader
     assert report.top5 == pytest.approx(metrics.top_k_accuracy_score(y_true, logits, k=5, labels=range(len(LABELS))))
     used = sorted(set(y_true) | set(y_pred))
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=used, zero_division=0)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=used, zero_division=0
+    )
     assert report.labels == [LABELS[c] for c in used]
     for i, c in enumerate(used):
         got = report.per_class[LABELS[c]]
@@ -57,7 +59,9 @@ def test_classification_report_on_edge_cases():
     names = [f"c{i}" for i in range(6)]
     y_true, y_pred = rng.integers(0, 4, 200), rng.integers(1, 6, 200)  # class 0 never predicted, 5 never true
     used, per_class, matrix = classification_report(y_pred, y_true, names)
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=used, zero_division=0)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=used, zero_division=0
+    )
     assert np.allclose([per_class[names[c]]["f1"] for c in used], f1)
     assert np.allclose([per_class[names[c]]["precision"] for c in used], precision)
     assert matrix == metrics.confusion_matrix(y_true, y_pred, labels=used).tolist()
@@ -105,9 +109,19 @@ def test_val_gives_the_accuracy_finetune_reported(tmp_path, corpus):
         crop.resize((160, 120)).save(data / f"class_{i % 2}" / f"{i}.jpg", quality=90)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = finetune(data, model="efficientnet_lite0", weights="DEFAULT", epochs=1, out_dir=tmp_path / "run",
-                          batch_size=8, val_fraction=0.34, num_workers=0, seed=0, progress=False,
-                          preprocess=PreprocessSpec(146, 128, mean=(0.5,) * 3, std=(0.5,) * 3))
+        result = finetune(
+            data,
+            model="efficientnet_lite0",
+            weights="DEFAULT",
+            epochs=1,
+            out_dir=tmp_path / "run",
+            batch_size=8,
+            val_fraction=0.34,
+            num_workers=0,
+            seed=0,
+            progress=False,
+            preprocess=PreprocessSpec(146, 128, mean=(0.5,) * 3, std=(0.5,) * 3),
+        )
     onnx_path = export_onnx(result, tmp_path / "model.onnx", verify_images=[p for p, _ in result.val_samples])
     pairs = [(p, result.labels[c]) for p, c in result.val_samples]
     report = evaluate(onnx_path, pairs)

@@ -46,7 +46,12 @@ def test_kinds_and_lists_keep_order(folder):
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32), np.zeros((0, 4, 3), np.uint8)],
+    [
+        np.zeros((4, 4), np.uint8),
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((0, 4, 3), np.uint8),
+    ],
     ids=["2d", "rgba", "float", "empty"],
 )
 def test_malformed_arrays_are_refused(bad):
@@ -56,7 +61,7 @@ def test_malformed_arrays_are_refused(bad):
 
 def test_non_contiguous_array_is_made_contiguous():
     rgb = natural_rgb(20, 30)[:, ::2]
-    (_, payload), = expand_images(rgb)
+    ((_, payload),) = expand_images(rgb)
     assert payload.flags.c_contiguous and np.array_equal(payload, rgb)
 
 

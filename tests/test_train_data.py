@@ -77,7 +77,9 @@ def test_kaggle_folder_csv_path_and_custom_columns(tmp_path):
         writer.writerows((p.name, by_folder.classes[c]) for p, c in by_folder.samples)
     custom = load_dataset(other, filename_column="image", label_column="species", image_dir=root / "train")
     assert custom.samples == by_folder.samples
-    with pytest.raises(DatasetError, match=r"missing column\(s\) \['filename', 'label'\]; the header is \['image', 'species'\]"):
+    with pytest.raises(
+        DatasetError, match=r"missing column\(s\) \['filename', 'label'\]; the header is \['image', 'species'\]"
+    ):
         load_dataset(other)
 
 

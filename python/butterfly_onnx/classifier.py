@@ -31,8 +31,14 @@ from .errors import ContractError, ImageError, InvalidArgumentError, InvalidMode
 from .images import expand_images, pixel_limit_default
 
 __all__ = [
-    "Classifier", "Prediction", "ClassScore", "TopK", "ImageSkippedWarning", "DEFAULT",
-    "DECODE_BATCH", "MODEL_BATCH",
+    "Classifier",
+    "Prediction",
+    "ClassScore",
+    "TopK",
+    "ImageSkippedWarning",
+    "DEFAULT",
+    "DECODE_BATCH",
+    "MODEL_BATCH",
 ]
 
 #: Images decoded and held at once by predict/iter_predict/logits when no ``batch_size`` is
@@ -66,7 +72,7 @@ class ClassScore(NamedTuple):
     """One class of a prediction: its label, its index in the model's output, its probability."""
 
     label: str
-    index: int
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, as the field name must)
     probability: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,7 +309,11 @@ class Classifier:
         return batch
 
     def logits(
-        self, images: Any, *, batch_size: int | None = None, on_error: str | None = None,
+        self,
+        images: Any,
+        *,
+        batch_size: int | None = None,
+        on_error: str | None = None,
         progress: bool | None = False,
     ) -> np.ndarray:
         """The raw model output, float32 (N, num_classes); failed images are left out when
@@ -325,8 +335,13 @@ class Classifier:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def iter_predict(
-        self, images: Any, top_k: int = 5, *, batch_size: int | None = None,
-        progress: bool | None = None, on_error: str | None = None,
+        self,
+        images: Any,
+        top_k: int = 5,
+        *,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+        on_error: str | None = None,
     ) -> Iterator[Prediction]:
         """:meth:`predict` as a generator: one :class:`Prediction` per input image, in input
         order, produced as the chunks finish (``batch_size`` images decoded at a time).  With
@@ -357,9 +372,7 @@ class Classifier:
                     if index in errors:
                         yield Prediction(source, (), errors[index])
                         continue
-                    best = tuple(
-                        ClassScore(labels[c], int(c), float(probabilities[row, c])) for c in order[row]
-                    )
+                    best = tuple(ClassScore(labels[c], int(c), float(probabilities[row, c])) for c in order[row])
                     yield Prediction(source, best)
                     row += 1
                 bar.update(stop - start)
@@ -367,8 +380,13 @@ class Classifier:
             bar.close()
 
     def predict(
-        self, images: Any, top_k: int = 5, *, batch_size: int | None = None,
-        progress: bool | None = None, on_error: str | None = None,
+        self,
+        images: Any,
+        top_k: int = 5,
+        *,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+        on_error: str | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per input image, in input order: the ``top_k`` classes with
         their softmax probabilities (float64 softmax, reported as float32), best first.  A

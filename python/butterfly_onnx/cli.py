@@ -42,7 +42,7 @@ def _error(message: str) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``butterfly-onnx: error: ...``, exit status 2)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         _error(f"{message} (see '{self.prog} --help')")
         raise SystemExit(EXIT_FAILED)
 
@@ -121,7 +121,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         stream = _report_failures(
             classifier.iter_predict(
                 [payload for _, payload in images] if csv_input is None else images,
-                top_k=args.top_k, batch_size=args.batch_size, progress=args.progress, on_error="skip",
+                top_k=args.top_k,
+                batch_size=args.batch_size,
+                progress=args.progress,
+                on_error="skip",
             ),
             counts,
         )
@@ -144,7 +147,11 @@ def _cmd_val(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     report = evaluate(
-        args.model, args.data, backend=args.backend, threads=args.threads, batch_size=args.batch_size,
+        args.model,
+        args.data,
+        backend=args.backend,
+        threads=args.threads,
+        batch_size=args.batch_size,
         progress=args.progress,
     )
     for failure in report.failed:
@@ -174,7 +181,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(repr(classifier))
     print(f"preprocess: {contract.preprocess.describe()}")
     print(f"input: {contract.input_name}  output: {contract.output_name} ({contract.output_kind})")
-    print(f"labels ({contract.num_classes}): {', '.join(contract.labels[:20])}" + (" ..." if contract.num_classes > 20 else ""))
+    print(
+        f"labels ({contract.num_classes}): {', '.join(contract.labels[:20])}"
+        + (" ..." if contract.num_classes > 20 else "")
+    )
     for key, value in contract.provenance.items():
         print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return EXIT_OK
@@ -195,8 +205,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
         _writable_file(args.plot, "plot")
     try:
         entries = catalog.model_catalog(
-            min_acc1=args.min_acc1, max_gflops=args.max_gflops, max_params_m=args.max_params,
-            default_only=not args.all_weights, sort_by=args.sort,
+            min_acc1=args.min_acc1,
+            max_gflops=args.max_gflops,
+            max_params_m=args.max_params,
+            default_only=not args.all_weights,
+            sort_by=args.sort,
         )
     except ValueError as exc:  # an unknown --sort column
         if isinstance(exc, ButterflyError):
@@ -218,8 +231,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .train import finetune
 
     options: dict[str, Any] = {
-        "model": args.model, "weights": None if args.weights in ("none", "None") else args.weights,
-        "epochs": args.epochs, "out_dir": args.out, "seed": args.seed, "resume": args.resume,
+        "model": args.model,
+        "weights": None if args.weights in ("none", "None") else args.weights,
+        "epochs": args.epochs,
+        "out_dir": args.out,
+        "seed": args.seed,
+        "resume": args.resume,
     }
     for name in ("batch_size", "lr", "head_epochs", "val_fraction", "num_workers", "patience", "device"):
         value = getattr(args, name)
@@ -227,7 +244,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             options[name] = value
     result = finetune(args.data, **options)
     print(f"best checkpoint: {result.checkpoint}")
-    print(json.dumps({k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
+    print(
+        json.dumps({k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict))}, indent=2, default=str)
+    )
     if args.export:
         from .export import export_onnx
 
@@ -303,10 +322,11 @@ def _plugin(name: str):
 
 # --- the parser ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser = _Parser(
-        prog=PROG, parents=[common],
+        prog=PROG,
+        parents=[common],
         description="Fine-tune torchvision classifiers, export self-describing ONNX, run it torch-free. "
         "Exit status: 0 all done, 1 some inputs failed (the rest written), 2 nothing done.",
     )
@@ -314,25 +334,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     def progress_flags(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group()
-        group.add_argument("--progress", dest="progress", action="store_true", default=None,
-                           help="a progress bar on stderr (default: when stderr is a terminal)")
+        group.add_argument(
+            "--progress",
+            dest="progress",
+            action="store_true",
+            default=None,
+            help="a progress bar on stderr (default: when stderr is a terminal)",
+        )
         group.add_argument("--no-progress", dest="progress", action="store_false")
 
     p = sub.add_parser("predict", parents=[common], help="classify images with an exported model")
     p.add_argument("model", help="an exported .onnx file")
-    p.add_argument("inputs", nargs="+", metavar="INPUTS",
-                   help="image files, directories (their images, sorted), glob patterns, or one Kaggle-style CSV")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUTS",
+        help="image files, directories (their images, sorted), glob patterns, or one Kaggle-style CSV",
+    )
     p.add_argument("--top-k", type=_positive("top-k"), default=5)
-    p.add_argument("--batch-size", type=_positive("batch-size"), default=None,
-                   help="images decoded and held at once (default 32)")
+    p.add_argument(
+        "--batch-size", type=_positive("batch-size"), default=None, help="images decoded and held at once (default 32)"
+    )
     p.add_argument("--threads", type=_positive("threads"), default=None)
     p.add_argument("--json", action="store_true", help="JSON Lines on stdout, one object per input")
     p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="python")
     if _has_module("butterfly_onnx.ray"):
-        p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
-                       help="run on Ray Data (a cluster address, default: auto)")
+        p.add_argument(
+            "--ray",
+            nargs="?",
+            const="auto",
+            default=None,
+            metavar="ADDRESS",
+            help="run on Ray Data (a cluster address, default: auto)",
+        )
     p.set_defaults(run=_cmd_predict)
 
     p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
@@ -362,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a PNG plot here")
     p.set_defaults(run=_cmd_models)
 
-    p = sub.add_parser("finetune", parents=[common], help="fine-tune a torchvision model on a labelled image folder or CSV")
+    p = sub.add_parser(
+        "finetune", parents=[common], help="fine-tune a torchvision model on a labelled image folder or CSV"
+    )
     p.add_argument("data", help="Kaggle folder (Training_set.csv + train/), a CSV, or a class-per-folder root")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision weights name, a local file, or none")
@@ -377,10 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int)
     p.add_argument("--device")
     resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
-                        help="continue the run in --out (its last checkpoint)")
-    resume.add_argument("--fresh", dest="resume", action="store_false",
-                        help="start over, replacing the run in --out")
+    resume.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=None,
+        help="continue the run in --out (its last checkpoint)",
+    )
+    resume.add_argument("--fresh", dest="resume", action="store_false", help="start over, replacing the run in --out")
     p.add_argument("--export", type=Path, help="also export the best checkpoint to this .onnx path")
     p.set_defaults(run=_cmd_finetune)
 
@@ -389,23 +431,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path)
     p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"))
     verify = p.add_mutually_exclusive_group()
-    verify.add_argument("--verify-images", nargs="+",
-                        help="real images (files, directories) to verify torch vs ONNX on "
-                        "(default: the checkpoint's training images, when they still exist)")
+    verify.add_argument(
+        "--verify-images",
+        nargs="+",
+        help="real images (files, directories) to verify torch vs ONNX on "
+        "(default: the checkpoint's training images, when they still exist)",
+    )
     verify.add_argument("--no-verify", action="store_true", help="skip the verification against PyTorch")
-    p.add_argument("--calibration-images", nargs="+",
-                   help="training images to calibrate the int8 variant on (default: the checkpoint's training images)")
+    p.add_argument(
+        "--calibration-images",
+        nargs="+",
+        help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
+    )
     p.set_defaults(run=_cmd_export)
 
-    p = sub.add_parser("demo", parents=[common], help="the whole job on real photos: fine-tune, export, predict with both backends")
-    p.add_argument("--data", help="a dataset (e.g. Kaggle's butterfly folder); default: real photos from tuxpaint stamps")
+    p = sub.add_parser(
+        "demo", parents=[common], help="the whole job on real photos: fine-tune, export, predict with both backends"
+    )
+    p.add_argument(
+        "--data", help="a dataset (e.g. Kaggle's butterfly folder); default: real photos from tuxpaint stamps"
+    )
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--epochs", type=_positive("epochs"), default=4)
     p.add_argument("--threads", type=_positive("threads"), default=None)
     p.set_defaults(run=_cmd_demo)
 
-    for name, help_text in (("bench", "time decode, preprocess and inference per backend"),
-                            ("parity", "max difference per stage between torchvision, python and rust")):
+    for name, help_text in (
+        ("bench", "time decode, preprocess and inference per backend"),
+        ("parity", "max difference per stage between torchvision, python and rust"),
+    ):
         if _has_module(f"butterfly_onnx.{name}"):
             p = sub.add_parser(name, parents=[common], help=help_text)
             importlib.import_module(f".{name}", __package__).add_arguments(p)

@@ -221,8 +221,12 @@ def health_report(dataset: Dataset, *, workers: int | None = None) -> tuple[Heal
     sizes: dict[str, Any] = {}
     if widths:
         sizes = {
-            "width_min": min(widths), "width_median": statistics.median(widths), "width_max": max(widths),
-            "height_min": min(heights), "height_median": statistics.median(heights), "height_max": max(heights),
+            "width_min": min(widths),
+            "width_median": statistics.median(widths),
+            "width_max": max(widths),
+            "height_min": min(heights),
+            "height_median": statistics.median(heights),
+            "height_max": max(heights),
             "distinct": len(distinct),
         }
     report = HealthReport(
@@ -298,14 +302,20 @@ def _folder_dataset(root: Path) -> Dataset:
                 continue
             seen_dirs.add(real)
             dirnames[:] = sorted(
-                d for d in dirnames
-                if not d.startswith(".") and _inside(Path(dirpath) / d, real_root)
+                d
+                for d in dirnames
+                if not d.startswith(".")
+                and _inside(Path(dirpath) / d, real_root)
                 and (Path(dirpath) / d).resolve() not in seen_dirs
             )
             for filename in sorted(filenames):
                 path = Path(dirpath) / filename
-                if (not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS)
-                        and _inside(path, real_root) and path.is_file()):
+                if (
+                    not filename.startswith(".")
+                    and filename.lower().endswith(IMAGE_EXTENSIONS)
+                    and _inside(path, real_root)
+                    and path.is_file()
+                ):
                     pairs.append((path, name))
     if not pairs:
         raise DatasetError(
@@ -325,7 +335,9 @@ def _safe_relative(value: str, csv_path: Path, line: int) -> Path:
     if any(ord(ch) < 32 for ch in text):
         raise DatasetError(f"{csv_path}, line {line}: filename {value!r} contains a control character")
     if os.path.isabs(text) or posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
-        raise DatasetError(f"{csv_path}, line {line}: absolute path {value!r} is not allowed (paths are relative to the dataset root)")
+        raise DatasetError(
+            f"{csv_path}, line {line}: absolute path {value!r} is not allowed (paths are relative to the dataset root)"
+        )
     if ".." in posix.split("/"):
         raise DatasetError(f"{csv_path}, line {line}: path {value!r} points outside the dataset root ('..')")
     return Path(posix)
@@ -393,8 +405,9 @@ def _image_dir_for(csv_path: Path, names: list[Path], image_dir: str | os.PathLi
     return best
 
 
-def _csv_dataset(csv_path: Path, filename_column: str, label_column: str,
-                 image_dir: str | os.PathLike | None) -> Dataset:
+def _csv_dataset(
+    csv_path: Path, filename_column: str, label_column: str, image_dir: str | os.PathLike | None
+) -> Dataset:
     rows = _read_csv(csv_path, [filename_column, label_column])
     if not rows:
         raise DatasetError(f"{csv_path}: the dataset is empty (no rows after the header)")
@@ -418,8 +431,7 @@ def _csv_dataset(csv_path: Path, filename_column: str, label_column: str,
         shown = "; ".join(f"line {ln}: {n} ({lab})" for ln, n, lab in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise DatasetError(
-            f"{csv_path}: {len(missing)} of {len(rows)} labelled rows have no image file in {folder}: "
-            f"{shown}{more}"
+            f"{csv_path}: {len(missing)} of {len(rows)} labelled rows have no image file in {folder}: {shown}{more}"
         )
     return _from_pairs(pairs, str(csv_path), folder)
 
@@ -462,7 +474,9 @@ def read_labelled(
         else:
             dataset = _folder_dataset(path)
     else:
-        raise DatasetError(f"unsupported dataset {type(data).__name__}: pass a folder, a CSV path or (path, label) pairs")
+        raise DatasetError(
+            f"unsupported dataset {type(data).__name__}: pass a folder, a CSV path or (path, label) pairs"
+        )
     return dataset
 
 
@@ -584,5 +598,3 @@ def split_dataset(
     train.sort(key=lambda s: (s[1], str(s[0])))
     val.sort(key=lambda s: (s[1], str(s[0])))
     return train, val
-
-

@@ -72,7 +72,9 @@ class EvalReport:
             f"{'class':<30} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
         ]
         for label, c in self.per_class.items():
-            lines.append(f"{label[:30]:<30} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8d}")
+            lines.append(
+                f"{label[:30]:<30} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8d}"
+            )
         return "\n".join(lines)
 
     def plot_confusion(self, path: str | os.PathLike[str]) -> Path:
@@ -117,7 +119,9 @@ def plot_confusion(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise BackendUnavailableError(f"the confusion-matrix plot needs matplotlib ({exc}): pip install matplotlib") from None
+        raise BackendUnavailableError(
+            f"the confusion-matrix plot needs matplotlib ({exc}): pip install matplotlib"
+        ) from None
     values = np.asarray(matrix)
     n = len(labels)
     size = min(4 + 0.3 * n, 30)
@@ -134,8 +138,15 @@ def plot_confusion(
         for i in range(n):
             for j in range(n):
                 if values[i, j]:
-                    ax.text(j, i, int(values[i, j]), ha="center", va="center", fontsize=fontsize,
-                            color="white" if values[i, j] > values.max() / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(values[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=fontsize,
+                        color="white" if values[i, j] > values.max() / 2 else "black",
+                    )
     figure.tight_layout()
     figure.savefig(path)
     return path
@@ -171,7 +182,9 @@ def evaluate(
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({label for _, label in samples if label not in index})
     if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (
+            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        )
         raise DatasetError(
             f"{source}: {len(unknown)} label(s) the model does not have: {shown} "
             f"(the model's {len(names)} labels: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
@@ -191,7 +204,7 @@ def evaluate(
                 failed.append(str(prediction.error))
                 continue
             target = index[label]
-            predicted.append(int(prediction.index))
+            predicted.append(int(prediction.top_k[0].index))
             targets.append(target)
             hits5 += any(score.index == target for score in prediction.top_k)
     count = len(targets)
@@ -199,7 +212,15 @@ def evaluate(
     top1 = float(np.mean(np.asarray(predicted) == np.asarray(targets))) if count else float("nan")
     model_name = str(classifier.model_path) if classifier.model_path is not None else "<model bytes>"
     return EvalReport(
-        model=model_name, data=source, count=count, top1=top1, top5=hits5 / count if count else float("nan"),
-        labels=[names[c] for c in used], per_class=per_class, confusion_matrix=matrix, failed=failed,
-        predicted=predicted, targets=targets,
+        model=model_name,
+        data=source,
+        count=count,
+        top1=top1,
+        top5=hits5 / count if count else float("nan"),
+        labels=[names[c] for c in used],
+        per_class=per_class,
+        confusion_matrix=matrix,
+        failed=failed,
+        predicted=predicted,
+        targets=targets,
     )

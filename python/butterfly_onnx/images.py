@@ -16,7 +16,7 @@ import glob
 import io
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "pixel_limit_default"]
+
 
 def _read_extensions() -> frozenset[str]:
     text = (Path(__file__).parent / "data" / "image_extensions.txt").read_text(encoding="utf-8")
@@ -34,7 +35,7 @@ def _read_extensions() -> frozenset[str]:
 #: (``data/image_extensions.txt``), read by training, inference and the Rust CLI alike.
 IMAGE_EXTENSIONS = _read_extensions()
 
-Payload = Union[Path, bytes, np.ndarray, Image.Image]
+Payload = Path | bytes | np.ndarray | Image.Image
 ImageItem = tuple[str, Payload]
 
 
@@ -53,9 +54,7 @@ def _expand_path(path: Path) -> list[ImageItem]:
     if path.is_file():
         return [(str(path), path)]
     if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not files:
             raise ImageNotFoundError(
                 f"{path}: the directory holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})",
@@ -97,8 +96,7 @@ def _expand_one(image: Any, position: int) -> list[ImageItem]:
         source = f"<array #{position} {'x'.join(map(str, image.shape))}>"
         return [(source, _check_array(image, source))]
     raise TypeError(
-        f"image #{position}: expected a path, bytes, a PIL image or an HxWx3 uint8 array, "
-        f"got {type(image).__name__}"
+        f"image #{position}: expected a path, bytes, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}"
     )
 
 

@@ -37,9 +37,7 @@ def output_format(path: str | os.PathLike[str]) -> str:
     """``"csv"`` or ``"jsonl"`` from the extension; InvalidArgumentError for any other."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise InvalidArgumentError(
-            f"{path}: unknown output format {suffix or '(no extension)'!r}; use .csv or .jsonl"
-        )
+        raise InvalidArgumentError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use .csv or .jsonl")
     return FORMATS[suffix]
 
 
@@ -63,9 +61,7 @@ def _csv_row(prediction: Any, top_k: int) -> list[Any]:
     return row + [""]
 
 
-def write_predictions(
-    predictions: Iterable[Any], path: str | os.PathLike[str], top_k: int | None = None
-) -> Path:
+def write_predictions(predictions: Iterable[Any], path: str | os.PathLike[str], top_k: int | None = None) -> Path:
     """Write ``predictions`` to ``path`` (.csv or .jsonl, by the extension) and return the
     path.  ``top_k``: how many classes per row (None: as many as the first good prediction
     has; a CSV needs one count for its header)."""
@@ -81,12 +77,13 @@ def write_predictions(
             if prediction.ok:
                 break
         top_k = max((len(p.top_k) for p in head), default=1) or 1
+    columns = top_k if top_k is not None else 1
     with open(path, "w", newline="", encoding="utf-8") as handle:
         if fmt == "csv":
             writer = csv.writer(handle)
-            writer.writerow(csv_header(top_k))
+            writer.writerow(csv_header(columns))
             for prediction in itertools.chain(head, stream):
-                writer.writerow(_csv_row(prediction, top_k))
+                writer.writerow(_csv_row(prediction, columns))
         else:
             for prediction in itertools.chain(head, stream):
                 record = prediction.to_dict()
@@ -96,9 +93,7 @@ def write_predictions(
     return path
 
 
-def write_submission(
-    predictions: Iterable[Any], filenames: Sequence[str], path: str | os.PathLike[str]
-) -> list[Any]:
+def write_submission(predictions: Iterable[Any], filenames: Sequence[str], path: str | os.PathLike[str]) -> list[Any]:
     """A Kaggle submission: ``filename,label`` with each good prediction's top-1 label, one
     row per ``filenames[i]`` (``predictions`` in the same order, e.g. from
     :func:`butterfly_onnx.datasets.read_image_list`).  Failed predictions are left out; they

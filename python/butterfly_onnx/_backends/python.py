@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import preprocess as _pre
-from ..contract import ModelContract, PreprocessSpec, resolve_contract
-from ..errors import ImageError, InvalidModelError, ModelNotFoundError
+from ..contract import ModelContract, PreprocessSpec, check_output, resolve_contract
+from ..errors import ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
 from ..images import ImageItem, decode_rgb
 from . import pipelined_logits
 
@@ -56,6 +56,7 @@ class Backend:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.model_path = model_path
+        self._source = source
         self.max_image_pixels = max_image_pixels
 
         options = ort.SessionOptions()
@@ -103,7 +104,14 @@ class Backend:
 
     def preprocess(self, items: list[ImageItem]) -> tuple[np.ndarray, dict[int, ImageError]]:
         crop = self.contract.preprocess.crop_size
-        batch = np.empty((len(items), 3, crop, crop), dtype=np.float32)
+        try:
+            batch = np.empty((len(items), 3, crop, crop), dtype=np.float32)
+        except MemoryError:
+            raise InvalidArgumentError(
+                f"{self._source}: a batch of {len(items)} images at {crop}x{crop} needs "
+                f"{len(items) * 3 * crop * crop * 4 / 2**30:.1f} GiB, more than is available; "
+                "use a smaller batch_size"
+            ) from None
         if self.threads == 1 or len(items) <= 1:
             results = [self._preprocess_one(item, batch[i]) for i, item in enumerate(items)]
         else:
@@ -127,7 +135,9 @@ class Backend:
             rows = len(chunk)
             if rows < step:  # a fixed-batch model: zero-pad the last chunk, as the Rust core does
                 chunk = np.concatenate([chunk, np.zeros((step - rows, *chunk.shape[1:]), np.float32)])
-            parts.append(self._session.run(names, {self.contract.input_name: chunk})[0][:rows])
+            out = self._session.run(names, {self.contract.input_name: chunk})[0]
+            check_output(self.contract, out.shape, self._source, rows=len(chunk))
+            parts.append(out[:rows])
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -142,9 +152,7 @@ class Backend:
         the next chunk decodes while the model runs (see ``pipelined_logits``)."""
         if self._batch_limit:  # a fixed-batch model is fed its own batch size
             model_batch = self._batch_limit
-        return pipelined_logits(
-            self.preprocess, self.run, items, batch_size, model_batch, self.contract.num_classes
-        )
+        return pipelined_logits(self.preprocess, self.run, items, batch_size, model_batch, self.contract.num_classes)
 
     def close(self) -> None:
         with self._pool_lock:

@@ -156,6 +156,10 @@ class Backend:
             return iter(native_iter(payloads, batch_size))
         static = self._native.static_batch
         return pipelined_logits(
-            self._native.preprocess, self.run, payloads, batch_size, static or model_batch,
+            self._native.preprocess,
+            self.run,
+            payloads,
+            batch_size,
+            static or model_batch,
             self.contract.num_classes,
         )
