@@ -469,8 +469,29 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
+/// The nesting limit on an already-parsed value (iterative), as contract.py `_value_depth_ok`.
+fn value_depth_ok(value: &Value) -> bool {
+    let mut stack = vec![(value, 1usize)];
+    while let Some((item, depth)) = stack.pop() {
+        let children: Vec<&Value> = match item {
+            Value::Array(items) => items.iter().collect(),
+            Value::Object(map) => map.values().collect(),
+            _ => continue,
+        };
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        stack.extend(children.into_iter().map(|child| (child, depth + 1)));
+    }
+    true
+}
+
 fn contract_from_value(data: &Value) -> Check<ModelContract> {
+    let data_value = data;
     let data = data.as_object().ok_or("the contract must be a JSON object")?;
+    if !value_depth_ok(data_value) {
+        return Err(format!("the contract nests deeper than {MAX_DEPTH} levels"));
+    }
     // JSON integer 1 only: `true` and `1.0` are not a schema version.
     let version = data.get("schema_version");
     let version_ok = version.and_then(Value::as_u64) == Some(SCHEMA_VERSION as u64);
@@ -684,6 +705,21 @@ mod tests {
     fn round_trip_keeps_the_written_decimals() {
         let contract = ModelContract::from_value(&doc(), "m.onnx").unwrap();
         assert_eq!(contract.to_value(), doc());
+    }
+
+    #[test]
+    fn values_built_in_rust_get_the_nesting_limit() {
+        let mut deep = serde_json::json!({});
+        for _ in 0..MAX_DEPTH {
+            deep = serde_json::json!({ "n": deep });
+        }
+        let mut d = doc();
+        d["provenance"] = deep;
+        let err = ModelContract::from_value(&d, "m.onnx").unwrap_err();
+        assert!(err.to_string().contains("nests deeper than 64"), "{err}");
+        assert!(nesting_depth_ok(b"[[\"[[[[\\\"[[[\"]]"));
+        assert!(!nesting_depth_ok("[".repeat(MAX_DEPTH + 1).as_bytes()));
+        assert!(nesting_depth_ok("[".repeat(MAX_DEPTH).as_bytes()));
     }
 
     #[test]
