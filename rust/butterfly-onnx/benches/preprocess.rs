@@ -2,23 +2,38 @@
 //!
 //!     cargo bench -p butterfly-onnx --bench preprocess -- IMAGE...
 //!
-//! For each image: the mean of `decode_rgb` alone and of `decode_rgb` + `preprocess_into`
-//! (256/224 bilinear, ImageNet mean/std) over enough repetitions to run about a second.
+//! For each image (256/224 bilinear, ImageNet mean/std, Pillow 13's pass order): the time of
+//! `decode_rgb` alone, of `preprocess_into` alone, of both, and of each resampling pass on the
+//! rectangle the center crop needs, with its cost per multiply-add (`rows x outputs x taps x 3`
+//! channels; the two passes have the same inner arithmetic, so their cost per multiply-add
+//! should be the same). Each figure is the fastest single call over about a second.
 
 use std::time::{Duration, Instant};
 
 use butterfly_onnx::decode::{decode_rgb, DecodeLimits};
-use butterfly_onnx::preprocess::{preprocess_into, Interpolation, PreprocessSpec, ResampleOrder};
+use butterfly_onnx::preprocess::resize::{horizontal_pass, vertical_pass, AxisCoefficients, HorizontalScratch, Plane};
+use butterfly_onnx::preprocess::{
+    center_crop_axis, preprocess_into, resized_size, Interpolation, PreprocessSpec, ResampleOrder,
+};
 
 fn time_per_call(mut f: impl FnMut()) -> Duration {
+    // The fastest single call over about a second: on a machine shared with other jobs, the
+    // calls that ran without being preempted.
     f();
+    let mut best = Duration::MAX;
     let start = Instant::now();
     let mut n = 0u32;
-    while n < 5 || start.elapsed() < Duration::from_secs(1) {
+    while n < 10 || start.elapsed() < Duration::from_secs(1) {
+        let t = Instant::now();
         f();
+        best = best.min(t.elapsed());
         n += 1;
     }
-    start.elapsed() / n
+    best
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn main() {
@@ -53,9 +68,40 @@ fn main() {
             "{path} ({}x{}): decode {:.3} ms, resize+crop+normalize {:.3} ms, total {:.3} ms",
             img.width,
             img.height,
-            decode.as_secs_f64() * 1e3,
-            resize.as_secs_f64() * 1e3,
-            total.as_secs_f64() * 1e3
+            ms(decode),
+            ms(resize),
+            ms(total)
+        );
+
+        // Each pass alone, horizontal first, on the rectangle the crop needs.
+        let (in_w, in_h) = (img.width as usize, img.height as usize);
+        let (out_w, out_h) = resized_size(img.width, img.height, spec.resize_size, None).unwrap();
+        let c = spec.crop_size as usize;
+        let (xc, yc) = (center_crop_axis(out_w as usize, c), center_crop_axis(out_h as usize, c));
+        let mut hx = AxisCoefficients::new(in_w, out_w as usize, xc.src_start..xc.src_start + xc.count, spec.interpolation);
+        let mut vy = AxisCoefficients::new(in_h, out_h as usize, yc.src_start..yc.src_start + yc.count, spec.interpolation);
+        let (cols, rows) = (hx.input_range(), vy.input_range());
+        hx.rebase(cols.start);
+        vy.rebase(rows.start);
+        let stride = in_w * 3;
+        let window = Plane { data: &img.data[rows.start * stride..], stride, x0: cols.start, width: cols.len(), rows: rows.len() };
+        let mut mid = vec![0u8; rows.len() * xc.count * 3];
+        let mut scratch = HorizontalScratch::default();
+        let h = time_per_call(|| horizontal_pass(window, &hx, &mut mid, &mut scratch));
+        let mid_plane = Plane { data: &mid, stride: xc.count * 3, x0: 0, width: xc.count, rows: rows.len() };
+        let mut dst = vec![0u8; yc.count * xc.count * 3];
+        let mut acc = Vec::new();
+        let v = time_per_call(|| vertical_pass(mid_plane, &vy, &mut dst, &mut acc));
+        let h_macs = (rows.len() * xc.count * hx.taps * 3) as f64;
+        let v_macs = (yc.count * xc.count * vy.taps * 3) as f64;
+        println!(
+            "    horizontal pass {:.3} ms ({} taps, {:.3} ns per multiply-add), vertical pass {:.3} ms ({} taps, {:.3} ns per multiply-add)",
+            ms(h),
+            hx.taps,
+            h.as_secs_f64() * 1e9 / h_macs,
+            ms(v),
+            vy.taps,
+            v.as_secs_f64() * 1e9 / v_macs
         );
     }
 }

@@ -305,7 +305,7 @@ fn resample_region_with<'a>(
         resize::vertical_pass(window, &yc, tmp, &mut scratch.acc);
         let tmp_plane = Plane { data: tmp, stride: used_cols.len() * 3, x0: 0, width: used_cols.len(), rows: n_rows };
         let mut out = std::mem::take(&mut scratch.out);
-        resize::horizontal_pass(tmp_plane, &xc, resize::sized(&mut out, n_rows * n_cols * 3), &mut scratch.columns);
+        resize::horizontal_pass(tmp_plane, &xc, resize::sized(&mut out, n_rows * n_cols * 3), &mut scratch.horizontal);
         return Ok(Region { data: Cow::Owned(out), stride: n_cols * 3, x0: 0, width: n_cols, rows: n_rows });
     }
 
@@ -331,7 +331,7 @@ fn resample_region_with<'a>(
             rows: used_rows.len(),
         };
         let mut tmp = std::mem::take(&mut scratch.tmp);
-        resize::horizontal_pass(window, &xc, resize::sized(&mut tmp, used_rows.len() * n_cols * 3), &mut scratch.columns);
+        resize::horizontal_pass(window, &xc, resize::sized(&mut tmp, used_rows.len() * n_cols * 3), &mut scratch.horizontal);
         (Cow::Owned(tmp), n_cols * 3, 0)
     } else {
         (Cow::Borrowed(&image.data[used_rows.start * src.stride..]), src.stride, cols.start)

@@ -179,83 +179,270 @@ impl<'a> Plane<'a> {
     }
 }
 
-/// Rows resampled together by the horizontal pass. The block is transposed so that every
-/// input column holds `BLOCK` pixels contiguously: one output column of the whole block is then
-/// a run of multiply-adds over `3 * BLOCK` contiguous bytes with one weight per tap, which the
-/// compiler vectorizes (the integer arithmetic, hence the result, is unchanged).
-const BLOCK: usize = 16;
-const LANES: usize = 3 * BLOCK;
-/// Bytes per transposed column: the lanes, plus room for the 4-byte stores of the transpose.
-const COLUMN: usize = LANES + 16;
-/// Columns transposed at a time (16 KiB).
-const TILE: usize = 256;
-
 /// Horizontal pass: for each of `src`'s rows, the outputs described by `coeffs` (their starts
 /// are column indices in `src`). Writes `src.rows x coeffs.starts.len()` RGB8 pixels.
-pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], columns: &mut Vec<u8>) {
+///
+/// With AVX2 each output pixel of a row is computed in place from the interleaved RGB bytes,
+/// four taps per step (see `horizontal_pass_avx2`); no transposed copy of the input is made.
+/// `scratch` keeps the kernel's weight table (and a padded copy of the last row) between calls.
+pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], scratch: &mut HorizontalScratch) {
     debug_assert_eq!(dst.len(), src.rows * coeffs.starts.len() * 3);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { horizontal_pass_avx2(src, coeffs, dst, columns) };
-    }
-    horizontal_pass_generic(src, coeffs, dst, columns)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn horizontal_pass_avx2(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], columns: &mut Vec<u8>) {
-    horizontal_pass_generic(src, coeffs, dst, columns)
-}
-
-#[inline(always)]
-fn horizontal_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], columns: &mut Vec<u8>) {
     let out_w = coeffs.starts.len();
     if out_w == 0 || src.rows == 0 {
         return;
     }
-    columns.clear();
-    columns.resize(src.width * COLUMN, 0);
-    for first_row in (0..src.rows).step_by(BLOCK) {
-        let n = BLOCK.min(src.rows - first_row);
-        // Transposed in tiles of columns that stay in L1 while the block's rows are written.
-        for tile in (0..src.width).step_by(TILE) {
-            let tile_end = (tile + TILE).min(src.width);
-            let tile_columns = &mut columns[tile * COLUMN..tile_end * COLUMN];
-            for r in 0..n {
-                let row = &src.row(first_row + r)[tile * 3..];
-                // Each pixel is copied as 4 bytes (its RGB and the next pixel's R): the extra
-                // byte lands on row r + 1's R, written afterwards, or on the column's padding.
-                // The row's last pixel has no next pixel to read, so it is copied as 3 bytes.
-                let full = if tile_end == src.width { tile_end - tile - 1 } else { tile_end - tile };
-                for (column, four) in tile_columns.chunks_exact_mut(COLUMN).zip(row.windows(4).step_by(3)).take(full) {
-                    column[r * 3..r * 3 + 4].copy_from_slice(four);
-                }
-                if full < tile_end - tile {
-                    let column = &mut tile_columns[full * COLUMN..];
-                    column[r * 3..r * 3 + 3].copy_from_slice(&row[full * 3..full * 3 + 3]);
-                }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && scratch.prepare_avx2(coeffs, src.width) {
+        // SAFETY: the CPU supports AVX2 (checked just above); `prepare_avx2` checked the windows.
+        return unsafe { horizontal_pass_avx2(src, out_w, dst, scratch) };
+    }
+    horizontal_pass_scalar(src, coeffs, dst)
+}
+
+/// Pillow's `ImagingResampleHorizontal_8bpc`, one row and one output pixel at a time.
+fn horizontal_pass_scalar(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]) {
+    let out_w = coeffs.starts.len();
+    for (r, out_row) in dst.chunks_exact_mut(out_w * 3).enumerate().take(src.rows) {
+        let row = src.row(r);
+        for (o, out) in out_row.chunks_exact_mut(3).enumerate() {
+            let start = coeffs.starts[o];
+            let mut acc = [ROUNDING; 3];
+            for (t, &w) in coeffs.taps_of(o).iter().enumerate() {
+                let px = &row[(start + t) * 3..(start + t) * 3 + 3];
+                acc[0] += px[0] as i32 * w;
+                acc[1] += px[1] as i32 * w;
+                acc[2] += px[2] as i32 * w;
+            }
+            out[0] = clip8(acc[0]);
+            out[1] = clip8(acc[1]);
+            out[2] = clip8(acc[2]);
+        }
+    }
+}
+
+/// The horizontal pass's reusable state: the weights rearranged for the SIMD kernel and a
+/// zero-padded copy of a row whose last loads would run past the end of the input slice.
+#[derive(Default)]
+pub struct HorizontalScratch {
+    /// Per output pixel: for each pair of taps (a, b), the high parts (`w >> 11`) and the low
+    /// parts (`w & 0x7ff`) as 8 i16 `[a, b, a, b, a, b, 0, 0]` (the layout of the shuffled
+    /// pixels). Pairs go by quads, `[hi01, hi23, lo01, lo23]`, then a last `[hi, lo]` pair
+    /// when the number of pairs is odd.
+    weights: Vec<[i16; 8]>,
+    /// First input pixel of each output's taps (leading zero taps dropped).
+    starts: Vec<usize>,
+    /// Quads of taps and trailing pairs (0 or 1) per output.
+    quads: usize,
+    pair: usize,
+    padded_row: Vec<u8>,
+    tmp_rows: Vec<u8>,
+}
+
+impl HorizontalScratch {
+    /// Lay out `coeffs` for the SIMD kernel on rows of `width` pixels; false when a window
+    /// padded to an even number of taps does not fit in the row (tiny inputs use the scalar
+    /// pass). Zero taps at either end of a window are dropped (they add nothing): bilinear
+    /// upscaling then needs 2 taps instead of Pillow's 3.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn prepare_avx2(&mut self, coeffs: &AxisCoefficients, width: usize) -> bool {
+        let n = coeffs.starts.len();
+        let nonzero = |o: usize| {
+            let taps = coeffs.taps_of(o);
+            match (taps.iter().position(|&w| w != 0), taps.iter().rposition(|&w| w != 0)) {
+                (Some(first), Some(last)) => (first, last + 1),
+                _ => (0, 1),
+            }
+        };
+        let used = (0..n).map(|o| nonzero(o).1 - nonzero(o).0).max().unwrap_or(1);
+        let pairs = used.div_ceil(2);
+        let padded = pairs * 2;
+        if padded > width {
+            return false;
+        }
+        (self.quads, self.pair) = (pairs / 2, pairs % 2);
+        self.starts.clear();
+        self.weights.clear();
+        let mut taps = vec![0i32; padded];
+        for o in 0..n {
+            let (first, last) = nonzero(o);
+            // Shift the window left when its padding would run past the row; zero taps add nothing.
+            let start = (coeffs.starts[o] + first).min(width - padded);
+            let shift = coeffs.starts[o] + first - start;
+            taps.fill(0);
+            taps[shift..shift + last - first].copy_from_slice(&coeffs.taps_of(o)[first..last]);
+            self.starts.push(start);
+            // w = hi * 2^11 + lo with 0 <= lo < 2^11; |hi| < 2^15 for any normalized weight
+            // (|w| < 2^26), so both fit in i16.
+            let hi = |w: i32| (w >> 11) as i16;
+            let lo = |w: i32| (w & 0x7ff) as i16;
+            let vector = |part: &dyn Fn(i32) -> i16, pair: &[i32]| {
+                let (a, b) = (part(pair[0]), part(pair[1]));
+                [a, b, a, b, a, b, 0, 0]
+            };
+            for quad in taps.chunks_exact(4) {
+                let (p01, p23) = quad.split_at(2);
+                self.weights.extend([vector(&hi, p01), vector(&hi, p23), vector(&lo, p01), vector(&lo, p23)]);
+            }
+            if self.pair == 1 {
+                let last_pair = &taps[padded - 2..];
+                self.weights.extend([vector(&hi, last_pair), vector(&lo, last_pair)]);
             }
         }
-        let out_rows = &mut dst[first_row * out_w * 3..(first_row + n) * out_w * 3];
-        for o in 0..out_w {
-            let start = coeffs.starts[o];
-            let mut acc = [ROUNDING; LANES];
-            for (t, &w) in coeffs.taps_of(o).iter().enumerate() {
-                if w == 0 {
-                    continue;
-                }
-                let column: &[u8; LANES] = columns[(start + t) * COLUMN..(start + t) * COLUMN + LANES].try_into().unwrap();
-                for (a, &p) in acc.iter_mut().zip(column) {
-                    *a += p as i32 * w;
-                }
-            }
-            for r in 0..n {
-                let out = &mut out_rows[(r * out_w + o) * 3..(r * out_w + o) * 3 + 3];
-                out[0] = clip8(acc[r * 3]);
-                out[1] = clip8(acc[r * 3 + 1]);
-                out[2] = clip8(acc[r * 3 + 2]);
-            }
+        true
+    }
+
+    fn vectors_per_output(&self) -> usize {
+        self.quads * 4 + self.pair * 2
+    }
+}
+
+/// The AVX2 horizontal pass over all rows (weights prepared by `prepare_avx2`).
+///
+/// Two rows at a time, one in each 128-bit lane: for one output pixel and 4 taps, the 16 bytes
+/// at the first tap's pixel of each row are shuffled into 16-bit `[R0 R1 G0 G1 B0 B1 0 0]` and
+/// `[R2 R3 G2 G3 B2 B3 0 0]`; `pmaddwd` with the weights' high parts and with their low parts
+/// gives `p0*w0 + p1*w1` per channel. The exact 32-bit sum of Pillow's loop is then
+/// `2^21 + (sum_hi << 11) + sum_lo` (the split is exact: `w = (w >> 11) * 2^11 + (w & 0x7ff)`),
+/// shifted by 22 and clamped to 0..=255 by the saturating packs, as `clip8` does. Outputs are
+/// taken in tiles whose weights stay in L1 while all rows are computed.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_pass_avx2(src: Plane<'_>, out_w: usize, dst: &mut [u8], scratch: &mut HorizontalScratch) {
+    match (scratch.quads, scratch.pair) {
+        (0, 1) => horizontal_rows_avx2::<0, 1>(src, out_w, dst, scratch),
+        (1, 0) => horizontal_rows_avx2::<1, 0>(src, out_w, dst, scratch),
+        (1, 1) => horizontal_rows_avx2::<1, 1>(src, out_w, dst, scratch),
+        (2, 0) => horizontal_rows_avx2::<2, 0>(src, out_w, dst, scratch),
+        (2, 1) => horizontal_rows_avx2::<2, 1>(src, out_w, dst, scratch),
+        (3, 0) => horizontal_rows_avx2::<3, 0>(src, out_w, dst, scratch),
+        (3, 1) => horizontal_rows_avx2::<3, 1>(src, out_w, dst, scratch),
+        (_, 0) => horizontal_rows_avx2::<{ usize::MAX }, 0>(src, out_w, dst, scratch),
+        _ => horizontal_rows_avx2::<{ usize::MAX }, 1>(src, out_w, dst, scratch),
+    }
+}
+
+/// Weight bytes of one tile of outputs (L1 holds them with the rows being read).
+const TILE_WEIGHT_BYTES: usize = 16 << 10;
+
+/// `Q` quads of taps (`usize::MAX`: `scratch.quads`, not known at compile time) and `P`
+/// trailing pairs per output.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
+    src: Plane<'_>,
+    out_w: usize,
+    dst: &mut [u8],
+    scratch: &mut HorizontalScratch,
+) {
+    let quads = if Q == usize::MAX { scratch.quads } else { Q };
+    // Bytes a row's loads may read, from its column 0: up to the last 16-byte load.
+    let max_start = scratch.starts.iter().copied().max().unwrap_or(0);
+    let last_load = (quads * 4 + P * 2).saturating_sub(if P == 1 { 2 } else { 4 });
+    let reach = (max_start + last_load) * 3 + 16;
+    let row_bytes = out_w * 3;
+    let fits = |r: usize| r * src.stride + src.x0 * 3 + reach <= src.data.len();
+    let row_ptr = |r: usize| src.data.as_ptr().add(r * src.stride + src.x0 * 3);
+    let tile = (TILE_WEIGHT_BYTES / (scratch.vectors_per_output() * 16)).max(8);
+    // Rows read in place two at a time; the rest (an odd last row, or a last row whose loads
+    // would run past the slice) one at a time, as a pair of itself.
+    let paired = if src.rows >= 2 && fits(src.rows - 1) { src.rows & !1 } else { (src.rows - 1) & !1 };
+    for first in (0..out_w).step_by(tile) {
+        let outputs = first..(first + tile).min(out_w);
+        for r in (0..paired).step_by(2) {
+            let out = dst.as_mut_ptr().add(r * row_bytes);
+            horizontal_tile_avx2::<Q, P>(row_ptr(r), row_ptr(r + 1), out, row_bytes, outputs.clone(), out_w, scratch);
+        }
+    }
+    for r in paired..src.rows {
+        let row = src.row(r);
+        let ptr = if fits(r) {
+            row_ptr(r)
+        } else {
+            scratch.padded_row.clear();
+            scratch.padded_row.extend_from_slice(row);
+            scratch.padded_row.resize(reach.max(row.len()), 0);
+            scratch.padded_row.as_ptr()
+        };
+        let mut pair = std::mem::take(&mut scratch.tmp_rows);
+        pair.clear();
+        pair.resize(2 * row_bytes, 0);
+        horizontal_tile_avx2::<Q, P>(ptr, ptr, pair.as_mut_ptr(), row_bytes, 0..out_w, out_w, scratch);
+        dst[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&pair[..row_bytes]);
+        scratch.tmp_rows = pair;
+    }
+}
+
+/// The outputs `outputs` of rows `a` and `b`, written at `out` and `out + b_offset`. `a` and
+/// `b` must be readable up to the last 16-byte load of the windows, and `out` (and
+/// `out + b_offset`) writable for `out_w * 3` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn horizontal_tile_avx2<const Q: usize, const P: usize>(
+    a: *const u8,
+    b: *const u8,
+    out: *mut u8,
+    b_offset: usize,
+    outputs: Range<usize>,
+    out_w: usize,
+    scratch: &HorizontalScratch,
+) {
+    use std::arch::x86_64::*;
+    let quads = if Q == usize::MAX { scratch.quads } else { Q };
+    let per_output = quads * 4 + P * 2;
+    let z = -1i8; // pshufb: a negative index writes 0
+    let mask01 = _mm256_setr_epi8(
+        0, z, 3, z, 1, z, 4, z, 2, z, 5, z, z, z, z, z, //
+        0, z, 3, z, 1, z, 4, z, 2, z, 5, z, z, z, z, z,
+    );
+    let mask23 = _mm256_setr_epi8(
+        6, z, 9, z, 7, z, 10, z, 8, z, 11, z, z, z, z, z, //
+        6, z, 9, z, 7, z, 10, z, 8, z, 11, z, z, z, z, z,
+    );
+    let rounding = _mm256_setr_epi32(ROUNDING, ROUNDING, ROUNDING, 0, ROUNDING, ROUNDING, ROUNDING, 0);
+    let out_b = out.add(b_offset);
+    let weights = scratch.weights.as_ptr() as *const __m128i;
+    let load_rows = |offset: usize| {
+        _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(a.add(offset) as *const __m128i)),
+            _mm_loadu_si128(b.add(offset) as *const __m128i),
+        )
+    };
+    let weight = |w: *const __m128i| _mm256_broadcastsi128_si256(_mm_loadu_si128(w));
+    for o in outputs {
+        let start = *scratch.starts.get_unchecked(o) * 3;
+        let w = weights.add(o * per_output);
+        let mut hi = _mm256_setzero_si256();
+        let mut lo = rounding;
+        for q in 0..quads {
+            let px = load_rows(start + q * 12);
+            let (v01, v23) = (_mm256_shuffle_epi8(px, mask01), _mm256_shuffle_epi8(px, mask23));
+            let wq = w.add(q * 4);
+            let hi_q = _mm256_add_epi32(_mm256_madd_epi16(v01, weight(wq)), _mm256_madd_epi16(v23, weight(wq.add(1))));
+            let lo_q =
+                _mm256_add_epi32(_mm256_madd_epi16(v01, weight(wq.add(2))), _mm256_madd_epi16(v23, weight(wq.add(3))));
+            hi = _mm256_add_epi32(hi, hi_q);
+            lo = _mm256_add_epi32(lo, lo_q);
+        }
+        if P == 1 {
+            let v01 = _mm256_shuffle_epi8(load_rows(start + quads * 12), mask01);
+            let wp = w.add(quads * 4);
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(v01, weight(wp)));
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(v01, weight(wp.add(1))));
+        }
+        let sum = _mm256_add_epi32(_mm256_slli_epi32::<11>(hi), lo);
+        let shifted = _mm256_srai_epi32::<22>(sum);
+        let words = _mm256_packs_epi32(shifted, shifted);
+        let bytes = _mm256_packus_epi16(words, words);
+        let rgb_a = (_mm256_extract_epi32::<0>(bytes) as u32).to_le_bytes();
+        let rgb_b = (_mm256_extract_epi32::<4>(bytes) as u32).to_le_bytes();
+        if o + 1 < out_w {
+            // 4 bytes: the 4th lands on the next pixel's R, written later.
+            std::ptr::write_unaligned(out.add(o * 3) as *mut [u8; 4], rgb_a);
+            std::ptr::write_unaligned(out_b.add(o * 3) as *mut [u8; 4], rgb_b);
+        } else {
+            std::ptr::copy_nonoverlapping(rgb_a.as_ptr(), out.add(o * 3), 3);
+            std::ptr::copy_nonoverlapping(rgb_b.as_ptr(), out_b.add(o * 3), 3);
         }
     }
 }
@@ -308,7 +495,7 @@ fn vertical_pass_generic(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u
 /// (page faults and zeroing) on every image.
 #[derive(Default)]
 pub struct Scratch {
-    pub columns: Vec<u8>,
+    pub horizontal: HorizontalScratch,
     pub acc: Vec<i32>,
     pub tmp: Vec<u8>,
     pub out: Vec<u8>,
@@ -334,7 +521,8 @@ impl Scratch {
                 *v = Vec::new();
             }
         }
-        trim(&mut self.columns);
+        trim(&mut self.horizontal.weights);
+        trim(&mut self.horizontal.padded_row);
         trim(&mut self.acc);
         trim(&mut self.tmp);
         trim(&mut self.out);
@@ -342,9 +530,63 @@ impl Scratch {
     }
 }
 
-/// `buf` resized to `len` bytes, reusing its allocation.
+/// The first `len` bytes of `buf`, grown when needed but never cleared: every byte handed out
+/// is overwritten by the pass that receives it, so zero-filling it on each call would be waste.
 pub fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    buf.clear();
-    buf.resize(len, 0);
-    &mut buf[..]
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (tests must not depend on a crate's random stream).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The SIMD horizontal pass gives the scalar pass's bytes (the scalar pass is Pillow's
+    /// loop, checked against Pillow itself in tests/preprocess_pillow.rs) for random sizes,
+    /// sub-ranges of outputs, both filters, planes with offsets and strides, and inputs that
+    /// end exactly at the last pixel (the padded-row path).
+    #[test]
+    fn horizontal_pass_matches_the_scalar_loop() {
+        let mut rng = Lcg(7);
+        let mut scratch = HorizontalScratch::default();
+        let mut sizes: Vec<(usize, usize)> = vec![(224, 256), (1920, 384), (1126, 224), (640, 256), (7, 300), (3, 2), (1, 5), (5, 1)];
+        for _ in 0..300 {
+            let wide = rng.below(4) == 0;
+            let in_w = 1 + rng.below(if wide { 2000 } else { 40 });
+            let up = rng.below(3) == 0;
+            let out_w = 1 + rng.below(if up { 3 * in_w } else { in_w + 1 });
+            sizes.push((in_w, out_w));
+        }
+        for (case, &(in_w, out_w)) in sizes.iter().enumerate() {
+            let filter = if case % 2 == 0 { Interpolation::Bilinear } else { Interpolation::Bicubic };
+            let first = rng.below(out_w);
+            let outputs = first..first + 1 + rng.below(out_w - first);
+            let rows = 1 + rng.below(6);
+            let x0 = rng.below(3);
+            let stride = (x0 + in_w + rng.below(2)) * 3;
+            let len = (rows - 1) * stride + (x0 + in_w) * 3;
+            let data: Vec<u8> = (0..len).map(|_| if rng.below(5) == 0 { 255 } else { rng.below(256) as u8 }).collect();
+            let plane = Plane { data: &data, stride, x0, width: in_w, rows };
+            let coeffs = AxisCoefficients::new(in_w, out_w, outputs.clone(), filter);
+            let n = rows * outputs.len() * 3;
+            let (mut fast, mut slow) = (vec![1u8; n], vec![2u8; n]);
+            horizontal_pass(plane, &coeffs, &mut fast, &mut scratch);
+            horizontal_pass_scalar(plane, &coeffs, &mut slow);
+            assert_eq!(fast, slow, "{in_w} -> {out_w}, outputs {outputs:?}, {rows} rows, {filter:?}");
+        }
+    }
 }
