@@ -251,15 +251,22 @@ def test_predict_cli_kaggle_csv_and_jsonl(ray_cluster, contract_model, image_fil
         assert len(o["top_k"]) == 2 and o["error"] is None
     assert objects[4]["label"] is None and objects[4]["error"]
 
-    args.inputs, args.output = picked, str(tmp_path / "out.parquet")  # Ray's Parquet writer
+    # a directory input, and Ray's Parquet writer
+    args.inputs, args.output = [str(folder / "test")], str(tmp_path / "out.parquet")
     assert predict_cli(args) == 1
     table = pq.read_table(tmp_path / "out.parquet")
-    assert sorted(table.column("path").to_pylist()) == sorted(picked)
+    assert sorted(table.column("path").to_pylist()) == sorted(str(folder / "test" / Path(p).name) for p in picked)
     assert capsys.readouterr().err.count("butterfly-onnx: error: ") == 1
 
     args.model = str(tmp_path / "missing.onnx")
     assert predict_cli(args) == 2
     assert "missing.onnx" in capsys.readouterr().err
+
+
+def test_on_error_raise_fails_the_job(ray_cluster, contract_model, image_files):
+    bad = image_files[-1]  # truncated.jpg
+    with pytest.raises(Exception, match="truncated.jpg"):
+        predict_dataset([bad], contract_model.path, on_error="raise", concurrency=1).take_all()
 
 
 def test_bad_arguments_fail_before_any_job(contract_model, tmp_path):
