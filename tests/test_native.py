@@ -108,7 +108,7 @@ def _heartbeats_during(call) -> int:
     return during
 
 
-@pytest.mark.parametrize("method", ["preprocess", "logits", "run"])
+@pytest.mark.parametrize("method", ["preprocess", "logits", "run", "iter_logits"])
 def test_the_gil_is_released_while_rust_works(models, big_jpeg, method):
     classifier = _open(models["model"], threads=1)
     items = [(f"big {i}", big_jpeg) for i in range(6)]
@@ -117,6 +117,8 @@ def test_the_gil_is_released_while_rust_works(models, big_jpeg, method):
         if method == "run":
             batch = np.random.default_rng(0).normal(size=(size, 3, 64, 64)).astype(np.float32)
             call = lambda: classifier.run(batch)  # noqa: E731
+        elif method == "iter_logits":
+            call = lambda: list(classifier.iter_logits(items * (size // 256), 4))  # noqa: E731
         else:
             call = lambda: getattr(classifier, method)(items * (size // 256))  # noqa: E731
         start = time.perf_counter()
@@ -330,3 +332,89 @@ def test_a_second_onnxruntime_library_is_refused_not_a_crash(models, tmp_path):
     fake.write_text("not a library")
     with pytest.raises(errors.BackendUnavailableError, match="already loaded"):
         _native.Classifier(str(models["model"]), ort_library=str(fake))
+
+
+# -- streaming: iter_logits ---------------------------------------------------------------
+def _mixed_items(tmp_path: Path, big_jpeg: bytes, n: int) -> list:
+    """Good images of three payload kinds with bad ones (missing file, text, a number) mixed in."""
+    (tmp_path / "text.jpg").write_text("not an image")
+    rng = np.random.default_rng(5)
+    pixels = [rng.integers(0, 256, (30 + 7 * i, 50, 3), dtype=np.uint8) for i in range(4)]
+    items = []
+    for i in range(n):
+        kind = i % 6
+        if kind == 2:
+            items.append((f"missing {i}", str(tmp_path / f"missing{i}.jpg")))
+        elif kind == 4:
+            items.append((f"text {i}", str(tmp_path / "text.jpg")))
+        elif i == 5:
+            items.append((f"number {i}", 42))  # refused while converting
+        elif kind == 1:
+            items.append((f"bytes {i}", big_jpeg))
+        else:
+            items.append((f"pixels {i}", pixels[i % 4]))
+    return items
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_iter_logits_gives_the_one_shot_logits_chunk_by_chunk(models, tmp_path, big_jpeg, batch_size):
+    classifier = _open(models["model"], threads=2)
+    items = _mixed_items(tmp_path, big_jpeg, 14)
+    expected, expected_errors = classifier.logits(items)
+    chunks = list(classifier.iter_logits(iter(items), batch_size))
+    assert len(chunks) == -(-len(items) // batch_size)
+    rows, failures = [], {}
+    for number, (logits, errors_) in enumerate(chunks):
+        assert logits.dtype == np.float32 and logits.shape[1] == len(LABELS)
+        chunk = range(number * batch_size, min((number + 1) * batch_size, len(items)))
+        assert set(errors_) <= set(chunk), "error indices count in the whole items list"
+        assert logits.shape[0] == len(chunk) - len(errors_)
+        rows.append(logits)
+        failures.update(errors_)
+    np.testing.assert_allclose(np.concatenate(rows), expected, rtol=0, atol=1e-5)
+    assert {i: type(e) for i, e in failures.items()} == {i: type(e) for i, e in expected_errors.items()}
+    assert isinstance(failures[5], errors.ImageDecodeError) and failures[5].source == "number 5"
+    assert isinstance(failures[2], errors.ImageNotFoundError)
+
+
+def test_iter_logits_reads_items_lazily_and_handles_refused_chunks(models, big_jpeg):
+    classifier = _open(models["model"], threads=2)
+    taken = 0
+
+    def items():
+        nonlocal taken
+        for i in range(20):
+            taken += 1
+            yield (f"img {i}", big_jpeg)
+
+    stream = classifier.iter_logits(items(), 4)
+    assert taken == 0
+    first, _ = next(stream)
+    assert first.shape == (4, len(LABELS))
+    assert taken <= 8, f"{taken} items read for the first chunk: at most one chunk ahead"
+    assert sum(logits.shape[0] for logits, _ in stream) == 16
+    # A chunk whose items are all refused, between good ones.
+    chunks = list(classifier.iter_logits([("a", big_jpeg), ("b", 1), ("c", 2), ("d", big_jpeg)], 1))
+    assert [c[0].shape[0] for c in chunks] == [1, 0, 0, 1]
+    assert [sorted(c[1]) for c in chunks] == [[], [1], [2], []]
+    assert list(classifier.iter_logits([], 4)) == []
+    with pytest.raises(errors.InvalidArgumentError, match="batch_size"):
+        classifier.iter_logits([], 0)
+    with pytest.raises(ValueError, match="tuples"):
+        list(classifier.iter_logits(["not a pair"], 2))
+    assert 1 <= classifier.model_batch <= 32
+
+
+def test_a_model_given_as_bytes(models, big_jpeg):
+    path = models["model"]
+    from_file = _open(path)
+    from_bytes = _native.Classifier(model_bytes=path.read_bytes(), ort_library=str(find_onnxruntime_library()))
+    items = [("big", big_jpeg)]
+    np.testing.assert_array_equal(from_bytes.logits(items)[0], from_file.logits(items)[0])
+    assert from_bytes.contract_json == from_file.contract_json
+    with pytest.raises(errors.InvalidModelError):
+        _native.Classifier(model_bytes=b"not a protobuf", ort_library=str(find_onnxruntime_library()))
+    with pytest.raises(errors.InvalidArgumentError, match="exactly one"):
+        _native.Classifier(str(path), model_bytes=path.read_bytes())
+    with pytest.raises(errors.InvalidArgumentError, match="exactly one"):
+        _native.Classifier()

@@ -7,7 +7,7 @@ Errors are the classes of ``butterfly_onnx.errors``.
 
 from os import PathLike
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -22,15 +22,17 @@ _Item = tuple[str, str | PathLike[str] | bytes | npt.NDArray[np.uint8]]
 class Classifier:
     def __init__(
         self,
-        model_path: str | PathLike[str],
+        model_path: str | PathLike[str] | None = None,
         *,
+        model_bytes: bytes | None = None,
         threads: int | None = None,
         labels: Sequence[str] | None = None,
         preprocess_json: str | None = None,
         max_image_pixels: int | None = None,
         ort_library: str | PathLike[str] | None = None,
     ) -> None:
-        """Open a model. ``preprocess_json``: ``json.dumps(PreprocessSpec.to_dict())``;
+        """Open a model: ``model_path``, or the .onnx file's bytes as ``model_bytes``
+        (exactly one; InvalidArgumentError otherwise). ``preprocess_json``: ``json.dumps(PreprocessSpec.to_dict())``;
         ``ort_library``: the libonnxruntime file (else $BUTTERFLY_ONNX_ORT_LIB /
         $ORT_DYLIB_PATH). Raises ModelNotFoundError, InvalidModelError, ContractError,
         BackendUnavailableError, ValueError (threads < 1)."""
@@ -46,7 +48,12 @@ class Classifier:
     def static_batch(self) -> int | None:
         """The model's fixed batch size, or None for a dynamic batch axis."""
     @property
-    def model_path(self) -> Path: ...
+    def model_path(self) -> Path:
+        """The model file (``<model bytes>`` for a model given as bytes)."""
+    @property
+    def model_batch(self) -> int:
+        """Images per ONNX Runtime run in ``iter_logits``: the model's fixed batch, else
+        measured once on first use (the size up to 32 with the lowest time per image)."""
     def preprocess(self, items: Sequence[_Item]) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]:
         """float32 (n_ok, 3, crop, crop) for the items that decoded, in order, and
         {item index: ImageError} for the others."""
@@ -54,6 +61,15 @@ class Classifier:
         """The raw model output (N, classes) for a float32 (N, 3, crop, crop) batch."""
     def logits(self, items: Sequence[_Item]) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]:
         """preprocess + run in one call."""
+    def iter_logits(self, items: Iterable[_Item], batch_size: int) -> LogitsIter:
+        """Stream ``items`` ``batch_size`` at a time: per consecutive chunk, in order,
+        ``(logits float32 (n_ok, classes), {index in items: ImageError})``. The next chunk
+        decodes while the model runs the current one; items are read one chunk ahead; the
+        GIL is released while Rust works or waits. InvalidArgumentError for batch_size < 1."""
+
+class LogitsIter(Iterator[tuple[npt.NDArray[np.float32], dict[int, ImageError]]]):
+    def __iter__(self) -> LogitsIter: ...
+    def __next__(self) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]: ...
 
 def loaded_ort_library() -> Path | None:
     """The libonnxruntime file this process loaded, or None before the first Classifier."""

@@ -5,16 +5,18 @@
 //! of `python/butterfly_onnx/errors.py` by `Error::kind()` (an exhaustive `match`). The Python adapter over it is
 //! `python/butterfly_onnx/_backends/rust.py`; the typed surface is `_native.pyi`.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use butterfly_onnx::classifier::{Classifier as CoreClassifier, ClassifierOptions, ImageErrors, ImageInput};
+use butterfly_onnx::classifier::{Classifier as CoreClassifier, ClassifierOptions, ImageErrors, ImageInput, Pipeline};
 use butterfly_onnx::contract;
 use butterfly_onnx::decode::RgbImage;
 use butterfly_onnx::{Error, ErrorKind};
 use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray3, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyTuple};
 
 mod errors {
     pyo3::import_exception!(butterfly_onnx.errors, ButterflyError);
@@ -69,43 +71,48 @@ struct Converted {
 fn convert_items(items: &Bound<'_, PyAny>) -> PyResult<Converted> {
     let mut converted = Converted { positions: Vec::new(), inputs: Vec::new(), rejected: Vec::new() };
     for (index, item) in items.try_iter()?.enumerate() {
-        let item = item?;
-        let pair = item.cast::<PyTuple>().map_err(|_| PyValueError::new_err("items must be (source, payload) tuples"))?;
-        if pair.len() != 2 {
-            return Err(PyValueError::new_err("items must be (source, payload) tuples"));
-        }
-        let source: String = pair.get_item(0)?.str()?.extract()?;
-        let payload = pair.get_item(1)?;
-        let input = if let Ok(bytes) = payload.cast::<PyBytes>() {
-            ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() }
-        } else if let Ok(array) = payload.extract::<PyReadonlyArray3<'_, u8>>() {
-            let shape = array.shape();
-            if shape[2] != 3 {
-                let reason = format!("expected an HxWx3 uint8 array, got shape {shape:?}");
-                converted.rejected.push((index, Error::ImageDecode { source_name: source, reason }));
-                continue;
-            }
-            let (height, width) = (shape[0] as u32, shape[1] as u32);
-            // Copied (in C order whatever the strides): Python code may still mutate the
-            // array while the GIL is released.
-            // (ndarray's as_slice is C order only; numpy's would also take Fortran order.)
-            let view = array.as_array();
-            let data = match view.as_slice() {
-                Some(slice) => slice.to_vec(),
-                None => view.iter().copied().collect(),
-            };
-            ImageInput::Rgb { source, image: RgbImage { width, height, data } }
-        } else if let Ok(path) = payload.extract::<PathBuf>() {
-            ImageInput::Path(path)
-        } else {
-            let reason = format!("unsupported image payload of type {}", payload.get_type().name()?);
-            converted.rejected.push((index, Error::ImageDecode { source_name: source, reason }));
-            continue;
-        };
-        converted.positions.push(index);
-        converted.inputs.push(input);
+        convert_item(&mut converted, index, &item?)?;
     }
     Ok(converted)
+}
+
+/// Convert one item, `index` its position in the caller's list.
+fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let pair = item.cast::<PyTuple>().map_err(|_| PyValueError::new_err("items must be (source, payload) tuples"))?;
+    if pair.len() != 2 {
+        return Err(PyValueError::new_err("items must be (source, payload) tuples"));
+    }
+    let source: String = pair.get_item(0)?.str()?.extract()?;
+    let payload = pair.get_item(1)?;
+    let input = if let Ok(bytes) = payload.cast::<PyBytes>() {
+        ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() }
+    } else if let Ok(array) = payload.extract::<PyReadonlyArray3<'_, u8>>() {
+        let shape = array.shape();
+        if shape[2] != 3 {
+            let reason = format!("expected an HxWx3 uint8 array, got shape {shape:?}");
+            converted.rejected.push((index, Error::ImageDecode { source_name: source, reason }));
+            return Ok(());
+        }
+        let (height, width) = (shape[0] as u32, shape[1] as u32);
+        // Copied (in C order whatever the strides): Python code may still mutate the
+        // array while the GIL is released.
+        // (ndarray's as_slice is C order only; numpy's would also take Fortran order.)
+        let view = array.as_array();
+        let data = match view.as_slice() {
+            Some(slice) => slice.to_vec(),
+            None => view.iter().copied().collect(),
+        };
+        ImageInput::Rgb { source, image: RgbImage { width, height, data } }
+    } else if let Ok(path) = payload.extract::<PathBuf>() {
+        ImageInput::Path(path)
+    } else {
+        let reason = format!("unsupported image payload of type {}", payload.get_type().name()?);
+        converted.rejected.push((index, Error::ImageDecode { source_name: source, reason }));
+        return Ok(());
+    };
+    converted.positions.push(index);
+    converted.inputs.push(input);
+    Ok(())
 }
 
 /// Preprocess the convertible items; failures by position in the caller's list, conversion
@@ -122,7 +129,7 @@ fn preprocess_items(classifier: &CoreClassifier, converted: Converted) -> (ndarr
 /// for the public API; this is its rust backend).
 #[pyclass(frozen, module = "butterfly_onnx._native")]
 struct Classifier {
-    inner: CoreClassifier,
+    inner: Arc<CoreClassifier>,
 }
 
 #[pymethods]
@@ -130,10 +137,12 @@ impl Classifier {
     /// Open `model_path`. `preprocess_json`: a PreprocessSpec as JSON (its `to_dict()`),
     /// replacing the contract's; `labels` replace the contract's labels.
     #[new]
-    #[pyo3(signature = (model_path, *, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None))]
+    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        model_path: PathBuf,
+        model_path: Option<PathBuf>,
+        model_bytes: Option<Vec<u8>>,
         threads: Option<i64>,
         labels: Option<Vec<String>>,
         preprocess_json: Option<&str>,
@@ -145,14 +154,24 @@ impl Classifier {
             Some(n) => Some(n as usize),
             None => None,
         };
+        let model_path = match (model_path, &model_bytes) {
+            (Some(path), None) => path,
+            (None, Some(_)) => PathBuf::from("<model bytes>"),
+            _ => return Err(errors::InvalidArgumentError::new_err("give exactly one of model_path and model_bytes")),
+        };
         let source = model_path.display().to_string();
         let preprocess = match preprocess_json {
             Some(text) => Some(contract::preprocess_from_json_str(text, &source).map_err(|e| to_py_err(&e))?),
             None => None,
         };
         let options = ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library, model_batch: None };
-        let inner = py.detach(|| CoreClassifier::open(&model_path, options)).map_err(|e| to_py_err(&e))?;
-        Ok(Classifier { inner })
+        let inner = py
+            .detach(|| match &model_bytes {
+                Some(bytes) => CoreClassifier::from_bytes(bytes, model_path, options),
+                None => CoreClassifier::open(&model_path, options),
+            })
+            .map_err(|e| to_py_err(&e))?;
+        Ok(Classifier { inner: Arc::new(inner) })
     }
 
     /// The effective contract, as `ModelContract.to_dict()` JSON.
@@ -218,6 +237,37 @@ impl Classifier {
         Ok((logits.into_pyarray(py), errors_to_dict(py, &failures)?))
     }
 
+    /// Stream `items` (any iterable of (source, payload) pairs) a chunk of `batch_size` at a
+    /// time: an iterator of `(logits float32 (n_ok, classes), {index in items: ImageError})`,
+    /// one per consecutive chunk, in order. While the model runs on one chunk, the next one
+    /// is decoded (core `classifier::Pipeline`); the GIL is released while Rust works and
+    /// waits, and taken only to read the next chunk's items and to build each result.
+    fn iter_logits(&self, py: Python<'_>, items: &Bound<'_, PyAny>, batch_size: i64) -> PyResult<LogitsIter> {
+        if batch_size < 1 {
+            return Err(errors::InvalidArgumentError::new_err(format!("batch_size must be at least 1, got {batch_size}")));
+        }
+        let items = items.try_iter()?.unbind();
+        // Pipeline::new may measure the model batch (first use): without the GIL.
+        let inner = Arc::clone(&self.inner);
+        let pipeline = py.detach(|| Pipeline::new(inner));
+        let state = IterState {
+            items,
+            pipeline,
+            chunks: VecDeque::new(),
+            taken: 0,
+            exhausted: false,
+        };
+        Ok(LogitsIter { batch_size: batch_size as usize, classes: self.inner.labels().len(), state: Mutex::new(state) })
+    }
+
+    /// Images per ONNX Runtime run in `iter_logits` (the model's fixed batch, else measured
+    /// once, on first use).
+    #[getter]
+    fn model_batch(&self, py: Python<'_>) -> usize {
+        let inner = &self.inner;
+        py.detach(|| inner.model_batch())
+    }
+
     fn __repr__(&self) -> String {
         let contract = self.inner.contract();
         format!(
@@ -231,6 +281,98 @@ impl Classifier {
     }
 }
 
+/// Where the items of one submitted chunk sit in the caller's iterable.
+struct ChunkPlan {
+    /// Positions of the items handed to the core pipeline, in order (empty: none were).
+    positions: Vec<usize>,
+    /// Items refused while converting (wrong payload type), by position.
+    rejected: ImageErrors,
+}
+
+struct IterState {
+    items: Py<PyIterator>,
+    pipeline: Pipeline<Arc<CoreClassifier>>,
+    /// One plan per chunk read from `items` and not yet returned, oldest first; the plans
+    /// with positions match the pipeline's chunks in flight one to one.
+    chunks: VecDeque<ChunkPlan>,
+    /// Items read from `items` so far.
+    taken: usize,
+    exhausted: bool,
+}
+
+impl IterState {
+    /// Read and convert the next chunk of items (GIL held). `None` at the end of `items`.
+    fn read_chunk(&mut self, py: Python<'_>, batch_size: usize) -> PyResult<Option<(ChunkPlan, Vec<ImageInput>)>> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        let mut converted = Converted { positions: Vec::new(), inputs: Vec::new(), rejected: Vec::new() };
+        let iterator = self.items.bind(py);
+        let mut read = 0;
+        while read < batch_size {
+            let Some(item) = iterator.clone().next() else {
+                self.exhausted = true;
+                break;
+            };
+            let item = item.inspect_err(|_| self.exhausted = true)?;
+            convert_item(&mut converted, self.taken, &item).inspect_err(|_| self.exhausted = true)?;
+            self.taken += 1;
+            read += 1;
+        }
+        if read == 0 {
+            return Ok(None);
+        }
+        Ok(Some((ChunkPlan { positions: converted.positions, rejected: converted.rejected }, converted.inputs)))
+    }
+}
+
+/// The iterator `Classifier.iter_logits` returns.
+#[pyclass(module = "butterfly_onnx._native")]
+struct LogitsIter {
+    batch_size: usize,
+    classes: usize,
+    state: Mutex<IterState>,
+}
+
+#[pymethods]
+impl LogitsIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyArray2<f32>>, Bound<'py, PyDict>)>> {
+        // Never wait for the lock while holding the GIL: the holder may be waiting for it.
+        let Ok(mut state) = self.state.try_lock() else {
+            return Err(PyValueError::new_err("this iter_logits iterator is already in use by another thread"));
+        };
+        let state = &mut *state;
+        if state.chunks.is_empty() {
+            let Some((plan, inputs)) = state.read_chunk(py, self.batch_size)? else { return Ok(None) };
+            state.pipeline.submit(inputs);
+            state.chunks.push_back(plan);
+        }
+        let plan = state.chunks.pop_front().expect("a chunk is planned");
+        if plan.positions.is_empty() {
+            // Nothing of this chunk reached the pipeline: every item was refused.
+            let logits = ndarray::Array2::<f32>::zeros((0, self.classes));
+            return Ok(Some((logits.into_pyarray(py), errors_to_dict(py, &plan.rejected)?)));
+        }
+        // The chunk after it is read now, with the GIL, and decodes while the model runs.
+        let next = state.read_chunk(py, self.batch_size)?.map(|(next_plan, inputs)| {
+            state.chunks.push_back(next_plan);
+            inputs
+        });
+        let pipeline = &mut state.pipeline;
+        let outcome = py.detach(|| pipeline.next_chunk(|| next)).expect("a chunk is in flight");
+        let chunk = outcome.map_err(|e| to_py_err(&e))?;
+        let mut failures: ImageErrors =
+            chunk.errors.into_iter().map(|(index, error)| (plan.positions[index - chunk.start], error)).collect();
+        failures.extend(plan.rejected);
+        failures.sort_by_key(|(i, _)| *i);
+        Ok(Some((chunk.logits.into_pyarray(py), errors_to_dict(py, &failures)?)))
+    }
+}
+
 /// The ONNX Runtime library this process loaded, or None before the first Classifier.
 #[pyfunction]
 fn loaded_ort_library() -> Option<PathBuf> {
@@ -240,6 +382,7 @@ fn loaded_ort_library() -> Option<PathBuf> {
 #[pymodule(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Classifier>()?;
+    m.add_class::<LogitsIter>()?;
     m.add_function(wrap_pyfunction!(loaded_ort_library, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

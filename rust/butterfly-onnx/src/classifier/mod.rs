@@ -159,6 +159,16 @@ impl Classifier {
         if !model_path.is_file() {
             return Err(Error::InvalidModel { path: model_path, reason: "not a file".into() });
         }
+        Self::build(model_path, session::Source::File, options)
+    }
+
+    /// [`Self::open`] for a model given as the `.onnx` file's bytes (ONNX Runtime reads it
+    /// from memory); `name` stands for the model in errors and in [`Self::model_path`].
+    pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>, options: ClassifierOptions) -> Result<Self> {
+        Self::build(name.into(), session::Source::Bytes(bytes), options)
+    }
+
+    fn build(model_path: PathBuf, source: session::Source<'_>, options: ClassifierOptions) -> Result<Self> {
         let threads = match options.threads {
             Some(0) => return Err(Error::InvalidArgument { reason: "threads must be at least 1".into() }),
             Some(n) => n,
@@ -168,7 +178,7 @@ impl Classifier {
             return Err(Error::InvalidArgument { reason: "model_batch must be at least 1".into() });
         }
         runtime::ensure_loaded(options.ort_library.as_deref())?;
-        let session::Opened { model, contract, model_contract_json } = session::open(&model_path, threads, &options)?;
+        let session::Opened { model, contract, model_contract_json } = session::open(&model_path, source, threads, &options)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("butterfly-preprocess-{i}"))

@@ -1,5 +1,6 @@
 //! The ONNX Runtime side of a classifier: building the session, reading the contract stored
-//! in the model, checking the model's input and output against it, and running batches.
+//! in the model (resolved and checked against the graph by [`contract::resolve`]), and
+//! running batches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::ClassifierOptions;
-use crate::contract::{self, ModelContract, OutputKind, METADATA_KEY};
+use crate::contract::{self, ModelContract, TensorInfo, METADATA_KEY};
 use crate::{Error, Result};
 
 /// An ONNX Runtime session with what is needed to feed it: the tensor names and shapes.
@@ -32,18 +33,33 @@ pub(super) struct Opened {
     pub model_contract_json: Option<String>,
 }
 
+/// Where the model comes from: a file, or the file's bytes (`path` then only names it).
+pub(super) enum Source<'a> {
+    File,
+    Bytes(&'a [u8]),
+}
+
 /// Create the session (`threads` intra-op threads, spinning off), read the contract, apply
 /// the overrides of `options` and check the result against the model's input and output.
-pub(super) fn open(path: &Path, threads: usize, options: &ClassifierOptions) -> Result<Opened> {
-    let session = build_session(path, threads)?;
+pub(super) fn open(path: &Path, source: Source<'_>, threads: usize, options: &ClassifierOptions) -> Result<Opened> {
+    let session = build_session(path, source, threads)?;
     let unreadable = |e: ort::Error| Error::InvalidModel { path: path.to_path_buf(), reason: format!("cannot read metadata: {e}") };
     let metadata = session.metadata().map_err(unreadable)?;
     // `custom()` cannot tell an absent key from an empty value; the key list can.
     let model_contract_json =
         if metadata.custom_keys().map_err(unreadable)?.iter().any(|k| k == METADATA_KEY) { metadata.custom(METADATA_KEY) } else { None };
     drop(metadata);
-    let contract = resolve_contract(&session, path, model_contract_json.as_deref(), options)?;
-    let static_batch = check_model_fits(&session, path, &contract)?;
+    let inputs: Vec<TensorInfo> = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+    let outputs: Vec<TensorInfo> = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+    let contract = contract::resolve(
+        model_contract_json.as_deref(),
+        options.labels.as_deref(),
+        options.preprocess.as_ref(),
+        &inputs,
+        &outputs,
+        &path.display().to_string(),
+    )?;
+    let static_batch = contract::static_batch(&inputs, &contract);
     let model = Model {
         path: path.to_path_buf(),
         input_name: contract.input_name.clone(),
@@ -118,7 +134,7 @@ impl Model {
 
 // ort's builder errors carry the builder back (large); they are turned into strings at once.
 #[allow(clippy::result_large_err)]
-fn build_session(model_path: &Path, threads: usize) -> Result<Session> {
+fn build_session(model_path: &Path, source: Source<'_>, threads: usize) -> Result<Session> {
     let invalid = |reason: String| Error::InvalidModel { path: model_path.to_path_buf(), reason };
     let runtime = |reason: String| Error::RuntimeUnavailable { reason };
     let mut builder = Session::builder()
@@ -131,106 +147,19 @@ fn build_session(model_path: &Path, threads: usize) -> Result<Session> {
         .and_then(|b| b.with_intra_op_spinning(false))
         .and_then(|b| b.with_execution_providers([ort::ep::CPU::default().with_arena_allocator(true).build()]))
         .map_err(|e| runtime(e.to_string()))?;
-    builder.commit_from_file(model_path).map_err(|e| invalid(e.to_string()))
+    match source {
+        Source::File => builder.commit_from_file(model_path),
+        Source::Bytes(bytes) => builder.commit_from_memory(bytes),
+    }
+    .map_err(|e| invalid(e.to_string()))
 }
 
-/// The model's single (non-initializer) input, or an error naming the inputs.
-fn single_name(names: Vec<String>, what: &str, model_path: &Path) -> Result<String> {
-    match names.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => Err(Error::InvalidModel {
-            path: model_path.to_path_buf(),
-            reason: format!("expected a single {what}, the model has {names:?}; a contract naming the {what} is needed"),
-        }),
-    }
-}
-
-/// The effective contract: the model's, with explicit labels/preprocess replacing its
-/// fields. Without a usable contract in the model (absent, invalid, unknown version), both
-/// overrides are required and the names come from the model's single input and output.
-fn resolve_contract(session: &Session, model_path: &Path, raw: Option<&str>, options: &ClassifierOptions) -> Result<ModelContract> {
-    let source = model_path.display().to_string();
-    if let Some(labels) = &options.labels {
-        contract::validate_labels(labels, &source)?;
-    }
-    let from_model = ModelContract::from_metadata(raw, &source);
-    let mut contract = match (from_model, &options.labels, &options.preprocess) {
-        (Ok(contract), _, _) => contract,
-        (Err(_), Some(labels), Some(spec)) => {
-            let input = single_name(session.inputs().iter().map(|o| o.name().to_string()).collect(), "input", model_path)?;
-            let output = single_name(session.outputs().iter().map(|o| o.name().to_string()).collect(), "output", model_path)?;
-            ModelContract::new(labels.clone(), spec.clone(), input, output, OutputKind::Logits, serde_json::Value::Object(Default::default()))?
-        }
-        (Err(error), _, _) => return Err(error),
-    };
-    if let Some(labels) = &options.labels {
-        contract.labels = labels.clone();
-    }
-    if let Some(spec) = &options.preprocess {
-        contract.preprocess = spec.clone();
-    }
-    // Overrides get the same checks as a parsed document.
-    ModelContract::new(
-        contract.labels,
-        contract.preprocess,
-        contract.input_name,
-        contract.output_name,
-        contract.output_kind,
-        contract.provenance,
-    )
-    .map_err(|e| match e {
-        Error::Contract { reason, .. } => Error::Contract { source_name: source.clone(), reason },
-        other => other,
-    })
-}
-
-/// Check the contract against the model: input `[N, 3, crop, crop]` float32 (any or fixed
-/// N), output `[N, classes]` float32. Returns the fixed batch size, if any.
-fn check_model_fits(session: &Session, model_path: &Path, contract: &ModelContract) -> Result<Option<usize>> {
-    let source = model_path.display().to_string();
-    let mismatch = |reason: String| Error::Contract { source_name: source.clone(), reason };
-    let unfit = |reason: String| Error::InvalidModel { path: model_path.to_path_buf(), reason };
-
-    let input = session.inputs().iter().find(|o| o.name() == contract.input_name).ok_or_else(|| {
-        let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-        mismatch(format!("the contract names input {:?}, the model has {names:?}", contract.input_name))
-    })?;
-    let output = session.outputs().iter().find(|o| o.name() == contract.output_name).ok_or_else(|| {
-        let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        mismatch(format!("the contract names output {:?}, the model has {names:?}", contract.output_name))
-    })?;
-
-    let input_dims = float_tensor_dims(input.dtype())
-        .ok_or_else(|| unfit(format!("input {:?} must be a float32 tensor, it is {:?}", contract.input_name, input.dtype())))?;
-    let crop = contract.preprocess.crop_size as i64;
-    if input_dims.len() != 4 {
-        return Err(unfit(format!("input {:?} must be NCHW (rank 4), its shape is {input_dims:?}", contract.input_name)));
-    }
-    // Dynamic axes (-1) accept anything; fixed ones must match what preprocessing produces.
-    for (&dim, want) in input_dims[1..].iter().zip([3, crop, crop]) {
-        if dim >= 0 && dim != want {
-            return Err(mismatch(format!(
-                "input {:?} has shape {input_dims:?}, but the preprocessing produces (N, 3, {crop}, {crop})",
-                contract.input_name
-            )));
-        }
-    }
-    let output_dims = float_tensor_dims(output.dtype())
-        .ok_or_else(|| unfit(format!("output {:?} must be a float32 tensor, it is {:?}", contract.output_name, output.dtype())))?;
-    if output_dims.len() != 2 {
-        return Err(unfit(format!("output {:?} must be (batch, classes), its shape is {output_dims:?}", contract.output_name)));
-    }
-    let classes = contract.labels.len() as i64;
-    if output_dims[1] >= 0 && output_dims[1] != classes {
-        return Err(mismatch(format!("{classes} labels, but the model output {:?} has {} classes", contract.output_name, output_dims[1])));
-    }
-    Ok((input_dims[0] > 0).then_some(input_dims[0] as usize))
-}
-
-/// The dims of a float32 tensor type (-1 for dynamic axes).
-fn float_tensor_dims(dtype: &ValueType) -> Option<Vec<i64>> {
+/// What `contract::resolve` needs to know about one input or output of the graph.
+fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
     match dtype {
-        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Some(shape.iter().copied().collect()),
-        _ => None,
+        ValueType::Tensor { ty, shape, .. } => {
+            TensorInfo { name: name.to_string(), dims: Some(shape.iter().copied().collect()), float32: *ty == TensorElementType::Float32 }
+        }
+        _ => TensorInfo { name: name.to_string(), dims: None, float32: false },
     }
 }

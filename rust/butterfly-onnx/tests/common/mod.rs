@@ -29,14 +29,7 @@ impl Corpus {
 
     /// The Pillow version that made the corpus decides the resample order to reproduce.
     pub fn pillow_order(&self) -> butterfly_onnx::preprocess::ResampleOrder {
-        use butterfly_onnx::preprocess::ResampleOrder;
-        let version = self.manifest["pillow"].as_str().unwrap();
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        match (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) {
-            (major, _) if major >= 13 => ResampleOrder::Pillow13,
-            (12, minor) if minor >= 2 => ResampleOrder::Pillow12_2,
-            _ => ResampleOrder::Pillow12_1,
-        }
+        butterfly_onnx::contract::resample_order_for_pillow(self.manifest["pillow"].as_str().unwrap())
     }
 }
 
