@@ -383,3 +383,35 @@ def test_contract_at_the_limits_gives_finite_logits_on_both_backends(tmp_path):
     if "rust" in results:
         assert np.array_equal(results["python"][0], results["rust"][0])
         np.testing.assert_allclose(results["python"][1], results["rust"][1], rtol=1e-5)
+
+
+def test_labels_must_match_a_dynamic_class_axis_at_run_time(backend, tmp_path):
+    """A class axis the graph leaves dynamic is checked when the model runs: 3 labels on a
+    model that outputs 3072 values per image is a ContractError on both backends (never a
+    silently wrong-width logits array or a raw IndexError)."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    from butterfly_onnx import Classifier
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["logits"], axis=1)],
+        "flatten",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "classes"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    contract = ModelContract(labels=("a", "b", "c"), preprocess=PreprocessSpec(32, 32))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, contract.to_json()
+    path = tmp_path / "dynamic_classes.onnx"
+    onnx.save(model, str(path))
+    image = tmp_path / "grey.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    clf = Classifier(path, backend=backend)  # nothing to check before running
+    for call in (clf.logits, clf.predict):
+        with pytest.raises(ContractError, match=r"dynamic_classes.onnx: the model output has shape \[1, 3072\], but the contract has 3 labels"):
+            call([image])
