@@ -3,7 +3,7 @@
 - :func:`build_model`, :func:`weights_preprocess`, :data:`ARCHITECTURES` (``models``)
 - :func:`save_checkpoint`, :func:`load_checkpoint` (``checkpoint``)
 - :func:`load_dataset`, :func:`health_report` (``data``)
-- :func:`finetune`, :class:`FinetuneResult` (``loop``)
+- :func:`finetune`, :class:`FinetuneResult` (``loop``), :class:`FinetuneSettings` (``settings``)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .models import ARCHITECTURES, build_model, list_architectures, weights_prep
 _LAZY = {
     "finetune": ".loop",
     "FinetuneResult": ".loop",
+    "FinetuneSettings": ".settings",
     "load_dataset": ".data",
     "Dataset": ".data",
     "health_report": ".data",

@@ -50,6 +50,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "model_state": state,
                "config": config, **extra}
+    atomic_save(payload, path)
+    return path
+
+
+def atomic_save(payload: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsynced, then ``os.replace``d:
+    a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -64,7 +71,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
         except FileNotFoundError:
             pass
         raise
-    return path
 
 
 def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:

@@ -1,5 +1,8 @@
-"""finetune(): a real fine-tune on real photos, resume after an interruption, DDP with 2 CPU
-processes, outputs (checkpoints, metrics, plots) and configuration errors."""
+"""finetune() (train/loop.py): a real fine-tune on real photos with its linear probe (checked
+against scikit-learn on torchvision's features) and the probe fallback, the cached head phase,
+resume after an interruption (bit-identical, cache in place; changed settings applied or
+refused), DDP with 2 CPU processes, outputs (checkpoints, metrics, plots), the settings object
+and configuration errors."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import butterfly_onnx  # noqa: E402
 from butterfly_onnx.contract import PreprocessSpec  # noqa: E402
 from butterfly_onnx.errors import ArchitectureError, DatasetError, TrainingError  # noqa: E402
 from butterfly_onnx.sample_data import tuxpaint_available, tuxpaint_photo_dataset  # noqa: E402
-from butterfly_onnx.train import FinetuneResult, finetune, load_checkpoint  # noqa: E402
+from butterfly_onnx.train import FinetuneResult, FinetuneSettings, finetune, load_checkpoint  # noqa: E402
 from butterfly_onnx.train.data import load_rgb  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
@@ -92,6 +95,40 @@ def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.health["num_images"] == 72
 
+    # The linear probe is scikit-learn's LogisticRegression on the frozen pretrained backbone's
+    # features, computed here independently (torchvision's pipeline, the head cut off).
+    from sklearn.linear_model import LogisticRegression
+
+    backbone = butterfly_onnx.train.build_model("efficientnet_lite0", weights="DEFAULT").eval()
+    backbone.classifier = torch.nn.Identity()
+
+    def features(samples):
+        with torch.no_grad():
+            return backbone(torch.stack([preset(load_rgb(p)) for p, _ in samples])).double().numpy()
+
+    train_y = np.array([label for _, label in result.train_samples])
+    probe = LogisticRegression(max_iter=2000).fit(features(result.train_samples), train_y)
+    probe_acc = float((probe.predict(features(result.val_samples)) == targets.numpy()).mean())
+    assert result.metrics["probe_acc1"] == pytest.approx(probe_acc)
+    # never worse than the probe (within one image)
+    assert acc >= probe_acc - 1 / len(result.val_samples) - 1e-9
+    assert result.metrics["features"]["loaded"] is False
+    assert [h["cached"] for h in history] == [True, True]
+
+    # A run whose epochs are worse than the probe (lr=0: the head stays random) keeps the
+    # probe's head on the pretrained backbone; the feature cache of the first run is reused.
+    fallback = finetune(root, model="efficientnet_lite0", weights="DEFAULT", epochs=1, head_epochs=1,
+                        batch_size=16, lr=0.0, val_fraction=0.25, preprocess=spec, out_dir=tmp_path / "run",
+                        resume=False, progress=False, seed=0)
+    assert fallback.metrics["features"]["loaded"] is True
+    assert fallback.metrics["history"][0]["val_acc1"] < probe_acc
+    assert fallback.metrics["selected"] == "probe" and fallback.metrics["best_epoch"] == 0
+    assert fallback.metrics["val_acc1"] == pytest.approx(probe_acc)
+    model, _ = load_checkpoint(fallback.checkpoint)
+    with torch.no_grad():
+        predicted = model(batch).argmax(1).numpy()
+    assert (predicted == probe.predict(features(result.val_samples))).all()
+
 
 # --- resume ---------------------------------------------------------------------------------------
 class _Interrupt:
@@ -103,18 +140,24 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, capsys):
     data = _colour_dataset(tmp_path / "data")
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(data, tmp_path / "run", epochs=2, callbacks=[_Interrupt(after_epoch=1)])
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["config"]["epoch"] == 1 and [h["epoch"] for h in saved["history"]] == [1]
+    assert saved["config"]["settings"]["epochs"] == 2
 
-    resumed = _tiny_run(data, tmp_path / "run", epochs=2)
+    # An existing run is neither resumed nor overwritten silently.
+    with pytest.raises(TrainingError, match=r"pass resume=True \(--resume\) to continue it or resume=False"):
+        _tiny_run(data, tmp_path / "run", epochs=2)
+    resumed = _tiny_run(data, tmp_path / "run", epochs=2, resume=True)
+    assert "resuming" in capsys.readouterr().err
     history = resumed.metrics["history"]
     assert [h["epoch"] for h in history] == [1, 2] and resumed.epochs_run == 2
     assert history[:1] == saved["history"]  # the finished epoch is kept, not rerun
     assert [h["phase"] for h in history] == ["head", "finetune"]
+    assert resumed.metrics["features"]["loaded"] is True  # the cache of the interrupted run
 
     straight = _tiny_run(data, tmp_path / "straight", epochs=2, test_data=data)
     assert [h["val_acc1"] for h in straight.metrics["history"]] == [h["val_acc1"] for h in history]
@@ -124,13 +167,53 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     assert 0.0 <= straight.metrics["test"]["acc1"] <= 1.0 and "confusion_test" in straight.plots
 
     # Running again with everything finished trains nothing and reports the same best model.
-    again = _tiny_run(data, tmp_path / "run", epochs=2)
+    again = _tiny_run(data, tmp_path / "run", epochs=2, resume=True)
     assert again.metrics["history"] == history and again.metrics["val_acc1"] == resumed.metrics["val_acc1"]
 
     with pytest.raises(TrainingError, match="cannot resume"):
-        _tiny_run(data, tmp_path / "run", model="resnet18", epochs=2)
+        _tiny_run(data, tmp_path / "run", model="resnet18", epochs=2, resume=True)
     with pytest.raises(TrainingError, match="cannot resume: it was trained with preprocessing"):
-        _tiny_run(data, tmp_path / "run", epochs=2, preprocess=PreprocessSpec(resize_size=80, crop_size=64))
+        _tiny_run(data, tmp_path / "run", epochs=2, preprocess=PreprocessSpec(resize_size=80, crop_size=64),
+                  resume=True)
+    with pytest.raises(TrainingError, match=r"cannot resume with changed settings \(label_smoothing 0.1 -> 0.2"):
+        _tiny_run(data, tmp_path / "run", epochs=2, label_smoothing=0.2, resume=True)
+
+    # More epochs and a new learning rate are applied, and said so: the new epoch trains at
+    # the new rate's schedule (never at a finished schedule's 0).
+    longer = _tiny_run(data, tmp_path / "run", epochs=3, finetune_lr=0.05, resume=True)
+    err = capsys.readouterr().err
+    assert "after epoch 2 of 3" in err and "epochs 2 -> 3" in err and "finetune_lr None -> 0.05" in err
+    third = longer.metrics["history"][2]
+    assert third["epoch"] == 3 and third["phase"] == "finetune"
+    assert 0 < third["lr_backbone"] <= 0.05 and third["lr_backbone_end"] > 0
+    assert longer.metrics["history"][:2] == history
+
+    # A fresh start ignores the checkpoint (and reuses the matching feature cache).
+    fresh = _tiny_run(data, tmp_path / "run", epochs=2, resume=False)
+    assert [h["val_acc1"] for h in fresh.metrics["history"]] == [h["val_acc1"] for h in straight.metrics["history"]]
+    c = torch.load(fresh.last_checkpoint, weights_only=True)["model_state"]
+    assert all(torch.equal(c[k], b[k]) for k in b)
+
+
+def test_resume_inside_the_cached_head_phase_is_bit_identical(tmp_path):
+    data = _colour_dataset(tmp_path / "data", per_class=6)
+    run = dict(epochs=3, head_epochs=2, head_steps=20)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(data, tmp_path / "run", callbacks=[_Interrupt(after_epoch=1)], **run)
+    cache = tmp_path / "run" / "features.pt"
+    stamp = cache.stat().st_mtime_ns
+    resumed = _tiny_run(data, tmp_path / "run", resume=True, **run)
+    assert resumed.metrics["features"]["loaded"] is True and cache.stat().st_mtime_ns == stamp
+    straight = _tiny_run(data, tmp_path / "straight", **run)
+    rows = straight.metrics["history"]
+    assert [h["phase"] for h in rows] == ["head", "head", "finetune"] and [h["cached"] for h in rows] == [True, True, False]
+    # 15 training images, batches of 8: 2 steps per pass; head_steps=20 over 2 head epochs:
+    # 5 passes (10 steps) per epoch
+    assert [h["steps"] for h in rows[:2]] == [10, 10] and rows[0]["train_images"] == 5 * 15
+    assert [h["val_acc1"] for h in resumed.metrics["history"]] == [h["val_acc1"] for h in rows]
+    a = torch.load(resumed.last_checkpoint, weights_only=True)["model_state"]
+    b = torch.load(straight.last_checkpoint, weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_early_stopping_and_phases(tmp_path):
@@ -152,14 +235,46 @@ def test_early_stopping_and_phases(tmp_path):
 
 
 # --- bad configuration ------------------------------------------------------------------------------
+def test_one_epoch_clamps_the_head_epochs_with_a_note(tmp_path, capsys):
+    data = _colour_dataset(tmp_path / "data", per_class=4)
+    result = _tiny_run(data, tmp_path / "run", epochs=1, head_epochs=2)
+    assert "head_epochs=2 clamped to epochs=1" in capsys.readouterr().err
+    assert [h["phase"] for h in result.metrics["history"]] == ["head"]
+    assert result.settings.head_epochs == 1 and result.metrics["notes"] == ["head_epochs=2 clamped to epochs=1"]
+
+
+def test_settings_object_validated_frozen_and_saved(tmp_path):
+    settings = FinetuneSettings(epochs=3, lr=0.01, preprocess=SMALL.to_dict())
+    assert settings.preprocess == SMALL and settings.backbone_lr == pytest.approx(0.001)
+    with pytest.raises(Exception):  # frozen
+        settings.lr = 0.1
+    assert FinetuneSettings(**{k: v for k, v in settings.to_dict().items()}) == settings
+    for bad, match in [({"epochs": 0}, "epochs must be >= 1"), ({"lr": -1}, "lr must be >= 0"),
+                       ({"batch_size": 2.5}, "batch_size must be an integer"), ({"warmup": 2}, "warmup must be <= 1"),
+                       ({"class_balance": "sampler"}, "class_balance must be one of"),
+                       ({"val_fraction": 0}, "val_fraction must be > 0"), ({"lr": float("nan")}, "finite")]:
+        with pytest.raises(TrainingError, match=match):
+            FinetuneSettings(**bad)
+    applied, refused = settings.resume_changes(settings.replace(epochs=5, seed=3).to_dict())
+    assert applied == {"epochs": (5, 3)} and refused == {"seed": (3, 0)}
+
+    data = _colour_dataset(tmp_path / "data", per_class=4)
+    result = _tiny_run(data, tmp_path / "run", epochs=1, class_balance="loss")
+    raw = torch.load(result.checkpoint, weights_only=True)
+    assert raw["config"]["settings"] == result.settings.to_dict()
+    assert raw["config"]["settings"]["class_balance"] == "loss"
+
+
 def test_bad_configuration_errors(tmp_path):
     data = _colour_dataset(tmp_path / "data", per_class=3)
     with pytest.raises(ArchitectureError, match="unknown architecture 'efficientnet_lite9'"):
         finetune(data, model="efficientnet_lite9", out_dir=tmp_path / "x", progress=False)
-    with pytest.raises(TrainingError, match="head_epochs"):
-        finetune(data, epochs=1, head_epochs=2, out_dir=tmp_path / "x", progress=False)
+    with pytest.raises(TrainingError, match="head_epochs must be >= 0"):
+        finetune(data, epochs=1, head_epochs=-1, out_dir=tmp_path / "x", progress=False)
     with pytest.raises(TrainingError, match="unfreeze"):
         finetune(data, unfreeze="half", out_dir=tmp_path / "x", progress=False)
+    with pytest.raises(TrainingError, match="resume must be None, True or False"):
+        finetune(data, resume="yes", out_dir=tmp_path / "x", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="empty"):
         _tiny_run(tmp_path / "empty", tmp_path / "x")
