@@ -120,7 +120,9 @@ def test_shared_fixtures_agree_with_their_expected_outcome():
 
 def _resolve_case(case: dict, source: str):
     contract = case["contract"]
-    metadata = {} if contract is None else {METADATA_KEY: contract if isinstance(contract, str) else json.dumps(contract)}
+    metadata = (
+        {} if contract is None else {METADATA_KEY: contract if isinstance(contract, str) else json.dumps(contract)}
+    )
 
     def port(entry):
         dtype = "tensor(float)" if entry["dtype"] == "float32" else f"tensor({entry['dtype']})"
@@ -157,7 +159,10 @@ def test_shared_resolve_cases():
             assert list(contract.labels) == want["labels"], name
             assert contract.preprocess == PreprocessSpec.from_dict(want["preprocess"]), name
             assert (contract.input_name, contract.output_name, contract.output_kind) == (
-                want["input_name"], want["output_name"], want["output_kind"]), name
+                want["input_name"],
+                want["output_name"],
+                want["output_kind"],
+            ), name
 
 
 def test_resolve_names_the_model_in_every_error():
@@ -171,12 +176,22 @@ def test_resolve_names_the_model_in_every_error():
 def test_limits_are_the_documented_ones():
     assert (MAX_SIZE, MAX_DEPTH, MAX_DOCUMENT_BYTES) == (8192, 64, 1 << 20)
     PreprocessSpec(MAX_SIZE - 1, MAX_SIZE, max_size=MAX_SIZE)
-    for bad in (dict(resize_size=MAX_SIZE + 1, crop_size=224), dict(resize_size=256, crop_size=2**31),
-                dict(resize_size=256, crop_size=10**5000), dict(resize_size=256, crop_size=224, max_size=2**64)):
+    for bad in (
+        dict(resize_size=MAX_SIZE + 1, crop_size=224),
+        dict(resize_size=256, crop_size=2**31),
+        dict(resize_size=256, crop_size=10**5000),
+        dict(resize_size=256, crop_size=224, max_size=2**64),
+    ):
         with pytest.raises(ContractError, match="8192"):
             PreprocessSpec(**bad)
-    for field, bad in (("std", (1e-300, 1, 1)), ("std", (0.5, 0.5, 1e300)), ("mean", (1e300, 0, 0)),
-                       ("mean", (10**400, 0, 0)), ("std", (float("nan"), 1, 1)), ("mean", (0, float("-inf"), 0))):
+    for field, bad in (
+        ("std", (1e-300, 1, 1)),
+        ("std", (0.5, 0.5, 1e300)),
+        ("mean", (1e300, 0, 0)),
+        ("mean", (10**400, 0, 0)),
+        ("std", (float("nan"), 1, 1)),
+        ("mean", (0, float("-inf"), 0)),
+    ):
         with pytest.raises(ContractError, match=field):
             PreprocessSpec(256, 224, **{field: bad})
 
@@ -198,7 +213,9 @@ def test_python_values_get_the_same_limits_without_raw_errors():
     with pytest.raises(ContractError, match="m.onnx.*must be JSON text"):
         ModelContract.from_metadata({METADATA_KEY: b"{}"}, source="m.onnx")
     with pytest.raises(ContractError, match="bytes, more than the limit"):
-        ModelContract(labels=tuple(f"class {i:07d}" for i in range(80_000)), preprocess=PreprocessSpec(256, 224)).to_json()
+        ModelContract(
+            labels=tuple(f"class {i:07d}" for i in range(80_000)), preprocess=PreprocessSpec(256, 224)
+        ).to_json()
 
 
 def test_check_output_is_the_run_time_half():
@@ -206,7 +223,9 @@ def test_check_output_is_the_run_time_half():
     check_output(contract, (4, 3), "m.onnx", rows=4)
     check_output(contract, (7, 3), "m.onnx")
     for shape, rows in (((4, 5), 4), ((4, 3), 2), ((4, 3, 1), None), ((12,), None)):
-        with pytest.raises(ContractError, match=r"m.onnx: the model output has shape .*, but the contract has 3 labels"):
+        with pytest.raises(
+            ContractError, match=r"m.onnx: the model output has shape .*, but the contract has 3 labels"
+        ):
             check_output(contract, shape, "m.onnx", rows=rows)
 
 
@@ -250,7 +269,9 @@ def test_spec_from_compose_and_its_limits():
     )
     assert (spec.resize_size, spec.crop_size, spec.max_size, spec.mean) == (160, 128, 400, (0.5, 0.5, 0.5))
     with pytest.raises(ContractError, match="single int"):
-        PreprocessSpec.from_transforms(T.Compose([T.Resize((200, 300)), T.CenterCrop(128), T.Normalize([0] * 3, [1] * 3)]))
+        PreprocessSpec.from_transforms(
+            T.Compose([T.Resize((200, 300)), T.CenterCrop(128), T.Normalize([0] * 3, [1] * 3)])
+        )
     with pytest.raises(ContractError, match="ColorJitter"):
         PreprocessSpec.from_transforms(T.Compose([T.Resize(200), T.ColorJitter(), T.CenterCrop(128)]))
     with pytest.raises(ContractError, match="nearest"):
@@ -281,7 +302,9 @@ def test_write_contract_checks_names_and_replaces(tmp_path):
 
 
 # -- end to end: contracts written into a model's metadata, opened by both backends ----------
-def _tiny_model(path: Path, raw: str, *, classes: int = 3, input_name: str = "input", output_name: str = "logits") -> Path:
+def _tiny_model(
+    path: Path, raw: str, *, classes: int = 3, input_name: str = "input", output_name: str = "logits"
+) -> Path:
     """A classifier graph (global average pool + a 3 x classes matmul) with dynamic batch,
     height and width, whose metadata holds ``raw`` as the contract -- written with onnx
     directly, bypassing write_contract's checks, as a foreign or tampered file would be."""
@@ -328,8 +351,13 @@ def test_every_contract_fixture_end_to_end(backend, tmp_path):
         if case["valid"]:
             expect = case["expect"]
             contract = ModelContract.from_metadata({METADATA_KEY: raw})
-            path = _tiny_model(tmp_path / name.replace(".json", ".onnx"), raw, classes=len(expect["labels"]),
-                               input_name=contract.input_name, output_name=contract.output_name)
+            path = _tiny_model(
+                tmp_path / name.replace(".json", ".onnx"),
+                raw,
+                classes=len(expect["labels"]),
+                input_name=contract.input_name,
+                output_name=contract.output_name,
+            )
             clf = Classifier(path, backend=backend)
             assert list(clf.labels) == expect["labels"], name
             assert clf.contract.preprocess.crop_size == expect["crop_size"], name
@@ -347,8 +375,13 @@ def test_bad_explicit_preprocess_is_a_contract_error(backend, tmp_path):
 
     path = _tiny_model(tmp_path / "m.onnx", "{labels")
     good = {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
-    for bad in ({**good, "crop_size": 100000}, {**good, "crop_size": 2**31}, {**good, "std": [1e-300] * 3},
-                {**good, "mean": [1e300] * 3}, {**good, "resize_size": 10**30}):
+    for bad in (
+        {**good, "crop_size": 100000},
+        {**good, "crop_size": 2**31},
+        {**good, "std": [1e-300] * 3},
+        {**good, "mean": [1e300] * 3},
+        {**good, "resize_size": 10**30},
+    ):
         with pytest.raises(ContractError, match="m.onnx: preprocess"):
             Classifier(path, backend=backend, labels=["a", "b", "c"], preprocess=bad)
     clf = Classifier(path, backend=backend, labels=["a", "b", "c"], preprocess=good)  # a foreign model
@@ -413,5 +446,8 @@ def test_labels_must_match_a_dynamic_class_axis_at_run_time(backend, tmp_path):
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
     clf = Classifier(path, backend=backend)  # nothing to check before running
     for call in (clf.logits, clf.predict):
-        with pytest.raises(ContractError, match=r"dynamic_classes.onnx: the model output has shape \[1, 3072\], but the contract has 3 labels"):
+        with pytest.raises(
+            ContractError,
+            match=r"dynamic_classes.onnx: the model output has shape \[1, 3072\], but the contract has 3 labels",
+        ):
             call([image])

@@ -16,9 +16,10 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .errors import ContractError, InvalidModelError
 
@@ -306,7 +307,7 @@ class PreprocessSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
         """The ``preprocess`` object of a contract document: every field but ``max_size`` is
         required, unknown fields are errors (see :meth:`coerce` for the lenient form)."""
         if not isinstance(data, Mapping):
@@ -320,7 +321,7 @@ class PreprocessSpec:
         return cls(**{k: data[k] for k in _SPEC_FIELDS if k in data})
 
     @classmethod
-    def coerce(cls, value: Any, *, what: str = "preprocess") -> "PreprocessSpec":
+    def coerce(cls, value: Any, *, what: str = "preprocess") -> PreprocessSpec:
         """The one converter of user-given preprocessing (``Classifier(preprocess=)``,
         ``export_onnx(preprocess=)``): a PreprocessSpec (returned as is); a dict with
         ``resize_size``, ``crop_size``, ``mean``, ``std`` and optionally ``interpolation``
@@ -344,7 +345,7 @@ class PreprocessSpec:
         return cls.from_transforms(value)
 
     @classmethod
-    def from_transforms(cls, transforms: Any, *, resample_order: str | None = None) -> "PreprocessSpec":
+    def from_transforms(cls, transforms: Any, *, resample_order: str | None = None) -> PreprocessSpec:
         """A spec from a torchvision preset (``weights.transforms()``) or a ``Compose`` of
         ``Resize`` (int size), ``CenterCrop``, ``ToTensor``/``PILToTensor``+``ConvertImageDtype``
         and ``Normalize``.  Duck-typed: torchvision is not imported here."""
@@ -508,7 +509,7 @@ class ModelContract:
         return {METADATA_KEY: self.to_json()}
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "<contract>") -> "ModelContract":
+    def from_dict(cls, data: Any, *, source: str = "<contract>") -> ModelContract:
         try:
             if not isinstance(data, Mapping):
                 raise ContractError("the contract must be a JSON object")
@@ -540,8 +541,8 @@ class ModelContract:
             return cls(
                 labels=labels,
                 preprocess=preprocess,
-                input_name=inp.get("name"),
-                output_name=out.get("name"),
+                input_name=inp.get("name"),  # type: ignore[arg-type]  # checked in __post_init__
+                output_name=out.get("name"),  # type: ignore[arg-type]
                 output_kind=out.get("kind", "logits"),
                 provenance=dict(provenance),
                 schema_version=version,
@@ -550,7 +551,7 @@ class ModelContract:
             raise ContractError(f"{source}: invalid butterfly_onnx contract: {exc}") from None
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str], *, source: str = "<model>") -> "ModelContract":
+    def from_metadata(cls, metadata: Mapping[str, str], *, source: str = "<model>") -> ModelContract:
         """Read the contract from a model's ``metadata_props`` mapping."""
         raw = metadata.get(METADATA_KEY)
         if raw is None:
@@ -569,7 +570,7 @@ def _is_static(dim: Any) -> bool:
     return isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0
 
 
-def _port(entry: Any) -> tuple[str, list[Any], str | None]:
+def _port(entry: Any) -> tuple[str, list[Any] | None, str | None]:
     name, shape = entry[0], entry[1]
     elem_type = entry[2] if len(entry) > 2 else None
     return name, list(shape) if shape is not None else None, elem_type
@@ -625,6 +626,7 @@ def resolve_contract(
             raise
         contract = None
     if contract is None:
+        assert labels is not None and preprocess is not None
         if len(in_ports) != 1 or len(out_ports) != 1:
             raise InvalidModelError(
                 f"{source}: without a usable contract the model must have exactly one input and one output, "
@@ -668,9 +670,7 @@ def resolve_contract(
             )
     out_shape, out_elem = by_name_out[contract.output_name]
     if out_elem is not None and out_elem not in _FLOAT32_TYPES:
-        raise InvalidModelError(
-            f"{source}: output '{contract.output_name}' must be a float32 tensor, it is {out_elem}"
-        )
+        raise InvalidModelError(f"{source}: output '{contract.output_name}' must be a float32 tensor, it is {out_elem}")
     if out_shape is None or len(out_shape) != 2:
         raise InvalidModelError(
             f"{source}: output '{contract.output_name}' must be (batch, classes), its shape is {_dims(out_shape)}"

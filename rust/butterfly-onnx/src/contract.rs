@@ -251,15 +251,14 @@ pub fn resolve(
     let mut contract = match (ModelContract::from_metadata(raw, source), labels, preprocess) {
         (Ok(contract), _, _) => contract,
         (Err(_), Some(labels), Some(spec)) => {
-            let names = |ports: &[TensorInfo]| ports.iter().map(|p| format!("'{}'", p.name)).collect::<Vec<_>>().join(", ");
             let (input, output) = match (inputs, outputs) {
                 ([input], [output]) => (input.name.clone(), output.name.clone()),
                 _ => {
                     return Err(unfit(format!(
                         "without a usable contract the model must have exactly one input and one output, \
                          it has inputs [{}] and outputs [{}]",
-                        names(inputs),
-                        names(outputs)
+                        port_names(inputs),
+                        port_names(outputs)
                     )))
                 }
             };
@@ -285,15 +284,18 @@ pub fn resolve(
         contract.preprocess = spec.clone();
     }
 
-    let names = |ports: &[TensorInfo]| ports.iter().map(|p| format!("'{}'", p.name)).collect::<Vec<_>>().join(", ");
     let input = inputs.iter().find(|p| p.name == contract.input_name).ok_or_else(|| {
-        contract_error(format!("the contract names input '{}', the model has [{}]", contract.input_name, names(inputs)))
+        contract_error(format!(
+            "the contract names input '{}', the model has [{}]",
+            contract.input_name,
+            port_names(inputs)
+        ))
     })?;
     let output = outputs.iter().find(|p| p.name == contract.output_name).ok_or_else(|| {
         contract_error(format!(
             "the contract names output '{}', the model has [{}]",
             contract.output_name,
-            names(outputs)
+            port_names(outputs)
         ))
     })?;
     if !input.float32 {
@@ -340,6 +342,11 @@ pub fn resolve(
         )));
     }
     Ok(contract)
+}
+
+/// `'a', 'b'`: the names of graph inputs or outputs, as contract.py lists them.
+fn port_names(ports: &[TensorInfo]) -> String {
+    ports.iter().map(|p| format!("'{}'", p.name)).collect::<Vec<_>>().join(", ")
 }
 
 /// The fixed batch size of the contract's input, if its first axis is static.
@@ -440,10 +447,7 @@ pub(crate) fn missing_contract(source: &str) -> Error {
 }
 
 fn invalid(source: &str, reason: &str) -> Error {
-    Error::Contract {
-        source_name: source.to_string(),
-        reason: format!("invalid butterfly_onnx contract: {reason}"),
-    }
+    Error::Contract { source_name: source.to_string(), reason: format!("invalid butterfly_onnx contract: {reason}") }
 }
 
 /// Python-like rendering of a JSON value inside messages.
@@ -578,12 +582,14 @@ fn non_empty_string(value: Option<&Value>, name: &str) -> Check<String> {
     }
 }
 
-const SPEC_FIELDS: [&str; 7] = ["resize_size", "crop_size", "interpolation", "max_size", "mean", "std", "resample_order"];
+const SPEC_FIELDS: [&str; 7] =
+    ["resize_size", "crop_size", "interpolation", "max_size", "mean", "std", "resample_order"];
 const SPEC_REQUIRED: [&str; 6] = ["crop_size", "interpolation", "mean", "resample_order", "resize_size", "std"];
 
 fn spec_from_value(data: &Value) -> Check<PreprocessSpec> {
     let data = data.as_object().ok_or_else(|| format!("preprocess must be an object, got {}", type_name(data)))?;
-    let missing: Vec<String> = SPEC_REQUIRED.iter().filter(|k| !data.contains_key(**k)).map(|k| format!("'{k}'")).collect();
+    let missing: Vec<String> =
+        SPEC_REQUIRED.iter().filter(|k| !data.contains_key(**k)).map(|k| format!("'{k}'")).collect();
     if !missing.is_empty() {
         return Err(format!("preprocess is missing [{}]", missing.join(", ")));
     }
@@ -643,7 +649,8 @@ fn check_max_size(max_size: Option<u32>, resize_size: u32) -> Check<()> {
 /// `max_size > resize_size`, `mean` in [`MEAN_RANGE`], `std` in [`STD_RANGE`]. The message
 /// says what is wrong, without a source; `preprocess::preprocess_into` uses it too.
 pub fn check_spec(spec: &PreprocessSpec) -> std::result::Result<(), String> {
-    let sizes = [("resize_size", Some(spec.resize_size)), ("crop_size", Some(spec.crop_size)), ("max_size", spec.max_size)];
+    let sizes =
+        [("resize_size", Some(spec.resize_size)), ("crop_size", Some(spec.crop_size)), ("max_size", spec.max_size)];
     for (name, value) in sizes {
         if let Some(value) = value {
             if !(1..=MAX_SIZE).contains(&value) {

@@ -59,7 +59,9 @@ fn shared_fixtures_agree_with_their_expected_outcome() {
                 for (key, value) in want {
                     let same = match (value.as_array(), got[key].as_array()) {
                         // mean/std: float32 in the pipeline; compare as float32
-                        (Some(w), Some(g)) => w.iter().zip(g).all(|(w, g)| w.as_f64().map(|v| v as f32) == g.as_f64().map(|v| v as f32)),
+                        (Some(w), Some(g)) => {
+                            w.iter().zip(g).all(|(w, g)| w.as_f64().map(|v| v as f32) == g.as_f64().map(|v| v as f32))
+                        }
                         _ => &got[key] == value,
                     };
                     assert!(same, "{name}: preprocess.{key} is {}, expected {value}", got[key]);
@@ -118,8 +120,10 @@ fn missing_contract_is_a_contract_error_naming_the_model() {
 
 #[test]
 fn resample_order_table_examples() {
-    let table: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_file("python/butterfly_onnx/data/resample_orders.json")).unwrap()).unwrap();
+    let table: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("python/butterfly_onnx/data/resample_orders.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(table.to_string(), serde_json::from_str::<Value>(contract::RESAMPLE_ORDERS_JSON).unwrap().to_string());
     let examples = table["examples"].as_array().unwrap();
     assert!(examples.len() >= 5);
@@ -193,7 +197,9 @@ fn shared_resolve_cases() {
 #[test]
 fn resolve_names_the_model_in_every_error() {
     let table = resolve_table();
-    for case in table["cases"].as_array().unwrap().iter().filter(|c| c.get("error").is_some() && c["preprocess"].is_null()) {
+    for case in
+        table["cases"].as_array().unwrap().iter().filter(|c| c.get("error").is_some() && c["preprocess"].is_null())
+    {
         let error = resolve_case(case, "zoo/butterfly.onnx").unwrap_err();
         assert!(error.to_string().starts_with("zoo/butterfly.onnx: "), "{}: {error}", case["name"]);
     }
@@ -213,7 +219,8 @@ fn static_batch_comes_from_the_named_input() {
 
 #[test]
 fn specs_built_in_rust_get_the_same_limits() {
-    let good = contract::preprocess_from_value(&resolve_table()["cases"][0]["contract"]["preprocess"], "m.onnx").unwrap();
+    let good =
+        contract::preprocess_from_value(&resolve_table()["cases"][0]["contract"]["preprocess"], "m.onnx").unwrap();
     assert!(contract::check_spec(&good).is_ok());
     let mut bad = good.clone();
     bad.crop_size = 1 << 31;
