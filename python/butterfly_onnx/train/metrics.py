@@ -103,24 +103,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str) -> Path:
-    """The confusion matrix (rows true, columns predicted) as a PNG heat map."""
-    values = np.asarray(matrix)
-    n = len(labels)
-    size = min(4 + 0.3 * n, 30)
-    figure = _figure(size, size)
-    ax = figure.subplots()
-    image = ax.imshow(values, cmap="Blues")
-    figure.colorbar(image, ax=ax, fraction=0.046)
-    fontsize = max(4, 10 - n // 10)
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(n), labels, fontsize=fontsize)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if values[i, j]:
-                    ax.text(j, i, int(values[i, j]), ha="center", va="center", fontsize=fontsize,
-                            color="white" if values[i, j] > values.max() / 2 else "black")
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+    """The confusion matrix (rows true, columns predicted) as a PNG heat map: the one drawing of
+    :func:`butterfly_onnx.evaluate.plot_confusion`."""
+    from ..evaluate import plot_confusion as draw
+
+    return draw(matrix, labels, path, title)
