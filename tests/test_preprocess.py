@@ -211,6 +211,48 @@ def test_pass_orders_really_differ():
     assert (h_first != v_first).sum() > 100
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("order", RESAMPLE_ORDERS)
+def test_pillow_resize_used_wherever_its_pass_order_gives_the_contracts_pixels(interpolation, order):
+    """The python backend keeps Pillow's C resize per image wherever the installed Pillow picks
+    the contract rule's first pass (decided by pass order, not by the rule's name): there its
+    output is the contract's pixels (the port of that rule), and it is chosen for most images
+    even under another Pillow's rule."""
+    spec = PreprocessSpec(256, 224, interpolation=interpolation, resample_order=order)
+    fast = 0
+    for (w, h), size in RESIZES:
+        rgb = natural_rgb(h, w, seed=w * 3 + h)
+        exact = pre.pillow_resize_is_exact(spec, (w, h), size)
+        assert exact == (
+            w == size[0] or h == size[1] or pre.vertical_pass_first(INSTALLED, w, h, *size) == pre.vertical_pass_first(order, w, h, *size)
+        )
+        if exact:
+            fast += 1
+            got = np.asarray(Image.fromarray(rgb).resize(size, PIL_FILTER[interpolation]))
+            assert np.array_equal(got, pre.resize_numpy(rgb, size, interpolation, order)), ((w, h), size)
+    assert fast >= len(RESIZES) - 3, fast  # only the three tall shrinking images can disagree
+
+
+def test_auto_method_uses_pillow_under_another_rule_when_exact(monkeypatch):
+    """A contract recorded under another Pillow's rule still gets Pillow's C resize on a
+    landscape photo (both rules go horizontal first) and the port on a tall portrait where
+    the rules disagree; the tensors equal the port's either way."""
+    calls = []
+    real = pre.resize_pillow
+    monkeypatch.setattr(pre, "resize_pillow", lambda *a: calls.append(a[1]) or real(*a))
+    for order in OTHER_ORDERS:
+        spec = PreprocessSpec(256, 224, resample_order=order)
+        for (w, h) in [(640, 480), (600, 1300), (256, 300)]:
+            calls.clear()
+            img = Image.fromarray(natural_rgb(h, w, seed=w))
+            auto = pre.preprocess_image(img, spec)
+            assert_exact(auto, pre.preprocess_image(img, spec, method="numpy"), f"{w}x{h} {order}")
+            size = pre.resized_size(w, h, spec)
+            assert bool(calls) == pre.pillow_resize_is_exact(spec, (w, h), size), (w, h, order)
+            if (w, h) == (640, 480):
+                assert calls, "Pillow's resize is exact here and should be used"
+
+
 # --- the whole pipeline, python module level ----------------------------------------------
 @pytest.mark.parametrize("spec_name", ["256-224-bilinear", "232-224-bicubic", "160-128-bilinear"])
 def test_pillow_fast_path_equals_numpy_path(corpus, spec_name):

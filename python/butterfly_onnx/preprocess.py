@@ -18,8 +18,10 @@ written straight into a preallocated float32 batch.  The formulas are those of
 
 Two resampling implementations give the same bytes:
 
-* Pillow's own C resize, used when the spec's ``resample_order`` is the installed Pillow's
-  rule (exact by definition, and fast);
+* Pillow's own C resize, used whenever it gives the spec's pixels: when the installed Pillow's
+  rule picks the same first pass as the spec's ``resample_order`` for the image's sizes (or
+  only one axis changes), decided per image by :func:`pillow_resize_is_exact` (exact by
+  definition, and fast, under any Pillow or Pillow-SIMD);
 * a vectorised NumPy port of ``Resample.c`` (:func:`resize_numpy`), used for the other rules
   and as the reference the Rust port is checked against.
 
@@ -44,6 +46,7 @@ __all__ = [
     "resample_coefficients",
     "resize_numpy",
     "resize_pillow",
+    "pillow_resize_is_exact",
     "normalization_table",
     "preprocess_image",
     "preprocess_batch",
@@ -245,12 +248,35 @@ def normalization_table(spec: PreprocessSpec) -> np.ndarray:
 
 
 # --- the whole pipeline ---------------------------------------------------------------
-def _select_method(spec: PreprocessSpec, method: Method, in_pixels: int, out_pixels: int) -> str:
+def pillow_resize_is_exact(
+    spec: PreprocessSpec, in_size: tuple[int, int], out_size: tuple[int, int], installed: str | None = None
+) -> bool:
+    """Whether the installed Pillow's own ``Image.resize`` gives the pixels of
+    ``spec.resample_order`` for this resize: the rules differ only in which pass runs first, so
+    Pillow is exact whenever at most one axis changes or both rules pick the same first pass
+    for these sizes (most images: the rules only disagree on tall images that shrink a lot).
+    ``installed`` defaults to the installed Pillow's rule (Pillow-SIMD and older Pillow report
+    their base version, hence their rule)."""
+    (in_w, in_h), (out_w, out_h) = in_size, out_size
+    if in_w == out_w or in_h == out_h:
+        return True
+    rule = installed if installed is not None else current_resample_order()
+    if rule == spec.resample_order:
+        return True
+    return vertical_pass_first(rule, in_w, in_h, out_w, out_h) == vertical_pass_first(
+        spec.resample_order, in_w, in_h, out_w, out_h
+    )
+
+
+def _select_method(
+    spec: PreprocessSpec, method: Method, in_size: tuple[int, int], out_size: tuple[int, int]
+) -> str:
     if method == "auto":
-        if spec.resample_order != current_resample_order():
+        if not pillow_resize_is_exact(spec, in_size, out_size):
             return "numpy"
         # A large upscale of which the crop keeps a sliver (e.g. 3x500 -> 256x42666): Pillow
         # would compute every output pixel, the port computes only the crop's.
+        in_pixels, out_pixels = in_size[0] * in_size[1], out_size[0] * out_size[1]
         if out_pixels > 16 * spec.crop_size**2 and in_pixels < out_pixels // 4:
             return "numpy"
         return "pillow"
@@ -270,9 +296,9 @@ def preprocess_image(
 
     ``image`` is a PIL image in mode RGB (decoded with ``Image.open(f).convert("RGB")``) or an
     HxWx3 uint8 array.  ``method`` picks the resampler: ``"pillow"`` (Pillow's C code, exact
-    only for the installed Pillow's rule), ``"numpy"`` (the port, exact for every rule) or
-    ``"auto"`` (Pillow when its rule is ``spec.resample_order``, except for large upscales
-    that the crop mostly discards).
+    only where :func:`pillow_resize_is_exact`), ``"numpy"`` (the port, exact for every rule)
+    or ``"auto"`` (Pillow wherever it is exact for this image, except for large upscales that
+    the crop mostly discards).
     """
     crop = spec.crop_size
     if out is None:
@@ -292,7 +318,7 @@ def preprocess_image(
     pad_y, top = crop_offsets(new_h, crop)
     win_w, win_h = min(crop, new_w), min(crop, new_h)
 
-    if _select_method(spec, method, width * height, new_w * new_h) == "pillow":
+    if _select_method(spec, method, (width, height), (new_w, new_h)) == "pillow":
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         resized = resize_pillow(pil, (new_w, new_h), spec.interpolation)
         region = np.asarray(resized)[top : top + win_h, left : left + win_w]
