@@ -517,3 +517,12 @@ def test_prediction_to_dict_and_the_old_names(backend, classifiers, image_files)
     assert [t["label"] for t in as_dict["top_k"]] == [t.label for t in prediction.top_k]
     with pytest.warns(DeprecationWarning, match="contract"):
         assert clf.spec == clf.contract
+
+
+def test_progress_bar_on_stderr_only_when_asked(classifiers, image_files, capsys):
+    clf = classifiers("python")
+    clf.predict(image_files["good"], progress=True)
+    assert "predict" in capsys.readouterr().err  # tqdm's bar, on stderr
+    clf.predict(image_files["good"], progress=False)
+    clf.predict(image_files["good"])  # None: only when stderr is a terminal (it is not here)
+    assert capsys.readouterr().err == ""
