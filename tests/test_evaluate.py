@@ -127,3 +127,29 @@ def test_val_gives_the_accuracy_finetune_reported(tmp_path, corpus):
     report = evaluate(onnx_path, pairs)
     assert report.count == len(result.val_samples)
     assert report.top1 == pytest.approx(result.metrics["val_acc1"], abs=1e-9)
+
+
+def test_val_and_the_submission_are_torch_free(labelled, contract_model, tmp_path):
+    import subprocess
+    import sys
+
+    listed = sorted(labelled.rglob("*.*"))
+    (tmp_path / "test").mkdir()
+    for i, path in enumerate(listed):
+        shutil.copy(path, tmp_path / "test" / f"Image_{i}{path.suffix}")
+    names = [f"Image_{i}{p.suffix}" for i, p in enumerate(listed)]
+    (tmp_path / "Testing_set.csv").write_text("filename\n" + "".join(f"{n}\n" for n in names))
+    code = (
+        "import sys\n"
+        "from butterfly_onnx.cli import main\n"
+        f"assert main(['val', {str(contract_model.path)!r}, {str(labelled)!r}, '--json']) == 0\n"
+        f"assert main(['predict', {str(contract_model.path)!r}, {str(tmp_path / 'Testing_set.csv')!r},"
+        f" '-o', {str(tmp_path / 'submission.csv')!r}]) == 0\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "assert not bad, bad[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["count"] == len(listed)
+    rows = (tmp_path / "submission.csv").read_text().splitlines()
+    assert rows[0] == "filename,label" and [r.split(",")[0] for r in rows[1:]] == names
