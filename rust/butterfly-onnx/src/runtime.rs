@@ -9,8 +9,9 @@
 //! Where the library comes from, first match wins:
 //! 1. an explicit path (`ClassifierOptions::ort_library`, the CLI's `--ort-lib`);
 //! 2. the environment: `BUTTERFLY_ONNX_ORT_LIB`, then `ORT_DYLIB_PATH`;
-//! 3. (the CLI and the Python binding only) the onnxruntime wheel, found by
-//!    [`find_python_onnxruntime`].
+//! 3. (the CLI only; the Python package finds the wheel itself, in `_backends/rust.py`) the
+//!    onnxruntime wheel in the usual site-packages folders, found by [`find_wheel_library`]
+//!    by looking at files (no Python is run).
 //!
 //! A process holds one ONNX Runtime: once loaded, asking for a *different* library file is
 //! an [`Error::RuntimeUnavailable`] (ort would silently keep the first one). A library that
@@ -18,7 +19,6 @@
 //! a later call may name another one: ort itself gets a single try per process.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 use crate::{Error, Result};
@@ -57,25 +57,94 @@ pub fn configured_library(explicit: Option<&Path>) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Ask a Python interpreter where the onnxruntime wheel's library is, without importing
-/// onnxruntime (`importlib.util.find_spec` only reads the package location). Returns the
-/// newest-named `capi/libonnxruntime.so*` (`.dylib` on macOS, `onnxruntime.dll` on Windows).
-pub fn find_python_onnxruntime(python: &str) -> Option<PathBuf> {
-    const SCRIPT: &str = "import importlib.util, pathlib\n\
-        spec = importlib.util.find_spec('onnxruntime')\n\
-        for loc in (spec.submodule_search_locations or []) if spec else []:\n\
-        \x20   capi = pathlib.Path(loc) / 'capi'\n\
-        \x20   libs = sorted(capi.glob('libonnxruntime.so*')) + sorted(capi.glob('libonnxruntime*.dylib')) + sorted(capi.glob('onnxruntime.dll'))\n\
-        \x20   if libs:\n\
-        \x20       print(libs[-1])\n\
-        \x20       break\n";
-    let output = Command::new(python).args(["-c", SCRIPT]).output().ok()?;
-    if !output.status.success() {
-        return None;
+/// The site-packages folders [`find_wheel_library`] looks in, in order: the active
+/// environment (`$VIRTUAL_ENV`, `$CONDA_PREFIX`), a `.venv` or `venv` in the current folder or
+/// one above it, the user's (`~/.local`, pyenv's versions), then the system's
+/// (`/usr/local/lib/python3*`, `/usr/lib/python3*`, and the macOS framework / Homebrew ones).
+pub fn wheel_search_dirs() -> Vec<PathBuf> {
+    let mut prefixes: Vec<PathBuf> = Vec::new();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            prefixes.push(PathBuf::from(prefix));
+        }
     }
-    let line = String::from_utf8(output.stdout).ok()?;
-    let path = PathBuf::from(line.trim());
-    (!line.trim().is_empty() && path.is_file()).then_some(path)
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            prefixes.extend([dir.join(".venv"), dir.join("venv")]);
+        }
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(home) = &home {
+        prefixes.push(home.join(".local"));
+        let pyenv = std::env::var_os("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|| home.join(".pyenv"));
+        prefixes.extend(sorted_children(&pyenv.join("versions"), |_| true).into_iter().rev());
+    }
+    prefixes.extend(["/usr/local", "/usr", "/opt/homebrew"].map(PathBuf::from));
+    prefixes.extend(sorted_children(Path::new("/Library/Frameworks/Python.framework/Versions"), |_| true).into_iter().rev());
+    let mut dirs = Vec::new();
+    for prefix in prefixes {
+        // <prefix>/lib/python3.X/{site,dist}-packages, newest version first; Debian's
+        // /usr/lib/python3/dist-packages too; Windows venvs: <prefix>/Lib/site-packages.
+        for lib in sorted_children(&prefix.join("lib"), |name| name.starts_with("python3")).into_iter().rev() {
+            dirs.extend([lib.join("site-packages"), lib.join("dist-packages")]);
+        }
+        dirs.push(prefix.join("Lib").join("site-packages"));
+    }
+    dirs.retain(|d| d.is_dir());
+    dirs.dedup();
+    dirs
+}
+
+/// The onnxruntime wheel's library in the first of `dirs` that has one:
+/// `<dir>/onnxruntime/capi/libonnxruntime.so*` (`.dylib` on macOS, `onnxruntime.dll` on
+/// Windows), the newest-named when there are several.
+pub fn find_wheel_library_in(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter().find_map(|dir| {
+        let capi = dir.join("onnxruntime").join("capi");
+        let libraries = sorted_children(&capi, |name| {
+            name.starts_with("libonnxruntime.so") || (name.starts_with("libonnxruntime") && name.ends_with(".dylib")) || name == "onnxruntime.dll"
+        });
+        libraries.into_iter().rev().find(|p| p.is_file())
+    })
+}
+
+/// [`find_wheel_library_in`] the [`wheel_search_dirs`].
+pub fn find_wheel_library() -> Option<PathBuf> {
+    find_wheel_library_in(&wheel_search_dirs())
+}
+
+/// How to get a library when none was found (one line, for error messages).
+pub fn how_to_get_a_library() -> String {
+    format!(
+        "no ONNX Runtime library found: pass --ort-lib PATH, set {} (or {}) to a libonnxruntime shared library, \
+         or `pip install onnxruntime` (its capi/libonnxruntime is found in a virtualenv, ./.venv, ~/.local or the system site-packages)",
+        ENV_VARS[0], ENV_VARS[1]
+    )
+}
+
+/// The entries of `dir` whose file name passes `keep`, sorted (empty when unreadable).
+fn sorted_children(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<PathBuf> =
+        entries.flatten().filter(|e| e.file_name().to_str().is_some_and(&keep)).map(|e| e.path()).collect();
+    found.sort_by(|a, b| version_order(a, b));
+    found
+}
+
+/// Names compared with their digit runs as numbers (python3.9 < python3.11, .so.1.9 < .so.1.32).
+fn version_order(a: &Path, b: &Path) -> std::cmp::Ordering {
+    fn key(path: &Path) -> Vec<(String, u64)> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut chars = name.chars().peekable();
+        let mut parts = Vec::new();
+        while chars.peek().is_some() {
+            let text: String = std::iter::from_fn(|| chars.next_if(|c| !c.is_ascii_digit())).collect();
+            let digits: String = std::iter::from_fn(|| chars.next_if(|c| c.is_ascii_digit())).collect();
+            parts.push((text, digits.parse().unwrap_or(0)));
+        }
+        parts
+    }
+    key(a).cmp(&key(b))
 }
 
 /// Make sure ONNX Runtime is loaded; returns the library in use.

@@ -1,72 +1,36 @@
-//! The `butterfly-onnx` binary on real photos, checked against torchvision + onnxruntime.
+//! The `butterfly-onnx` binary: every golden case of tests/fixtures/cli/predict_cases.json
+//! (shared with the Python CLI's tests/test_cli.py) checked against the crate's Classifier,
+//! `info`, fatal errors, and finding ONNX Runtime without being told where it is.
 
 mod support;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, Prediction};
 use serde_json::Value;
-use support::{fixture, Fixture};
+use support::{fixture, repo_root, Fixture};
 
-/// The CLI with ONNX Runtime given explicitly and no interference from the environment.
+/// The CLI with ONNX Runtime given by the environment and nothing else of it inherited.
 fn cli(fx: &Fixture) -> Command {
+    let mut command = bare_cli();
+    command.env("BUTTERFLY_ONNX_ORT_LIB", &fx.ort_library);
+    command
+}
+
+/// The CLI with no hint at all of where ONNX Runtime is.
+fn bare_cli() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_butterfly-onnx"));
-    command.env_remove("BUTTERFLY_ONNX_ORT_LIB").env_remove("ORT_DYLIB_PATH").env("BUTTERFLY_ONNX_PYTHON", &fx.python);
+    for var in ["BUTTERFLY_ONNX_ORT_LIB", "ORT_DYLIB_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "PYENV_ROOT"] {
+        command.env_remove(var);
+    }
     command
 }
 
 fn run(command: &mut Command) -> (i32, String, String) {
     let Output { status, stdout, stderr } = command.output().unwrap();
     (status.code().unwrap_or(-1), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
-}
-
-#[test]
-fn predict_json_matches_the_reference_and_reports_bad_images() {
-    let Some(fx) = fixture() else { return };
-    let (code, stdout, stderr) = run(cli(fx)
-        .args(["predict", "--json", "--top-k", "3", "--threads", "2", "--ort-lib"])
-        .arg(&fx.ort_library)
-        .arg(fx.path("model.onnx"))
-        .arg(fx.path("bad/text.jpg"))
-        .arg(fx.path("images"))
-        .arg(fx.path("missing.png")));
-    assert_eq!(code, 1, "some images failed: exit status 1\n{stderr}");
-    let document: Value = serde_json::from_str(&stdout).unwrap();
-    let predictions = document["predictions"].as_array().unwrap();
-    let reference = fx.reference["images"].as_array().unwrap();
-    // The directory expanded to its images in sorted order (notes.txt skipped).
-    assert_eq!(predictions.len(), reference.len());
-    for (got, want) in predictions.iter().zip(reference) {
-        assert_eq!(got["source"].as_str().unwrap(), fx.path(want["source"].as_str().unwrap()).to_str().unwrap());
-        let top = got["top_k"].as_array().unwrap();
-        assert_eq!(top.len(), 3);
-        for (g, w) in top.iter().zip(want["top_k"].as_array().unwrap()) {
-            assert_eq!(g["label"], w["label"]);
-            assert_eq!(g["index"], w["index"]);
-            assert!((g["probability"].as_f64().unwrap() - w["probability"].as_f64().unwrap()).abs() < 1e-5);
-        }
-    }
-    let errors = document["errors"].as_array().unwrap();
-    let kinds: Vec<&str> = errors.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["ImageDecodeError", "ImageNotFoundError"]);
-    assert!(stderr.contains("text.jpg") && stderr.contains("missing.png"), "{stderr}");
-}
-
-#[test]
-fn predict_text_prints_one_line_per_image_and_exits_0() {
-    let Some(fx) = fixture() else { return };
-    let images = fx.images();
-    // ONNX Runtime found through BUTTERFLY_ONNX_PYTHON's onnxruntime wheel (no --ort-lib).
-    let (code, stdout, stderr) = run(cli(fx).args(["predict", "--top-k", "2"]).arg(fx.path("model.onnx")).args(&images));
-    assert_eq!(code, 0, "{stderr}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), images.len());
-    for ((line, image), want) in lines.iter().zip(&images).zip(fx.reference["images"].as_array().unwrap()) {
-        let fields: Vec<&str> = line.split('\t').collect();
-        assert_eq!(fields[0], image.to_str().unwrap());
-        let best = want["top_k"][0]["label"].as_str().unwrap();
-        assert!(fields[1].starts_with(&format!("{best} (")), "{line}");
-        assert_eq!(fields.len(), 3);
-    }
 }
 
 #[test]
@@ -103,8 +67,241 @@ fn fatal_errors_exit_2_with_a_clear_message() {
         assert!(stderr.contains(message) && stderr.contains(names), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    // No library anywhere: neither flag, environment, nor a Python with onnxruntime.
-    let (code, _, stderr) = run(cli(fx).env("BUTTERFLY_ONNX_PYTHON", "/nonexistent/python").arg("info").arg(fx.path("model.onnx")));
-    assert_eq!(code, 2);
-    assert!(stderr.contains("--ort-lib"), "{stderr}");
+}
+
+#[test]
+fn onnxruntime_is_found_in_the_venv_without_flag_or_environment() {
+    let Some(fx) = fixture() else { return };
+    let venv = repo_root().join(".venv");
+    let wheel_library = fx.ort_library.canonicalize().unwrap();
+    if !wheel_library.starts_with(venv.canonicalize().unwrap_or(venv.clone())) {
+        eprintln!("SKIPPED: the fixture's onnxruntime is not the repository's .venv one");
+        return;
+    }
+    // From the repository root and from a folder below it: ./.venv, then the folders above.
+    for cwd in [repo_root(), repo_root().join("rust/butterfly-onnx/src")] {
+        let (code, stdout, stderr) = run(bare_cli().current_dir(&cwd).arg("info").arg(fx.path("model.onnx")));
+        assert_eq!(code, 0, "{stderr}");
+        let line = stdout.lines().find(|l| l.starts_with("onnxruntime:")).unwrap_or_else(|| panic!("{stdout}"));
+        assert_eq!(Path::new(line.trim_start_matches("onnxruntime:").trim()), wheel_library);
+    }
+    // The scan agrees with the Python package's locator (the fixture's library).
+    let found = butterfly_onnx::runtime::find_wheel_library_in(&[venv.join("lib").read_dir().unwrap().flatten().next().unwrap().path().join("site-packages")]);
+    assert_eq!(found.map(|p| p.canonicalize().unwrap()), Some(wheel_library));
+}
+
+#[test]
+fn without_any_onnxruntime_one_line_says_how_to_get_one() {
+    let Some(fx) = fixture() else { return };
+    // Outside the repository (no .venv above), no HOME: only the system folders remain.
+    let nowhere = std::env::temp_dir().join(format!("butterfly-no-ort-{}", std::process::id()));
+    std::fs::create_dir_all(&nowhere).unwrap();
+    let mut command = bare_cli();
+    command.current_dir(&nowhere).env("HOME", &nowhere).arg("info").arg(fx.path("model.onnx"));
+    let system = butterfly_onnx::runtime::find_wheel_library_in(
+        &["/usr/local/lib", "/usr/lib"].iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()).flat_map(|e| [e.path().join("site-packages"), e.path().join("dist-packages")]).collect::<Vec<_>>(),
+    );
+    let (code, stdout, stderr) = run(&mut command);
+    std::fs::remove_dir_all(&nowhere).ok();
+    if system.is_some() {
+        eprintln!("SKIPPED: this system has an onnxruntime wheel in its own site-packages");
+        return;
+    }
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("butterfly-onnx: error:") && stderr.contains("--ort-lib") && stderr.contains("pip install onnxruntime"), "{stderr}");
+}
+
+// -- the golden cases ---------------------------------------------------------------------
+
+/// Builds the cases' layout under a fresh `{data}` folder: photos copied from the fixture
+/// (JPEGs for .jpg/.jpeg, PNGs for .png, each file another photo), text files, CSVs.
+fn build_layout(fx: &Fixture, layout: &serde_json::Map<String, Value>, data: &Path) {
+    let images = fx.images();
+    let jpegs: Vec<&PathBuf> = images.iter().filter(|p| p.extension().unwrap() == "jpg").collect();
+    let pngs: Vec<&PathBuf> = images.iter().filter(|p| p.extension().unwrap() == "png").collect();
+    for (number, (relative, kind)) in layout.iter().enumerate() {
+        let path = data.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let kind = kind.as_str().unwrap();
+        if kind == "photo" {
+            let pool = if relative.ends_with(".png") { &pngs } else { &jpegs };
+            std::fs::copy(pool[number % pool.len()], &path).unwrap();
+        } else if kind == "text" {
+            std::fs::write(&path, "not an image").unwrap();
+        } else if let Some(rows) = kind.strip_prefix("csv:") {
+            std::fs::write(&path, format!("filename\n{}\n", rows.split(',').collect::<Vec<_>>().join("\n"))).unwrap();
+        } else {
+            panic!("unknown layout kind {kind:?}");
+        }
+    }
+}
+
+/// One predicted input as read back from any output format.
+struct Row {
+    source: String,
+    top: Vec<(String, Option<u64>, f64)>,
+    error: Option<String>,
+}
+
+fn parse_output(format: &str, text: &str, data: &Path, filenames: &[&str], sources: &[String]) -> Vec<Row> {
+    match format {
+        "text" => text
+            .lines()
+            .map(|line| {
+                let mut fields = line.split('\t');
+                let source = fields.next().unwrap().to_string();
+                let top = fields
+                    .map(|field| {
+                        let (label, probability) = field.rsplit_once(" (").unwrap();
+                        (label.to_string(), None, probability.trim_end_matches(')').parse().unwrap())
+                    })
+                    .collect();
+                Row { source, top, error: None }
+            })
+            .collect(),
+        "jsonl" => text
+            .lines()
+            .map(|line| {
+                let object: Value = serde_json::from_str(line).unwrap();
+                let top: Vec<_> = object["top_k"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| (s["label"].as_str().unwrap().to_string(), s["index"].as_u64(), s["probability"].as_f64().unwrap()))
+                    .collect();
+                if let Some((label, index, probability)) = top.first() {
+                    assert_eq!(object["label"].as_str(), Some(label.as_str()));
+                    assert_eq!(object["index"].as_u64(), *index);
+                    assert_eq!(object["probability"].as_f64(), Some(*probability));
+                } else {
+                    assert!(object["label"].is_null() && object["index"].is_null() && object["probability"].is_null());
+                }
+                Row { source: object["source"].as_str().unwrap().to_string(), top, error: object["error"].as_str().map(String::from) }
+            })
+            .collect(),
+        "csv" => {
+            let mut reader = csv::Reader::from_reader(text.as_bytes());
+            let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+            let k = (header.len() - 5) / 3;
+            let mut want = vec!["source", "label", "index", "probability"].into_iter().map(String::from).collect::<Vec<_>>();
+            for i in 1..=k {
+                want.extend([format!("label_{i}"), format!("index_{i}"), format!("probability_{i}")]);
+            }
+            want.push("error".into());
+            assert_eq!(header, want);
+            reader
+                .records()
+                .map(|r| {
+                    let r = r.unwrap();
+                    let error = Some(r[header.len() - 1].to_string()).filter(|e| !e.is_empty());
+                    let top = (0..k)
+                        .filter(|i| !r[4 + 3 * i].is_empty())
+                        .map(|i| (r[4 + 3 * i].to_string(), Some(r[5 + 3 * i].parse::<u64>().unwrap()), r[6 + 3 * i].parse::<f64>().unwrap()))
+                        .collect::<Vec<_>>();
+                    if let Some(first) = top.first() {
+                        assert_eq!((&r[1], &r[2]), (first.0.as_str(), first.1.unwrap().to_string().as_str()));
+                    }
+                    Row { source: r[0].to_string(), top, error }
+                })
+                .collect()
+        }
+        "submission" => {
+            let mut reader = csv::Reader::from_reader(text.as_bytes());
+            assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), ["filename", "label"]);
+            let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+            assert_eq!(records.iter().map(|r| r[0].to_string()).collect::<Vec<_>>(), filenames, "submission filenames");
+            // A filename stands for its image (the case's `sources`, in the same order).
+            records
+                .iter()
+                .zip(sources)
+                .map(|(r, source)| Row { source: source.clone(), top: vec![(r[1].to_string(), None, f64::NAN)], error: None })
+                .collect()
+        }
+        other => panic!("unknown format {other:?} ({})", data.display()),
+    }
+}
+
+#[test]
+fn every_golden_predict_case() {
+    let Some(fx) = fixture() else { return };
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("tests/fixtures/cli/predict_cases.json")).unwrap()).unwrap();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-golden-{}", std::process::id()));
+    std::fs::remove_dir_all(&root).ok();
+    let data = root.join("data");
+    build_layout(fx, golden["layout"].as_object().unwrap(), &data);
+    let model = fx.path("model.onnx");
+    let reference = Classifier::open(&model, ClassifierOptions { ort_library: Some(fx.ort_library.clone()), ..Default::default() }).unwrap();
+    let mut expected: HashMap<String, Vec<Prediction>> = HashMap::new();
+
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let out = root.join(format!("out-{name}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let substitute = |text: &str| {
+            text.replace("{model}", model.to_str().unwrap()).replace("{data}", data.to_str().unwrap()).replace("{out}", out.to_str().unwrap())
+        };
+        let args: Vec<String> = case["args"].as_array().unwrap().iter().map(|a| substitute(a.as_str().unwrap())).collect();
+        let (code, stdout, stderr) = run(cli(fx).args(&args));
+        let context = format!("case {name}: {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(code as u64, case["exit"].as_u64().unwrap(), "{context}");
+        assert!(!stderr.contains("panicked"), "{context}");
+        for line in stderr.lines() {
+            assert!(line.starts_with("butterfly-onnx: error: "), "one line per error: {context}");
+        }
+        let format = case["format"].as_str().unwrap();
+        if format == "none" {
+            assert!(stdout.is_empty(), "{context}");
+            assert_eq!(stderr.lines().count(), 1, "{context}");
+            for needle in case["stderr_contains"].as_array().unwrap() {
+                assert!(stderr.contains(&substitute(needle.as_str().unwrap())), "{needle} missing: {context}");
+            }
+            continue;
+        }
+        let path_of = |relative: &Value| data.join(relative.as_str().unwrap()).to_str().unwrap().to_string();
+        let sources: Vec<String> = case["sources"].as_array().unwrap().iter().map(path_of).collect();
+        let failed: Vec<String> = case["failed"].as_array().unwrap().iter().map(path_of).collect();
+        // Every failed input named on stderr, one line each; nothing else there.
+        assert_eq!(stderr.lines().count(), failed.len(), "{context}");
+        for source in &failed {
+            assert!(stderr.lines().any(|l| l.contains(source.as_str())), "{source} not reported: {context}");
+        }
+        let text = match case.get("output") {
+            Some(output) => {
+                assert!(stdout.is_empty(), "-o: nothing on stdout: {context}");
+                std::fs::read_to_string(substitute(output.as_str().unwrap())).unwrap()
+            }
+            None => stdout.clone(),
+        };
+        let filenames: Vec<&str> = case.get("filenames").map_or(Vec::new(), |f| f.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect());
+        let rows = parse_output(format, &text, &data, &filenames, &sources);
+        assert_eq!(rows.iter().map(|r| r.source.clone()).collect::<Vec<_>>(), sources, "{context}");
+        let top_k = case["top_k"].as_u64().unwrap() as usize;
+        for row in &rows {
+            if failed.contains(&row.source) {
+                assert!(row.error.is_some() && row.top.is_empty(), "{} should have failed: {context}", row.source);
+                continue;
+            }
+            assert!(row.error.is_none(), "{context}");
+            let want = expected.entry(row.source.clone()).or_insert_with(|| {
+                let (mut predictions, errors) = reference.predict(&[ImageInput::path(&row.source)], 7).unwrap();
+                assert!(errors.is_empty(), "{errors:?}");
+                predictions.remove(0).1
+            });
+            let shown = if format == "submission" { 1 } else { top_k };
+            assert_eq!(row.top.len(), shown, "{context}");
+            for ((label, index, probability), want) in row.top.iter().zip(want.iter()) {
+                assert_eq!(label, &want.label, "{context}");
+                if let Some(index) = index {
+                    assert_eq!(*index as usize, want.index, "{context}");
+                }
+                if !probability.is_nan() {
+                    let tolerance = if format == "text" { 5e-5 } else { 1e-5 };
+                    assert!((probability - want.probability as f64).abs() <= tolerance, "{context}");
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
 }

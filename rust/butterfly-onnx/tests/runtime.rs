@@ -6,15 +6,13 @@ mod support;
 use std::path::Path;
 
 use butterfly_onnx::classifier::{Classifier, ClassifierOptions};
-use butterfly_onnx::runtime::{ensure_loaded, find_python_onnxruntime, loaded_library};
+use butterfly_onnx::runtime::{ensure_loaded, loaded_library};
 use butterfly_onnx::ErrorKind;
 
 #[test]
 fn load_errors_are_typed_and_one_library_per_process() {
-    let Some(library) = find_python_onnxruntime(support::python().to_str().unwrap()) else {
-        eprintln!("SKIPPED: no onnxruntime wheel in {}", support::python().display());
-        return;
-    };
+    let Some(fixture) = support::fixture() else { return };
+    let library = fixture.ort_library.clone();
     assert_eq!(loaded_library(), None);
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runtime-test-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();

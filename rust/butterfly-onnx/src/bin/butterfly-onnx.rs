@@ -1,28 +1,35 @@
 //! `butterfly-onnx`: classify images with an exported model, without Python or torch.
 //!
 //! ```text
-//! butterfly-onnx predict MODEL IMAGES... [--top-k 5] [--threads N] [--json] [--ort-lib PATH]
+//! butterfly-onnx predict MODEL INPUTS... [--top-k 5] [--batch-size 32] [--threads N] [--json]
+//!                        [-o FILE.csv|FILE.jsonl] [--progress|--no-progress] [--ort-lib PATH]
 //! butterfly-onnx info MODEL [--json] [--ort-lib PATH]
 //! ```
-//! Exit status: 0 when every image was classified, 1 when some images failed (the others
-//! are still printed; the failures go to stderr), 2 when nothing could run (bad model,
-//! no ONNX Runtime, bad arguments).
+//! `predict` agrees with the Python command's `predict` (docs/inference.md, "Command line";
+//! both are tested on tests/fixtures/cli/predict_cases.json). Exit status: 0 all done; 1 some
+//! inputs failed (each named on stderr), the rest written; 2 nothing done (usage error,
+//! missing or invalid model, no ONNX Runtime, unreadable data, no images matched).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, DEFAULT_MAX_IMAGE_PIXELS};
+use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS};
 use butterfly_onnx::contract::{interpolation_name, resample_order_name};
-use butterfly_onnx::{runtime, Error};
+use butterfly_onnx::runtime;
 use clap::{Parser, Subcommand};
-use serde_json::json;
 
-/// File extensions a directory expands to, compared lowercased (as images.py IMAGE_EXTENSIONS).
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+/// The one list of image extensions (lowercase, no dot), shared with the Python package.
+const IMAGE_EXTENSIONS: &str = include_str!("../../../../python/butterfly_onnx/data/image_extensions.txt");
 
 #[derive(Parser)]
-#[command(name = "butterfly-onnx", version, about = "Classify images with a butterfly_onnx model (ONNX Runtime, torchvision-exact preprocessing)")]
+#[command(
+    name = "butterfly-onnx",
+    version,
+    about = "Classify images with a butterfly_onnx model (ONNX Runtime, torchvision-exact preprocessing)",
+    after_help = "Exit status: 0 all done, 1 some inputs failed (the rest written), 2 nothing done."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,35 +38,45 @@ struct Cli {
 #[derive(clap::Args)]
 struct RuntimeArgs {
     /// The libonnxruntime shared library. Default: $BUTTERFLY_ONNX_ORT_LIB, $ORT_DYLIB_PATH,
-    /// else the onnxruntime wheel of `$BUTTERFLY_ONNX_PYTHON` (default `python3`).
+    /// else the onnxruntime wheel's library in a virtualenv, ./.venv, ~/.local or the system
+    /// site-packages.
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the top-k classes of each image.
+    /// Print (or write) the top-k classes of each image.
     Predict {
         /// The exported .onnx model.
         model: PathBuf,
-        /// Image files or directories (a directory expands to its image files, sorted).
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// How many classes to print per image.
-        #[arg(long, default_value_t = 5)]
-        top_k: usize,
+        /// Image files, directories (their image files, sorted, not recursive), glob patterns
+        /// (sorted), or exactly one Kaggle-style CSV with a `filename` column.
+        #[arg(required = true, value_name = "INPUTS")]
+        inputs: Vec<String>,
+        /// How many classes per image.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        top_k: u32,
+        /// Images decoded and held at once (bounds memory, not results).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: u32,
         /// Threads for decoding and for ONNX Runtime (default: all cores).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
+        /// JSON Lines on stdout, one object per input.
         #[arg(long)]
-        threads: Option<usize>,
-        /// Images per inference batch (memory bound, not results: rows are independent).
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
+        json: bool,
+        /// Write .csv or .jsonl here instead of stdout (a Kaggle CSV input + .csv: `filename,label`).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// A progress bar on stderr (default: when stderr is a terminal).
+        #[arg(long, overrides_with = "no_progress")]
+        progress: bool,
+        #[arg(long, overrides_with = "progress")]
+        no_progress: bool,
         /// Refuse images with more pixels (0 = no limit); Pillow's bomb limit by default.
         #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
         max_image_pixels: u64,
-        /// One JSON document on stdout instead of text.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -73,17 +90,57 @@ enum Command {
     },
 }
 
+/// Why nothing was done (exit status 2): one line on stderr.
+struct Fatal(String);
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(error: E) -> Self {
+        Fatal(error.to_string())
+    }
+}
+
+fn report(message: &str) {
+    eprintln!("butterfly-onnx: error: {message}");
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help, --version
+            print!("{error}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let text = error.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            report(line.strip_prefix("error: ").unwrap_or(line));
+            return ExitCode::from(2);
+        }
+    };
     let outcome = match cli.command {
-        Command::Predict { model, images, top_k, threads, batch_size, max_image_pixels, json, runtime } => {
+        Command::Predict {
+            model,
+            inputs,
+            top_k,
+            batch_size,
+            threads,
+            json,
+            output,
+            progress,
+            no_progress,
+            max_image_pixels,
+            runtime,
+        } => {
             let options = ClassifierOptions {
-                threads,
+                threads: threads.map(|t| t as usize),
                 max_image_pixels: (max_image_pixels > 0).then_some(max_image_pixels),
                 ort_library: runtime.ort_lib,
                 ..ClassifierOptions::default()
             };
-            predict(&model, &images, top_k, batch_size, json, options)
+            let show_progress = if progress || no_progress { progress } else { std::io::stderr().is_terminal() };
+            let settings = PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
+            predict(&model, &inputs, &settings, options)
         }
         Command::Info { model, json, runtime } => {
             info(&model, json, ClassifierOptions { ort_library: runtime.ort_lib, ..ClassifierOptions::default() })
@@ -91,113 +148,395 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(all_ok) => ExitCode::from(if all_ok { 0 } else { 1 }),
-        Err(error) => {
-            eprintln!("butterfly-onnx: {error}");
+        Err(Fatal(message)) => {
+            report(&message);
             ExitCode::from(2)
         }
     }
 }
 
-/// Load ONNX Runtime: --ort-lib, the environment, else ask Python for the wheel's library.
-fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Error> {
-    if runtime::configured_library(options.ort_library.as_deref()).is_none() {
-        let python = std::env::var("BUTTERFLY_ONNX_PYTHON").unwrap_or_else(|_| "python3".into());
-        options.ort_library = Some(runtime::find_python_onnxruntime(&python).ok_or_else(|| Error::RuntimeUnavailable {
-            reason: format!(
-                "no ONNX Runtime library: pass --ort-lib PATH, set {} or {}, or install the onnxruntime \
-                 wheel for `{python}` (or name another interpreter in BUTTERFLY_ONNX_PYTHON)",
-                runtime::ENV_VARS[0],
-                runtime::ENV_VARS[1]
-            ),
-        })?);
+/// Load ONNX Runtime (--ort-lib, the environment, else the wheel's library found on disk).
+fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fatal> {
+    if !model.exists() {
+        // Before looking for ONNX Runtime: the missing model is the first thing to fix.
+        return Err(Fatal(format!("{}: model file not found", model.display())));
     }
-    Classifier::open(model, options)
+    if runtime::configured_library(options.ort_library.as_deref()).is_none() {
+        options.ort_library = Some(runtime::find_wheel_library().ok_or_else(|| Fatal(runtime::how_to_get_a_library()))?);
+    }
+    Ok(Classifier::open(model, options)?)
 }
 
-/// Files as given; directories replaced by their image files in sorted order.
-fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| Error::ImageNotFound {
-                source_name: format!("{} ({e})", path.display()),
-            })?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && has_image_extension(p))
-                .collect();
-            if found.is_empty() {
-                return Err(Error::ImageNotFound { source_name: format!("{} (no image files in the directory)", path.display()) });
-            }
-            found.sort();
-            files.extend(found);
-        } else {
-            // Missing files are reported per image by the decoder, like unreadable ones.
-            files.push(path.clone());
+// -- inputs -------------------------------------------------------------------------------
+
+/// What `predict` classifies: images, and for a Kaggle CSV the `filename` of each.
+struct Inputs {
+    images: Vec<PathBuf>,
+    filenames: Option<Vec<String>>,
+}
+
+/// A path as Python's `str(Path(text))` writes it: no `.` segments, no doubled or trailing
+/// separators (so both CLIs name an input the same way).
+fn normalized(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        if component != Component::CurDir {
+            out.push(component.as_os_str());
         }
     }
-    Ok(files)
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+fn image_extensions() -> impl Iterator<Item = &'static str> {
+    IMAGE_EXTENSIONS.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'))
 }
 
 fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        let lower = e.to_ascii_lowercase();
+        image_extensions().any(|known| known == lower)
+    })
 }
 
-fn predict(
-    model: &Path,
-    images: &[PathBuf],
-    top_k: usize,
-    batch_size: usize,
-    as_json: bool,
-    options: ClassifierOptions,
-) -> Result<bool, Error> {
-    if batch_size == 0 {
-        return Err(Error::InvalidArgument { reason: "--batch-size must be at least 1".into() });
-    }
-    let files = expand(images)?;
-    let classifier = open(model, options)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    for chunk in files.chunks(batch_size) {
-        let inputs: Vec<ImageInput> = chunk.iter().cloned().map(ImageInput::Path).collect();
-        let (predictions, errors) = classifier.predict(&inputs, top_k)?;
-        for (index, error) in errors {
-            eprintln!("error: {error}");
-            failures.push(json!({"source": inputs[index].source(), "kind": format!("{:?}", error.kind()), "message": error.to_string()}));
+fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?', '['])
+}
+
+fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
+    let csvs: Vec<&String> = inputs.iter().filter(|i| i.to_ascii_lowercase().ends_with(".csv")).collect();
+    if let Some(csv) = csvs.first() {
+        if inputs.len() != 1 {
+            return Err(Fatal(format!("{csv}: a CSV input (a list of images) must be the only input")));
         }
-        for (index, top) in predictions {
-            let source = inputs[index].source();
-            if as_json {
-                let top: Vec<_> = top
-                    .iter()
-                    .map(|p| json!({"label": p.label, "index": p.index, "probability": p.probability}))
-                    .collect();
-                results.push(json!({"source": source, "top_k": top}));
-            } else {
-                let text: Vec<String> = top.iter().map(|p| format!("{} ({:.4})", p.label, p.probability)).collect();
-                writeln!(out, "{source}\t{}", text.join("\t")).ok();
+        return read_image_list(Path::new(csv.as_str()));
+    }
+    let mut images = Vec::new();
+    for text in inputs {
+        let path = normalized(Path::new(text));
+        if path.is_file() {
+            images.push(path);
+        } else if path.is_dir() {
+            let entries = std::fs::read_dir(&path).map_err(|e| Fatal(format!("{}: cannot list the directory: {e}", path.display())))?;
+            let mut found: Vec<PathBuf> =
+                entries.flatten().map(|e| e.path()).filter(|p| has_image_extension(p) && p.is_file()).collect();
+            if found.is_empty() {
+                let known: Vec<&str> = image_extensions().collect();
+                return Err(Fatal(format!("{}: the directory holds no image files ({})", path.display(), known.join(", "))));
+            }
+            found.sort();
+            images.extend(found);
+        } else if is_glob(text) {
+            let pattern = glob::glob(text).map_err(|e| Fatal(format!("{text}: not a valid pattern: {e}")))?;
+            let mut found: Vec<PathBuf> = pattern.flatten().filter(|p| p.is_file()).map(|p| normalized(&p)).collect();
+            if found.is_empty() {
+                return Err(Fatal(format!("{text}: the pattern matches no file")));
+            }
+            found.sort();
+            images.extend(found);
+        } else {
+            // A missing file stays an input: it is reported (exit 1) like an unreadable image.
+            images.push(path);
+        }
+    }
+    Ok(Inputs { images, filenames: None })
+}
+
+/// A Kaggle-style CSV (`Testing_set.csv`): its `filename` column, in order; the images in
+/// `<csv folder>/test/` when that folder exists, else next to the CSV. Errors name the CSV
+/// (and the line): no such file, not UTF-8, no `filename` column, no rows, or a filename that
+/// is empty, absolute, uses `..` or holds a control character. Missing images are listed.
+fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
+    let name = csv_path.display();
+    let bytes = std::fs::read(csv_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Fatal(format!("{name}: no such CSV file")),
+        _ => Fatal(format!("{name}: cannot read the CSV: {e}")),
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        Fatal(format!("{name}, line {line}: not valid UTF-8"))
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let header = reader.headers().map_err(|e| Fatal(format!("{name}, line 1: not a valid CSV: {e}")))?.clone();
+    let column = header.iter().position(|h| h == "filename").ok_or_else(|| {
+        let names: Vec<&str> = header.iter().collect();
+        Fatal(format!("{name}, line 1: missing column(s) ['filename']; the header is {names:?}"))
+    })?;
+    let folder = {
+        let parent = csv_path.parent().unwrap_or(Path::new(""));
+        let test = parent.join("test");
+        normalized(if test.is_dir() { &test } else { parent })
+    };
+    let (mut images, mut filenames) = (Vec::new(), Vec::new());
+    for record in reader.records() {
+        let record = record.map_err(|e| Fatal(format!("{name}: not a valid CSV: {e}")))?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() > header.len() {
+            return Err(Fatal(format!("{name}, line {line}: {} fields, the header has {}", record.len(), header.len())));
+        }
+        let value = record.get(column).unwrap_or("").trim();
+        let posix = value.replace('\\', "/");
+        if value.is_empty() {
+            return Err(Fatal(format!("{name}, line {line}: empty filename")));
+        }
+        if value.chars().any(|c| (c as u32) < 32) {
+            return Err(Fatal(format!("{name}, line {line}: filename {value:?} contains a control character")));
+        }
+        if Path::new(value).is_absolute() || posix.starts_with('/') || posix.chars().nth(1) == Some(':') {
+            return Err(Fatal(format!("{name}, line {line}: absolute path {value:?} is not allowed (paths are relative to the dataset root)")));
+        }
+        if posix.split('/').any(|part| part == "..") {
+            return Err(Fatal(format!("{name}, line {line}: path {value:?} points outside the dataset root ('..')")));
+        }
+        images.push(normalized(&folder.join(&posix)));
+        filenames.push(value.to_string());
+    }
+    if images.is_empty() {
+        return Err(Fatal(format!("{name}: no rows after the header")));
+    }
+    Ok(Inputs { images, filenames: Some(filenames) })
+}
+
+// -- outputs ------------------------------------------------------------------------------
+
+/// A float as Python's `repr(float)` writes it (shortest round trip; scientific below 1e-4
+/// and from 1e16, with a two-digit exponent), so both CLIs write the same bytes.
+fn py_float(value: f32) -> String {
+    let value = value as f64;
+    if !value.is_finite() {
+        return if value.is_nan() { "NaN".into() } else if value > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    let scientific = format!("{value:e}"); // shortest digits: "9.412000179290771e-1"
+    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} has an exponent");
+    let exponent: i32 = exponent.parse().expect("integer exponent");
+    if (-4..16).contains(&exponent) {
+        let plain = format!("{value}");
+        if plain.contains('.') { plain } else { format!("{plain}.0") }
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.abs())
+    }
+}
+
+/// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
+fn py_json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The JSON Lines object of one input, as the Python CLI's `json.dumps(prediction.to_dict())`.
+fn json_line(result: &ImageResult, top_k: usize) -> String {
+    let score = |label: &str, index: usize, probability: f32| {
+        format!("{{\"label\": {}, \"index\": {index}, \"probability\": {}}}", py_json_string(label), py_float(probability))
+    };
+    let source = py_json_string(&result.source);
+    match &result.outcome {
+        Ok(top) => {
+            let best = &top[0];
+            let list: Vec<String> = top.iter().take(top_k).map(|p| score(&p.label, p.index, p.probability)).collect();
+            format!(
+                "{{\"source\": {source}, \"label\": {}, \"index\": {}, \"probability\": {}, \"top_k\": [{}], \"error\": null}}",
+                py_json_string(&best.label),
+                best.index,
+                py_float(best.probability),
+                list.join(", ")
+            )
+        }
+        Err(error) => format!(
+            "{{\"source\": {source}, \"label\": null, \"index\": null, \"probability\": null, \"top_k\": [], \"error\": {}}}",
+            py_json_string(&error.to_string())
+        ),
+    }
+}
+
+/// Where predictions go.
+enum Sink {
+    Text(BufWriter<std::io::Stdout>),
+    JsonLines(Box<dyn Write>),
+    Csv(csv::Writer<File>),
+    Submission(csv::Writer<File>),
+}
+
+fn csv_writer(path: &Path) -> Result<csv::Writer<File>, Fatal> {
+    let file = File::create(path).map_err(|e| Fatal(format!("{}: cannot write: {e}", path.display())))?;
+    // As Python's csv.writer: minimal quoting, \r\n line ends.
+    Ok(csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(file))
+}
+
+impl Sink {
+    /// The sink for `-o FILE` (by extension; checked before any work) or stdout.
+    fn new(output: Option<&Path>, json: bool, kaggle: bool, top_k: usize) -> Result<Sink, Fatal> {
+        let Some(path) = output else {
+            let stdout = BufWriter::new(std::io::stdout());
+            return Ok(if json { Sink::JsonLines(Box::new(stdout)) } else { Sink::Text(stdout) });
+        };
+        let suffix = path.extension().map(|e| format!(".{}", e.to_string_lossy().to_lowercase()));
+        match suffix.as_deref() {
+            Some(".csv") if kaggle => {
+                let mut writer = csv_writer(path)?;
+                writer.write_record(["filename", "label"])?;
+                Ok(Sink::Submission(writer))
+            }
+            Some(".csv") => {
+                let mut writer = csv_writer(path)?;
+                let mut header: Vec<String> = ["source", "label", "index", "probability"].map(String::from).to_vec();
+                for k in 1..=top_k {
+                    header.extend([format!("label_{k}"), format!("index_{k}"), format!("probability_{k}")]);
+                }
+                header.push("error".into());
+                writer.write_record(&header)?;
+                Ok(Sink::Csv(writer))
+            }
+            Some(".jsonl") => {
+                let file = File::create(path).map_err(|e| Fatal(format!("{}: cannot write: {e}", path.display())))?;
+                Ok(Sink::JsonLines(Box::new(BufWriter::new(file))))
+            }
+            other => Err(Fatal(format!(
+                "{}: unknown output format '{}'; use .csv or .jsonl",
+                path.display(),
+                other.unwrap_or("(no extension)")
+            ))),
+        }
+    }
+
+    fn write(&mut self, result: &ImageResult, filename: Option<&str>, top_k: usize) -> Result<(), Fatal> {
+        match self {
+            Sink::Text(out) => {
+                if let Ok(top) = &result.outcome {
+                    let scores: String = top.iter().map(|p| format!("\t{} ({:.4})", p.label, p.probability)).collect();
+                    writeln!(out, "{}{scores}", result.source)?;
+                }
+            }
+            Sink::JsonLines(out) => writeln!(out, "{}", json_line(result, top_k))?,
+            Sink::Csv(writer) => {
+                let mut row: Vec<String> = vec![result.source.clone()];
+                match &result.outcome {
+                    Ok(top) => {
+                        row.extend([top[0].label.clone(), top[0].index.to_string(), py_float(top[0].probability)]);
+                        for k in 0..top_k {
+                            match top.get(k) {
+                                Some(p) => row.extend([p.label.clone(), p.index.to_string(), py_float(p.probability)]),
+                                None => row.extend([String::new(), String::new(), String::new()]),
+                            }
+                        }
+                        row.push(String::new());
+                    }
+                    Err(error) => {
+                        row.extend(std::iter::repeat_n(String::new(), 3 + 3 * top_k));
+                        row.push(error.to_string());
+                    }
+                }
+                writer.write_record(&row)?;
+            }
+            Sink::Submission(writer) => {
+                if let (Ok(top), Some(filename)) = (&result.outcome, filename) {
+                    writer.write_record([filename, top[0].label.as_str()])?;
+                }
             }
         }
+        Ok(())
     }
-    if as_json {
-        let document = json!({"model": model.display().to_string(), "predictions": results, "errors": failures});
-        writeln!(out, "{}", serde_json::to_string_pretty(&document).expect("JSON values")).ok();
+
+    fn finish(self) -> Result<(), Fatal> {
+        match self {
+            Sink::Text(mut out) => out.flush()?,
+            Sink::JsonLines(mut out) => out.flush()?,
+            Sink::Csv(mut writer) | Sink::Submission(mut writer) => writer.flush()?,
+        }
+        Ok(())
     }
-    Ok(failures.is_empty())
 }
 
-fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool, Error> {
+// -- predict ------------------------------------------------------------------------------
+
+struct PredictSettings {
+    top_k: usize,
+    batch_size: usize,
+    json: bool,
+    output: Option<PathBuf>,
+    show_progress: bool,
+}
+
+fn predict(model: &Path, inputs: &[String], settings: &PredictSettings, options: ClassifierOptions) -> Result<bool, Fatal> {
+    let top_k = settings.top_k;
+    // Everything that can be refused is checked before the model is loaded.
+    let expanded = expand(inputs)?;
+    let mut sink = Sink::new(settings.output.as_deref(), settings.json, expanded.filenames.is_some(), top_k)?;
+    let classifier = open(model, options)?;
+    let bar = settings.show_progress.then(|| {
+        let bar = indicatif::ProgressBar::new(expanded.images.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix("predict");
+        bar
+    });
+    let count = expanded.images.len();
+    let stream = classifier.predict_stream(expanded.images.into_iter().map(ImageInput::Path), top_k, settings.batch_size)?;
+    let mut failed = 0;
+    for result in stream {
+        let result = result?;
+        if let Err(error) = &result.outcome {
+            failed += 1;
+            match &bar {
+                Some(bar) => bar.suspend(|| report(&error.to_string())),
+                None => report(&error.to_string()),
+            }
+        }
+        let filename = expanded.filenames.as_ref().map(|names| names[result.index].as_str());
+        if let Err(Fatal(message)) = sink.write(&result, filename, top_k) {
+            if message.contains("Broken pipe") {
+                return Ok(failed == 0); // e.g. `| head`: the reader has what it wanted
+            }
+            return Err(Fatal(message));
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    sink.finish()?;
+    debug_assert!(failed <= count);
+    Ok(failed == 0)
+}
+
+fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool, Fatal> {
     let classifier = open(model, options)?;
     let contract = classifier.contract();
     if as_json {
         let mut document = contract.to_value();
-        document["model"] = json!(model.display().to_string());
-        document["static_batch"] = json!(classifier.static_batch());
-        println!("{}", serde_json::to_string_pretty(&document).expect("JSON values"));
+        document["model"] = serde_json::json!(model.display().to_string());
+        document["static_batch"] = serde_json::json!(classifier.static_batch());
+        println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(true);
     }
     let spec = &contract.preprocess;
@@ -225,4 +564,40 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         println!("onnxruntime:    {}", library.display());
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_are_written_as_python_repr_writes_them() {
+        // repr(float(numpy.float32(x))) for each x.
+        for (value, python) in [
+            (0.9412_f32, "0.9412000179290771"),
+            (1.0, "1.0"),
+            (0.5, "0.5"),
+            (1e-5, "9.999999747378752e-06"),
+            (3.2e-7, "3.199999980552093e-07"), (1e17, "9.999999843067494e+16"),
+            (0.0001, "9.999999747378752e-05"),
+            (0.001, "0.0010000000474974513"),
+        ] {
+            assert_eq!(py_float(value), python, "{value}");
+        }
+        assert_eq!(py_json_string("a\"b\\c\u{e9}\n"), "\"a\\\"b\\\\c\\u00e9\\n\"");
+    }
+
+    #[test]
+    fn paths_are_named_as_python_names_them() {
+        assert_eq!(normalized(Path::new("./a//b/./c/")), PathBuf::from("a/b/c"));
+        assert_eq!(normalized(Path::new(".")), PathBuf::from("."));
+        assert_eq!(normalized(Path::new("/x/../y")), PathBuf::from("/x/../y"));
+    }
+
+    #[test]
+    fn the_extension_list_is_the_shared_one() {
+        let known: Vec<&str> = image_extensions().collect();
+        assert!(known.contains(&"jpg") && known.contains(&"png"), "{known:?}");
+        assert!(has_image_extension(Path::new("A.JPEG")) && !has_image_extension(Path::new("notes.txt")));
+    }
 }

@@ -6,8 +6,9 @@ predictions computed with torchvision + onnxruntime in Python.
 
 Writes OUT_DIR/{model.onnx, model_static2.onnx, model_no_contract.onnx, not_a_model.onnx,
 images/*, bad/*, reference.json, reference_batch.f32 (torchvision's batch, little-endian
-float32)} and prints the onnxruntime library path (capi/libonnxruntime.so*) on stdout. Image
-paths in reference.json are relative to OUT_DIR.
+float32), ort_library.txt (the onnxruntime wheel's libonnxruntime, as the Python package finds
+it: butterfly_onnx._backends.rust.find_onnxruntime_library)}. Image paths in reference.json
+are relative to OUT_DIR.
 Exits with status 77 when torch, torchvision, onnx or onnxruntime is not installed.
 The model is built with onnx.helper (no torch export: a few milliseconds), the reference
 uses torchvision's transforms on Image.open(p).convert("RGB"), as training does.
@@ -15,7 +16,6 @@ uses torchvision's transforms on Image.open(p).convert("RGB"), as training does.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -33,6 +33,7 @@ except ImportError as exc:  # the Rust tests report this as a skip
     print(f"make_fixture.py needs the train and dev extras: {exc}", file=sys.stderr)
     raise SystemExit(77) from None
 
+from butterfly_onnx._backends.rust import find_onnxruntime_library
 from butterfly_onnx.contract import ModelContract, PreprocessSpec, write_contract
 
 LABELS = ["admiral", "monarch", "swallowtail", "peacock", "brimstone", "skipper", "ringlet"]
@@ -123,15 +124,6 @@ def reference(model: Path, files: list[Path], batch_path: Path) -> list[dict]:
     return rows
 
 
-def ort_library() -> Path:
-    spec = importlib.util.find_spec("onnxruntime")
-    for location in spec.submodule_search_locations or []:
-        libs = sorted((Path(location) / "capi").glob("libonnxruntime.so*"))
-        if libs:
-            return libs[-1]
-    raise SystemExit("no libonnxruntime in the onnxruntime wheel")
-
-
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +141,7 @@ def main() -> None:
     (out / "not_a_model.onnx").write_text("not a protobuf")
     refs = {"labels": LABELS, "crop_size": SPEC.crop_size, "images": reference(out / "model.onnx", files, out / "reference_batch.f32")}
     (out / "reference.json").write_text(json.dumps(refs, indent=1))
-    print(ort_library())
+    (out / "ort_library.txt").write_text(str(find_onnxruntime_library()))
 
 
 if __name__ == "__main__":

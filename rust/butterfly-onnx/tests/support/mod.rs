@@ -91,8 +91,8 @@ fn build() -> Option<Fixture> {
             }
         }
     }
-    let ort_library = butterfly_onnx::runtime::find_python_onnxruntime(python.to_str().unwrap())
-        .expect("the Python environment's onnxruntime wheel has a libonnxruntime");
+    // Found by the Python package (the one Python locator), written by make_fixture.py.
+    let ort_library = PathBuf::from(std::fs::read_to_string(dir.join("ort_library.txt")).unwrap().trim());
     let reference = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let reference_batch = std::fs::read(dir.join("reference_batch.f32"))
         .unwrap()
