@@ -63,6 +63,10 @@ class Backend:
         options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: no warnings on stderr for ordinary models
+        # Idle intra-op threads sleep instead of spinning: the next chunk decodes on the same
+        # cores while the model runs (measured, 2-core VM, Lite0, threads=2, interleaved
+        # rounds: 43-90 images/s without spinning against 29-48 with it).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 model if model_path is None else source, sess_options=options, providers=["CPUExecutionProvider"]
