@@ -1,0 +1,463 @@
+"""``butterfly-onnx bench MODEL IMAGES...``: where the time goes, per stage and per contender.
+
+Contenders (each skipped, with the reason, when it cannot run here):
+
+* ``torchvision``: Pillow decoding + torchvision's transforms + the model (the given torch
+  module, else ONNX Runtime on torchvision's tensor: then only preprocessing differs);
+* ``python`` and ``rust``: :class:`~butterfly_onnx.Classifier` with that backend;
+* the **floor**: Pillow decoding (on ``threads`` threads) plus ONNX Runtime alone on ready
+  batches, one after the other: what a careful hand-written loop reaches without
+  preprocessing costs.
+
+For every batch size and thread count asked, per image: ``decode`` (Pillow; the rust backend's
+decoder is not exposed alone, so its decode and preprocess are one figure), ``preprocess``,
+``decode+preprocess``, ``inference`` (the model on a ready batch), ``end to end`` (files to
+logits: ``Classifier.logits(paths, batch_size=B)``, or the torchvision loop), images/s, p50 /
+p90 of the end-to-end rounds, the throughput ratio to torchvision and to the floor (> 1 is
+faster), and top-1 agreement / max |logit difference| with the reference contender
+(torchvision, else the first one). Contenders are interleaved within each round and each figure
+is the best of the rounds (the machine may be shared: ratios within one run are what count).
+
+Python usage::
+
+    from butterfly_onnx.bench import run_bench
+    result = run_bench("model.onnx", ["photos/"], batch_sizes=[1, 32], threads=[1, 2])
+    print(result.format_table())
+    result.write_json("bench.json"); result.plot("bench.png")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["CONTENDERS", "BenchRow", "BenchResult", "run_bench", "add_arguments", "run"]
+
+CONTENDERS = ("torchvision", "python", "rust")
+
+
+@dataclass
+class BenchRow:
+    """One contender at one (batch size, threads): milliseconds per image (None: not
+    measurable separately for this contender)."""
+
+    contender: str
+    batch_size: int
+    threads: int
+    decode_ms: float | None
+    preprocess_ms: float | None
+    decode_preprocess_ms: float
+    inference_ms: float
+    end_to_end_ms: float
+    p50_ms: float
+    p90_ms: float
+    images_per_s: float
+    vs_torchvision: float | None
+    vs_floor: float
+    top1_agreement: float | None
+    max_logit_diff: float | None
+
+
+@dataclass
+class BenchResult:
+    model: str
+    images: int
+    rounds: int
+    reference: str
+    machine: dict[str, Any]
+    floor_ms: dict[str, float]
+    rows: list[BenchRow] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def format_table(self) -> str:
+        def cell(value: float | None, fmt: str = ".3f") -> str:
+            return "-" if value is None else format(value, fmt)
+
+        header = (
+            "contender", "batch", "thr", "decode", "preproc", "dec+pre", "infer", "e2e", "p50", "p90",
+            "img/s", "x tv", "x floor", "top-1", "max dlogit",
+        )
+        lines = [
+            f"{self.model}: {self.images} image(s), best of {self.rounds} interleaved rounds, ms per image "
+            f"({self.machine.get('cpus')} CPUs, {self.machine.get('processor') or self.machine.get('machine')})",
+            "  ".join(f"{h:>10}" for h in header),
+        ]
+        for r in self.rows:
+            values = (
+                r.contender, str(r.batch_size), str(r.threads), cell(r.decode_ms), cell(r.preprocess_ms),
+                cell(r.decode_preprocess_ms), cell(r.inference_ms), cell(r.end_to_end_ms), cell(r.p50_ms),
+                cell(r.p90_ms), cell(r.images_per_s, ".1f"), cell(r.vs_torchvision, ".2f"), cell(r.vs_floor, ".2f"),
+                "-" if r.top1_agreement is None else f"{r.top1_agreement:.0%}", cell(r.max_logit_diff, ".3g"),
+            )
+            lines.append("  ".join(f"{v:>10}" for v in values))
+        for key, value in self.floor_ms.items():
+            lines.append(f"floor {key}: {value:.3f} ms per image (Pillow decode + ONNX Runtime alone)")
+        for name, why in self.skipped.items():
+            lines.append(f"{name}: skipped ({why})")
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """A bar chart of images/s per contender and configuration (matplotlib, Agg)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        configs = sorted({(r.batch_size, r.threads) for r in self.rows})
+        contenders = list(dict.fromkeys(r.contender for r in self.rows))
+        fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(configs) * max(1, len(contenders)) / 2), 4))
+        width = 0.8 / max(1, len(contenders) + 1)
+        for i, name in enumerate([*contenders, "floor"]):
+            xs, ys = [], []
+            for j, (batch, threads) in enumerate(configs):
+                if name == "floor":
+                    value = self.floor_ms.get(f"batch {batch}, threads {threads}")
+                    rate = 1000.0 / value if value else None
+                else:
+                    match = [r for r in self.rows if (r.contender, r.batch_size, r.threads) == (name, batch, threads)]
+                    rate = match[0].images_per_s if match else None
+                if rate is not None:
+                    xs.append(j + i * width)
+                    ys.append(rate)
+            ax.bar(xs, ys, width, label=name)
+        ax.set_xticks([j + width * len(contenders) / 2 for j in range(len(configs))])
+        ax.set_xticklabels([f"batch {b}\n{t} thread(s)" for b, t in configs])
+        ax.set_ylabel("images / s (end to end)")
+        ax.set_title(f"{Path(self.model).name}: {self.images} image(s), best of {self.rounds}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _decode_pil(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _ort_session(model: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class _Contender:
+    """Per-stage callables of one contender at one thread count."""
+
+    name: str
+    separate_decode = True
+
+    def decode(self, paths: list[str]) -> Any: ...
+    def preprocess(self, decoded: Any) -> Any: ...
+    def decode_preprocess(self, paths: list[str]) -> Any: ...
+    def infer(self, batch: Any) -> Any: ...
+    def end_to_end(self, paths: list[str], batch_size: int) -> Any: ...
+
+
+class _Torchvision(_Contender):
+    name = "torchvision"
+
+    def __init__(self, model: str, spec: Any, threads: int, torch_module: Any) -> None:
+        import numpy as np
+        import torch
+        import torchvision.transforms as T
+
+        self.np, self.torch = np, torch
+        mode = getattr(T.InterpolationMode, spec.interpolation.upper())
+        self.transform = T.Compose(
+            [
+                T.Resize(spec.resize_size, interpolation=mode, max_size=spec.max_size),
+                T.CenterCrop(spec.crop_size),
+                T.ToTensor(),
+                T.Normalize(spec.mean, spec.std),
+            ]
+        )
+        self.threads = threads
+        self.module = torch_module
+        self.session = None if torch_module is not None else _ort_session(model, threads)
+
+    def decode(self, paths):
+        return [_decode_pil(p) for p in paths]
+
+    def preprocess(self, decoded):
+        return self.torch.stack([self.transform(img) for img in decoded]).numpy()
+
+    def decode_preprocess(self, paths):
+        return self.preprocess(self.decode(paths))
+
+    def infer(self, batch):
+        if self.module is not None:
+            with self.torch.inference_mode():
+                return self.module(self.torch.from_numpy(batch)).float().numpy()
+        return self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
+
+    def end_to_end(self, paths, batch_size):
+        return self.np.concatenate([self.infer(self.decode_preprocess(chunk)) for chunk in _batches(paths, batch_size)])
+
+
+class _Backend(_Contender):
+    def __init__(self, model: str, backend: str, threads: int) -> None:
+        from . import Classifier
+        from .images import decode_rgb
+
+        self.name = backend
+        self.clf = Classifier(model, backend=backend, threads=threads, max_image_pixels=None)
+        self.separate_decode = backend == "python"
+        self._decode_rgb = decode_rgb
+
+    def decode(self, paths):
+        return [self._decode_rgb((p, p), None) for p in paths]
+
+    def preprocess(self, decoded):
+        from .preprocess import preprocess_batch
+
+        return preprocess_batch(decoded, self.clf.contract.preprocess)
+
+    def decode_preprocess(self, paths):
+        return self.clf.preprocess(paths)
+
+    def infer(self, batch):
+        return self.clf._backend.run(batch)
+
+    def end_to_end(self, paths, batch_size):
+        return self.clf.logits(paths, batch_size=batch_size)
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "node": platform.node(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run_bench(
+    model: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    *,
+    batch_sizes: Sequence[int] = (1,),
+    threads: Sequence[int] = (1,),
+    contenders: Sequence[str] = CONTENDERS,
+    rounds: int = 3,
+    torch_module: Any = None,
+    limit: int | None = None,
+) -> BenchResult:
+    """Measure ``contenders`` on ``images`` (files or folders, expanded as ``predict`` does) at
+    each batch size and thread count; see the module docstring for the figures."""
+    import numpy as np
+
+    from . import Classifier
+    from .errors import InvalidArgumentError
+    from .images import expand_images
+
+    model = str(model)
+    paths = [str(source) for source, _ in expand_images(list(map(str, images)))]
+    if limit is not None:
+        paths = paths[:limit]
+    if not paths:
+        raise InvalidArgumentError("bench: no images given")
+    if rounds < 1 or any(b < 1 for b in batch_sizes) or any(t < 1 for t in threads):
+        raise InvalidArgumentError("bench: rounds, batch sizes and thread counts must be >= 1")
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        raise InvalidArgumentError(f"bench: unknown contenders {sorted(unknown)} (known: {', '.join(CONTENDERS)})")
+    spec = Classifier(model, backend="python", threads=1).contract.preprocess
+    n = len(paths)
+    skipped: dict[str, str] = {}
+    rows: list[BenchRow] = []
+    floor_ms: dict[str, float] = {}
+    reference = None
+
+    torch = None
+    if "torchvision" in contenders:
+        try:
+            import torch  # noqa: F401
+            import torchvision  # noqa: F401
+        except ImportError as exc:
+            skipped["torchvision"] = f"not installed ({exc})"
+    for n_threads in threads:
+        made: dict[str, _Contender] = {}
+        for name in contenders:
+            if name in skipped:
+                continue
+            try:
+                made[name] = (
+                    _Torchvision(model, spec, n_threads, torch_module)
+                    if name == "torchvision"
+                    else _Backend(model, name, n_threads)
+                )
+            except Exception as exc:  # a backend that is not built here is reported, not fatal
+                skipped[name] = f"{type(exc).__name__}: {exc}"
+        if not made:
+            break
+        floor_session = _ort_session(model, n_threads)
+        floor_input = floor_session.get_inputs()[0].name
+        before = torch.get_num_threads() if torch is not None else None
+        if torch is not None:
+            torch.set_num_threads(n_threads)
+        try:
+            for batch_size in batch_sizes:
+                stats: dict[str, dict[str, list[float]]] = {
+                    name: {"decode": [], "preprocess": [], "dec_pre": [], "infer": [], "e2e": []} for name in made
+                }
+                logits: dict[str, Any] = {}
+                floor_decode: list[float] = []
+                floor_infer: list[float] = []
+                reps = max(1, -(-batch_size // n))
+                batch_paths = (paths * reps)[:batch_size]
+                for _ in range(rounds):
+                    for name, contender in made.items():
+                        s = stats[name]
+                        if contender.separate_decode:
+                            dt, decoded = _timed(lambda: contender.decode(paths))
+                            s["decode"].append(dt / n)
+                            dt, _ = _timed(lambda: contender.preprocess(decoded))
+                            s["preprocess"].append(dt / n)
+                        dt, _ = _timed(lambda: contender.decode_preprocess(paths))
+                        s["dec_pre"].append(dt / n)
+                        batch = np.ascontiguousarray(contender.decode_preprocess(batch_paths), dtype=np.float32)
+                        dt, _ = _timed(lambda: contender.infer(batch))
+                        s["infer"].append(dt / batch_size)
+                        dt, out = _timed(lambda: contender.end_to_end(paths, batch_size))
+                        s["e2e"].append(dt / n)
+                        logits[name] = np.asarray(out)
+                    # The floor: Pillow decoding on n_threads threads, then ONNX Runtime alone.
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    with ThreadPoolExecutor(n_threads) as pool:
+                        dt, _ = _timed(lambda: list(pool.map(_decode_pil, paths)))
+                    floor_decode.append(dt / n)
+                    ready = np.zeros((batch_size, 3, spec.crop_size, spec.crop_size), np.float32)
+                    dt, _ = _timed(lambda: floor_session.run(None, {floor_input: ready}))
+                    floor_infer.append(dt / batch_size)
+                floor = (min(floor_decode) + min(floor_infer)) * 1e3
+                floor_ms[f"batch {batch_size}, threads {n_threads}"] = floor
+                reference = "torchvision" if "torchvision" in made else next(iter(made))
+                tv_e2e = min(stats["torchvision"]["e2e"]) * 1e3 if "torchvision" in made else None
+                ref_logits = logits[reference]
+                for name, s in stats.items():
+                    e2e = min(s["e2e"]) * 1e3
+                    ms = [v * 1e3 for v in s["e2e"]]
+                    agree = diff = None
+                    if name != reference and logits[name].shape == ref_logits.shape:
+                        agree = float(np.mean(logits[name].argmax(1) == ref_logits.argmax(1)))
+                        diff = float(np.max(np.abs(logits[name].astype(np.float64) - ref_logits)))
+                    rows.append(
+                        BenchRow(
+                            contender=name,
+                            batch_size=batch_size,
+                            threads=n_threads,
+                            decode_ms=min(s["decode"]) * 1e3 if s["decode"] else None,
+                            preprocess_ms=min(s["preprocess"]) * 1e3 if s["preprocess"] else None,
+                            decode_preprocess_ms=min(s["dec_pre"]) * 1e3,
+                            inference_ms=min(s["infer"]) * 1e3,
+                            end_to_end_ms=e2e,
+                            p50_ms=statistics.median(ms),
+                            p90_ms=_percentile(ms, 0.9),
+                            images_per_s=1000.0 / e2e if e2e > 0 else float("inf"),
+                            vs_torchvision=None if tv_e2e is None else tv_e2e / e2e,
+                            vs_floor=floor / e2e,
+                            top1_agreement=agree,
+                            max_logit_diff=diff,
+                        )
+                    )
+        finally:
+            if torch is not None and before is not None:
+                torch.set_num_threads(before)
+    return BenchResult(
+        model=model,
+        images=n,
+        rounds=rounds,
+        reference=reference or "",
+        machine=_machine(),
+        floor_ms=floor_ms,
+        rows=rows,
+        skipped=skipped,
+    )
+
+
+# --- command line ------------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the .onnx model (with its contract)")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1], help="comma-separated batch sizes (default 1)")
+    parser.add_argument(
+        "--threads", dest="thread_counts", type=_int_list, default=[1], help="comma-separated thread counts (default 1)"
+    )
+    parser.add_argument(
+        "--contenders", default=",".join(CONTENDERS), help="comma-separated: torchvision,python,rust (default: all)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is the best (default 3)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the result as JSON")
+    parser.add_argument("--plot", dest="plot_path", metavar="FILE.png", help="write a bar chart (matplotlib)")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_bench(
+        args.model,
+        args.images,
+        batch_sizes=args.batch_sizes,
+        threads=args.thread_counts,
+        contenders=[c for c in args.contenders.split(",") if c],
+        rounds=args.rounds,
+        limit=args.limit,
+    )
+    print(result.format_table())
+    if args.json_path:
+        result.write_json(args.json_path)
+    if args.plot_path:
+        result.plot(args.plot_path)
+    return 0 if result.rows else 1
