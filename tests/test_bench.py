@@ -115,7 +115,12 @@ def test_parity_cli_exit_code_and_json(small_model, photos, tmp_path, capsys):
 def test_bench_rows_ratios_agreement_json_and_plot(small_model, photos, tmp_path):
     path, module = small_model
     result = bench.run_bench(
-        path, photos[:2], batch_sizes=[1, 2], threads=[1], rounds=1, torch_module=module,
+        path,
+        photos[:2],
+        batch_sizes=[1, 2],
+        threads=[1],
+        rounds=1,
+        torch_module=module,
         contenders=["torchvision", *BACKENDS],
     )
     assert {(r.contender, r.batch_size) for r in result.rows} == {
@@ -146,8 +151,20 @@ def test_bench_cli_arguments(small_model, photos, tmp_path, capsys):
     bench.add_arguments(parser)
     out = tmp_path / "b.json"
     args = parser.parse_args(
-        [str(small_model[0]), photos[0], "--batch-sizes", "1", "--threads", "1", "--rounds", "1",
-         "--contenders", "python", "--json", str(out)]
+        [
+            str(small_model[0]),
+            photos[0],
+            "--batch-sizes",
+            "1",
+            "--threads",
+            "1",
+            "--rounds",
+            "1",
+            "--contenders",
+            "python",
+            "--json",
+            str(out),
+        ]
     )
     assert bench.run(args) == 0
     assert "python" in capsys.readouterr().out

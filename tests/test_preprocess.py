@@ -35,9 +35,20 @@ SPECS = {
 #: The preset (``weights.transforms()``) path differs from Compose only in ToTensor's
 #: spelling, so it is checked on a representative part of the corpus.
 PRESET_NAMES = [
-    "jpeg_420", "jpeg_444", "jpeg_cmyk", "png_rgba", "png_palette", "png_rgb16", "png_grey16",
-    "size_1x1", "size_3x500", "size_100x150_small", "size_256x256_at_resize",
-    "jpeg_portrait_600x1300", "sklearn_china.jpg", "skimage_coffee.png",
+    "jpeg_420",
+    "jpeg_444",
+    "jpeg_cmyk",
+    "png_rgba",
+    "png_palette",
+    "png_rgb16",
+    "png_grey16",
+    "size_1x1",
+    "size_3x500",
+    "size_100x150_small",
+    "size_256x256_at_resize",
+    "jpeg_portrait_600x1300",
+    "sklearn_china.jpg",
+    "skimage_coffee.png",
 ]
 #: The 6000x4000 photo costs a second per spec: only these specs take it.
 BIG_SPECS = {"256-224-bilinear", f"256-224-bilinear-{OTHER_ORDERS[0]}"}
@@ -141,7 +152,17 @@ def assert_exact(got: np.ndarray, want: np.ndarray, what: str) -> None:
 @pytest.mark.parametrize("max_size", [None, 300, 1000])
 def test_resized_size_matches_torchvision(max_size):
     spec = PreprocessSpec(256, 224, max_size=max_size)
-    for w, h in [(1, 1), (3, 500), (500, 3), (257, 26000), (640, 480), (333, 517), (256, 256), (1920, 1280), (255, 257)]:
+    for w, h in [
+        (1, 1),
+        (3, 500),
+        (500, 3),
+        (257, 26000),
+        (640, 480),
+        (333, 517),
+        (256, 256),
+        (1920, 1280),
+        (255, 257),
+    ]:
         want_h, want_w = tvF._compute_resized_output_size((h, w), [256], max_size)
         assert pre.resized_size(w, h, spec) == (want_w, want_h), (w, h)
 
@@ -156,7 +177,11 @@ def test_crop_offsets_round_half_to_even():
 def test_normalization_table_matches_torch_for_every_level():
     levels = np.arange(256, dtype=np.uint8)
     img = Image.fromarray(np.stack([levels, levels[::-1], np.roll(levels, 77)], axis=-1)[None])
-    for mean, std in [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.1, 0.9, 0.3), (0.7, 0.11, 1.3))]:
+    for mean, std in [
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ((0.1, 0.9, 0.3), (0.7, 0.11, 1.3)),
+    ]:
         spec = PreprocessSpec(1, 1, mean=mean, std=std)
         want = T.Normalize(mean, std)(T.ToTensor()(img)).numpy()[:, 0, :]
         table = pre.normalization_table(spec)
@@ -224,7 +249,9 @@ def test_pillow_resize_used_wherever_its_pass_order_gives_the_contracts_pixels(i
         rgb = natural_rgb(h, w, seed=w * 3 + h)
         exact = pre.pillow_resize_is_exact(spec, (w, h), size)
         assert exact == (
-            w == size[0] or h == size[1] or pre.vertical_pass_first(INSTALLED, w, h, *size) == pre.vertical_pass_first(order, w, h, *size)
+            w == size[0]
+            or h == size[1]
+            or pre.vertical_pass_first(INSTALLED, w, h, *size) == pre.vertical_pass_first(order, w, h, *size)
         )
         if exact:
             fast += 1
@@ -242,7 +269,7 @@ def test_auto_method_uses_pillow_under_another_rule_when_exact(monkeypatch):
     monkeypatch.setattr(pre, "resize_pillow", lambda *a: calls.append(a[1]) or real(*a))
     for order in OTHER_ORDERS:
         spec = PreprocessSpec(256, 224, resample_order=order)
-        for (w, h) in [(640, 480), (600, 1300), (256, 300)]:
+        for w, h in [(640, 480), (600, 1300), (256, 300)]:
             calls.clear()
             img = Image.fromarray(natural_rgb(h, w, seed=w))
             auto = pre.preprocess_image(img, spec)

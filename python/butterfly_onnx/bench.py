@@ -34,9 +34,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["CONTENDERS", "BenchRow", "BenchResult", "run_bench", "add_arguments", "run"]
 
@@ -87,8 +88,21 @@ class BenchResult:
             return "-" if value is None else format(value, fmt)
 
         header = (
-            "contender", "batch", "thr", "decode", "preproc", "dec+pre", "infer", "e2e", "p50", "p90",
-            "img/s", "x tv", "x floor", "top-1", "max dlogit",
+            "contender",
+            "batch",
+            "thr",
+            "decode",
+            "preproc",
+            "dec+pre",
+            "infer",
+            "e2e",
+            "p50",
+            "p90",
+            "img/s",
+            "x tv",
+            "x floor",
+            "top-1",
+            "max dlogit",
         )
         lines = [
             f"{self.model}: {self.images} image(s), best of {self.rounds} interleaved rounds, ms per image "
@@ -97,10 +111,21 @@ class BenchResult:
         ]
         for r in self.rows:
             values = (
-                r.contender, str(r.batch_size), str(r.threads), cell(r.decode_ms), cell(r.preprocess_ms),
-                cell(r.decode_preprocess_ms), cell(r.inference_ms), cell(r.end_to_end_ms), cell(r.p50_ms),
-                cell(r.p90_ms), cell(r.images_per_s, ".1f"), cell(r.vs_torchvision, ".2f"), cell(r.vs_floor, ".2f"),
-                "-" if r.top1_agreement is None else f"{r.top1_agreement:.0%}", cell(r.max_logit_diff, ".3g"),
+                r.contender,
+                str(r.batch_size),
+                str(r.threads),
+                cell(r.decode_ms),
+                cell(r.preprocess_ms),
+                cell(r.decode_preprocess_ms),
+                cell(r.inference_ms),
+                cell(r.end_to_end_ms),
+                cell(r.p50_ms),
+                cell(r.p90_ms),
+                cell(r.images_per_s, ".1f"),
+                cell(r.vs_torchvision, ".2f"),
+                cell(r.vs_floor, ".2f"),
+                "-" if r.top1_agreement is None else f"{r.top1_agreement:.0%}",
+                cell(r.max_logit_diff, ".3g"),
             )
             lines.append("  ".join(f"{v:>10}" for v in values))
         for key, value in self.floor_ms.items():
@@ -144,9 +169,9 @@ class BenchResult:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return time.perf_counter() - start, out
 
 
@@ -228,6 +253,7 @@ class _Torchvision(_Contender):
         if self.module is not None:
             with self.torch.inference_mode():
                 return self.module(self.torch.from_numpy(batch)).float().numpy()
+        assert self.session is not None
         return self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
 
     def end_to_end(self, paths, batch_size):
@@ -310,11 +336,13 @@ def run_bench(
     floor_ms: dict[str, float] = {}
     reference = None
 
-    torch = None
+    torch: Any = None
     if "torchvision" in contenders:
         try:
-            import torch  # noqa: F401
+            import torch as _torch
             import torchvision  # noqa: F401
+
+            torch = _torch
         except ImportError as exc:
             skipped["torchvision"] = f"not installed ({exc})"
     for n_threads in threads:
@@ -351,26 +379,26 @@ def run_bench(
                     for name, contender in made.items():
                         s = stats[name]
                         if contender.separate_decode:
-                            dt, decoded = _timed(lambda: contender.decode(paths))
+                            dt, decoded = _timed(contender.decode, paths)
                             s["decode"].append(dt / n)
-                            dt, _ = _timed(lambda: contender.preprocess(decoded))
+                            dt, _ = _timed(contender.preprocess, decoded)
                             s["preprocess"].append(dt / n)
-                        dt, _ = _timed(lambda: contender.decode_preprocess(paths))
+                        dt, _ = _timed(contender.decode_preprocess, paths)
                         s["dec_pre"].append(dt / n)
                         batch = np.ascontiguousarray(contender.decode_preprocess(batch_paths), dtype=np.float32)
-                        dt, _ = _timed(lambda: contender.infer(batch))
+                        dt, _ = _timed(contender.infer, batch)
                         s["infer"].append(dt / batch_size)
-                        dt, out = _timed(lambda: contender.end_to_end(paths, batch_size))
+                        dt, out = _timed(contender.end_to_end, paths, batch_size)
                         s["e2e"].append(dt / n)
                         logits[name] = np.asarray(out)
                     # The floor: Pillow decoding on n_threads threads, then ONNX Runtime alone.
                     from concurrent.futures import ThreadPoolExecutor
 
                     with ThreadPoolExecutor(n_threads) as pool:
-                        dt, _ = _timed(lambda: list(pool.map(_decode_pil, paths)))
+                        dt, _ = _timed(lambda: list(pool.map(_decode_pil, paths)))  # noqa: B023 (called at once)
                     floor_decode.append(dt / n)
                     ready = np.zeros((batch_size, 3, spec.crop_size, spec.crop_size), np.float32)
-                    dt, _ = _timed(lambda: floor_session.run(None, {floor_input: ready}))
+                    dt, _ = _timed(floor_session.run, None, {floor_input: ready})
                     floor_infer.append(dt / batch_size)
                 floor = (min(floor_decode) + min(floor_infer)) * 1e3
                 floor_ms[f"batch {batch_size}, threads {n_threads}"] = floor

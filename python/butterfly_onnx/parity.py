@@ -31,9 +31,10 @@ import argparse
 import base64
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["STAGES", "ParityResult", "run_parity", "add_arguments", "run"]
 
@@ -305,7 +306,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backends", default=",".join(BACKENDS), help="comma-separated backends to compare (default: python,rust)"
     )
     parser.add_argument("--threads", type=int, default=1, help="threads per backend (default 1)")
-    parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the result (per image too) as JSON")
+    parser.add_argument(
+        "--json", dest="json_path", metavar="FILE", help="also write the result (per image too) as JSON"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,11 +320,6 @@ def run(args: argparse.Namespace) -> int:
     print(result.format_table())
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    exact = all(
-        value == 0.0
-        for stage in STAGES[:-1]
-        for value in result.max_diff[stage].values()
-        if value is not None
-    )
+    exact = all(value == 0.0 for stage in STAGES[:-1] for value in result.max_diff[stage].values() if value is not None)
     agrees = all(value == 1.0 for value in result.top1_agreement.values())
     return 0 if exact and agrees else 1

@@ -201,13 +201,13 @@ def resize_numpy(
 
     cols = np.arange(left, left + win_w)
     rows = np.arange(top, top + win_h)
-    h_first, h_weights = resample_coefficients(in_w, out_w, interpolation, cols) if need_h else (None, None)
-    v_first, v_weights = resample_coefficients(in_h, out_h, interpolation, rows) if need_v else (None, None)
-
     if not need_v:
+        h_first, h_weights = resample_coefficients(in_w, out_w, interpolation, cols)
         return _resample_axis(rgb[top : top + win_h], 1, h_first, h_weights)
+    v_first, v_weights = resample_coefficients(in_h, out_h, interpolation, rows)
     if not need_h:
         return _resample_axis(rgb[:, left : left + win_w], 0, v_first, v_weights)
+    h_first, h_weights = resample_coefficients(in_w, out_w, interpolation, cols)
 
     if vertical_pass_first(resample_order, in_w, in_h, out_w, out_h):
         # The vertical pass only needs the input columns the horizontal windows read.
@@ -268,9 +268,7 @@ def pillow_resize_is_exact(
     )
 
 
-def _select_method(
-    spec: PreprocessSpec, method: Method, in_size: tuple[int, int], out_size: tuple[int, int]
-) -> str:
+def _select_method(spec: PreprocessSpec, method: Method, in_size: tuple[int, int], out_size: tuple[int, int]) -> str:
     if method == "auto":
         if not pillow_resize_is_exact(spec, in_size, out_size):
             return "numpy"

@@ -138,23 +138,10 @@ impl PreprocessSpec {
         output_len(self)
     }
 
+    /// The contract's rules for a spec (`contract::check_spec`: sizes 1..=8192, `max_size` >
+    /// `resize_size`, mean and std finite and in range), so a crop can never ask for more.
     fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(Error::InvalidArgument { reason });
-        if self.resize_size == 0 || self.crop_size == 0 {
-            return bad(format!(
-                "resize_size and crop_size must be positive, got {} and {}",
-                self.resize_size, self.crop_size
-            ));
-        }
-        if let Some(max) = self.max_size {
-            if max <= self.resize_size {
-                return bad(format!("max_size ({max}) must be greater than resize_size ({})", self.resize_size));
-            }
-        }
-        if !self.mean.iter().chain(&self.std).all(|v| v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
-            return bad(format!("mean must be finite and std finite and > 0, got {:?} and {:?}", self.mean, self.std));
-        }
-        Ok(())
+        crate::contract::check_spec(self).map_err(|reason| Error::InvalidArgument { reason })
     }
 }
 
