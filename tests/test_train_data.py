@@ -41,7 +41,7 @@ def _kaggle_tree(root: Path, counts: dict[str, int], *, header=("filename", "lab
     (root / "train").mkdir(parents=True)
     rows, seed = [], 100
     for label, n in counts.items():
-        for i in range(n):
+        for _ in range(n):
             name = f"Image_{seed}.jpg"
             _photo(seed).save(root / "train" / name, quality=90)
             rows.append((name, label))

@@ -59,8 +59,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import model_catalog
-    from .classifier import ClassScore, Classifier, ImageSkippedWarning, Prediction, TopK
+    from .classifier import Classifier, ClassScore, ImageSkippedWarning, Prediction, TopK
     from .evaluate import evaluate
-    from .results import write_predictions, write_submission
     from .export import ExportReport, export_onnx, verify_onnx
+    from .results import write_predictions, write_submission
     from .train import FinetuneResult, build_model, finetune, load_dataset
