@@ -328,9 +328,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["config"]["train_config"]["world_size"] == 2
     assert not any(k.startswith("module.") for k in saved["model_state"])
-    # Both ranks trained: each step covers batch_size images per rank.
-    assert [h["train_images"] for h in saved["history"]] == [2 * 2 * 4, 2 * 2 * 4]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
+    # The head epoch ran on the gathered feature cache (the same on both ranks: 18 training
+    # images, batches of 4, at least 300 steps in whole passes); then both ranks trained: each
+    # step covers batch_size images per rank.
+    head_row, full_row = saved["history"]
+    assert head_row["cached"] and head_row["steps"] == 300 and head_row["train_images"] == 60 * 18
+    assert full_row["train_images"] == 2 * 2 * 4 and not full_row["cached"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "features.pt", "last.pt"]
     load_checkpoint(tmp_path / "run" / "best.pt")
 
 
