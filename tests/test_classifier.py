@@ -526,3 +526,28 @@ def test_progress_bar_on_stderr_only_when_asked(classifiers, image_files, capsys
     clf.predict(image_files["good"], progress=False)
     clf.predict(image_files["good"])  # None: only when stderr is a terminal (it is not here)
     assert capsys.readouterr().err == ""
+
+
+def test_rust_adapter_without_native_iter_logits_uses_the_shared_pipeline(classifiers, logit_paths, monkeypatch):
+    """The rust adapter takes the binding's iter_logits where it exists; a binding without it
+    (an older build) gets the shared decode-ahead pipeline over its preprocess/run, with the
+    same answers."""
+    from contract_models import require_backend
+
+    require_backend("rust")
+    clf = classifiers("rust")
+    expected = clf.logits(logit_paths, batch_size=4)
+
+    class OldBinding:
+        def __init__(self, native):
+            self._native = native
+
+        def __getattr__(self, name):
+            if name == "iter_logits":
+                raise AttributeError(name)
+            return getattr(self._native, name)
+
+    monkeypatch.setattr(clf._backend, "_native", OldBinding(clf._backend._native))
+    assert not hasattr(clf._backend._native, "iter_logits")
+    assert np.array_equal(clf.logits(logit_paths, batch_size=4), expected)
+    assert np.array_equal(clf.logits(logit_paths, batch_size=1), expected)
