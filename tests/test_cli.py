@@ -223,6 +223,13 @@ def test_finetune_flags_reach_finetune(monkeypatch, tmp_path, capsys):
 def test_every_subcommand_is_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert {"predict", "val", "info", "models", "finetune", "export", "demo"} <= set(sub.choices)
+    import importlib.util
+
+    for name in ("bench", "parity"):  # registered when their modules are installed
+        assert (name in sub.choices) == (importlib.util.find_spec(f"butterfly_onnx.{name}") is not None)
+    predict = sub.choices["predict"]
+    has_ray = importlib.util.find_spec("butterfly_onnx.ray") is not None
+    assert any("--ray" in a.option_strings for a in predict._actions) == has_ray
 
 
 def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, capsys):
