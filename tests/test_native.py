@@ -18,8 +18,7 @@ require_backend("rust")
 onnx = pytest.importorskip("onnx")
 Image = pytest.importorskip("PIL.Image")
 
-from butterfly_onnx import errors  # noqa: E402
-from butterfly_onnx import _native  # noqa: E402
+from butterfly_onnx import _native, errors
 from butterfly_onnx._backends.rust import find_onnxruntime_library  # noqa: E402
 from butterfly_onnx.contract import ModelContract, PreprocessSpec, write_contract  # noqa: E402
 
@@ -116,11 +115,11 @@ def test_the_gil_is_released_while_rust_works(models, big_jpeg, method):
     while True:  # grow the workload until one call is long enough to tell (fast machines)
         if method == "run":
             batch = np.random.default_rng(0).normal(size=(size, 3, 64, 64)).astype(np.float32)
-            call = lambda: classifier.run(batch)  # noqa: E731
+            call = lambda batch=batch: classifier.run(batch)  # noqa: E731
         elif method == "iter_logits":
-            call = lambda: list(classifier.iter_logits(items * (size // 256), 4))  # noqa: E731
+            call = lambda size=size: list(classifier.iter_logits(items * (size // 256), 4))  # noqa: E731
         else:
-            call = lambda: getattr(classifier, method)(items * (size // 256))  # noqa: E731
+            call = lambda size=size: getattr(classifier, method)(items * (size // 256))  # noqa: E731
         start = time.perf_counter()
         call()
         alone = time.perf_counter() - start
@@ -253,7 +252,13 @@ def test_payload_kinds_give_identical_rows(models, tmp_path, big_jpeg):
     path.write_bytes(big_jpeg)
     pixels = np.asarray(Image.open(path).convert("RGB"))
     batch, failures = classifier.preprocess(
-        [("str", str(path)), ("pathlike", path), ("bytes", big_jpeg), ("array", pixels), ("fortran order", np.asfortranarray(pixels))]
+        [
+            ("str", str(path)),
+            ("pathlike", path),
+            ("bytes", big_jpeg),
+            ("array", pixels),
+            ("fortran order", np.asfortranarray(pixels)),
+        ]
     )
     assert failures == {}
     assert batch.dtype == np.float32 and batch.flags["C_CONTIGUOUS"] and batch.shape == (5, 3, 64, 64)

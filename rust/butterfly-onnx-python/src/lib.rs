@@ -150,7 +150,9 @@ impl Classifier {
         ort_library: Option<PathBuf>,
     ) -> PyResult<Self> {
         let threads = match threads {
-            Some(n) if n < 1 => return Err(errors::InvalidArgumentError::new_err(format!("threads must be at least 1, got {n}"))),
+            Some(n) if n < 1 => {
+                return Err(errors::InvalidArgumentError::new_err(format!("threads must be at least 1, got {n}")))
+            }
             Some(n) => Some(n as usize),
             None => None,
         };
@@ -164,7 +166,8 @@ impl Classifier {
             Some(text) => Some(contract::preprocess_from_json_str(text, &source).map_err(|e| to_py_err(&e))?),
             None => None,
         };
-        let options = ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library, model_batch: None };
+        let options =
+            ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library, model_batch: None };
         let inner = py
             .detach(|| match &model_bytes {
                 Some(bytes) => CoreClassifier::from_bytes(bytes, model_path, options),
@@ -244,19 +247,15 @@ impl Classifier {
     /// waits, and taken only to read the next chunk's items and to build each result.
     fn iter_logits(&self, py: Python<'_>, items: &Bound<'_, PyAny>, batch_size: i64) -> PyResult<LogitsIter> {
         if batch_size < 1 {
-            return Err(errors::InvalidArgumentError::new_err(format!("batch_size must be at least 1, got {batch_size}")));
+            return Err(errors::InvalidArgumentError::new_err(format!(
+                "batch_size must be at least 1, got {batch_size}"
+            )));
         }
         let items = items.try_iter()?.unbind();
         // Pipeline::new may measure the model batch (first use): without the GIL.
         let inner = Arc::clone(&self.inner);
         let pipeline = py.detach(|| Pipeline::new(inner));
-        let state = IterState {
-            items,
-            pipeline,
-            chunks: VecDeque::new(),
-            taken: 0,
-            exhausted: false,
-        };
+        let state = IterState { items, pipeline, chunks: VecDeque::new(), taken: 0, exhausted: false };
         Ok(LogitsIter { batch_size: batch_size as usize, classes: self.inner.labels().len(), state: Mutex::new(state) })
     }
 

@@ -50,11 +50,7 @@ pub fn configured_library(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
         return Some(path.to_path_buf());
     }
-    ENV_VARS
-        .iter()
-        .filter_map(std::env::var_os)
-        .find(|value| !value.is_empty())
-        .map(PathBuf::from)
+    ENV_VARS.iter().filter_map(std::env::var_os).find(|value| !value.is_empty()).map(PathBuf::from)
 }
 
 /// The site-packages folders [`find_wheel_library`] looks in, in order: the active
@@ -80,7 +76,9 @@ pub fn wheel_search_dirs() -> Vec<PathBuf> {
         prefixes.extend(sorted_children(&pyenv.join("versions"), |_| true).into_iter().rev());
     }
     prefixes.extend(["/usr/local", "/usr", "/opt/homebrew"].map(PathBuf::from));
-    prefixes.extend(sorted_children(Path::new("/Library/Frameworks/Python.framework/Versions"), |_| true).into_iter().rev());
+    prefixes.extend(
+        sorted_children(Path::new("/Library/Frameworks/Python.framework/Versions"), |_| true).into_iter().rev(),
+    );
     let mut dirs = Vec::new();
     for prefix in prefixes {
         // <prefix>/lib/python3.X/{site,dist}-packages, newest version first; Debian's
@@ -102,7 +100,9 @@ pub fn find_wheel_library_in(dirs: &[PathBuf]) -> Option<PathBuf> {
     dirs.iter().find_map(|dir| {
         let capi = dir.join("onnxruntime").join("capi");
         let libraries = sorted_children(&capi, |name| {
-            name.starts_with("libonnxruntime.so") || (name.starts_with("libonnxruntime") && name.ends_with(".dylib")) || name == "onnxruntime.dll"
+            name.starts_with("libonnxruntime.so")
+                || (name.starts_with("libonnxruntime") && name.ends_with(".dylib"))
+                || name == "onnxruntime.dll"
         });
         libraries.into_iter().rev().find(|p| p.is_file())
     })

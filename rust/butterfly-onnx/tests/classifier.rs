@@ -65,7 +65,9 @@ fn bytes_and_decoded_pixels_give_the_same_rows_as_paths() {
         .map(|(i, path)| match i % 3 {
             0 => ImageInput::Path(path.clone()),
             1 => ImageInput::Bytes { source: format!("bytes {i}"), bytes: std::fs::read(path).unwrap() },
-            _ => ImageInput::Rgb { source: format!("rgb {i}"), image: read_rgb(path, &DecodeLimits::default()).unwrap() },
+            _ => {
+                ImageInput::Rgb { source: format!("rgb {i}"), image: read_rgb(path, &DecodeLimits::default()).unwrap() }
+            }
         })
         .collect();
     let (batch, errors) = classifier.preprocess(&inputs);
@@ -85,13 +87,22 @@ fn bad_images_are_reported_by_index_and_the_others_still_come_back() {
         ImageInput::path(fx.path("bad/text.jpg")),
         ImageInput::Path(images[1].clone()),
         ImageInput::path(fx.path("bad/truncated.jpg")),
-        ImageInput::Rgb { source: "short pixels".into(), image: butterfly_onnx::decode::RgbImage { width: 4, height: 4, data: vec![0; 5] } },
+        ImageInput::Rgb {
+            source: "short pixels".into(),
+            image: butterfly_onnx::decode::RgbImage { width: 4, height: 4, data: vec![0; 5] },
+        },
     ];
     let (batch, errors) = classifier.preprocess(&inputs);
     let kinds: Vec<(usize, ErrorKind)> = errors.iter().map(|(i, e)| (*i, e.kind())).collect();
     assert_eq!(
         kinds,
-        [(0, ErrorKind::ImageDecode), (2, ErrorKind::ImageNotFound), (3, ErrorKind::ImageDecode), (5, ErrorKind::ImageDecode), (6, ErrorKind::ImageDecode)]
+        [
+            (0, ErrorKind::ImageDecode),
+            (2, ErrorKind::ImageNotFound),
+            (3, ErrorKind::ImageDecode),
+            (5, ErrorKind::ImageDecode),
+            (6, ErrorKind::ImageDecode)
+        ]
     );
     for (index, error) in &errors {
         assert_eq!(error.source_name().unwrap(), inputs[*index].source(), "errors name their input");
@@ -176,10 +187,12 @@ fn model_errors_have_their_own_kinds() {
     assert!(no_contract.to_string().contains("no butterfly_onnx contract"), "{no_contract}");
     // Labels alone are not enough without a contract.
     let labels: Vec<String> = (0..7).map(|i| format!("class {i}")).collect();
-    let partial = kind("model_no_contract.onnx", ClassifierOptions { labels: Some(labels.clone()), ..Default::default() });
+    let partial =
+        kind("model_no_contract.onnx", ClassifierOptions { labels: Some(labels.clone()), ..Default::default() });
     assert_eq!(partial.kind(), ErrorKind::Contract);
     // A label count that does not fit the model's output.
-    let wrong_count = kind("model.onnx", ClassifierOptions { labels: Some(labels[..3].to_vec()), ..Default::default() });
+    let wrong_count =
+        kind("model.onnx", ClassifierOptions { labels: Some(labels[..3].to_vec()), ..Default::default() });
     assert_eq!(wrong_count.kind(), ErrorKind::Contract);
     assert!(wrong_count.to_string().contains("3 labels"), "{wrong_count}");
     let duplicate = kind("model.onnx", ClassifierOptions { labels: Some(vec!["a".into(); 7]), ..Default::default() });
@@ -222,7 +235,13 @@ fn mixed_inputs(fx: &Fixture, n: usize) -> Vec<ImageInput> {
     let images = fx.images();
     let bad = [fx.path("bad/text.jpg"), fx.path("no/such/image.png"), fx.path("bad/empty.jpg")];
     (0..n)
-        .map(|i| if i % 5 == 3 { ImageInput::Path(bad[i % 3].clone()) } else { ImageInput::Path(images[i % images.len()].clone()) })
+        .map(|i| {
+            if i % 5 == 3 {
+                ImageInput::Path(bad[i % 3].clone())
+            } else {
+                ImageInput::Path(images[i % images.len()].clone())
+            }
+        })
         .collect()
 }
 
@@ -244,8 +263,13 @@ fn the_stream_gives_the_one_shot_answers_in_input_order_with_failures_in_place()
                 Ok(top) => {
                     let (index, want) = good.next().unwrap();
                     assert_eq!(*index, position);
-                    assert_eq!(top.iter().map(|p| p.index).collect::<Vec<_>>(), want.iter().map(|p| p.index).collect::<Vec<_>>());
-                    assert!(max_abs_diff(top.iter().map(|p| p.probability), want.iter().map(|p| p.probability)) <= 1e-6);
+                    assert_eq!(
+                        top.iter().map(|p| p.index).collect::<Vec<_>>(),
+                        want.iter().map(|p| p.index).collect::<Vec<_>>()
+                    );
+                    assert!(
+                        max_abs_diff(top.iter().map(|p| p.probability), want.iter().map(|p| p.probability)) <= 1e-6
+                    );
                 }
                 Err(error) => {
                     let (index, want) = bad.next().unwrap();
@@ -263,7 +287,9 @@ fn logits_chunks_match_the_reference_whatever_the_model_batch() {
     let Some(fx) = fixture() else { return };
     let images = fx.images();
     let reference = fx.reference_logits();
-    for (model, model_batch) in [("model.onnx", Some(1)), ("model.onnx", Some(4)), ("model.onnx", None), ("model_static2.onnx", None)] {
+    for (model, model_batch) in
+        [("model.onnx", Some(1)), ("model.onnx", Some(4)), ("model.onnx", None), ("model_static2.onnx", None)]
+    {
         let classifier = open(fx, model, ClassifierOptions { model_batch, ..Default::default() }).unwrap();
         if let Some(size) = model_batch {
             assert_eq!(classifier.model_batch(), size);

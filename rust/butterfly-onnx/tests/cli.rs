@@ -38,7 +38,14 @@ fn info_summarises_the_contract() {
     let Some(fx) = fixture() else { return };
     let (code, stdout, stderr) = run(cli(fx).arg("info").arg(fx.path("model.onnx")));
     assert_eq!(code, 0, "{stderr}");
-    for needle in ["classes:        7", "admiral, monarch", "[N, 3, 64, 64]", "Resize(80, bilinear", "CenterCrop(64)", "tiny_classifier"] {
+    for needle in [
+        "classes:        7",
+        "admiral, monarch",
+        "[N, 3, 64, 64]",
+        "Resize(80, bilinear",
+        "CenterCrop(64)",
+        "tiny_classifier",
+    ] {
         assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
     }
     let (code, stdout, _) = run(cli(fx).args(["info", "--json"]).arg(fx.path("model_static2.onnx")));
@@ -56,7 +63,11 @@ fn fatal_errors_exit_2_with_a_clear_message() {
         (&["info", "not_a_model.onnx"], "invalid model", "not_a_model.onnx"),
         (&["info", "model_no_contract.onnx"], "no butterfly_onnx contract", "model_no_contract.onnx"),
         (&["info", "nowhere.onnx"], "model file not found", "nowhere.onnx"),
-        (&["info", "model.onnx", "--ort-lib", "/nonexistent/libonnxruntime.so.1"], "ONNX Runtime unavailable", "/nonexistent"),
+        (
+            &["info", "model.onnx", "--ort-lib", "/nonexistent/libonnxruntime.so.1"],
+            "ONNX Runtime unavailable",
+            "/nonexistent",
+        ),
     ];
     for (args, message, names) in cases {
         let mut command = cli(fx);
@@ -86,7 +97,15 @@ fn onnxruntime_is_found_in_the_venv_without_flag_or_environment() {
         assert_eq!(Path::new(line.trim_start_matches("onnxruntime:").trim()), wheel_library);
     }
     // The scan agrees with the Python package's locator (the fixture's library).
-    let found = butterfly_onnx::runtime::find_wheel_library_in(&[venv.join("lib").read_dir().unwrap().flatten().next().unwrap().path().join("site-packages")]);
+    let found = butterfly_onnx::runtime::find_wheel_library_in(&[venv
+        .join("lib")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("site-packages")]);
     assert_eq!(found.map(|p| p.canonicalize().unwrap()), Some(wheel_library));
 }
 
@@ -99,7 +118,11 @@ fn without_any_onnxruntime_one_line_says_how_to_get_one() {
     let mut command = bare_cli();
     command.current_dir(&nowhere).env("HOME", &nowhere).arg("info").arg(fx.path("model.onnx"));
     let system = butterfly_onnx::runtime::find_wheel_library_in(
-        &["/usr/local/lib", "/usr/lib"].iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()).flat_map(|e| [e.path().join("site-packages"), e.path().join("dist-packages")]).collect::<Vec<_>>(),
+        &["/usr/local/lib", "/usr/lib"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .flat_map(|e| [e.path().join("site-packages"), e.path().join("dist-packages")])
+            .collect::<Vec<_>>(),
     );
     let (code, stdout, stderr) = run(&mut command);
     std::fs::remove_dir_all(&nowhere).ok();
@@ -109,7 +132,12 @@ fn without_any_onnxruntime_one_line_says_how_to_get_one() {
     }
     assert_eq!(code, 2, "{stdout}{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("butterfly-onnx: error:") && stderr.contains("--ort-lib") && stderr.contains("pip install onnxruntime"), "{stderr}");
+    assert!(
+        stderr.starts_with("butterfly-onnx: error:")
+            && stderr.contains("--ort-lib")
+            && stderr.contains("pip install onnxruntime"),
+        "{stderr}"
+    );
 }
 
 // -- the golden cases ---------------------------------------------------------------------
@@ -168,7 +196,13 @@ fn parse_output(format: &str, text: &str, data: &Path, filenames: &[&str], sourc
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|s| (s["label"].as_str().unwrap().to_string(), s["index"].as_u64(), s["probability"].as_f64().unwrap()))
+                    .map(|s| {
+                        (
+                            s["label"].as_str().unwrap().to_string(),
+                            s["index"].as_u64(),
+                            s["probability"].as_f64().unwrap(),
+                        )
+                    })
                     .collect();
                 if let Some((label, index, probability)) = top.first() {
                     assert_eq!(object["label"].as_str(), Some(label.as_str()));
@@ -177,14 +211,19 @@ fn parse_output(format: &str, text: &str, data: &Path, filenames: &[&str], sourc
                 } else {
                     assert!(object["label"].is_null() && object["index"].is_null() && object["probability"].is_null());
                 }
-                Row { source: object["source"].as_str().unwrap().to_string(), top, error: object["error"].as_str().map(String::from) }
+                Row {
+                    source: object["source"].as_str().unwrap().to_string(),
+                    top,
+                    error: object["error"].as_str().map(String::from),
+                }
             })
             .collect(),
         "csv" => {
             let mut reader = csv::Reader::from_reader(text.as_bytes());
             let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
             let k = (header.len() - 5) / 3;
-            let mut want = vec!["source", "label", "index", "probability"].into_iter().map(String::from).collect::<Vec<_>>();
+            let mut want =
+                vec!["source", "label", "index", "probability"].into_iter().map(String::from).collect::<Vec<_>>();
             for i in 1..=k {
                 want.extend([format!("label_{i}"), format!("index_{i}"), format!("probability_{i}")]);
             }
@@ -197,7 +236,13 @@ fn parse_output(format: &str, text: &str, data: &Path, filenames: &[&str], sourc
                     let error = Some(r[header.len() - 1].to_string()).filter(|e| !e.is_empty());
                     let top = (0..k)
                         .filter(|i| !r[4 + 3 * i].is_empty())
-                        .map(|i| (r[4 + 3 * i].to_string(), Some(r[5 + 3 * i].parse::<u64>().unwrap()), r[6 + 3 * i].parse::<f64>().unwrap()))
+                        .map(|i| {
+                            (
+                                r[4 + 3 * i].to_string(),
+                                Some(r[5 + 3 * i].parse::<u64>().unwrap()),
+                                r[6 + 3 * i].parse::<f64>().unwrap(),
+                            )
+                        })
                         .collect::<Vec<_>>();
                     if let Some(first) = top.first() {
                         assert_eq!((&r[1], &r[2]), (first.0.as_str(), first.1.unwrap().to_string().as_str()));
@@ -215,7 +260,11 @@ fn parse_output(format: &str, text: &str, data: &Path, filenames: &[&str], sourc
             records
                 .iter()
                 .zip(sources)
-                .map(|(r, source)| Row { source: source.clone(), top: vec![(r[1].to_string(), None, f64::NAN)], error: None })
+                .map(|(r, source)| Row {
+                    source: source.clone(),
+                    top: vec![(r[1].to_string(), None, f64::NAN)],
+                    error: None,
+                })
                 .collect()
         }
         other => panic!("unknown format {other:?} ({})", data.display()),
@@ -225,14 +274,18 @@ fn parse_output(format: &str, text: &str, data: &Path, filenames: &[&str], sourc
 #[test]
 fn every_golden_predict_case() {
     let Some(fx) = fixture() else { return };
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("tests/fixtures/cli/predict_cases.json")).unwrap()).unwrap();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/cli/predict_cases.json")).unwrap(),
+    )
+    .unwrap();
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-golden-{}", std::process::id()));
     std::fs::remove_dir_all(&root).ok();
     let data = root.join("data");
     build_layout(fx, golden["layout"].as_object().unwrap(), &data);
     let model = fx.path("model.onnx");
-    let reference = Classifier::open(&model, ClassifierOptions { ort_library: Some(fx.ort_library.clone()), ..Default::default() }).unwrap();
+    let reference =
+        Classifier::open(&model, ClassifierOptions { ort_library: Some(fx.ort_library.clone()), ..Default::default() })
+            .unwrap();
     let mut expected: HashMap<String, Vec<Prediction>> = HashMap::new();
 
     for case in golden["cases"].as_array().unwrap() {
@@ -240,9 +293,12 @@ fn every_golden_predict_case() {
         let out = root.join(format!("out-{name}"));
         std::fs::create_dir_all(&out).unwrap();
         let substitute = |text: &str| {
-            text.replace("{model}", model.to_str().unwrap()).replace("{data}", data.to_str().unwrap()).replace("{out}", out.to_str().unwrap())
+            text.replace("{model}", model.to_str().unwrap())
+                .replace("{data}", data.to_str().unwrap())
+                .replace("{out}", out.to_str().unwrap())
         };
-        let args: Vec<String> = case["args"].as_array().unwrap().iter().map(|a| substitute(a.as_str().unwrap())).collect();
+        let args: Vec<String> =
+            case["args"].as_array().unwrap().iter().map(|a| substitute(a.as_str().unwrap())).collect();
         let (code, stdout, stderr) = run(cli(fx).args(&args));
         let context = format!("case {name}: {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
         assert_eq!(code as u64, case["exit"].as_u64().unwrap(), "{context}");
@@ -274,7 +330,9 @@ fn every_golden_predict_case() {
             }
             None => stdout.clone(),
         };
-        let filenames: Vec<&str> = case.get("filenames").map_or(Vec::new(), |f| f.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect());
+        let filenames: Vec<&str> = case
+            .get("filenames")
+            .map_or(Vec::new(), |f| f.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect());
         let rows = parse_output(format, &text, &data, &filenames, &sources);
         assert_eq!(rows.iter().map(|r| r.source.clone()).collect::<Vec<_>>(), sources, "{context}");
         let top_k = case["top_k"].as_u64().unwrap() as usize;

@@ -29,7 +29,10 @@ impl Preprocessor {
             // One image: no hand-off to another thread.
             vec![self.guarded(&items[0], &mut data)]
         } else {
-            data.par_chunks_mut(row_len.max(1)).zip(items.par_iter()).map(|(row, item)| self.guarded(item, row)).collect()
+            data.par_chunks_mut(row_len.max(1))
+                .zip(items.par_iter())
+                .map(|(row, item)| self.guarded(item, row))
+                .collect()
         };
         let mut errors = Vec::new();
         let mut kept = 0;

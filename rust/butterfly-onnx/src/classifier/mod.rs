@@ -178,7 +178,8 @@ impl Classifier {
             return Err(Error::InvalidArgument { reason: "model_batch must be at least 1".into() });
         }
         runtime::ensure_loaded(options.ort_library.as_deref())?;
-        let session::Opened { model, contract, model_contract_json } = session::open(&model_path, source, threads, &options)?;
+        let session::Opened { model, contract, model_contract_json } =
+            session::open(&model_path, source, threads, &options)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("butterfly-preprocess-{i}"))
@@ -284,7 +285,8 @@ impl Classifier {
         let (logits, errors) = self.logits(items)?;
         let failed: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
         let ok_indices = (0..items.len()).filter(|i| !failed.contains(i));
-        let predictions = ok_indices.zip(logits.outer_iter()).map(|(index, row)| (index, self.top_k(row, top_k))).collect();
+        let predictions =
+            ok_indices.zip(logits.outer_iter()).map(|(index, row)| (index, self.top_k(row, top_k))).collect();
         Ok((predictions, errors))
     }
 
@@ -292,7 +294,12 @@ impl Classifier {
     /// `chunk_size` images ahead of ONNX Runtime on the classifier's pool, so memory is
     /// bounded by the chunk, not by the inputs. A model failure ends the stream with one
     /// `Err`. `chunk_size` 0 is an `InvalidArgument` error.
-    pub fn predict_stream<I>(&self, inputs: I, top_k: usize, chunk_size: usize) -> Result<PredictStream<&Self, I::IntoIter>>
+    pub fn predict_stream<I>(
+        &self,
+        inputs: I,
+        top_k: usize,
+        chunk_size: usize,
+    ) -> Result<PredictStream<&Self, I::IntoIter>>
     where
         I: IntoIterator<Item = ImageInput>,
     {

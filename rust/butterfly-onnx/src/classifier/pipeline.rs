@@ -91,7 +91,9 @@ impl LogitsChunk {
 
     /// Every input of the chunk in order: (index in the stream, source, its output row or
     /// its error).
-    pub fn outcomes(&self) -> impl Iterator<Item = (usize, &str, std::result::Result<ArrayView1<'_, f32>, &Error>)> + '_ {
+    pub fn outcomes(
+        &self,
+    ) -> impl Iterator<Item = (usize, &str, std::result::Result<ArrayView1<'_, f32>, &Error>)> + '_ {
         let mut errors = self.errors.iter().peekable();
         let mut rows = self.logits.outer_iter();
         self.sources.iter().enumerate().map(move |(offset, source)| {
@@ -205,7 +207,12 @@ impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> LogitsStream
         if chunk_size == 0 {
             return Err(Error::InvalidArgument { reason: "the chunk size (batch size) must be at least 1".into() });
         }
-        Ok(LogitsStream { pipeline: Pipeline::new(classifier), inputs: inputs.into_iter().fuse(), chunk_size, failed: false })
+        Ok(LogitsStream {
+            pipeline: Pipeline::new(classifier),
+            inputs: inputs.into_iter().fuse(),
+            chunk_size,
+            failed: false,
+        })
     }
 
     fn take_chunk(inputs: &mut std::iter::Fuse<I>, chunk_size: usize) -> Option<Vec<ImageInput>> {

@@ -43,11 +43,15 @@ pub(super) enum Source<'a> {
 /// the overrides of `options` and check the result against the model's input and output.
 pub(super) fn open(path: &Path, source: Source<'_>, threads: usize, options: &ClassifierOptions) -> Result<Opened> {
     let session = build_session(path, source, threads)?;
-    let unreadable = |e: ort::Error| Error::InvalidModel { path: path.to_path_buf(), reason: format!("cannot read metadata: {e}") };
+    let unreadable =
+        |e: ort::Error| Error::InvalidModel { path: path.to_path_buf(), reason: format!("cannot read metadata: {e}") };
     let metadata = session.metadata().map_err(unreadable)?;
     // `custom()` cannot tell an absent key from an empty value; the key list can.
-    let model_contract_json =
-        if metadata.custom_keys().map_err(unreadable)?.iter().any(|k| k == METADATA_KEY) { metadata.custom(METADATA_KEY) } else { None };
+    let model_contract_json = if metadata.custom_keys().map_err(unreadable)?.iter().any(|k| k == METADATA_KEY) {
+        metadata.custom(METADATA_KEY)
+    } else {
+        None
+    };
     drop(metadata);
     let inputs: Vec<TensorInfo> = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
     let outputs: Vec<TensorInfo> = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
@@ -119,13 +123,20 @@ impl Model {
         let n = batch.dim().0;
         let input = TensorRef::from_array_view(batch).map_err(|e| failed(e.to_string()))?;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let outputs = session.run(ort::inputs![self.input_name.as_str() => input]).map_err(|e| failed(e.to_string()))?;
-        let output = outputs.get(self.output_name.as_str()).ok_or_else(|| failed(format!("no output named {:?}", self.output_name)))?;
+        let outputs =
+            session.run(ort::inputs![self.input_name.as_str() => input]).map_err(|e| failed(e.to_string()))?;
+        let output = outputs
+            .get(self.output_name.as_str())
+            .ok_or_else(|| failed(format!("no output named {:?}", self.output_name)))?;
         let array = output.try_extract_array::<f32>().map_err(|e| failed(e.to_string()))?;
         if array.shape() != [n, self.classes] {
             return Err(Error::Contract {
                 source_name: self.path.display().to_string(),
-                reason: format!("the model output has shape {:?}, but the contract has {} labels", array.shape(), self.classes),
+                reason: format!(
+                    "the model output has shape {:?}, but the contract has {} labels",
+                    array.shape(),
+                    self.classes
+                ),
             });
         }
         Ok(array.into_dimensionality::<ndarray::Ix2>().expect("rank checked").to_owned())
@@ -157,9 +168,11 @@ fn build_session(model_path: &Path, source: Source<'_>, threads: usize) -> Resul
 /// What `contract::resolve` needs to know about one input or output of the graph.
 fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
     match dtype {
-        ValueType::Tensor { ty, shape, .. } => {
-            TensorInfo { name: name.to_string(), dims: Some(shape.iter().copied().collect()), float32: *ty == TensorElementType::Float32 }
-        }
+        ValueType::Tensor { ty, shape, .. } => TensorInfo {
+            name: name.to_string(),
+            dims: Some(shape.iter().copied().collect()),
+            float32: *ty == TensorElementType::Float32,
+        },
         _ => TensorInfo { name: name.to_string(), dims: None, float32: false },
     }
 }

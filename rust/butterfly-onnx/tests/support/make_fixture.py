@@ -26,9 +26,9 @@ from PIL import Image
 try:
     import onnx
     import onnxruntime as ort
-    import torch
+    import torch  # noqa: F401  (the reference needs torchvision's transforms)
+    import torchvision  # noqa: F401
     from onnx import TensorProto, helper, numpy_helper
-    from torchvision import transforms as T
 except ImportError as exc:  # the Rust tests report this as a skip
     print(f"make_fixture.py needs the train and dev extras: {exc}", file=sys.stderr)
     raise SystemExit(77) from None
@@ -36,9 +36,11 @@ except ImportError as exc:  # the Rust tests report this as a skip
 from butterfly_onnx._backends.rust import find_onnxruntime_library
 from butterfly_onnx.contract import ModelContract, PreprocessSpec, write_contract
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests"))
+import reference_images as ri  # noqa: E402  (the one generator of test images and references)
+
 LABELS = ["admiral", "monarch", "swallowtail", "peacock", "brimstone", "skipper", "ringlet"]
 SPEC = PreprocessSpec(resize_size=80, crop_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-STAMPS = Path("/usr/share/tuxpaint/stamps")
 
 
 def build_model(path: Path, *, batch: int | str, with_contract: bool) -> None:
@@ -77,9 +79,7 @@ def build_model(path: Path, *, batch: int | str, with_contract: bool) -> None:
 def photos(out: Path) -> list[Path]:
     """Real photos (tuxpaint stamps) as PNG (RGBA, as shipped) and JPEG (4:2:0, via Pillow)."""
     picks = ["animals/insects/cartoon/butterfly.png", "seasonal/easter/butterfly.png", "animals/fish/butterflyfish.png"]
-    sources = [STAMPS / p for p in picks if (STAMPS / p).is_file()]
-    if len(sources) < 3:
-        sources += sorted(STAMPS.rglob("*.png"))[: 3 - len(sources)]
+    sources = ri.tuxpaint_photos(picks, 3)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     written = []
@@ -101,26 +101,24 @@ def photos(out: Path) -> list[Path]:
 
 
 def reference(model: Path, files: list[Path], batch_path: Path) -> list[dict]:
-    preprocess = T.Compose([
-        T.Resize(SPEC.resize_size, interpolation=T.InterpolationMode.BILINEAR),
-        T.CenterCrop(SPEC.crop_size),
-        T.ToTensor(),
-        T.Normalize(SPEC.mean, SPEC.std),
-    ])
-    batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in files]).numpy()
+    batch = np.stack([ri.torchvision_tensor(Image.open(p).convert("RGB"), SPEC) for p in files])
     batch.astype("<f4").tofile(batch_path)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": batch})[0]
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = exp / exp.sum(axis=1, keepdims=True)
     rows = []
-    for path, row_logits, row_probabilities in zip(files, logits, probabilities):
+    for path, row_logits, row_probabilities in zip(files, logits, probabilities, strict=True):
         order = np.argsort(-row_probabilities, kind="stable")
-        rows.append({
-            "source": str(path.relative_to(model.parent)),
-            "logits": [float(v) for v in row_logits],
-            "top_k": [{"label": LABELS[i], "index": int(i), "probability": float(row_probabilities[i])} for i in order],
-        })
+        rows.append(
+            {
+                "source": str(path.relative_to(model.parent)),
+                "logits": [float(v) for v in row_logits],
+                "top_k": [
+                    {"label": LABELS[i], "index": int(i), "probability": float(row_probabilities[i])} for i in order
+                ],
+            }
+        )
     return rows
 
 
@@ -139,7 +137,11 @@ def main() -> None:
     if jpeg is not None:
         (bad / "truncated.jpg").write_bytes(jpeg.read_bytes()[:300])
     (out / "not_a_model.onnx").write_text("not a protobuf")
-    refs = {"labels": LABELS, "crop_size": SPEC.crop_size, "images": reference(out / "model.onnx", files, out / "reference_batch.f32")}
+    refs = {
+        "labels": LABELS,
+        "crop_size": SPEC.crop_size,
+        "images": reference(out / "model.onnx", files, out / "reference_batch.f32"),
+    }
     (out / "reference.json").write_text(json.dumps(refs, indent=1))
     (out / "ort_library.txt").write_text(str(find_onnxruntime_library()))
 

@@ -23,7 +23,12 @@ impl Fixture {
 
     /// The reference images, in the sorted order a directory expands to.
     pub fn images(&self) -> Vec<PathBuf> {
-        self.reference["images"].as_array().unwrap().iter().map(|i| self.dir.join(i["source"].as_str().unwrap())).collect()
+        self.reference["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| self.dir.join(i["source"].as_str().unwrap()))
+            .collect()
     }
 
     pub fn reference_logits(&self) -> Vec<Vec<f32>> {
@@ -46,7 +51,11 @@ pub fn python() -> PathBuf {
         return PathBuf::from(python);
     }
     let venv = repo_root().join(".venv/bin/python");
-    if venv.is_file() { venv } else { PathBuf::from("python3") }
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 /// Built once per test binary into cargo's per-target temp folder (`None` = skip: the
