@@ -280,3 +280,44 @@ def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, caps
     )
     assert main(["export", str(checkpoint), str(tmp_path / "y.onnx")]) == 0
     assert (tmp_path / "y.onnx").is_file()
+
+
+def _rust_cli() -> Path | None:
+    import os
+
+    candidate = Path(
+        os.environ.get("BUTTERFLY_ONNX_RUST_CLI", Path(__file__).parents[1] / "target/release/butterfly-onnx")
+    )
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+@pytest.mark.skipif(_rust_cli() is None, reason="the Rust CLI is not built (target/release/butterfly-onnx)")
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=[c["name"] for c in GOLDEN["cases"]])
+def test_python_and_rust_clis_write_the_same_bytes(case, contract_model, golden_data, tmp_path, capsys):
+    """Both CLIs on one golden case: the same exit code, the same stdout and -o file, byte for
+    byte (the python CLI on the rust backend: the same decoder and runtime), and the same
+    number of one-line errors."""
+    import os
+    import subprocess
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+    from contract_models import require_backend
+
+    require_backend("rust")
+    results = []
+    for which in ("python", "rust"):
+        out_dir = tmp_path / which
+        out_dir.mkdir()
+        args = _substitute(case["args"], contract_model.path, golden_data, out_dir)
+        if which == "python":
+            code = main([*args, "--backend", "rust", "--no-progress"])
+            out, err = capsys.readouterr()
+        else:
+            env = {**os.environ, "ORT_DYLIB_PATH": str(find_onnxruntime_library())}
+            done = subprocess.run(
+                [str(_rust_cli()), *args, "--no-progress"], capture_output=True, text=True, env=env, timeout=300
+            )
+            code, out, err = done.returncode, done.stdout, done.stderr
+        written = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+        results.append((code, out, written, [line.startswith(PREFIX) for line in err.splitlines()]))
+    assert results[0] == results[1]
