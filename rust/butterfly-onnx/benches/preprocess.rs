@@ -78,13 +78,21 @@ fn main() {
         let (out_w, out_h) = resized_size(img.width, img.height, spec.resize_size, None).unwrap();
         let c = spec.crop_size as usize;
         let (xc, yc) = (center_crop_axis(out_w as usize, c), center_crop_axis(out_h as usize, c));
-        let mut hx = AxisCoefficients::new(in_w, out_w as usize, xc.src_start..xc.src_start + xc.count, spec.interpolation);
-        let mut vy = AxisCoefficients::new(in_h, out_h as usize, yc.src_start..yc.src_start + yc.count, spec.interpolation);
+        let mut hx =
+            AxisCoefficients::new(in_w, out_w as usize, xc.src_start..xc.src_start + xc.count, spec.interpolation);
+        let mut vy =
+            AxisCoefficients::new(in_h, out_h as usize, yc.src_start..yc.src_start + yc.count, spec.interpolation);
         let (cols, rows) = (hx.input_range(), vy.input_range());
         hx.rebase(cols.start);
         vy.rebase(rows.start);
         let stride = in_w * 3;
-        let window = Plane { data: &img.data[rows.start * stride..], stride, x0: cols.start, width: cols.len(), rows: rows.len() };
+        let window = Plane {
+            data: &img.data[rows.start * stride..],
+            stride,
+            x0: cols.start,
+            width: cols.len(),
+            rows: rows.len(),
+        };
         let mut mid = vec![0u8; rows.len() * xc.count * 3];
         let mut scratch = HorizontalScratch::default();
         let h = time_per_call(|| horizontal_pass(window, &hx, &mut mid, &mut scratch));
@@ -94,6 +102,21 @@ fn main() {
         let v = time_per_call(|| vertical_pass(mid_plane, &vy, &mut dst, &mut acc));
         let h_macs = (rows.len() * xc.count * hx.taps * 3) as f64;
         let v_macs = (yc.count * xc.count * vy.taps * 3) as f64;
+        // Crop + normalize alone: the image preprocessed at its own size (no resampling).
+        let same = PreprocessSpec {
+            resize_size: img.width.min(img.height),
+            crop_size: img.width.min(img.height),
+            ..spec.clone()
+        };
+        let mut same_out = vec![0f32; same.output_len()];
+        let normalize = time_per_call(|| preprocess_into(img.view(), &same, &mut same_out).unwrap());
+        let per_pixel = normalize.as_secs_f64() * 1e9 / (same.crop_size as f64).powi(2);
+        println!(
+            "    crop+normalize alone {:.3} ms for {}x{} ({per_pixel:.2} ns per pixel)",
+            ms(normalize),
+            same.crop_size,
+            same.crop_size
+        );
         println!(
             "    horizontal pass {:.3} ms ({} taps, {:.3} ns per multiply-add), vertical pass {:.3} ms ({} taps, {:.3} ns per multiply-add)",
             ms(h),

@@ -22,8 +22,8 @@ use crate::{Error, Result};
 
 pub use crop::{center_crop_axis, AxisCrop};
 pub use normalize::{normalize_level, NormalizeTable};
-pub use resize::{AxisCoefficients, Plane};
 use resize::Scratch;
+pub use resize::{AxisCoefficients, Plane};
 
 /// The Pillow filter used by `Resize` (torchvision `InterpolationMode` names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -275,12 +275,8 @@ fn resample_region_with<'a>(
     }
     if need_h && need_v && order.vertical_first(image.width, image.height, out_w, out_h) {
         // Vertical pass over the input columns the horizontal pass will read, then horizontal.
-        let mut xc = AxisCoefficients::new(in_w, out_w as usize, cols, filter);
-        let mut yc = AxisCoefficients::new(in_h, out_h as usize, rows, filter);
-        let used_cols = xc.input_range();
-        let used_rows = yc.input_range();
-        yc.rebase(used_rows.start);
-        xc.rebase(used_cols.start);
+        let (xc, used_cols) = resize::rebased_axis(in_w, out_w as usize, cols, filter);
+        let (yc, used_rows) = resize::rebased_axis(in_h, out_h as usize, rows, filter);
         let window = Plane {
             data: &image.data[used_rows.start * src.stride..],
             stride: src.stride,
@@ -297,19 +293,10 @@ fn resample_region_with<'a>(
     }
 
     // Horizontal pass first (Pillow's usual order), over the input rows the vertical pass reads.
-    let yc = if need_v {
-        let mut yc = AxisCoefficients::new(in_h, out_h as usize, rows.clone(), filter);
-        let used = yc.input_range();
-        yc.rebase(used.start);
-        Some((yc, used))
-    } else {
-        None
-    };
+    let yc = if need_v { Some(resize::rebased_axis(in_h, out_h as usize, rows.clone(), filter)) } else { None };
     let used_rows = yc.as_ref().map_or(rows.clone(), |(_, used)| used.clone());
     let (mid, mid_stride, mid_x0): (Cow<'a, [u8]>, usize, usize) = if need_h {
-        let mut xc = AxisCoefficients::new(in_w, out_w as usize, cols.clone(), filter);
-        let used_cols = xc.input_range();
-        xc.rebase(used_cols.start);
+        let (xc, used_cols) = resize::rebased_axis(in_w, out_w as usize, cols.clone(), filter);
         let window = Plane {
             data: &image.data[used_rows.start * src.stride..],
             stride: src.stride,
@@ -318,7 +305,12 @@ fn resample_region_with<'a>(
             rows: used_rows.len(),
         };
         let mut tmp = std::mem::take(&mut scratch.tmp);
-        resize::horizontal_pass(window, &xc, resize::sized(&mut tmp, used_rows.len() * n_cols * 3), &mut scratch.horizontal);
+        resize::horizontal_pass(
+            window,
+            &xc,
+            resize::sized(&mut tmp, used_rows.len() * n_cols * 3),
+            &mut scratch.horizontal,
+        );
         (Cow::Owned(tmp), n_cols * 3, 0)
     } else {
         (Cow::Borrowed(&image.data[used_rows.start * src.stride..]), src.stride, cols.start)
@@ -360,7 +352,7 @@ pub fn preprocess_into(image: ImageView<'_>, spec: &PreprocessSpec, out: &mut [f
         spec.interpolation,
         spec.resample_order,
     )?;
-    let table = NormalizeTable::new(spec.mean, spec.std);
+    let table = NormalizeTable::cached(spec.mean, spec.std);
     let (r_plane, rest) = out.split_at_mut(c * c);
     let (g_plane, b_plane) = rest.split_at_mut(c * c);
     if xc.count < c || yc.count < c {

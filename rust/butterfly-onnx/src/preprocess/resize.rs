@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::rc::Rc;
 
 use super::Interpolation;
 
@@ -154,6 +155,46 @@ impl AxisCoefficients {
     }
 }
 
+/// The cache key of one axis's coefficients.
+type AxisKey = (usize, usize, usize, usize, Interpolation);
+/// A cached axis: its key, its re-based coefficients and the input range they read.
+type CachedAxis = (AxisKey, Rc<AxisCoefficients>, Range<usize>);
+
+thread_local! {
+    /// Recently used axes on this thread (a dataset's images mostly share a few sizes).
+    static AXES: RefCell<Vec<CachedAxis>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Axes kept per thread.
+const AXES_KEPT: usize = 8;
+
+/// The coefficients of `outputs` of an axis `in_len -> out_len`, re-based on the input range
+/// they read (returned with them), shared with earlier calls on this thread for the same axis.
+pub fn rebased_axis(
+    in_len: usize,
+    out_len: usize,
+    outputs: Range<usize>,
+    filter: Interpolation,
+) -> (Rc<AxisCoefficients>, Range<usize>) {
+    let key = (in_len, out_len, outputs.start, outputs.end, filter);
+    AXES.with(|axes| {
+        let mut axes = axes.borrow_mut();
+        let entry = match axes.iter().position(|(k, _, _)| *k == key) {
+            Some(position) => axes.remove(position),
+            None => {
+                let mut coeffs = AxisCoefficients::new(in_len, out_len, outputs, filter);
+                let used = coeffs.input_range();
+                coeffs.rebase(used.start);
+                (key, Rc::new(coeffs), used)
+            }
+        };
+        let result = (entry.1.clone(), entry.2.clone());
+        axes.insert(0, entry);
+        axes.truncate(AXES_KEPT);
+        result
+    })
+}
+
 /// Pillow's `clip8`: `acc >> 22` clamped to 0..=255 (the shift is arithmetic).
 #[inline(always)]
 fn clip8(acc: i32) -> u8 {
@@ -236,6 +277,10 @@ pub struct HorizontalScratch {
     pair: usize,
     padded_row: Vec<u8>,
     tmp_rows: Vec<u8>,
+    /// The coefficients and row width `weights` were prepared from (width 0: none).
+    prepared_width: usize,
+    prepared_starts: Vec<usize>,
+    prepared_weights: Vec<i32>,
 }
 
 impl HorizontalScratch {
@@ -245,6 +290,13 @@ impl HorizontalScratch {
     /// upscaling then needs 2 taps instead of Pillow's 3.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn prepare_avx2(&mut self, coeffs: &AxisCoefficients, width: usize) -> bool {
+        if self.prepared_width == width
+            && self.prepared_starts == coeffs.starts
+            && self.prepared_weights == coeffs.weights
+        {
+            return true; // the same axis as the previous call (the next image of a dataset)
+        }
+        self.prepared_width = 0;
         let n = coeffs.starts.len();
         let nonzero = |o: usize| {
             let taps = coeffs.taps_of(o);
@@ -288,6 +340,9 @@ impl HorizontalScratch {
                 self.weights.extend([vector(&hi, last_pair), vector(&lo, last_pair)]);
             }
         }
+        self.prepared_width = width;
+        self.prepared_starts.clone_from(&coeffs.starts);
+        self.prepared_weights.clone_from(&coeffs.weights);
         true
     }
 
@@ -563,7 +618,8 @@ mod tests {
     fn horizontal_pass_matches_the_scalar_loop() {
         let mut rng = Lcg(7);
         let mut scratch = HorizontalScratch::default();
-        let mut sizes: Vec<(usize, usize)> = vec![(224, 256), (1920, 384), (1126, 224), (640, 256), (7, 300), (3, 2), (1, 5), (5, 1)];
+        let mut sizes: Vec<(usize, usize)> =
+            vec![(224, 256), (1920, 384), (1126, 224), (640, 256), (7, 300), (3, 2), (1, 5), (5, 1)];
         for _ in 0..300 {
             let wide = rng.below(4) == 0;
             let in_w = 1 + rng.below(if wide { 2000 } else { 40 });
