@@ -61,13 +61,6 @@ pub enum ErrorKind {
     InvalidArgument,
 }
 
-impl ErrorKind {
-    /// True for the per-image kinds: the other images of a batch are unaffected.
-    pub fn is_image_error(self) -> bool {
-        matches!(self, ErrorKind::ImageNotFound | ErrorKind::ImageDecode | ErrorKind::ImageTooLarge)
-    }
-}
-
 /// Transition only: `kind() == "ContractError"` (the variant name + `Error`), as tests written
 /// against the old string-returning `kind()` compare. New code compares with `ErrorKind::...`.
 impl PartialEq<&str> for ErrorKind {

@@ -139,7 +139,8 @@ fn main() -> ExitCode {
                 ..ClassifierOptions::default()
             };
             let show_progress = if progress || no_progress { progress } else { std::io::stderr().is_terminal() };
-            let settings = PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
+            let settings =
+                PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
             predict(&model, &inputs, &settings, options)
         }
         Command::Info { model, json, runtime } => {
@@ -162,7 +163,8 @@ fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fata
         return Err(Fatal(format!("{}: model file not found", model.display())));
     }
     if runtime::configured_library(options.ort_library.as_deref()).is_none() {
-        options.ort_library = Some(runtime::find_wheel_library().ok_or_else(|| Fatal(runtime::how_to_get_a_library()))?);
+        options.ort_library =
+            Some(runtime::find_wheel_library().ok_or_else(|| Fatal(runtime::how_to_get_a_library()))?);
     }
     Ok(Classifier::open(model, options)?)
 }
@@ -219,17 +221,25 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
         if path.is_file() {
             images.push(path);
         } else if path.is_dir() {
-            let entries = std::fs::read_dir(&path).map_err(|e| Fatal(format!("{}: cannot list the directory: {e}", path.display())))?;
+            let entries = std::fs::read_dir(&path)
+                .map_err(|e| Fatal(format!("{}: cannot list the directory: {e}", path.display())))?;
             let mut found: Vec<PathBuf> =
                 entries.flatten().map(|e| e.path()).filter(|p| has_image_extension(p) && p.is_file()).collect();
             if found.is_empty() {
                 let known: Vec<&str> = image_extensions().collect();
-                return Err(Fatal(format!("{}: the directory holds no image files ({})", path.display(), known.join(", "))));
+                return Err(Fatal(format!(
+                    "{}: the directory holds no image files ({})",
+                    path.display(),
+                    known.join(", ")
+                )));
             }
             found.sort();
             images.extend(found);
         } else if is_glob(text) {
-            let pattern = glob::glob(text).map_err(|e| Fatal(format!("{text}: not a valid pattern: {e}")))?;
+            // As Python's glob.glob(text, recursive=True): `**` spans folders, `*` skips dotfiles.
+            let options = glob::MatchOptions { require_literal_leading_dot: true, ..glob::MatchOptions::new() };
+            let pattern =
+                glob::glob_with(text, options).map_err(|e| Fatal(format!("{text}: not a valid pattern: {e}")))?;
             let mut found: Vec<PathBuf> = pattern.flatten().filter(|p| p.is_file()).map(|p| normalized(&p)).collect();
             if found.is_empty() {
                 return Err(Fatal(format!("{text}: the pattern matches no file")));
@@ -275,7 +285,11 @@ fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
         let record = record.map_err(|e| Fatal(format!("{name}: not a valid CSV: {e}")))?;
         let line = record.position().map_or(0, |p| p.line());
         if record.len() > header.len() {
-            return Err(Fatal(format!("{name}, line {line}: {} fields, the header has {}", record.len(), header.len())));
+            return Err(Fatal(format!(
+                "{name}, line {line}: {} fields, the header has {}",
+                record.len(),
+                header.len()
+            )));
         }
         let value = record.get(column).unwrap_or("").trim();
         let posix = value.replace('\\', "/");
@@ -286,7 +300,9 @@ fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
             return Err(Fatal(format!("{name}, line {line}: filename {value:?} contains a control character")));
         }
         if Path::new(value).is_absolute() || posix.starts_with('/') || posix.chars().nth(1) == Some(':') {
-            return Err(Fatal(format!("{name}, line {line}: absolute path {value:?} is not allowed (paths are relative to the dataset root)")));
+            return Err(Fatal(format!(
+                "{name}, line {line}: absolute path {value:?} is not allowed (paths are relative to the dataset root)"
+            )));
         }
         if posix.split('/').any(|part| part == "..") {
             return Err(Fatal(format!("{name}, line {line}: path {value:?} points outside the dataset root ('..')")));
@@ -307,7 +323,13 @@ fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
 fn py_float(value: f32) -> String {
     let value = value as f64;
     if !value.is_finite() {
-        return if value.is_nan() { "NaN".into() } else if value > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if value.is_nan() {
+            "NaN".into()
+        } else if value > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if value == 0.0 {
         return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
@@ -317,7 +339,11 @@ fn py_float(value: f32) -> String {
     let exponent: i32 = exponent.parse().expect("integer exponent");
     if (-4..16).contains(&exponent) {
         let plain = format!("{value}");
-        if plain.contains('.') { plain } else { format!("{plain}.0") }
+        if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        }
     } else {
         let sign = if exponent < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exponent.abs())
@@ -353,7 +379,11 @@ fn py_json_string(text: &str) -> String {
 /// The JSON Lines object of one input, as the Python CLI's `json.dumps(prediction.to_dict())`.
 fn json_line(result: &ImageResult, top_k: usize) -> String {
     let score = |label: &str, index: usize, probability: f32| {
-        format!("{{\"label\": {}, \"index\": {index}, \"probability\": {}}}", py_json_string(label), py_float(probability))
+        format!(
+            "{{\"label\": {}, \"index\": {index}, \"probability\": {}}}",
+            py_json_string(label),
+            py_float(probability)
+        )
     };
     let source = py_json_string(&result.source);
     match &result.outcome {
@@ -483,7 +513,12 @@ struct PredictSettings {
     show_progress: bool,
 }
 
-fn predict(model: &Path, inputs: &[String], settings: &PredictSettings, options: ClassifierOptions) -> Result<bool, Fatal> {
+fn predict(
+    model: &Path,
+    inputs: &[String],
+    settings: &PredictSettings,
+    options: ClassifierOptions,
+) -> Result<bool, Fatal> {
     let top_k = settings.top_k;
     // Everything that can be refused is checked before the model is loaded.
     let expanded = expand(inputs)?;
@@ -492,14 +527,17 @@ fn predict(model: &Path, inputs: &[String], settings: &PredictSettings, options:
     let bar = settings.show_progress.then(|| {
         let bar = indicatif::ProgressBar::new(expanded.images.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_prefix("predict");
         bar
     });
     let count = expanded.images.len();
-    let stream = classifier.predict_stream(expanded.images.into_iter().map(ImageInput::Path), top_k, settings.batch_size)?;
+    let stream =
+        classifier.predict_stream(expanded.images.into_iter().map(ImageInput::Path), top_k, settings.batch_size)?;
     let mut failed = 0;
     for result in stream {
         let result = result?;
@@ -545,7 +583,8 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
     println!("schema_version: {}", contract.schema_version);
     println!("classes:        {}", contract.labels.len());
     let shown: Vec<&str> = contract.labels.iter().take(10).map(String::as_str).collect();
-    let more = if contract.labels.len() > 10 { format!(", ... ({} more)", contract.labels.len() - 10) } else { String::new() };
+    let more =
+        if contract.labels.len() > 10 { format!(", ... ({} more)", contract.labels.len() - 10) } else { String::new() };
     println!("labels:         {}{more}", shown.join(", "));
     let batch = classifier.static_batch().map_or("N".to_string(), |b| b.to_string());
     println!("input:          {} [{batch}, 3, {crop}, {crop}] float32", contract.input_name);
@@ -578,7 +617,8 @@ mod tests {
             (1.0, "1.0"),
             (0.5, "0.5"),
             (1e-5, "9.999999747378752e-06"),
-            (3.2e-7, "3.199999980552093e-07"), (1e17, "9.999999843067494e+16"),
+            (3.2e-7, "3.199999980552093e-07"),
+            (1e17, "9.999999843067494e+16"),
             (0.0001, "9.999999747378752e-05"),
             (0.001, "0.0010000000474974513"),
         ] {

@@ -55,7 +55,7 @@ use std::ops::Deref;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ndarray::{s, Array2, Array4, ArrayView1};
+use ndarray::{s, Array2, Array4};
 
 use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction};
 use crate::{Error, Result};
@@ -87,23 +87,6 @@ impl LogitsChunk {
 
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
-    }
-
-    /// Every input of the chunk in order: (index in the stream, source, its output row or
-    /// its error).
-    pub fn outcomes(
-        &self,
-    ) -> impl Iterator<Item = (usize, &str, std::result::Result<ArrayView1<'_, f32>, &Error>)> + '_ {
-        let mut errors = self.errors.iter().peekable();
-        let mut rows = self.logits.outer_iter();
-        self.sources.iter().enumerate().map(move |(offset, source)| {
-            let index = self.start + offset;
-            let outcome = match errors.next_if(|(i, _)| *i == index) {
-                Some((_, error)) => Err(error),
-                None => Ok(rows.next().expect("one row per decoded input")),
-            };
-            (index, source.as_str(), outcome)
-        })
     }
 }
 
