@@ -6,7 +6,7 @@
 mod common;
 
 use butterfly_onnx::decode::{decode_rgb, read_rgb, DecodeLimits};
-use butterfly_onnx::Error;
+use butterfly_onnx::{Error, ErrorKind};
 
 const NO_LIMIT: DecodeLimits = DecodeLimits { max_pixels: None };
 
@@ -53,7 +53,7 @@ fn decoded_pixels_and_errors_match_pillow() {
 fn truncated_jpeg_is_an_error_naming_the_source() {
     let corpus = common::corpus();
     let err = decode_rgb(&corpus.read("trunc_half.jpg"), "half.jpg", &NO_LIMIT).unwrap_err();
-    assert_eq!(err.kind(), "ImageDecodeError");
+    assert_eq!(err.kind(), ErrorKind::ImageDecode);
     let message = err.to_string();
     assert!(message.starts_with("half.jpg: ") && message.contains("truncated"), "{message}");
 }
@@ -153,4 +153,57 @@ fn concurrent_decodes_with_errors_stay_independent() {
             });
         }
     });
+}
+
+/// The fuzzer's regression corpus (tests/fixtures/regressions/, read from the repository on
+/// every run, Pillow's verdicts computed fresh by `make_pillow_refs.py --regressions`): the
+/// same pixels where Pillow decodes (a refusal only where the index allows one), the same
+/// error class where Pillow raises, with the backends' default pixel limit.
+#[test]
+fn fuzzer_regression_corpus_matches_pillow() {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("regressions-{}", std::process::id()));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_pillow_refs.py");
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let python = std::env::var_os("BUTTERFLY_ONNX_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| if venv.exists() { venv } else { "python3".into() });
+    let run = std::process::Command::new(&python).arg(&script).arg("--regressions").arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("regressions.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(entries.len() >= 30, "only {} regression files", entries.len());
+    let limits = DecodeLimits { max_pixels: Some(178_956_970) };
+    let mut failures = Vec::new();
+    for e in &entries {
+        let name = e["name"].as_str().unwrap();
+        if e["known_mismatch"].as_bool() == Some(true) {
+            continue; // an open defect, listed in index.json and docs/reliability.md
+        }
+        let bytes = std::fs::read(e["file"].as_str().unwrap()).unwrap();
+        let class = e.get("error_class").and_then(|c| c.as_str()).map(|c| match c {
+            "ImageTooLargeError" => ErrorKind::ImageTooLarge,
+            _ => ErrorKind::ImageDecode,
+        });
+        match (class, decode_rgb(&bytes, name, &limits)) {
+            (Some(class), Ok(_)) => failures.push(format!("{name}: Pillow raises ({class:?}) but Rust decoded it")),
+            (Some(class), Err(err)) if err.kind() != class => {
+                failures.push(format!("{name}: Pillow's error is {class:?}, Rust's {:?}", err.kind()))
+            }
+            (Some(_), Err(_)) => {}
+            (None, Err(err)) => {
+                if !(e["rust_may_refuse"].as_bool() == Some(true) && err.kind() == ErrorKind::ImageDecode) {
+                    failures.push(format!("{name}: Pillow decodes it, Rust refuses: {err}"));
+                }
+            }
+            (None, Ok(img)) => {
+                let expected = std::fs::read(e["rgb"].as_str().unwrap()).unwrap();
+                let size = (e["width"].as_u64().unwrap() as u32, e["height"].as_u64().unwrap() as u32);
+                if (img.width, img.height) != size || img.data != expected {
+                    failures.push(format!("{name}: pixels differ from Pillow's"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -10,87 +10,93 @@ bit, as raw little-endian files listed in OUT_DIR/manifest.json:
   * resizes: ``img.resize((w, h), filter)`` with the installed Pillow (the ``pillow_13`` rule
     when Pillow >= 13) and the older pass orders rebuilt from single-axis resizes.
 Run by tests/common/mod.rs; needs Pillow, numpy, torch and torchvision.
+
+    python make_pillow_refs.py --regressions OUT_DIR
+
+Only Pillow's verdict on each file of tests/fixtures/regressions/ (the fuzzer's regression
+corpus, read from the repository each run): OUT_DIR/regressions.json lists, per file, the
+decoded RGB pixels (a raw file in OUT_DIR) or the error class the backends must raise.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import PIL
+import torch
 from PIL import Image
 
-import torch
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+import reference_images as ri  # noqa: E402  (the one generator of test images and their references)
 
 torch.set_num_threads(1)  # tiny tensors: threads only add contention
+
+
+def regression_refs(out: Path) -> None:
+    """Pillow's verdict on every file of the regression corpus (read where it lies)."""
+    folder = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "regressions"
+    entries = []
+    for item in json.loads((folder / "index.json").read_text()):
+        entry = {"file": str(folder / item["file"]), "name": item["file"],
+                 "rust_may_refuse": bool(item.get("rust_may_refuse")),
+                 "known_mismatch": bool(item.get("known_mismatch"))}
+        try:
+            with Image.open(folder / item["file"]) as im:
+                rgb = im.convert("RGB")
+        except Image.DecompressionBombError as e:
+            entry.update(error=f"{type(e).__name__}: {e}", error_class="ImageTooLargeError")
+        except Exception as e:  # noqa: BLE001 - any Pillow failure is an expected decode error
+            entry.update(error=f"{type(e).__name__}: {e}", error_class="ImageDecodeError")
+        else:
+            entry["width"], entry["height"] = rgb.size
+            entry["rgb"] = str(out / (item["file"] + ".rgb"))
+            Path(entry["rgb"]).write_bytes(np.asarray(rgb).tobytes())
+        entries.append(entry)
+    (out / "regressions.json").write_text(json.dumps(entries, indent=1))
+
+
+if sys.argv[1] == "--regressions":
+    Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
+    regression_refs(Path(sys.argv[2]))
+    sys.exit(0)
 
 OUT = Path(sys.argv[1])
 OUT.mkdir(parents=True, exist_ok=True)
 RNG = np.random.default_rng(20261127)
-PHOTO = Path("/usr/share/tuxpaint/stamps/plants/flowers/anemone_red.png")
 
 manifest: dict = {"pillow": PIL.__version__, "images": [], "tensors": [], "resizes": []}
 
 
 def photo(size: tuple[int, int]) -> Image.Image:
     """A real photo (a Debian tuxpaint stamp) on a noisy gradient, resized to `size`."""
-    w, h = 600, 520
-    yy, xx = np.mgrid[0:h, 0:w]
-    bg = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (w + h)], axis=-1)
-    bg = np.clip(bg + RNG.integers(-40, 40, size=bg.shape), 0, 255).astype(np.uint8)
-    canvas = Image.fromarray(bg, "RGB")
-    if PHOTO.exists():
-        stamp = Image.open(PHOTO).convert("RGBA")
-        canvas.paste(stamp, (0, 0), stamp)
-    return canvas.resize(size, Image.Resampling.BICUBIC) if canvas.size != size else canvas
+    return ri.stamp_photo(size, rng=RNG)
 
 
 def noise(size: tuple[int, int], channels: int = 3) -> np.ndarray:
-    w, h = size
-    shape = (h, w, channels) if channels > 1 else (h, w)
-    return RNG.integers(0, 256, size=shape, dtype=np.uint8)
+    return ri.noise(size, channels, rng=RNG)
 
 
-def png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: list[bytes]) -> bytes:
-    """A minimal PNG writer for sample layouts Pillow cannot save (16-bit RGB, 2-bit grey)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    raw = b"".join(b"\x00" + r for r in rows)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw))
-            + png_chunk(b"IEND", b""))
+raw_png = ri.raw_png  # PNG layouts Pillow cannot save (16-bit RGB, 2-bit grey)
+encode = ri.encode
 
 
 def add(name: str, data: bytes) -> None:
     """Store an encoded image and what Pillow decodes it to."""
     (OUT / name).write_bytes(data)
     entry: dict = {"file": name}
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            entry["pillow_mode"] = im.mode
-            rgb = im.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - any Pillow failure is an expected decode error
-        entry["error"] = f"{type(e).__name__}: {e}"
+    decoded = ri.pillow_decode(data)
+    if "mode" in decoded:
+        entry["pillow_mode"] = decoded["mode"]
+    if "error" in decoded:
+        entry["error"] = decoded["error"]
     else:
-        entry["width"], entry["height"] = rgb.size
+        entry["width"], entry["height"] = decoded["rgb"].shape[1], decoded["rgb"].shape[0]
         entry["rgb"] = name + ".rgb"
-        (OUT / entry["rgb"]).write_bytes(np.asarray(rgb).tobytes())
+        (OUT / entry["rgb"]).write_bytes(decoded["rgb"].tobytes())
     manifest["images"].append(entry)
-
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 # -- JPEG ------------------------------------------------------------------------------------
@@ -181,15 +187,7 @@ SPECS = [
 FULL_SPEC_IMAGES = None  # every decodable image gets SPECS[0]; the small ones get all specs
 
 
-def torchvision_tensor(img: Image.Image, spec: dict) -> np.ndarray:
-    mode = InterpolationMode.BILINEAR if spec["interpolation"] == "bilinear" else InterpolationMode.BICUBIC
-    t = transforms.Compose([
-        transforms.Resize(spec["resize_size"], interpolation=mode, max_size=spec["max_size"]),
-        transforms.CenterCrop(spec["crop_size"]),
-        transforms.ToTensor(),
-        transforms.Normalize(spec["mean"], spec["std"]),
-    ])
-    return t(img).numpy().astype("<f4")
+torchvision_tensor = ri.torchvision_tensor
 
 
 for entry in manifest["images"]:
@@ -208,27 +206,10 @@ for entry in manifest["images"]:
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def vertical_first(order: str, W: int, H: int, w: int, h: int) -> bool:
-    if order == "pillow_12_1":
-        return False
-    if order == "pillow_12_2":
-        return H > 100 * W and h < H
-    return (H - h) > 0 and (H - h) > 2 * (W - w)
-
-
-def two_pass(img: Image.Image, size: tuple[int, int], flt, vfirst: bool) -> Image.Image:
-    """Pillow's two passes, rebuilt from single-axis resizes (uint8 in between)."""
-    (W, H), (w, h) = img.size, size
-    if vfirst:
-        return img.resize((W, h), flt).resize((w, h), flt)
-    return img.resize((w, H), flt).resize((w, h), flt)
-
-
 cases = [((10, 1500), (5, 700)), ((12, 1300), (9, 1000)), ((300, 900), (256, 768)), ((77, 55), (150, 41)),
          ((640, 480), (333, 250)), ((31, 400), (20, 39)), ((500, 375), (298, 224)), ((1, 9), (4, 3))]
 cases += [((int(RNG.integers(1, 400)), int(RNG.integers(1, 400))),
            (int(RNG.integers(1, 300)), int(RNG.integers(1, 300)))) for _ in range(24)]
-major = int(PIL.__version__.split(".")[0])
 for k, ((W, H), (w, h)) in enumerate(cases):
     src_name = f"resize_src_{k}.rgb"
     src = noise((W, H)) if k % 2 else np.asarray(photo((W, H)))
@@ -236,10 +217,7 @@ for k, ((W, H), (w, h)) in enumerate(cases):
     img = Image.fromarray(src, "RGB")
     for fname, flt in FILTERS.items():
         for order in ("pillow_12_1", "pillow_12_2", "pillow_13"):
-            if order == "pillow_13" and major >= 13:
-                out = img.resize((w, h), flt)  # the installed Pillow is the oracle
-            else:
-                out = two_pass(img, (w, h), flt, vertical_first(order, W, H, w, h))
+            out = ri.pillow_resize(img, (w, h), flt, order)  # the installed Pillow is the oracle for its own order
             name = f"resize_{k}_{fname}_{order}.rgb"
             (OUT / name).write_bytes(np.asarray(out).tobytes())
             manifest["resizes"].append({"src": src_name, "in": [W, H], "out": [w, h], "filter": fname,

@@ -160,6 +160,10 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
         let len = ((padding * colors) as usize).min(bytes.len().saturating_sub(pos));
         palette = &bytes[pos..pos + len];
         pos += len;
+        if !palette.len().is_multiple_of(padding as usize) {
+            // putpalette: "invalid palette size" (a palette cut short by the end of the file)
+            return Err(err("invalid palette size"));
+        }
         let pad = padding as usize;
         let grey = (0..colors as usize).all(|ind| {
             let val = if colors == 2 { [0u8, 255][ind] } else { ind as u8 };
@@ -223,7 +227,7 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
             }
             Raw::P4 => {
                 for (x, o) in out.chunks_exact_mut(3).enumerate() {
-                    put_index(o, (src[x / 2] >> if x % 2 == 0 { 4 } else { 0 }) & 15);
+                    put_index(o, (src[x / 2] >> if x.is_multiple_of(2) { 4 } else { 0 }) & 15);
                 }
             }
             Raw::P8 | Raw::L => {
@@ -290,13 +294,13 @@ fn rle_decode(src: &[u8], start: usize, w: usize, h: usize, rle4: bool) -> Vec<u
             let n = if x + count > w { w.saturating_sub(x) } else { count };
             if rle4 {
                 let (a, b) = (byte >> 4, byte & 15);
-                data.extend((0..n).map(|i| if i % 2 == 0 { a } else { b }));
+                data.extend((0..n).map(|i| if i.is_multiple_of(2) { a } else { b }));
             } else {
                 data.extend(std::iter::repeat_n(byte, n));
             }
             x += n;
         } else if byte == 0 {
-            while data.len() % w != 0 {
+            while !data.len().is_multiple_of(w) {
                 data.push(0);
             }
             x = 0;
@@ -334,7 +338,7 @@ fn rle_decode(src: &[u8], start: usize, w: usize, h: usize, rle4: bool) -> Vec<u
             }
             x += byte as usize;
             // Pillow aligns the file position (not the offset in the pixel data) to 16 bits.
-            if p % 2 != 0 {
+            if !p.is_multiple_of(2) {
                 p += 1;
             }
         }

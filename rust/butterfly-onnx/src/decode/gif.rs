@@ -40,8 +40,22 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn palette_needed(p: &[u8]) -> bool {
-    p.chunks(3).enumerate().any(|(i, c)| !(c.len() == 3 && c.iter().all(|&v| v as usize == i)))
+/// (x0, y0, width, height, interlace, local palette: None = none, Some(None) = not needed).
+type FrameHeader<'a> = (u64, u64, u64, u64, bool, Option<Option<&'a [u8]>>);
+
+/// `GifImageFile._is_palette_needed`, short-circuits and all: Err where Python's chained
+/// comparison runs off the end of a truncated last entry (an IndexError).
+fn palette_needed(p: &[u8]) -> std::result::Result<bool, ()> {
+    for (i, c) in p.chunks(3).enumerate() {
+        for k in 0..3 {
+            match c.get(k) {
+                Some(&v) if v as usize == i => {}
+                Some(_) => return Ok(true),
+                None => return Err(()),
+            }
+        }
+    }
+    Ok(false)
 }
 
 pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
@@ -55,10 +69,7 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
     let mut global: Option<&[u8]> = None;
     if flags & 128 != 0 {
         let p = r.read(3 << ((flags & 7) + 1));
-        if p.len() % 3 != 0 {
-            return Err(err("truncated GIF palette"));
-        }
-        if palette_needed(p) {
+        if palette_needed(p).map_err(|_| err("truncated GIF palette"))? {
             global = Some(p);
         }
     }
@@ -69,8 +80,7 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
     }
     let mut s = first;
     let mut transparency: Option<u8> = None;
-    // (x0, y0, width, height, interlace, local palette: None = none, Some(None) = not needed)
-    let mut frame: Option<(u64, u64, u64, u64, bool, Option<Option<&[u8]>>)> = None;
+    let mut frame: Option<FrameHeader> = None;
     loop {
         let c = match s.take().or_else(|| r.byte()) {
             None | Some(b';') => break,
@@ -112,14 +122,20 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
                 return Err(err("truncated GIF image descriptor"));
             }
             let v = |i: usize| u16::from_le_bytes([d[i], d[i + 1]]) as u64;
+            let (x1, y1) = (v(0) + v(4), v(2) + v(6));
+            if x1 > screen_w || y1 > screen_h {
+                // Pillow checks the grown canvas against its own ceiling right here.
+                let (w, h) = (x1.max(screen_w).max(1), y1.max(screen_h).max(1));
+                if w * h > super::PILLOW_BOMB_PIXELS {
+                    check_limit(source_name, w, h, &DecodeLimits { max_pixels: Some(super::PILLOW_BOMB_PIXELS) })?;
+                }
+            }
             let fflags = d[8];
             let mut local = None;
             if fflags & 128 != 0 {
                 let p = r.read(3 << ((fflags & 7) + 1));
-                if p.len() % 3 != 0 {
-                    return Err(err("truncated GIF palette"));
-                }
-                local = Some(if palette_needed(p) { Some(p) } else { None });
+                let needed = palette_needed(p).map_err(|_| err("truncated GIF palette"))?;
+                local = Some(if needed { Some(p) } else { None });
             }
             frame = Some((v(0), v(2), v(4), v(6), fflags & 64 != 0, local));
             break;

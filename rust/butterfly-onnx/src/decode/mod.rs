@@ -24,6 +24,9 @@ use crate::{Error, Result};
 
 mod bmp;
 mod gif;
+mod png;
+mod tiff;
+mod webp;
 
 /// A decoded image: `height` rows of `width` RGB8 pixels (HWC).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +44,8 @@ impl RgbImage {
 
 /// Decompression-bomb protection: `width * height` above `max_pixels` is refused before
 /// decoding (Pillow raises `DecompressionBombError` above `2 * Image.MAX_IMAGE_PIXELS`).
+/// `None` means no limit of the caller's, but still [`PILLOW_BOMB_PIXELS`], as on the python
+/// backend (Pillow's own check).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecodeLimits {
     pub max_pixels: Option<u64>,
@@ -59,8 +64,13 @@ pub fn read_rgb(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
 /// Decode an encoded image (JPEG, PNG, GIF, BMP, TIFF, WebP) to RGB8.
 pub fn decode_rgb(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
     // The decoders report errors as values; should one of them panic on a malformed file
-    // anyway, that is still a decode error about this input, not a crash of the caller.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_any(bytes, source_name, limits))) {
+    // anyway, that is still a decode error about this input, not a crash of the caller, and
+    // nothing is printed on stderr (the panic hook stays quiet for guarded decodes).
+    install_quiet_panic_hook();
+    let was_quiet = QUIET_PANICS.with(|q| q.replace(true));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_any(bytes, source_name, limits)));
+    QUIET_PANICS.with(|q| q.set(was_quiet));
+    match caught {
         Ok(result) => result,
         Err(payload) => {
             let what = payload
@@ -73,6 +83,26 @@ pub fn decode_rgb(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Res
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a guarded decode: its panics are caught and reported as
+    /// errors, so the panic hook prints nothing for them.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the process's panic hook once: panics inside guarded decodes are silent, every
+/// other panic goes to the hook that was installed before.
+fn install_quiet_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(decode_error(source_name, "empty file (0 bytes)"));
@@ -82,7 +112,7 @@ fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<
         return jpeg::decode(bytes, source_name, limits);
     }
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        return decode_png(bytes, source_name, limits);
+        return png::decode(bytes, source_name, limits);
     }
     if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
         return gif::decode(bytes, source_name, limits);
@@ -103,13 +133,20 @@ fn decode_error(source_name: &str, reason: impl Into<String>) -> Error {
     Error::ImageDecode { source_name: source_name.to_string(), reason: reason.into() }
 }
 
+/// What `max_pixels: None` still refuses: Pillow's own decompression-bomb ceiling with its
+/// default `MAX_IMAGE_PIXELS` (`Image.open` raises `DecompressionBombError` above
+/// `2 * 89_478_485` pixels, which the python backend reports as ImageTooLargeError even with
+/// `max_image_pixels=None`). A few header bytes never allocate more than ~0.5 GB; a larger
+/// explicit limit lifts it.
+pub const PILLOW_BOMB_PIXELS: u64 = 2 * 89_478_485;
+
 fn check_limit(source_name: &str, width: u64, height: u64, limits: &DecodeLimits) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(decode_error(source_name, format!("invalid image size {width}x{height}")));
     }
     let pixels = width.saturating_mul(height);
-    match limits.max_pixels {
-        Some(limit) if pixels > limit => Err(Error::ImageTooLarge {
+    match limits.max_pixels.unwrap_or(PILLOW_BOMB_PIXELS) {
+        limit if pixels > limit => Err(Error::ImageTooLarge {
             source_name: source_name.to_string(),
             width,
             height,
@@ -344,109 +381,6 @@ mod jpeg {
     }
 }
 
-// -- PNG -------------------------------------------------------------------------------------
-
-fn decode_png(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
-    use png::{BitDepth, ColorType, Transformations};
-    let png_error = |e: png::DecodingError| {
-        let reason = match e {
-            png::DecodingError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                "image file is truncated".to_string()
-            }
-            other => format!("broken PNG data: {other}"),
-        };
-        decode_error(source_name, reason)
-    };
-    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 1 << 30 });
-    // Raw samples: Pillow's conversions differ from png's expansions (16-bit grey clips).
-    decoder.set_transformations(Transformations::IDENTITY);
-    let mut reader = decoder.read_info().map_err(png_error)?;
-    let info = reader.info();
-    let (width, height) = (info.width, info.height);
-    check_limit(source_name, width as u64, height as u64, limits)?;
-    let color = info.color_type;
-    let depth = info.bit_depth;
-    let palette = info.palette.as_ref().map(|p| palette_table(p));
-    let size = reader.output_buffer_size().ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
-    let mut raw = Vec::new();
-    raw.try_reserve_exact(size).map_err(|_| decode_error(source_name, "image too large for memory"))?;
-    raw.resize(size, 0);
-    let frame = reader.next_frame(&mut raw).map_err(png_error)?;
-    let line = frame.line_size;
-    let mut rgb = alloc_rgb(source_name, width, height)?;
-    let w = width as usize;
-    for (row, out) in raw.chunks(line).zip(rgb.chunks_exact_mut(w * 3)) {
-        match (color, depth) {
-            (ColorType::Rgb, BitDepth::Eight) => out.copy_from_slice(&row[..w * 3]),
-            (ColorType::Rgba, BitDepth::Eight) => {
-                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
-                    o.copy_from_slice(&p[..3]);
-                }
-            }
-            (ColorType::GrayscaleAlpha, BitDepth::Eight) => {
-                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(2)) {
-                    o.fill(p[0]);
-                }
-            }
-            (ColorType::Grayscale, BitDepth::Eight) => {
-                for (o, &v) in out.chunks_exact_mut(3).zip(row) {
-                    o.fill(v);
-                }
-            }
-            // Pillow's "RGB;16B" / "RGBA;16B" / "LA;16B" raw modes keep the high byte.
-            (ColorType::Rgb, BitDepth::Sixteen) => {
-                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(6)) {
-                    o.copy_from_slice(&[p[0], p[2], p[4]]);
-                }
-            }
-            (ColorType::Rgba, BitDepth::Sixteen) => {
-                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(8)) {
-                    o.copy_from_slice(&[p[0], p[2], p[4]]);
-                }
-            }
-            (ColorType::GrayscaleAlpha, BitDepth::Sixteen) => {
-                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
-                    o.fill(p[0]);
-                }
-            }
-            // 16-bit grey opens as "I;16"; convert("RGB") clips: min(v, 255).
-            (ColorType::Grayscale, BitDepth::Sixteen) => {
-                for (o, p) in out.chunks_exact_mut(3).zip(row.chunks_exact(2)) {
-                    let v = u16::from_be_bytes([p[0], p[1]]);
-                    o.fill(v.min(255) as u8);
-                }
-            }
-            // Grey below 8 bits: Pillow's "1", "L;2", "L;4" scale to 0..255 (x255, x85, x17).
-            (ColorType::Grayscale, d) => {
-                let bits = d as u8 as usize;
-                let scale = 255 / ((1u16 << bits) - 1) as u8;
-                for (x, o) in out.chunks_exact_mut(3).enumerate() {
-                    o.fill(packed_sample(row, x, bits) * scale);
-                }
-            }
-            (ColorType::Indexed, d) => {
-                let table = palette.as_ref().ok_or_else(|| decode_error(source_name, "palette image without a palette"))?;
-                let bits = d as u8 as usize;
-                for (x, o) in out.chunks_exact_mut(3).enumerate() {
-                    let index = if bits == 8 { row[x] } else { packed_sample(row, x, bits) };
-                    o.copy_from_slice(&table[index as usize]);
-                }
-            }
-            (c, d) => return Err(decode_error(source_name, format!("unsupported PNG color type {c:?} at {d:?}"))),
-        }
-    }
-    Ok(RgbImage { width, height, data: rgb })
-}
-
-/// Sample `x` of a row packed MSB first with `bits` (1, 2 or 4) bits per sample.
-#[inline]
-fn packed_sample(row: &[u8], x: usize, bits: usize) -> u8 {
-    let per_byte = 8 / bits;
-    let byte = row[x / per_byte];
-    let shift = 8 - bits * (x % per_byte + 1);
-    (byte >> shift) & ((1u16 << bits) - 1) as u8
-}
-
 // -- BMP, TIFF, WebP -------------------------------------------------------------------------
 
 fn decode_with_image_crate(
@@ -456,6 +390,30 @@ fn decode_with_image_crate(
     limits: &DecodeLimits,
 ) -> Result<RgbImage> {
     use image::{DynamicImage, ImageDecoder};
+    let bytes = if format == image::ImageFormat::WebP {
+        if let Some((w, h)) = webp::header_size(bytes) {
+            // Pillow's pre-check (error only, with its own ceiling), before libwebp parses.
+            if w.max(1) * h.max(1) > PILLOW_BOMB_PIXELS {
+                check_limit(source_name, w.max(1), h.max(1), &DecodeLimits { max_pixels: Some(PILLOW_BOMB_PIXELS) })?;
+            }
+        }
+        let (data, w, h) = webp::check_container(bytes).map_err(|e| decode_error(source_name, e))?;
+        check_limit(source_name, w, h, limits)?;
+        data
+    } else {
+        if format == image::ImageFormat::Tiff {
+            let (size, verdict) = tiff::check_supported(bytes);
+            // A malformed directory fails Pillow's open before its size check; a layout
+            // Pillow reads but Rust refuses is checked for size first, as Pillow does.
+            let malformed = verdict.as_ref().is_err_and(|e| e.starts_with("TIFF tag") || e.starts_with("truncated") || e.starts_with("required"));
+            if let (Some((w, h)), false) = (size, malformed) {
+                check_limit(source_name, w, h, limits)?;
+            }
+            verdict.map_err(|e| decode_error(source_name, e))?;
+            return tiff::decode(bytes, source_name);
+        }
+        bytes
+    };
     let image_error = |e: image::ImageError| decode_error(source_name, format!("broken {format:?} data: {e}"));
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     reader.no_limits();
