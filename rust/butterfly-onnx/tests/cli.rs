@@ -363,3 +363,69 @@ fn every_golden_predict_case() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Both command lines on the same golden cases write the same bytes (the Python one on its
+/// rust backend, so the numbers are the same crate's): stdout, the -o file, the error lines
+/// and the exit code. Skipped when the Python package's native module is not built.
+#[test]
+fn the_python_command_writes_the_same_bytes() {
+    let Some(fx) = fixture() else { return };
+    let probe = Command::new(&fx.python)
+        .args(["-c", "import butterfly_onnx._native"])
+        .env("PYTHONPATH", repo_root().join("python"))
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        eprintln!("SKIPPED: butterfly_onnx._native is not built for {}", fx.python.display());
+        return;
+    }
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/cli/predict_cases.json")).unwrap(),
+    )
+    .unwrap();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-agree-{}", std::process::id()));
+    std::fs::remove_dir_all(&root).ok();
+    let data = root.join("data");
+    build_layout(fx, golden["layout"].as_object().unwrap(), &data);
+    let model = fx.path("model.onnx");
+    let picked = [
+        "directory_sorted_not_recursive",
+        "bad_image_in_json_lines",
+        "csv_output",
+        "kaggle_submission_bad_rows_left_out",
+    ];
+    for case in golden["cases"].as_array().unwrap().iter().filter(|c| picked.contains(&c["name"].as_str().unwrap())) {
+        let name = case["name"].as_str().unwrap();
+        let mut results = Vec::new();
+        for which in ["rust", "python"] {
+            let out = root.join(format!("out-{name}-{which}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let substitute = |text: &str| {
+                text.replace("{model}", model.to_str().unwrap())
+                    .replace("{data}", data.to_str().unwrap())
+                    .replace("{out}", out.to_str().unwrap())
+            };
+            let args: Vec<String> =
+                case["args"].as_array().unwrap().iter().map(|a| substitute(a.as_str().unwrap())).collect();
+            let mut command = if which == "rust" {
+                cli(fx)
+            } else {
+                let mut python = Command::new(&fx.python);
+                python.args(["-m", "butterfly_onnx"]).env("PYTHONPATH", repo_root().join("python"));
+                python.env("BUTTERFLY_ONNX_ORT_LIB", &fx.ort_library);
+                python
+            };
+            command.args(&args);
+            if which == "python" {
+                command.args(["--backend", "rust", "--no-progress"]);
+            }
+            let (code, stdout, stderr) = run(&mut command);
+            let written = case.get("output").map(|o| std::fs::read(substitute(o.as_str().unwrap())).unwrap());
+            let mut errors: Vec<String> = stderr.lines().map(String::from).collect();
+            errors.sort();
+            results.push((code, stdout, written, errors));
+        }
+        assert_eq!(results[0], results[1], "case {name}: rust vs python command");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
