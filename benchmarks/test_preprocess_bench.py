@@ -1,5 +1,7 @@
-"""Preprocessing time per image (decode + resize + crop + normalise), one thread:
-torchvision (PIL + transforms) against the python and rust backends."""
+"""Preprocessing time per image (decode + resize + crop + normalise), one thread, per size
+(224x224 and 1920x1280 JPEGs): torchvision (PIL + transforms, the reference), torchvision.io +
+transforms.v2 (a faster, not PIL-exact, alternative users pick), and the python and rust
+backends (bit-exact with the reference; checked here too, so a fast wrong answer cannot win)."""
 
 from __future__ import annotations
 
@@ -12,40 +14,62 @@ from butterfly_onnx import Classifier
 SIZES = ("224x224", "1920x1280")
 
 
-@pytest.fixture(scope="module")
-def torch_threads():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.parametrize("size", list(SIZES))
-def test_torchvision(benchmark, bench_images, bench_model, torch_threads, size):
+def _reference(spec, path):
     T = pytest.importorskip("torchvision.transforms")
-    spec = bench_model[2].preprocess
     transform = T.Compose(
         [T.Resize(spec.resize_size), T.CenterCrop(spec.crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     )
-    path = bench_images[size]
 
     def run():
         with Image.open(path) as img:
             return transform(img.convert("RGB"))
 
+    return run
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_torchvision(benchmark, bench_images, bench_model, one_thread, size):
+    spec = bench_model[2].preprocess
     benchmark.group = f"preprocess {size}"
-    out = benchmark(run)
+    out = benchmark(_reference(spec, bench_images[size]))
     assert out.shape == (3, 224, 224)
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_backend(benchmark, bench_images, bench_model, backend, size):
+def test_torchvision_io_v2(benchmark, bench_images, bench_model, one_thread, size):
+    """torchvision.io.decode_jpeg + transforms.v2 on uint8 tensors (antialiased bilinear):
+    what users pick for speed; close to, not equal to, the PIL reference (max error shown)."""
+    torch = pytest.importorskip("torch")
+    io = pytest.importorskip("torchvision.io")
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    spec = bench_model[2].preprocess
+    transform = v2.Compose(
+        [
+            v2.Resize(spec.resize_size, antialias=True),
+            v2.CenterCrop(spec.crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std),
+        ]
+    )
+    path = str(bench_images[size])
+
+    def run():
+        return transform(io.decode_image(io.read_file(path), mode=io.ImageReadMode.RGB))
+
+    benchmark.group = f"preprocess {size}"
+    out = benchmark(run)
+    assert out.shape == (3, 224, 224)
+    benchmark.extra_info["max_abs_diff_vs_pil"] = float((out - _reference(spec, path)()).abs().max())
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_backend(benchmark, bench_images, bench_model, one_thread, backend, size):
     clf = Classifier(bench_model[0], backend=backend, threads=1)
     path = bench_images[size]
     benchmark.group = f"preprocess {size}"
     out = benchmark(clf.preprocess, path)
-    assert out.shape == (1, 3, 224, 224) and np.isfinite(out).all()
+    want = _reference(bench_model[2].preprocess, path)().numpy()
+    assert out.shape == (1, 3, 224, 224) and np.abs(out[0] - want).max() == 0.0
 
 
 @pytest.mark.parametrize("method", ["pillow", "numpy"])
