@@ -10,7 +10,6 @@ import importlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import ModelContract, PreprocessSpec
-from ..errors import BackendUnavailableError, ButterflyError, ImageError
-from . import pipelined_logits
+from ..errors import BackendUnavailableError, ImageDecodeError, ImageError
 
 __all__ = ["Backend", "find_onnxruntime_library"]
 
@@ -65,6 +63,17 @@ def find_onnxruntime_library() -> Path:
     )
 
 
+def _pil_rgb(source: str, image: Any) -> np.ndarray:
+    """A PIL image's RGB pixels as a C-contiguous array; a lazily opened image that fails to
+    decode (a truncated file, say) is that item's ImageDecodeError, as in ``decode_rgb``."""
+    try:
+        return np.ascontiguousarray(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError...
+        raise ImageDecodeError(f"{source}: cannot decode the image: {exc}", source=source) from exc
+
+
 def _payload(item: tuple[str, Any]) -> tuple[str, Any]:
     """Paths become str, PIL images become RGB arrays (Rust decodes paths and bytes itself)."""
     source, payload = item
@@ -73,8 +82,44 @@ def _payload(item: tuple[str, Any]) -> tuple[str, Any]:
     if isinstance(payload, os.PathLike):
         return source, os.fspath(payload)
     if hasattr(payload, "convert") and hasattr(payload, "mode"):  # PIL.Image.Image
-        return source, np.ascontiguousarray(np.asarray(payload.convert("RGB")))
+        return source, _pil_rgb(source, payload)
     return source, payload  # the native layer reports anything else as an ImageDecodeError
+
+
+def _payloads(
+    items: Sequence[tuple[str, Any]], failed: dict[int, ImageError]
+) -> tuple[list[tuple[str, Any]], dict[int, ImageError]]:
+    """The native payloads of a whole list (``preprocess``/``logits`` hold it all anyway) and
+    the items that failed before reaching Rust."""
+    out = []
+    for index, item in enumerate(items):
+        try:
+            out.append(_payload(item))
+        except ImageError as exc:
+            failed[index] = exc
+            out.append((item[0], None))  # refused by the native layer, replaced by ``exc``
+    return out, failed
+
+
+def _lazy_payloads(items: Sequence[tuple[str, Any]], failed: dict[int, ImageError]) -> Iterator[tuple[str, Any]]:
+    """The native payloads one at a time (the binding reads one chunk ahead, so only the
+    chunks in flight are converted at once); failures are recorded in ``failed`` by index and
+    handed to Rust as a payload it refuses, whose error is then replaced by the real one."""
+    for index, item in enumerate(items):
+        try:
+            yield _payload(item)
+        except ImageError as exc:
+            failed[index] = exc
+            yield item[0], None
+
+
+def _with_failures(
+    result: tuple[np.ndarray, dict[int, ImageError]], failed: dict[int, ImageError]
+) -> tuple[np.ndarray, dict[int, ImageError]]:
+    logits, errors = result
+    for index in [i for i in errors if i in failed]:
+        errors[index] = failed.pop(index)
+    return logits, errors
 
 
 class Backend:
@@ -100,7 +145,7 @@ class Backend:
         if isinstance(model, bytes):
             self.model_path = None
             self._source = "<model bytes>"
-            self._native = self._from_bytes(native, model, options)
+            self._native = native.Classifier(None, model_bytes=model, **options)
         else:
             self.model_path = Path(model)
             self._source = str(self.model_path)
@@ -108,58 +153,29 @@ class Backend:
         self.threads = self._native.threads
         self.contract = self._effective_contract()
 
-    @staticmethod
-    def _from_bytes(native: Any, model: bytes, options: dict[str, Any]) -> Any:
-        """The native classifier from a model's bytes: ``model_bytes=`` where the binding
-        takes it, else through a private temporary file, removed once ONNX Runtime has read it."""
-        try:
-            return native.Classifier(None, model_bytes=model, **options)
-        except TypeError:
-            pass
-        handle, name = tempfile.mkstemp(suffix=".onnx", prefix="butterfly-model-")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(model)
-            try:
-                return native.Classifier(name, **options)
-            except ButterflyError as exc:  # name the model as the caller gave it, not the temp file
-                raise type(exc)(str(exc).replace(name, "<model bytes>")) from None
-        finally:
-            try:
-                os.unlink(name)
-            except OSError:
-                pass
-
     def _effective_contract(self) -> ModelContract:
         """The effective contract Rust resolved (``contract::resolve``, the same rules as
         :func:`butterfly_onnx.contract.resolve_contract`), overrides applied."""
         return ModelContract.from_dict(json.loads(self._native.contract_json), source=self._source)
 
     def preprocess(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
-        return self._native.preprocess([_payload(item) for item in items])
+        payloads, failed = _payloads(items, {})
+        return _with_failures(self._native.preprocess(payloads), failed)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._native.run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def logits(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
-        return self._native.logits([_payload(item) for item in items])
+        payloads, failed = _payloads(items, {})
+        return _with_failures(self._native.logits(payloads), failed)
 
     def iter_logits(
         self, items: Sequence[tuple[str, Any]], batch_size: int, model_batch: int
     ) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]:
-        """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error}).
-        The binding's own pipeline (``iter_logits``) where it has one, else the shared
-        decode-ahead pipeline over its ``preprocess`` and ``run``."""
-        payloads = [_payload(item) for item in items]
-        native_iter = getattr(self._native, "iter_logits", None)
-        if native_iter is not None:
-            return iter(native_iter(payloads, batch_size))
-        static = self._native.static_batch
-        return pipelined_logits(
-            self._native.preprocess,
-            self.run,
-            payloads,
-            batch_size,
-            static or model_batch,
-            self.contract.num_classes,
-        )
+        """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error}), from
+        the binding's own pipeline (the next chunk decodes in Rust while the model runs).
+        ``items`` are converted lazily, so memory does not grow with the number of in-memory
+        images.  (``model_batch`` is the python backend's; the binding has its own rule.)"""
+        failed: dict[int, ImageError] = {}
+        for result in self._native.iter_logits(_lazy_payloads(items, failed), batch_size):
+            yield _with_failures(result, failed)
