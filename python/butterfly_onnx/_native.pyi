@@ -52,8 +52,9 @@ class Classifier:
         """The model file (``<model bytes>`` for a model given as bytes)."""
     @property
     def model_batch(self) -> int:
-        """Images per ONNX Runtime run in ``iter_logits``: the model's fixed batch, else
-        measured once on first use (the size up to 32 with the lowest time per image)."""
+        """Images per ONNX Runtime run in ``iter_logits``: the model's fixed batch, else chosen
+        once on first use: the smallest power of two whose run takes >= 4 ms (from one image's
+        run time), at most 32 (docs/rust.md)."""
     def preprocess(self, items: Sequence[_Item]) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]:
         """float32 (n_ok, 3, crop, crop) for the items that decoded, in order, and
         {item index: ImageError} for the others."""

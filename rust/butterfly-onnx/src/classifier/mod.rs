@@ -228,9 +228,9 @@ impl Classifier {
     }
 
     /// How many images the streaming pipeline gives ONNX Runtime per run: the model's fixed
-    /// batch, else `ClassifierOptions::model_batch`, else measured on first use (see
-    /// [`pipeline`]: the batch size up to [`MAX_MODEL_BATCH`] with the lowest time per image,
-    /// preferring the smaller of two within 5%).
+    /// batch, else `ClassifierOptions::model_batch`, else chosen on first use by the rule of
+    /// [`pipeline`] (the smallest power of two whose run takes at least
+    /// [`pipeline::RUN_TARGET`], at most [`MAX_MODEL_BATCH`]).
     pub fn model_batch(&self) -> usize {
         *self.model_batch.get_or_init(|| pipeline::measure_model_batch(self))
     }

@@ -32,12 +32,13 @@
 //! ONNX Runtime does not see the decode chunk: it is fed [`Classifier::model_batch`] rows
 //! per run. On CPUs the time per image often *grows* with the batch once activations fall
 //! out of cache (EfficientNet-Lite0 on a 2-core VM: 5.7 ms per image at batch 1, 6.1 at 4,
-//! 7.6 at 32), while tiny models gain from large batches (per-run overhead). So the model
-//! batch is measured once per classifier, on first use: zero batches of 1, 2, 4, ... up to
-//! [`MAX_MODEL_BATCH`] images are run (after a warm-up run of each size), stopping when a
-//! size is over 10% slower per image than the best so far or the measurement has taken
-//! [`MEASURE_BUDGET`]; the smallest size within 5% of the best time per image wins. A model
-//! with a fixed batch axis uses that batch; `ClassifierOptions::model_batch` fixes it.
+//! 7.6 at 32), and a larger batch also grows ONNX Runtime's memory arena; only the fixed
+//! cost of a run (tens of microseconds) favours large batches, and only for small models.
+//! So the rule is: the smallest power of two whose run takes at least [`RUN_TARGET`]
+//! (4 ms), judged from the fastest of three runs of one image (after a warm-up run), at most
+//! [`MAX_MODEL_BATCH`]. It is applied once per classifier, on first use. EfficientNet-Lite0
+//! and larger models get 1 (a single image takes over 4 ms here), a tiny test model 32. A
+//! model with a fixed batch axis uses that batch; `ClassifierOptions::model_batch` fixes it.
 //! Rows are independent, so the model batch changes speed only, never results.
 //!
 //! # Threads
@@ -55,7 +56,7 @@ use std::ops::Deref;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ndarray::{s, Array2, Array4};
+use ndarray::{Array2, Array4};
 
 use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction};
 use crate::{Error, Result};
@@ -63,8 +64,9 @@ use crate::{Error, Result};
 /// The largest model batch the measurement tries.
 pub const MAX_MODEL_BATCH: usize = 32;
 
-/// How long the model-batch measurement may take (it stops at the first size past it).
-pub const MEASURE_BUDGET: Duration = Duration::from_millis(400);
+/// A run of the model batch should take at least this long (ONNX Runtime's cost per run,
+/// tens of microseconds, is then a few percent at most).
+pub const RUN_TARGET: Duration = Duration::from_millis(4);
 
 /// One chunk of a stream: the model's output for the inputs that decoded, and the failures.
 #[derive(Debug)]
@@ -273,32 +275,26 @@ impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> Iterator for
     }
 }
 
-/// The model batch with the lowest time per image (module docs, "The model's batch").
+/// The model batch (module docs, "The model's batch"): the smallest power of two whose run
+/// would take at least [`RUN_TARGET`], judged from one image's run time, at most
+/// [`MAX_MODEL_BATCH`].
 pub(super) fn measure_model_batch(classifier: &Classifier) -> usize {
     let crop = classifier.contract().preprocess.crop_size as usize;
-    let zeros = Array4::<f32>::zeros((MAX_MODEL_BATCH, 3, crop, crop));
-    let started = Instant::now();
-    let time = |size: usize| -> Option<f64> {
-        let view = zeros.slice(s![..size, .., .., ..]);
-        classifier.run_in_pieces(view, size).ok()?; // warm-up: ORT sizes its buffers
-        let t = Instant::now();
-        classifier.run_in_pieces(view, size).ok()?;
-        Some(t.elapsed().as_secs_f64() / size as f64)
-    };
-    let mut best: Option<(f64, usize)> = None;
+    let one = Array4::<f32>::zeros((1, 3, crop, crop));
+    if classifier.run_in_pieces(one.view(), 1).is_err() {
+        return 1; // the real run reports the error
+    }
+    let fastest = (0..3)
+        .filter_map(|_| {
+            let started = Instant::now();
+            classifier.run_in_pieces(one.view(), 1).ok()?;
+            Some(started.elapsed())
+        })
+        .min()
+        .unwrap_or(RUN_TARGET);
     let mut size = 1;
-    while size <= MAX_MODEL_BATCH {
-        let Some(per_image) = time(size) else { break };
-        match best {
-            None => best = Some((per_image, size)),
-            Some((fastest, _)) if per_image < fastest * 0.95 => best = Some((per_image, size)),
-            Some((fastest, _)) if per_image > fastest * 1.10 => break,
-            _ => {}
-        }
-        if started.elapsed() > MEASURE_BUDGET {
-            break;
-        }
+    while size < MAX_MODEL_BATCH && fastest * (size as u32) < RUN_TARGET {
         size *= 2;
     }
-    best.map_or(1, |(_, size)| size)
+    size
 }
