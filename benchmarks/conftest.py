@@ -52,6 +52,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def benchmarks_enabled(config: pytest.Config) -> bool:
+    # --benchmark-enable (its own option) overrides pyproject's --benchmark-disable.
+    if config.getoption("benchmark_enable", default=False):
+        return True
     return not config.getoption("benchmark_disable", default=False)
 
 

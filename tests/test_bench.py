@@ -174,3 +174,14 @@ def test_bench_cli_arguments(small_model, photos, tmp_path, capsys):
     with pytest.raises(Exception, match="unknown contenders"):
         bench.run_bench(small_model[0], photos[:1], contenders=["opencv"])
     assert np.isfinite(json.loads(out.read_text())["rows"][0]["end_to_end_ms"])
+
+
+def test_bad_images_are_clear_errors(small_model, tmp_path):
+    from butterfly_onnx.errors import ImageDecodeError, ImageNotFoundError
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        parity.run_parity(small_model[0], [str(broken)], backends=["python"])
+    with pytest.raises(ImageNotFoundError, match="missing.jpg"):
+        bench.run_bench(small_model[0], [str(tmp_path / "missing.jpg")], contenders=["python"])

@@ -324,6 +324,10 @@ def run_bench(
         paths = paths[:limit]
     if not paths:
         raise InvalidArgumentError("bench: no images given")
+    from .images import decode_rgb
+
+    for path in paths:  # an undecodable input is an ImageError naming it, before any timing
+        decode_rgb((path, path), None)
     if rounds < 1 or any(b < 1 for b in batch_sizes) or any(t < 1 for t in threads):
         raise InvalidArgumentError("bench: rounds, batch sizes and thread counts must be >= 1")
     unknown = set(contenders) - set(CONTENDERS)

@@ -232,6 +232,10 @@ def run_parity(
         from .errors import InvalidArgumentError
 
         raise InvalidArgumentError("parity: no images given")
+    from .images import decode_rgb
+
+    for path in paths:  # an undecodable input is an ImageError naming it, before any timing
+        decode_rgb((path, path), None)
     readers: dict[str, _StageReader] = {}
     full: dict[str, Any] = {}
     skipped: dict[str, str] = {}
