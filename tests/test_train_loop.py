@@ -233,6 +233,13 @@ def test_early_stopping_and_phases(tmp_path):
     assert all(torch.equal(trained[k], initial[k]) for k in initial if k not in head)
     assert not all(torch.equal(trained[k], initial[k]) for k in head)
 
+    # freeze_norm_stats: the whole network trains, but every BatchNorm keeps its running statistics.
+    frozen_stats = _tiny_run(data, tmp_path / "stats", epochs=2, head_epochs=1, freeze_norm_stats=True)
+    trained = torch.load(frozen_stats.last_checkpoint, weights_only=True)["model_state"]
+    stats = [k for k in initial if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(trained[k], initial[k]) for k in stats)
+    assert not torch.equal(trained["features.0.0.weight"], initial["features.0.0.weight"])
+
 
 # --- bad configuration ------------------------------------------------------------------------------
 def test_one_epoch_clamps_the_head_epochs_with_a_note(tmp_path, capsys):

@@ -179,12 +179,13 @@ def _set_trainable(model: nn.Module, head: list[nn.Parameter], phase: str, unfre
         p.requires_grad_(i >= len(backbone) - trainable)
 
 
-def _frozen_norms_to_eval(model: nn.Module) -> None:
-    """BatchNorm layers whose parameters are frozen keep their pretrained running statistics."""
+def _frozen_norms_to_eval(model: nn.Module, all_norms: bool = False) -> None:
+    """BatchNorm layers whose parameters are frozen keep their pretrained running statistics
+    (``all_norms``: every BatchNorm layer does, its affine parameters still train)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if all_norms or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 
@@ -205,9 +206,10 @@ def _set_lrs(optimizer: torch.optim.Optimizer, head_lr: float, backbone_lr: floa
 
 
 # --- one epoch ----------------------------------------------------------------------------
-def _run_train_epoch(model, loader, criterion, optimizer, set_lr, scaler, device, amp, max_steps, bar) -> dict:
+def _run_train_epoch(model, loader, criterion, optimizer, set_lr, scaler, device, amp, max_steps, bar,
+                     freeze_norm_stats=False) -> dict:
     model.train()
-    _frozen_norms_to_eval(model.module if hasattr(model, "module") else model)
+    _frozen_norms_to_eval(model.module if hasattr(model, "module") else model, freeze_norm_stats)
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for step, (images, targets) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
@@ -362,6 +364,7 @@ def finetune(
     head_views: int = 0,
     class_balance: str = "none",
     probe_fallback: bool = True,
+    freeze_norm_stats: bool = True,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (any name of :func:`list_architectures`) on ``data``.
 
@@ -376,7 +379,8 @@ def finetune(
       ``head_steps`` steps in all (each head epoch is whole passes over the cache).
     - **Fine-tuning phase** (the remaining epochs): the backbone is unfrozen (``unfreeze``:
       "all", "none" or a fraction of its parameter tensors from the output end) at
-      ``finetune_lr`` (default ``lr / 10``).
+      ``finetune_lr`` (default ``lr / 10``); with ``freeze_norm_stats`` (default) every BatchNorm
+      keeps its pretrained running statistics (its affine parameters still train).
     - Each phase: linear warm-up over ``warmup`` x its steps, then cosine decay; the learning
       rates used are logged per epoch.  Cross-entropy with ``label_smoothing``;
       ``class_balance="loss"`` weights it by ``n / (classes * n_class)``.
@@ -403,7 +407,7 @@ def finetune(
         device=device, amp=amp, patience=patience, preprocess=preprocess, max_steps_per_epoch=max_steps_per_epoch,
         filename_column=filename_column, label_column=label_column, dist_timeout_s=dist_timeout_s,
         cache_features=cache_features, head_steps=head_steps, head_views=head_views, class_balance=class_balance,
-        probe_fallback=probe_fallback,
+        probe_fallback=probe_fallback, freeze_norm_stats=freeze_norm_stats,
     )
     if resume is not None and not isinstance(resume, bool):
         raise TrainingError(f"resume must be None, True or False, got {resume!r}")
@@ -704,7 +708,7 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
             bar = _bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{settings.epochs} ({phase})", leave=False)
             setter = set_head_lr if phase == "head" else set_full_lr
             stats = _run_train_epoch(wrapped, loader, criterion, optimizer, logged(setter), scaler, device_, amp,
-                                     settings.max_steps_per_epoch, bar)
+                                     settings.max_steps_per_epoch, bar, settings.freeze_norm_stats)
             if bar is not None:
                 bar.close()
             totals = dist.gather(stats)

@@ -74,6 +74,7 @@ class FinetuneSettings:
     head_views: int = 0
     class_balance: str = "none"
     probe_fallback: bool = True
+    freeze_norm_stats: bool = True
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ class FinetuneSettings:
         _number("head_views", self.head_views, minimum=0, integer=True)
         if self.class_balance not in CLASS_BALANCE:
             raise TrainingError(f"class_balance must be one of {CLASS_BALANCE}, got {self.class_balance!r}")
-        for name in ("cache_features", "probe_fallback"):
+        for name in ("cache_features", "probe_fallback", "freeze_norm_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise TrainingError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.amp is not None and not isinstance(self.amp, bool):
