@@ -476,11 +476,13 @@ def test_iter_predict_streams_in_input_order_with_failures_in_place(backend, cla
         assert isinstance(got[1].error, ImageDecodeError) and isinstance(got[3].error, ImageNotFoundError)
         for p in (got[0], got[2], got[4]):
             assert p.top_k == reference.top_k
-    # on_error="raise": the predictions before the bad image come out, then its error
-    stream = clf.iter_predict(inputs, batch_size=1)
-    assert next(stream).ok
-    with pytest.raises(ImageDecodeError, match="broken.jpg"):
-        next(stream)
+    # on_error="raise": the predictions before the bad image come out, then its error,
+    # whatever the batch size (the bad image's chunk is not dropped as a whole)
+    for batch_size in (1, 2, 32):
+        stream = clf.iter_predict([good, good, broken, good], batch_size=batch_size)
+        assert next(stream).ok and next(stream).ok
+        with pytest.raises(ImageDecodeError, match="broken.jpg"):
+            next(stream)
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
         clf.predict(inputs, batch_size=2)
 

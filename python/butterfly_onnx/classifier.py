@@ -290,13 +290,22 @@ class Classifier:
 
     def _chunks(
         self, items: list, batch_size: int, mode: str
-    ) -> Iterator[tuple[int, np.ndarray, dict[int, ImageError]]]:
-        """(start, logits of the chunk's good items, {index: error}) per chunk, in order."""
+    ) -> Iterator[tuple[int, int, np.ndarray, dict[int, ImageError]]]:
+        """(start, stop, logits of the good items in ``items[start:stop]``, {index: error}) per
+        chunk, in order.  With ``mode="raise"`` a chunk with a bad item yields the items before
+        the first bad one, then raises its error, so what comes out before the error does not
+        depend on ``batch_size``."""
         start = 0
         for out, errors in self._backend.iter_logits(items, batch_size, MODEL_BATCH):
+            stop = min(start + batch_size, len(items))
+            if errors and mode == "raise":
+                first = min(errors)
+                if first > start:
+                    yield start, first, out[: first - start], {}
+                raise errors[first]
             self._handle(errors, mode)
-            yield start, out, errors
-            start += batch_size
+            yield start, stop, out, errors
+            start = stop
 
     # -- the API -------------------------------------------------------------------------
     def preprocess(self, images: Any, on_error: str | None = None) -> np.ndarray:
@@ -325,9 +334,9 @@ class Classifier:
         bar = _progress_bar(progress, len(items), "logits")
         parts = []
         try:
-            for start, out, _ in self._chunks(items, size, mode):
+            for start, stop, out, _ in self._chunks(items, size, mode):
                 parts.append(out)
-                bar.update(min(size, len(items) - start))
+                bar.update(stop - start)
         finally:
             bar.close()
         if not parts:
@@ -345,8 +354,8 @@ class Classifier:
     ) -> Iterator[Prediction]:
         """:meth:`predict` as a generator: one :class:`Prediction` per input image, in input
         order, produced as the chunks finish (``batch_size`` images decoded at a time).  With
-        ``on_error="raise"`` the first bad image's error is raised when its chunk is reached,
-        after the predictions before it were produced."""
+        ``on_error="raise"`` every prediction before the first bad image is produced, then
+        that image's error is raised (whatever ``batch_size`` is)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
         mode = self._mode(on_error)
@@ -362,11 +371,10 @@ class Classifier:
         labels = self.labels
         bar = _progress_bar(progress, len(items), "predict")
         try:
-            for start, out, errors in self._chunks(items, size, mode):
+            for start, stop, out, errors in self._chunks(items, size, mode):
                 probabilities = out.astype(np.float32) if probabilities_out else _softmax(out)
                 order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
                 row = 0
-                stop = min(start + size, len(items))
                 for index in range(start, stop):
                     source = items[index][0]
                     if index in errors:
