@@ -9,6 +9,7 @@ import pytest
 torchvision = pytest.importorskip("torchvision")
 
 from butterfly_onnx.catalog import catalog_table, model_catalog, pareto_front, plot_catalog  # noqa: E402
+from butterfly_onnx.errors import InvalidArgumentError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_default_flags_and_sorting(catalog):
     cheap = model_catalog(max_gflops=1.0, sort_by="gflops")
     assert cheap and all(e.gflops <= 1.0 for e in cheap)
     assert [e.gflops for e in cheap] == sorted(e.gflops for e in cheap)
-    with pytest.raises(ValueError, match="sort_by"):
+    with pytest.raises(InvalidArgumentError, match="sort_by"):
         model_catalog(sort_by="speed")
 
 
@@ -68,5 +69,7 @@ def test_table_formats_and_plot(catalog, tmp_path):
     assert markdown.count("\n") == 5 and catalog[0].arch in markdown
     png = plot_catalog(catalog, tmp_path / "catalog.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgumentError, match="fmt must be"):
         catalog_table(catalog, fmt="html")
+    with pytest.raises(InvalidArgumentError, match="no catalog entries"):
+        plot_catalog([], tmp_path / "empty.png")

@@ -5,7 +5,7 @@ import csv
 import pytest
 from PIL import Image
 
-from butterfly_onnx.errors import DatasetError
+from butterfly_onnx.errors import DatasetError, InvalidArgumentError
 from butterfly_onnx.sample_data import TUXPAINT_STAMPS, tuxpaint_available, tuxpaint_photo_dataset
 
 needs_tuxpaint = pytest.mark.skipif(not tuxpaint_available(), reason="tuxpaint-stamps-default is not installed")
@@ -36,3 +36,12 @@ def test_kaggle_layout_csv_matches_the_images(tmp_path):
 def test_missing_stamps_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match="tuxpaint-stamps-default"):
         tuxpaint_photo_dataset(tmp_path / "x", root=tmp_path / "nowhere")
+
+
+@needs_tuxpaint
+def test_unknown_layout_is_an_invalid_argument(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="layout must be 'folders' or 'kaggle', got 'zip'"):
+        tuxpaint_photo_dataset(tmp_path / "x", layout="zip")
+    with pytest.raises(InvalidArgumentError, match=r"unknown categories \['dragons'\]"):
+        tuxpaint_photo_dataset(tmp_path / "x", categories=["fish", "dragons"])
+    assert not (tmp_path / "x").exists()

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, InvalidArgumentError
 
 __all__ = ["CatalogEntry", "model_catalog", "pareto_front", "catalog_table", "plot_catalog"]
 
@@ -60,7 +60,7 @@ def model_catalog(
     torchvision, get_model_weights, list_models = _torchvision()
     names = {f.name for f in fields(CatalogEntry)}
     if sort_by not in names:
-        raise ValueError(f"sort_by must be one of {sorted(names)}, got {sort_by!r}")
+        raise InvalidArgumentError(f"sort_by must be one of {sorted(names)}, got {sort_by!r}")
     entries = []
     for arch in list_models(module=torchvision.models):
         enum = get_model_weights(arch)
@@ -120,7 +120,7 @@ def catalog_table(entries: Sequence[CatalogEntry], fmt: str = "markdown") -> str
             writer.writerow(asdict(entry))
         return buffer.getvalue()
     if fmt != "markdown":
-        raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
+        raise InvalidArgumentError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
     header = ["arch", "weights", "Acc@1", "Acc@5", "params (M)", "GFLOPS", "MB", "resize/crop", "interp."]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
@@ -142,7 +142,7 @@ def plot_catalog(entries: Sequence[CatalogEntry], path: str | Path, *, annotate_
     except ImportError as exc:  # pragma: no cover
         raise BackendUnavailableError("plots need matplotlib: pip install 'butterfly-onnx[train]'") from exc
     if not entries:
-        raise ValueError("no catalog entries to plot")
+        raise InvalidArgumentError("no catalog entries to plot")
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(14, 6), constrained_layout=True)
     for ax, cost, label in ((axes[0], "gflops", "GFLOPS (log)"), (axes[1], "params_m", "parameters, millions (log)")):

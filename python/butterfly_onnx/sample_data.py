@@ -13,7 +13,7 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import DatasetError
+from .errors import DatasetError, InvalidArgumentError
 
 __all__ = ["TUXPAINT_STAMPS", "TUXPAINT_CATEGORIES", "tuxpaint_available", "tuxpaint_photo_dataset"]
 
@@ -73,9 +73,12 @@ def tuxpaint_photo_dataset(
     if categories is None:
         categories = TUXPAINT_CATEGORIES
     elif not isinstance(categories, Mapping):
+        unknown = [name for name in categories if name not in TUXPAINT_CATEGORIES]
+        if unknown:
+            raise InvalidArgumentError(f"unknown categories {unknown}; choose from {sorted(TUXPAINT_CATEGORIES)}")
         categories = {name: TUXPAINT_CATEGORIES[name] for name in categories}
     if layout not in ("folders", "kaggle"):
-        raise ValueError(f"layout must be 'folders' or 'kaggle', got {layout!r}")
+        raise InvalidArgumentError(f"layout must be 'folders' or 'kaggle', got {layout!r}")
     out = Path(out_dir)
     rng = random.Random(seed)
     rows = []
