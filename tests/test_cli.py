@@ -232,6 +232,15 @@ def test_every_subcommand_is_registered():
     assert any("--ray" in a.option_strings for a in predict._actions) == has_ray
 
 
+def test_predict_and_val_default_to_the_rust_backend():
+    """One default for the command line (docs/inference.md): the rust backend, which the
+    install always builds; ``--backend python`` picks the other."""
+    parser = build_parser()
+    for command in (["predict", "m.onnx", "x.jpg"], ["val", "m.onnx", "data/"]):
+        assert parser.parse_args(command).backend == "rust"
+        assert parser.parse_args([*command, "--backend", "python"]).backend == "python"
+
+
 def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, capsys):
     pytest.importorskip("torch")
     from butterfly_onnx.train import save_checkpoint

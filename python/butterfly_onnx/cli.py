@@ -18,25 +18,19 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ButterflyError
+from .results import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PROG, kaggle_csv_input, report_failures, text_line
+from .results import print_error as _error
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PARTIAL", "EXIT_FAILED"]
-
-PROG = "butterfly-onnx"
-EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
 
 
 class UsageError(ButterflyError):
     """A command line that cannot run as given (exit status 2)."""
-
-
-def _error(message: str) -> None:
-    text = " ".join(str(message).split("\n")).strip()
-    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,31 +62,6 @@ def _positive(name: str):
 
 
 # --- predict ------------------------------------------------------------------------------
-def _kaggle_csv(inputs: Sequence[str]) -> str | None:
-    """The one CSV input, or None; a CSV among other inputs is a usage error."""
-    csvs = [i for i in inputs if i.lower().endswith(".csv")]
-    if not csvs:
-        return None
-    if len(inputs) != 1:
-        raise UsageError(f"{csvs[0]}: a CSV input (a list of images) must be the only input")
-    return csvs[0]
-
-
-def _report_failures(predictions: Any, counts: dict[str, int]) -> Iterator[Any]:
-    """Pass predictions through, printing each failure as one stderr line."""
-    for prediction in predictions:
-        if prediction.ok:
-            counts["ok"] += 1
-        else:
-            counts["failed"] += 1
-            _error(str(prediction.error))
-        yield prediction
-
-
-def _text_line(prediction: Any) -> str:
-    return prediction.source + "".join(f"\t{s.label} ({s.probability:.4f})" for s in prediction.top_k)
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         from .ray import predict_cli
@@ -106,7 +75,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .results import output_format, write_predictions, write_submission
 
     fmt = output_format(args.output) if args.output is not None else None  # before any work
-    csv_input = _kaggle_csv(args.inputs)
+    csv_input = kaggle_csv_input(args.inputs)
     filenames: list[str] | None = None
     if csv_input is not None:
         listed = read_image_list(csv_input)
@@ -118,7 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
-        stream = _report_failures(
+        stream = report_failures(
             classifier.iter_predict(
                 [payload for _, payload in images] if csv_input is None else images,
                 top_k=args.top_k,
@@ -137,7 +106,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(prediction.to_dict()), flush=False)
                 elif prediction.ok:
-                    print(_text_line(prediction))
+                    print(text_line(prediction))
             sys.stdout.flush()
     return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
@@ -359,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON Lines on stdout, one object per input")
     p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
     progress_flags(p)
-    p.add_argument("--backend", choices=("python", "rust"), default="python")
+    p.add_argument("--backend", choices=("python", "rust"), default="rust")
     if _has_module("butterfly_onnx.ray"):
         p.add_argument(
             "--ray",
@@ -374,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("data", help="a Kaggle folder/CSV (filename,label) or a class-per-folder tree")
-    p.add_argument("--backend", choices=("python", "rust"), default="python")
+    p.add_argument("--backend", choices=("python", "rust"), default="rust")
     p.add_argument("--threads", type=_positive("threads"), default=None)
     p.add_argument("--batch-size", type=_positive("batch-size"), default=None)
     p.add_argument("--json", action="store_true", help="one JSON object (top1, top5, count, per_class, ...)")

@@ -467,26 +467,19 @@ def write_submission(
 
 
 # -- the CLI (``butterfly-onnx predict --ray [ADDRESS]``) ------------------------------
-def _error(message: str) -> None:
-    text = " ".join(str(message).split("\n")).strip()
-    print(f"butterfly-onnx: error: {text}", file=sys.stderr, flush=True)
-
-
 def _predict_cli(args: Any) -> int:
     from .datasets import read_image_list
-    from .results import output_format
+    from .results import kaggle_csv_input, output_format
 
     inputs = [os.fspath(i) for i in args.inputs]
     output: str | None = None if getattr(args, "output", None) is None else os.fspath(args.output)
     parquet = output is not None and Path(output).suffix.lower() == ".parquet"
     fmt = output_format(output) if output is not None and not parquet else None  # before any work
     top_k = getattr(args, "top_k", None) or 5
-    csvs = [i for i in inputs if i.lower().endswith(".csv")]
+    csv_input = kaggle_csv_input(inputs)
     filenames: list[str] | None = None
-    if csvs:
-        if len(inputs) != 1:
-            raise InvalidArgumentError(f"{csvs[0]}: a CSV input (a list of images) must be the only input")
-        listed = read_image_list(csvs[0])
+    if csv_input is not None:
+        listed = read_image_list(csv_input)
         inputs, filenames = [str(item.path) for item in listed], [item.filename for item in listed]
 
     ray = _import_ray()
@@ -514,26 +507,20 @@ def _predict_cli(args: Any) -> int:
 def _cli_run(
     args: Any, inputs: list[str], filenames: list[str] | None, output: str | None, fmt: str | None, top_k: int
 ) -> int:
-    from .results import write_predictions
+    from .results import EXIT_OK, EXIT_PARTIAL, report_failures, text_line, write_predictions
     from .results import write_submission as write_kaggle
 
     parquet = fmt is None and output is not None
     options: dict[str, Any] = {}
-    if getattr(args, "batch_size", None):
-        options["batch_size"] = args.batch_size
-    if getattr(args, "threads", None):
-        options["threads"] = args.threads
-    ds = predict_dataset(inputs, args.model, backend=getattr(args, "backend", None) or "rust", top_k=top_k, **options)
+    for name in ("batch_size", "threads", "backend"):  # absent: predict_dataset's defaults
+        if getattr(args, name, None):
+            options[name] = getattr(args, name)
+    ds = predict_dataset(inputs, args.model, top_k=top_k, **options)
 
-    failed = 0
+    counts = {"ok": 0, "failed": 0}
 
     def report(predictions: Iterable[Any]) -> Iterator[Any]:
-        nonlocal failed
-        for prediction in predictions:
-            if not prediction.ok:
-                failed += 1
-                _error(str(prediction.error))
-            yield prediction
+        return report_failures(predictions, counts)
 
     if parquet and output is not None:
         ds = ds.materialize()
@@ -549,9 +536,9 @@ def _cli_run(
             if getattr(args, "json", False):
                 print(json.dumps(prediction.to_dict()))
             elif prediction.ok:
-                print(prediction.source + "".join(f"\t{s.label} ({s.probability:.4f})" for s in prediction.top_k))
+                print(text_line(prediction))
         sys.stdout.flush()
-    return 1 if failed else 0
+    return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
 
 def predict_cli(args: Any) -> int:
@@ -563,8 +550,10 @@ def predict_cli(args: Any) -> int:
     ``filename,label``), in input order, plus ``-o DIR.parquet`` (Ray's Parquet writer, a
     directory).  Returns the exit code: 0 all done, 1 some images failed (one stderr line
     each), 2 nothing done (one stderr line)."""
+    from .results import EXIT_FAILED, print_error
+
     try:
         return _predict_cli(args)
     except (ButterflyError, OSError) as exc:
-        _error(str(exc))
-        return 2
+        print_error(exc)
+        return EXIT_FAILED

@@ -21,13 +21,28 @@ import csv
 import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidArgumentError
 
-__all__ = ["FORMATS", "output_format", "write_predictions", "write_submission", "csv_header"]
+__all__ = [
+    "FORMATS",
+    "output_format",
+    "write_predictions",
+    "write_submission",
+    "csv_header",
+    "PROG",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_FAILED",
+    "print_error",
+    "text_line",
+    "kaggle_csv_input",
+    "report_failures",
+]
 
 #: File extension -> format written by :func:`write_predictions`.
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -113,3 +128,43 @@ def write_submission(predictions: Iterable[Any], filenames: Sequence[str], path:
     if count != len(filenames):
         raise InvalidArgumentError(f"{len(filenames)} filenames but {count} predictions")
     return failed
+
+
+# -- the command line's output (``butterfly-onnx predict``, plain and ``--ray``) -----------
+PROG = "butterfly-onnx"
+#: Exit status: all done / some inputs failed, the rest written / nothing done.
+EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
+
+
+def print_error(message: object) -> None:
+    """One line on stderr: ``butterfly-onnx: error: <message>`` (newlines folded)."""
+    text = " ".join(str(message).split("\n")).strip()
+    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+
+
+def text_line(prediction: Any) -> str:
+    """The text output's line of one good prediction: ``source\tlabel (p)`` per top-k class."""
+    return prediction.source + "".join(f"\t{s.label} ({s.probability:.4f})" for s in prediction.top_k)
+
+
+def kaggle_csv_input(inputs: Sequence[str]) -> str | None:
+    """The one CSV input (a Kaggle-style image list) among ``inputs``, or None; a CSV among
+    other inputs is an InvalidArgumentError."""
+    csvs = [i for i in inputs if i.lower().endswith(".csv")]
+    if not csvs:
+        return None
+    if len(inputs) != 1:
+        raise InvalidArgumentError(f"{csvs[0]}: a CSV input (a list of images) must be the only input")
+    return csvs[0]
+
+
+def report_failures(predictions: Iterable[Any], counts: dict[str, int]) -> Iterator[Any]:
+    """Pass predictions through, printing each failure as one :func:`print_error` line and
+    counting ``counts["ok"]`` / ``counts["failed"]``."""
+    for prediction in predictions:
+        if prediction.ok:
+            counts["ok"] = counts.get("ok", 0) + 1
+        else:
+            counts["failed"] = counts.get("failed", 0) + 1
+            print_error(prediction.error)
+        yield prediction
