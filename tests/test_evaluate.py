@@ -90,6 +90,26 @@ def test_unknown_label_is_an_error_and_the_cli(labelled, contract_model, tmp_pat
     assert json.loads(out)["failed"] == 1 and "broken.jpg" in err
 
 
+def test_val_checks_the_plot_path_first_and_never_prints_nan(contract_model, tmp_path, capsys):
+    """``--plot missing/x.png`` fails before any work (here: before the missing model is even
+    opened); with no image scored, the report's undefined metrics are null (valid JSON) and
+    ``val`` exits 2 with one line per failure and one saying nothing was scored."""
+    assert main(["val", str(tmp_path / "no.onnx"), str(tmp_path), "--plot", str(tmp_path / "missing" / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plot" in err and "missing" in err and "no.onnx" not in err
+    data = tmp_path / "data"
+    (data / LABELS[0]).mkdir(parents=True)
+    for name in ("a.jpg", "b.png"):
+        (data / LABELS[0] / name).write_text("not an image")
+    report = evaluate(contract_model.path, data)
+    assert report.count == 0 and len(report.failed) == 2
+    as_json = json.dumps(report.to_dict(), allow_nan=False)  # raises on NaN
+    assert json.loads(as_json)["top1"] is None and json.loads(as_json)["top5"] is None
+    assert main(["val", str(contract_model.path), str(data), "--json", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 3 and "no image could be scored" in err
+
+
 @pytest.mark.train
 def test_val_gives_the_accuracy_finetune_reported(tmp_path, corpus):
     """A tiny real fine-tune (frozen-backbone head, one epoch) on real photos, exported, then

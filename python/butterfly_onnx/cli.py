@@ -115,6 +115,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_val(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
+    if args.plot is not None:  # before scoring a single image
+        _writable_file(args.plot, "confusion-matrix plot")
     report = evaluate(
         args.model,
         args.data,
@@ -125,6 +127,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     )
     for failure in report.failed:
         _error(failure)
+    if report.count == 0:
+        raise UsageError(f"{report.data}: no image could be scored ({len(report.failed)} failed): nothing to report")
     if args.plot is not None:
         report.plot_confusion(args.plot)
     if args.json:
@@ -133,8 +137,6 @@ def _cmd_val(args: argparse.Namespace) -> int:
         print(report.summary())
         if args.plot is not None:
             print(f"confusion matrix: {args.plot}")
-    if report.count == 0:
-        return EXIT_FAILED
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 

@@ -16,6 +16,7 @@ or prediction (scikit-learn's convention, ``zero_division=0``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,14 +54,19 @@ class EvalReport:
         return float(np.mean(values)) if values else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON types (an undefined metric, with no image scored, is None)."""
+
+        def number(value: float) -> float | None:
+            return None if math.isnan(value) else value
+
         return {
             "model": self.model,
             "data": self.data,
             "count": self.count,
             "failed": len(self.failed),
-            "top1": self.top1,
-            "top5": self.top5,
-            "macro_f1": self.macro_f1,
+            "top1": number(self.top1),
+            "top5": number(self.top5),
+            "macro_f1": number(self.macro_f1),
             "per_class": self.per_class,
             "confusion_matrix": {"labels": self.labels, "matrix": self.confusion_matrix},
         }
