@@ -325,6 +325,9 @@ impl IterState {
     }
 }
 
+/// One chunk's `(logits, {index: ImageError})`.
+type LogitsAndErrors<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyDict>);
+
 /// The iterator `Classifier.iter_logits` returns.
 #[pyclass(module = "butterfly_onnx._native")]
 struct LogitsIter {
@@ -339,7 +342,7 @@ impl LogitsIter {
         slf
     }
 
-    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyArray2<f32>>, Bound<'py, PyDict>)>> {
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<LogitsAndErrors<'py>>> {
         // Never wait for the lock while holding the GIL: the holder may be waiting for it.
         let Ok(mut state) = self.state.try_lock() else {
             return Err(PyValueError::new_err("this iter_logits iterator is already in use by another thread"));
