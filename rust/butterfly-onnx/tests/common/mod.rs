@@ -87,7 +87,8 @@ pub fn corpus() -> &'static Corpus {
             Some(d) => PathBuf::from(d),
             None => {
                 // One directory per script version, so an edited script regenerates.
-                let hash = SCRIPT.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+                let hash =
+                    SCRIPT.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
                 Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pillow-refs-{hash:016x}"))
             }
         };
@@ -102,8 +103,8 @@ pub fn corpus() -> &'static Corpus {
             }
             remove_stale_corpora(&dir);
         }
-        let text = std::fs::read_to_string(&manifest_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
+        let text =
+            std::fs::read_to_string(&manifest_path).unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
         Corpus { dir, manifest: serde_json::from_str(&text).expect("manifest.json") }
     })
 }
