@@ -570,7 +570,12 @@ def _is_static(dim: Any) -> bool:
     return isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0
 
 
-def _port(entry: Any) -> tuple[str, list[Any] | None, str | None]:
+#: One graph input or output as ``resolve_contract`` takes it: ``(name, shape)`` or
+#: ``(name, shape, element_type)``; see :func:`resolve_contract`.
+Port = tuple[str, Sequence[Any] | None] | tuple[str, Sequence[Any] | None, str | None]
+
+
+def _port(entry: Port) -> tuple[str, list[Any] | None, str | None]:
     name, shape = entry[0], entry[1]
     elem_type = entry[2] if len(entry) > 2 else None
     return name, list(shape) if shape is not None else None, elem_type
@@ -581,8 +586,8 @@ def resolve_contract(
     *,
     labels: Sequence[str] | None,
     preprocess: PreprocessSpec | None,
-    inputs: Sequence[tuple[str, Sequence[Any]]],
-    outputs: Sequence[tuple[str, Sequence[Any]]],
+    inputs: Sequence[Port],
+    outputs: Sequence[Port],
     source: str,
 ) -> ModelContract:
     """The effective contract of a model: the one rule both backends follow (the Rust one is
