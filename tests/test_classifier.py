@@ -322,6 +322,24 @@ def test_unknown_backend(contract_model):
         Classifier(contract_model.path, backend="cobol")
 
 
+def test_wrong_arguments_raise_the_packages_own_classes(contract_model, image_files):
+    """Every error raised on purpose is a ButterflyError (review: no plain ValueError /
+    TypeError); a wrong type is also a TypeError, an out-of-range value also a ValueError."""
+    from butterfly_onnx._backends.python import Backend
+    from butterfly_onnx.errors import InvalidArgumentTypeError
+
+    with pytest.raises(InvalidArgumentError, match="threads"):
+        Backend(contract_model.path, threads=0, labels=None, preprocess=None, max_image_pixels=None)
+    for call, needle in (
+        (lambda: Classifier(123), "model must be"),
+        (lambda: Classifier(contract_model.path, labels="abc"), "labels"),
+        (lambda: Classifier(contract_model.path).predict(3.5), "image #0"),
+    ):
+        with pytest.raises(InvalidArgumentTypeError, match=needle) as caught:
+            call()
+        assert isinstance(caught.value, TypeError) and isinstance(caught.value, ButterflyError)
+
+
 def test_properties_and_repr(backend, classifiers, contract_model):
     clf = classifiers(backend)
     assert clf.backend == backend and clf.contract == contract_model.contract and clf.labels == LABELS

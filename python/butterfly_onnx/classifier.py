@@ -27,7 +27,14 @@ import numpy as np
 
 from ._backends import load_backend
 from .contract import ModelContract, PreprocessSpec
-from .errors import ContractError, ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
+from .errors import (
+    ContractError,
+    ImageError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidModelError,
+    ModelNotFoundError,
+)
 from .images import expand_images, pixel_limit_default
 
 __all__ = [
@@ -189,7 +196,7 @@ class Classifier:
         on_error: str = "raise",
     ) -> None:
         if isinstance(labels, str):
-            raise TypeError("labels must be a sequence of strings, not one string")
+            raise InvalidArgumentTypeError("labels must be a sequence of strings, not one string")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
         self._on_error = self._check_on_error(on_error)
@@ -211,7 +218,9 @@ class Classifier:
             if not path.exists():
                 raise ModelNotFoundError(f"{path}: no such model file")
         else:
-            raise TypeError(f"model must be a path or the model file's bytes, got {type(model).__name__}")
+            raise InvalidArgumentTypeError(
+                f"model must be a path or the model file's bytes, got {type(model).__name__}"
+            )
         try:
             spec = None if preprocess is None else PreprocessSpec.coerce(preprocess)
         except ContractError as exc:

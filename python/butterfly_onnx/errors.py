@@ -28,6 +28,7 @@ __all__ = [
     "TrainingError",
     "ArchitectureError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
 ]
 
 
@@ -37,6 +38,11 @@ class ButterflyError(Exception):
 
 class InvalidArgumentError(ButterflyError, ValueError):
     """An argument is out of range (threads, top_k, on_error, max_image_pixels, batch shape)."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type (a model that is neither a path nor bytes, an image of
+    an unsupported kind); also a ``TypeError``."""
 
 
 # --- images -------------------------------------------------------------------------

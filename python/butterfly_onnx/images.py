@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError
+from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError, InvalidArgumentTypeError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "pixel_limit_default"]
 
@@ -95,7 +95,7 @@ def _expand_one(image: Any, position: int) -> list[ImageItem]:
     if isinstance(image, np.ndarray):
         source = f"<array #{position} {'x'.join(map(str, image.shape))}>"
         return [(source, _check_array(image, source))]
-    raise TypeError(
+    raise InvalidArgumentTypeError(
         f"image #{position}: expected a path, bytes, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}"
     )
 

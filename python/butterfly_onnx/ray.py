@@ -35,7 +35,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendUnavailableError, ButterflyError, InvalidArgumentError, ModelNotFoundError
+from .errors import (
+    BackendUnavailableError,
+    ButterflyError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ModelNotFoundError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
@@ -222,13 +228,13 @@ def _source_dataset(ray: Any, source: Any) -> tuple[Any, bool]:
         if not sources:
             raise InvalidArgumentError("predict_dataset: the source list is empty")
     else:
-        raise TypeError(
+        raise InvalidArgumentTypeError(
             "predict_dataset: source must be a path, a directory, a glob pattern, a list of "
             f"them, or a ray.data.Dataset with 'bytes' and 'path' columns, got {type(source).__name__}"
         )
     for s in sources:
         if not isinstance(s, (str, os.PathLike)):
-            raise TypeError(f"predict_dataset: source entries must be paths, got {type(s).__name__}")
+            raise InvalidArgumentTypeError(f"predict_dataset: source entries must be paths, got {type(s).__name__}")
     remote = ["://" in os.fspath(s) for s in sources]
     if any(remote):
         if not all(remote):

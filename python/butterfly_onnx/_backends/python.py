@@ -26,7 +26,8 @@ from . import pipelined_logits
 __all__ = ["Backend"]
 
 
-def _static(dim: object) -> object:
+def _static(dim: object) -> int | None:
+    """A fixed dimension of an ONNX Runtime shape, None for a symbolic one."""
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
@@ -54,7 +55,7 @@ class Backend:
                 raise InvalidModelError(f"{source}: not a file")
         self.threads = threads if threads is not None else (os.cpu_count() or 1)
         if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
         self.model_path = model_path
         self._source = source
         self.max_image_pixels = max_image_pixels
