@@ -41,6 +41,33 @@ def test_one_extension_list_for_training_and_inference():
     assert set(IMAGE_EXTENSIONS) == {"." + e for e in listed}
 
 
+def test_extension_list_skips_comments_and_blank_lines_as_rust_does():
+    """The same rule as the Rust CLI's reader (bin/butterfly-onnx.rs image_extensions: trim,
+    skip empty lines and lines starting with '#')."""
+    from butterfly_onnx.images import parse_extensions
+
+    assert parse_extensions("# image files\n\njpg\n  PNG \n#webp\n   \n# tif\n") == {".jpg", ".png"}
+    text = (Path(__file__).parents[1] / "python/butterfly_onnx/data/image_extensions.txt").read_text()
+    assert parse_extensions(text) == set(IMAGE_EXTENSIONS)
+
+
+def test_files_without_an_image_extension_are_reported_not_silently_dropped(tmp_path):
+    """ppm/pgm (torchvision's folder list has them) are not in the one list: the Rust decoder
+    does not read them, so both backends could not be exact.  The folder reader lists such
+    files in the dataset and its health report instead of ignoring them."""
+    root = _folders(tmp_path / "data")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a" / "3.ppm")
+    (root / "b" / "notes.txt").write_text("not an image")
+    (root / "b" / ".hidden").write_text("hidden files are neither read nor listed")
+    dataset = load_dataset(root, check=False)
+    assert len(dataset) == 4
+    assert dataset.skipped == [str(root / "a" / "3.ppm"), str(root / "b" / "notes.txt")]
+    checked = load_dataset(root)
+    assert checked.health is not None and checked.health.skipped == dataset.skipped
+    assert checked.health.to_dict()["skipped"] == dataset.skipped
+    assert "skipped: 2" in str(checked.health) and "3.ppm" in str(checked.health)
+
+
 def test_folder_symlinks_out_of_the_root_are_left_out(tmp_path):
     root = _folders(tmp_path / "data")
     outside = tmp_path / "outside"

@@ -76,6 +76,9 @@ class Dataset:
     source: str
     root: Path | None = None
     health: HealthReport | None = None
+    #: Files in a class-per-folder tree left out because their extension is not an image
+    #: extension (``data/image_extensions.txt``); hidden files are not listed.
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -100,6 +103,7 @@ class HealthReport:
     formats: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, Any] = field(default_factory=dict)  # width/height min, median, max; distinct
     dropped_classes: list[str] = field(default_factory=list)  # classes left with no readable image
+    skipped: list[str] = field(default_factory=list)  # files with no image extension: not read
 
     @property
     def imbalance(self) -> float:
@@ -126,6 +130,7 @@ class HealthReport:
             "formats": dict(self.formats),
             "sizes": dict(self.sizes),
             "dropped_classes": list(self.dropped_classes),
+            "skipped": list(self.skipped),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -163,6 +168,13 @@ class HealthReport:
             lines.append(f"  identical files with DIFFERENT labels: {len(self.conflicting_duplicates)}")
         if self.dropped_classes:
             lines.append(f"  classes dropped (no readable image): {self.dropped_classes}")
+        if self.skipped:
+            lines.append(
+                f"  not image files (extension not in {', '.join(IMAGE_EXTENSIONS)}), skipped: {len(self.skipped)}"
+            )
+            lines += [f"    {p}" for p in self.skipped[:10]]
+            if len(self.skipped) > 10:
+                lines.append(f"    ... and {len(self.skipped) - 10} more")
         return "\n".join(lines)
 
 
@@ -217,7 +229,9 @@ def health_report(dataset: Dataset, *, workers: int | None = None) -> tuple[Heal
     # Re-index after dropping classes that lost every image.
     new_classes = [name for i, name in enumerate(dataset.classes) if i in present]
     remap = {dataset.classes.index(name): j for j, name in enumerate(new_classes)}
-    cleaned = Dataset([(p, remap[lab]) for p, lab in kept], new_classes, dataset.source, dataset.root)
+    cleaned = Dataset(
+        [(p, remap[lab]) for p, lab in kept], new_classes, dataset.source, dataset.root, skipped=list(dataset.skipped)
+    )
     sizes: dict[str, Any] = {}
     if widths:
         sizes = {
@@ -240,6 +254,7 @@ def health_report(dataset: Dataset, *, workers: int | None = None) -> tuple[Heal
         formats=dict(formats),
         sizes=sizes,
         dropped_classes=dropped,
+        skipped=list(dataset.skipped),
     )
     cleaned.health = report
     _check_classes(cleaned, after="after excluding unreadable images")
@@ -293,6 +308,7 @@ def _folder_dataset(root: Path) -> Dataset:
         raise DatasetError(f"{root}: cannot list the folder: {exc.strerror or exc}") from None
     classes = [d.name for d in entries if not d.name.startswith(".") and d.is_dir() and _inside(d, real_root)]
     pairs: list[tuple[Path, str]] = []
+    skipped: list[str] = []
     seen_dirs: set[Path] = set()
     for name in classes:
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
@@ -310,19 +326,20 @@ def _folder_dataset(root: Path) -> Dataset:
             )
             for filename in sorted(filenames):
                 path = Path(dirpath) / filename
-                if (
-                    not filename.startswith(".")
-                    and filename.lower().endswith(IMAGE_EXTENSIONS)
-                    and _inside(path, real_root)
-                    and path.is_file()
-                ):
+                if filename.startswith(".") or not _inside(path, real_root) or not path.is_file():
+                    continue
+                if filename.lower().endswith(IMAGE_EXTENSIONS):
                     pairs.append((path, name))
+                else:
+                    skipped.append(str(path))
     if not pairs:
         raise DatasetError(
             f"{root}: the dataset is empty: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders "
             f"(expected {root}/<class>/<image>, or a Kaggle folder with {KAGGLE_TRAIN_CSV})"
         )
-    return _from_pairs(pairs, str(root), root)
+    dataset = _from_pairs(pairs, str(root), root)
+    dataset.skipped = skipped
+    return dataset
 
 
 def _safe_relative(value: str, csv_path: Path, line: int) -> Path:

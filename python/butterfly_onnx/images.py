@@ -23,12 +23,18 @@ from PIL import Image
 
 from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError, InvalidArgumentTypeError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "pixel_limit_default"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "parse_extensions", "pixel_limit_default"]
+
+
+def parse_extensions(text: str) -> frozenset[str]:
+    """The extensions (with the dot, lowercase) listed in ``text``: one per line, blank lines
+    and ``#`` comment lines skipped -- the rule the Rust CLI's reader applies to the same file."""
+    lines = (line.strip() for line in text.splitlines())
+    return frozenset("." + line.lower() for line in lines if line and not line.startswith("#"))
 
 
 def _read_extensions() -> frozenset[str]:
-    text = (Path(__file__).parent / "data" / "image_extensions.txt").read_text(encoding="utf-8")
-    return frozenset("." + line.strip().lower() for line in text.splitlines() if line.strip())
+    return parse_extensions((Path(__file__).parent / "data" / "image_extensions.txt").read_text(encoding="utf-8"))
 
 
 #: File extensions a directory is searched for (case-insensitive), with the dot.  The one list
