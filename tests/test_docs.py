@@ -4,9 +4,18 @@ by the real argument parser, and the ones that need no training (predict, val, i
 ``butterflies.onnx`` / ``model.onnx``, real photos in ``images/`` and ``photos/``, a Kaggle
 layout in ``butterfly-dataset/``), and must exit 0.
 
-docs/rust.md documents the Rust CLI (``--ort-lib`` and friends) and is left to the Rust tests.
-Synopsis lines (with ``[``, ``...``, ``|`` or an upper-case placeholder such as ``MODEL``) are
-not commands and are skipped.
+The Rust CLI's commands -- ``cargo run --release -p butterfly-onnx -- ARGS``,
+``target/release/butterfly-onnx ARGS`` anywhere, and every ``butterfly-onnx ...`` in
+docs/rust.md (which documents the Rust CLI) -- run with the built binary in the same sandbox
+(``$BUTTERFLY_ONNX_RUST_CLI``, else ``target/release/butterfly-onnx``, else built once with
+``cargo build --release -p butterfly-onnx``; skipped when none can be had), ONNX Runtime given
+by ``BUTTERFLY_ONNX_ORT_LIB``.  ``cargo run`` is run as the binary it builds (the sandbox is
+not the workspace).
+
+``finetune`` and ``export`` commands are parsed only: run as written they train for 10 epochs
+from downloaded ImageNet weights (fine-tuning and exporting on tiny data is tested in
+tests/test_train_loop.py, tests/test_workflow.py and tests/test_cli.py's export test).  Synopsis lines (with ``[``, ``...``, ``|`` or an upper-case placeholder such as
+``MODEL``) are not commands and are skipped.
 """
 
 from __future__ import annotations
@@ -43,8 +52,8 @@ LABELS = [
 ]
 
 
-def _commands_in(text: str) -> list[str]:
-    """Shell lines of the fenced blocks, and inline code spans, that start with butterfly-onnx."""
+def _snippets_in(text: str) -> list[str]:
+    """Shell lines of the fenced blocks, and inline code spans."""
     found: list[str] = []
     in_block, lang, pending = False, "", ""
     for line in text.splitlines():
@@ -64,13 +73,42 @@ def _commands_in(text: str) -> list[str]:
     # inline spans (joined across line breaks inside a paragraph)
     for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " ")):
         found.append(span.strip())
+    return [command[2:] if command.startswith("$ ") else command for command in found]
+
+
+def _commands_in(text: str) -> list[str]:
+    """The python CLI's commands: snippets that start with butterfly-onnx."""
     commands = []
-    for command in found:
-        command = command[2:] if command.startswith("$ ") else command
+    for command in _snippets_in(text):
         first = command.split(" ", 1)[0]
         if first == "butterfly-onnx" or (first.endswith("/butterfly-onnx") and not first.startswith("target/")):
             commands.append(command)
     return commands
+
+
+CARGO_RUN = ["cargo", "run", "--release", "-p", "butterfly-onnx", "--"]
+
+
+def rust_commands() -> list[tuple[str, list[str]]]:
+    """(id, the Rust CLI's arguments) of every Rust CLI command in README.md and docs/."""
+    out = []
+    for doc in DOCS:
+        for command in _snippets_in(doc.read_text(encoding="utf-8")):
+            try:
+                words = shlex.split(command, comments=True)
+            except ValueError:
+                continue
+            if words[: len(CARGO_RUN)] == CARGO_RUN:
+                args = words[len(CARGO_RUN) :]
+            elif words[:1] == ["target/release/butterfly-onnx"] or (
+                doc.name in SKIP_DOCS and words[:1] == ["butterfly-onnx"]
+            ):
+                args = words[1:]
+            else:
+                continue
+            if args and not _is_synopsis(args):
+                out.append((f"{doc.relative_to(ROOT)}: {command}", args))
+    return out
 
 
 def _is_synopsis(words: list[str]) -> bool:
@@ -92,9 +130,20 @@ def documented_commands() -> list[tuple[str, list[str]]]:
 COMMANDS = documented_commands()
 
 
+RUST_COMMANDS = rust_commands()
+
+
 def test_the_docs_have_commands():
     names = {words[0] for _, words in COMMANDS}
     assert {"predict", "val", "info", "models", "finetune", "export"} <= names, names
+    sources = {source.split(":")[0] for source, _ in RUST_COMMANDS}
+    assert {"README.md", "docs/tutorial.md", "docs/rust.md"} <= sources, sources
+
+
+def test_the_readme_links_every_doc():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for doc in [*sorted((ROOT / "docs").glob("*.md")), ROOT / "CHANGELOG.md"]:
+        assert f"]({doc.relative_to(ROOT)})" in readme, f"README.md does not link {doc.relative_to(ROOT)}"
 
 
 @pytest.mark.parametrize("words", [w for _, w in COMMANDS], ids=[i for i, _ in COMMANDS])
@@ -158,3 +207,32 @@ def test_documented_command_runs(words, sandbox, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "error" not in err
+
+
+@pytest.fixture(scope="session")
+def rust_cli() -> Path:
+    import os
+    import subprocess
+
+    configured = os.environ.get("BUTTERFLY_ONNX_RUST_CLI")
+    binary = Path(configured) if configured else ROOT / "target" / "release" / "butterfly-onnx"
+    if not binary.is_file() and not configured and shutil.which("cargo"):
+        subprocess.run(
+            ["cargo", "build", "--release", "-p", "butterfly-onnx"], cwd=ROOT, check=False, capture_output=True
+        )
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.skip(f"the Rust CLI is not built ({binary}) and cargo could not build it")
+    return binary
+
+
+@pytest.mark.parametrize("args", [a for _, a in RUST_COMMANDS], ids=[i for i, _ in RUST_COMMANDS])
+def test_documented_rust_command_runs(args, rust_cli, sandbox):
+    import os
+    import subprocess
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+
+    env = {**os.environ, "BUTTERFLY_ONNX_ORT_LIB": str(find_onnxruntime_library())}
+    result = subprocess.run([str(rust_cli), *args], cwd=sandbox, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr and result.stdout.strip(), result.stderr
