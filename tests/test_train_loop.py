@@ -6,6 +6,7 @@ and configuration errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -46,8 +47,19 @@ def _colour_dataset(root: Path, per_class: int = 12) -> Path:
 
 
 def _tiny_run(data, out_dir, **overrides) -> FinetuneResult:
-    kwargs = dict(model="mobilenet_v3_small", weights=None, epochs=2, head_epochs=1, batch_size=8, lr=1e-2,
-                  preprocess=SMALL, out_dir=out_dir, progress=False, patience=None, seed=0)
+    kwargs = dict(
+        model="mobilenet_v3_small",
+        weights=None,
+        epochs=2,
+        head_epochs=1,
+        batch_size=8,
+        lr=1e-2,
+        preprocess=SMALL,
+        out_dir=out_dir,
+        progress=False,
+        patience=None,
+        seed=0,
+    )
     kwargs.update(overrides)
     return finetune(data, **kwargs)
 
@@ -59,8 +71,20 @@ def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
     classes = ["flowers", "fruit", "mammals", "vegetables"]
     root = tuxpaint_photo_dataset(tmp_path / "photos", categories=classes, size=128, per_class=18)
     spec = PreprocessSpec(resize_size=128, crop_size=112, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    result = finetune(root, model="efficientnet_lite0", weights="DEFAULT", epochs=2, head_epochs=2, batch_size=16,
-                      lr=3e-3, val_fraction=0.25, preprocess=spec, out_dir=tmp_path / "run", progress=True, seed=0)
+    result = finetune(
+        root,
+        model="efficientnet_lite0",
+        weights="DEFAULT",
+        epochs=2,
+        head_epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        val_fraction=0.25,
+        preprocess=spec,
+        out_dir=tmp_path / "run",
+        progress=True,
+        seed=0,
+    )
     assert result.labels == classes
     assert len(result.val_samples) == 4 * round(18 * 0.25)
     assert not {p for p, _ in result.val_samples} & {p for p, _ in result.train_samples}
@@ -78,9 +102,15 @@ def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
     assert raw["config"]["metrics"]["val_acc1"] == pytest.approx(acc)
     model, config = load_checkpoint(result.checkpoint)
     assert PreprocessSpec.from_dict(config["preprocess"]) == spec == result.preprocess
-    preset = v2.Compose([v2.Resize(128, interpolation=v2.InterpolationMode.BILINEAR),
-                         v2.CenterCrop(112), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                         v2.Normalize([0.5] * 3, [0.5] * 3)])
+    preset = v2.Compose(
+        [
+            v2.Resize(128, interpolation=v2.InterpolationMode.BILINEAR),
+            v2.CenterCrop(112),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
     batch = torch.stack([preset(load_rgb(p)) for p, _ in result.val_samples])
     with torch.no_grad():
         predicted = model(batch).argmax(1)
@@ -117,9 +147,21 @@ def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
 
     # A run whose epochs are worse than the probe (lr=0: the head stays random) keeps the
     # probe's head on the pretrained backbone; the feature cache of the first run is reused.
-    fallback = finetune(root, model="efficientnet_lite0", weights="DEFAULT", epochs=1, head_epochs=1,
-                        batch_size=16, lr=0.0, val_fraction=0.25, preprocess=spec, out_dir=tmp_path / "run",
-                        resume=False, progress=False, seed=0)
+    fallback = finetune(
+        root,
+        model="efficientnet_lite0",
+        weights="DEFAULT",
+        epochs=1,
+        head_epochs=1,
+        batch_size=16,
+        lr=0.0,
+        val_fraction=0.25,
+        preprocess=spec,
+        out_dir=tmp_path / "run",
+        resume=False,
+        progress=False,
+        seed=0,
+    )
     assert fallback.metrics["features"]["loaded"] is True
     assert fallback.metrics["history"][0]["val_acc1"] < probe_acc
     assert fallback.metrics["selected"] == "probe" and fallback.metrics["best_epoch"] == 0
@@ -173,8 +215,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, capsys
     with pytest.raises(TrainingError, match="cannot resume"):
         _tiny_run(data, tmp_path / "run", model="resnet18", epochs=2, resume=True)
     with pytest.raises(TrainingError, match="cannot resume: it was trained with preprocessing"):
-        _tiny_run(data, tmp_path / "run", epochs=2, preprocess=PreprocessSpec(resize_size=80, crop_size=64),
-                  resume=True)
+        _tiny_run(
+            data, tmp_path / "run", epochs=2, preprocess=PreprocessSpec(resize_size=80, crop_size=64), resume=True
+        )
     with pytest.raises(TrainingError, match=r"cannot resume with changed settings \(label_smoothing 0.1 -> 0.2"):
         _tiny_run(data, tmp_path / "run", epochs=2, label_smoothing=0.2, resume=True)
 
@@ -206,7 +249,11 @@ def test_resume_inside_the_cached_head_phase_is_bit_identical(tmp_path):
     assert resumed.metrics["features"]["loaded"] is True and cache.stat().st_mtime_ns == stamp
     straight = _tiny_run(data, tmp_path / "straight", **run)
     rows = straight.metrics["history"]
-    assert [h["phase"] for h in rows] == ["head", "head", "finetune"] and [h["cached"] for h in rows] == [True, True, False]
+    assert [h["phase"] for h in rows] == ["head", "head", "finetune"] and [h["cached"] for h in rows] == [
+        True,
+        True,
+        False,
+    ]
     # 15 training images, batches of 8: 2 steps per pass; head_steps=20 over 2 head epochs:
     # 5 passes (10 steps) per epoch
     assert [h["steps"] for h in rows[:2]] == [10, 10] and rows[0]["train_images"] == 5 * 15
@@ -253,13 +300,18 @@ def test_one_epoch_clamps_the_head_epochs_with_a_note(tmp_path, capsys):
 def test_settings_object_validated_frozen_and_saved(tmp_path):
     settings = FinetuneSettings(epochs=3, lr=0.01, preprocess=SMALL.to_dict())
     assert settings.preprocess == SMALL and settings.backbone_lr == pytest.approx(0.001)
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         settings.lr = 0.1
     assert FinetuneSettings(**{k: v for k, v in settings.to_dict().items()}) == settings
-    for bad, match in [({"epochs": 0}, "epochs must be >= 1"), ({"lr": -1}, "lr must be >= 0"),
-                       ({"batch_size": 2.5}, "batch_size must be an integer"), ({"warmup": 2}, "warmup must be <= 1"),
-                       ({"class_balance": "sampler"}, "class_balance must be one of"),
-                       ({"val_fraction": 0}, "val_fraction must be > 0"), ({"lr": float("nan")}, "finite")]:
+    for bad, match in [
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"lr": -1}, "lr must be >= 0"),
+        ({"batch_size": 2.5}, "batch_size must be an integer"),
+        ({"warmup": 2}, "warmup must be <= 1"),
+        ({"class_balance": "sampler"}, "class_balance must be one of"),
+        ({"val_fraction": 0}, "val_fraction must be > 0"),
+        ({"lr": float("nan")}, "finite"),
+    ]:
         with pytest.raises(TrainingError, match=match):
             FinetuneSettings(**bad)
     applied, refused = settings.resume_changes(settings.replace(epochs=5, seed=3).to_dict())
@@ -310,12 +362,24 @@ def _torchrun(tmp_path, data, out, timeout=240):
     script = tmp_path / "ddp_finetune.py"
     script.write_text(DDP_SCRIPT)
     package_root = str(Path(butterfly_onnx.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(data), str(out)]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(data),
+        str(out),
+    ]
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -341,7 +405,11 @@ def test_ddp_two_cpu_processes(tmp_path):
     head_row, full_row = saved["history"]
     assert head_row["cached"] and head_row["steps"] == 300 and head_row["train_images"] == 60 * 18
     assert full_row["train_images"] == 2 * 2 * 4 and not full_row["cached"]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "features.pt", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == [
+        "best.pt",
+        "features.pt",
+        "last.pt",
+    ]
     load_checkpoint(tmp_path / "run" / "best.pt")
 
 

@@ -30,8 +30,20 @@ def exported(tmp_path_factory):
         tmp / "kaggle", categories=["birds", "flowers", "fruit", "mammals"], size=144, per_class=16, layout="kaggle"
     )
     spec = PreprocessSpec(resize_size=146, crop_size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
-    result = finetune(data, model="efficientnet_lite0", weights="DEFAULT", epochs=2, head_epochs=2, batch_size=16,
-                      lr=3e-3, val_fraction=0.25, preprocess=spec, out_dir=tmp / "run", progress=False, seed=1)
+    result = finetune(
+        data,
+        model="efficientnet_lite0",
+        weights="DEFAULT",
+        epochs=2,
+        head_epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        val_fraction=0.25,
+        preprocess=spec,
+        out_dir=tmp / "run",
+        progress=False,
+        seed=1,
+    )
     path, report = export_onnx(result, tmp / "photos.onnx", return_report=True)
     return result, path, report
 

@@ -89,8 +89,12 @@ def run_demo(
     paths = [Path(p) for p, _ in result.val_samples]
     truth = np.array([label for _, label in result.val_samples])
     torch_logits, torch_seconds = _torch_reference(result.checkpoint, paths, threads)
-    rows = {"torch": {"accuracy": float((torch_logits.argmax(1) == truth).mean()),
-                      "ms_per_image": 1000 * torch_seconds / len(paths)}}
+    rows = {
+        "torch": {
+            "accuracy": float((torch_logits.argmax(1) == truth).mean()),
+            "ms_per_image": 1000 * torch_seconds / len(paths),
+        }
+    }
     for backend in ("python", "rust"):
         classifier = Classifier(onnx_path, backend=backend, threads=threads)
         classifier.logits(paths[:2])  # warm-up: first-run allocations
@@ -116,14 +120,19 @@ def run_demo(
             f"{'' if diff is None else f'{diff:.2e}':>13} {row['ms_per_image']:>9.2f}"
         )
     summary = {
-        "data": str(data), "model": model, "epochs_run": result.epochs_run,
-        "val_acc1": metrics["val_acc1"], "probe_acc1": probe, "selected": metrics.get("selected"),
-        "best_epoch": metrics.get("best_epoch"), "onnx": str(onnx_path),
+        "data": str(data),
+        "model": model,
+        "epochs_run": result.epochs_run,
+        "val_acc1": metrics["val_acc1"],
+        "probe_acc1": probe,
+        "selected": metrics.get("selected"),
+        "best_epoch": metrics.get("best_epoch"),
+        "onnx": str(onnx_path),
         "verification": report.verification.summary() if report.verification else None,
-        "validation_images": len(paths), "backends": rows,
+        "validation_images": len(paths),
+        "backends": rows,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     example = paths[0]
     print(f"\nTry it: butterfly-onnx predict {onnx_path} {example} --backend rust")
     return summary
-

@@ -48,8 +48,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"checkpoint config for {path} is not JSON-serialisable: {exc}") from None
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "model_state": state,
-               "config": config, **extra}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model_state": state,
+        "config": config,
+        **extra,
+    }
     atomic_save(payload, path)
     return path
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,17 @@ def cacheable_head(model: nn.Module) -> nn.Linear | None:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, samples: Sequence[tuple[Path, int]], transform: Any, *, batch_size: int,
-                     device: torch.device, amp: bool, workers: int, progress_bar: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module,
+    samples: Sequence[tuple[Path, int]],
+    transform: Any,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    workers: int,
+    progress_bar: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's input for every sample, float32 on the CPU, in sample order, with the model
     in eval mode (the caller restores the mode it needs)."""
     head = cacheable_head(model)
@@ -47,8 +57,9 @@ def extract_features(model: nn.Module, samples: Sequence[tuple[Path, int]], tran
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].detach().float().cpu()))
     model.eval()
-    loader = torch.utils.data.DataLoader(ImageSamples(samples, transform), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        ImageSamples(samples, transform), batch_size=batch_size, shuffle=False, num_workers=workers
+    )
     targets = []
     try:
         for images, target in loader:
@@ -105,8 +116,9 @@ class FeatureCache:
         atomic_save({"format": CACHE_FORMAT, "key": key, "tensors": tensors}, self.path)
 
 
-def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-              num_classes: int) -> dict[str, Any]:
+def fit_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, num_classes: int
+) -> dict[str, Any]:
     """The linear probe: scikit-learn's ``LogisticRegression`` with its default settings
     (L2, C=1, lbfgs; ``max_iter`` raised to 2000 so it converges) on the frozen features of the
     training images (eval view), scored on the validation images' features."""
@@ -132,9 +144,12 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
     logits = val_x.double().numpy() @ weight.T + bias
     targets = val_y.numpy()
     return {
-        "acc1": topk_accuracy(logits, targets, 1), "acc5": topk_accuracy(logits, targets, 5),
-        "seconds": time.perf_counter() - started, "num_train": int(len(y)),
-        "weight": torch.from_numpy(weight).float(), "bias": torch.from_numpy(bias).float(),
+        "acc1": topk_accuracy(logits, targets, 1),
+        "acc5": topk_accuracy(logits, targets, 5),
+        "seconds": time.perf_counter() - started,
+        "num_train": int(len(y)),
+        "weight": torch.from_numpy(weight).float(),
+        "bias": torch.from_numpy(bias).float(),
     }
 
 

@@ -12,11 +12,12 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,24 +72,28 @@ def eval_transforms(spec: PreprocessSpec) -> Any:
     """The weights' eval pipeline (torchvision's ImageClassification preset, on PIL images)."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.Resize(spec.resize_size, interpolation=_interpolation(spec), max_size=spec.max_size),
-        T.CenterCrop(spec.crop_size),
-        T.ToTensor(),
-        T.Normalize(spec.mean, spec.std),
-    ])
+    return T.Compose(
+        [
+            T.Resize(spec.resize_size, interpolation=_interpolation(spec), max_size=spec.max_size),
+            T.CenterCrop(spec.crop_size),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
 def train_transforms(spec: PreprocessSpec) -> Any:
     """Training-only augmentation: RandomResizedCrop to the crop size and a horizontal flip."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomResizedCrop(spec.crop_size, interpolation=_interpolation(spec)),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(spec.mean, spec.std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(spec.crop_size, interpolation=_interpolation(spec)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
 # --- device and distribution --------------------------------------------------------------
@@ -146,7 +151,6 @@ def _init_distributed(device: torch.device, timeout_s: float) -> _Dist:
         return _Dist()
     import torch.distributed as dist
 
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     started = False
     if not dist.is_initialized():
@@ -206,8 +210,9 @@ def _set_lrs(optimizer: torch.optim.Optimizer, head_lr: float, backbone_lr: floa
 
 
 # --- one epoch ----------------------------------------------------------------------------
-def _run_train_epoch(model, loader, criterion, optimizer, set_lr, scaler, device, amp, max_steps, bar,
-                     freeze_norm_stats=False) -> dict:
+def _run_train_epoch(
+    model, loader, criterion, optimizer, set_lr, scaler, device, amp, max_steps, bar, freeze_norm_stats=False
+) -> dict:
     model.train()
     _frozen_norms_to_eval(model.module if hasattr(model, "module") else model, freeze_norm_stats)
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
@@ -235,8 +240,9 @@ def _run_train_epoch(model, loader, criterion, optimizer, set_lr, scaler, device
     return {"loss_sum": total_loss, "correct": correct, "seen": seen, "steps": steps}
 
 
-def _run_cached_head_epoch(head, features, targets, criterion, optimizer, set_lr, batch_size, passes,
-                           generator) -> dict:
+def _run_cached_head_epoch(
+    head, features, targets, criterion, optimizer, set_lr, batch_size, passes, generator
+) -> dict:
     """``passes`` passes over the cached features in seeded random order, one optimizer step
     per batch: the same AdamW, loss (label smoothing, class weights) and weight decay as an
     uncached epoch, without running the frozen backbone."""
@@ -266,7 +272,7 @@ def _cached_passes(head, features, targets, criterion, optimizer, set_lr, batch_
     for _ in range(passes):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             set_lr()
             x, y = features[index], targets[index]
             logits = head(x)
@@ -287,8 +293,9 @@ def _cached_passes(head, features, targets, criterion, optimizer, set_lr, batch_
 def _predict(model: nn.Module, samples, spec, batch_size, device, amp, workers, bar_desc=None, progress=False):
     """Logits (float32 numpy) and targets for samples, in eval mode with the eval transforms."""
     model.eval()
-    loader = torch.utils.data.DataLoader(ImageSamples(samples, eval_transforms(spec)), batch_size=batch_size,
-                                         shuffle=False, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        ImageSamples(samples, eval_transforms(spec)), batch_size=batch_size, shuffle=False, num_workers=workers
+    )
     bar = _bar(progress, len(loader), bar_desc, leave=False)
     outputs, targets = [], []
     for images, target in loader:
@@ -316,7 +323,7 @@ def _bar(enabled: bool, total: int, desc: str | None, leave: bool = True):
 def _evaluate(model, samples, spec, batch_size, device, amp, workers, dist: _Dist, progress, num_classes):
     """Validation sharded over ranks (each rank a strided slice), gathered everywhere, so every
     rank takes the same early-stopping decision."""
-    shard = samples[dist.rank::dist.world]
+    shard = samples[dist.rank :: dist.world]
     logits, targets = _predict(model, shard, spec, batch_size, device, amp, workers, "validate", progress)
     if logits.size == 0:
         logits = np.zeros((0, num_classes), np.float32)
@@ -401,13 +408,34 @@ def finetune(
     :class:`FinetuneSettings` (``result.settings``), saved in every checkpoint.
     """
     settings = FinetuneSettings(
-        model=model, weights=weights, epochs=epochs, head_epochs=head_epochs, unfreeze=unfreeze,
-        batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay, warmup=warmup,
-        label_smoothing=label_smoothing, val_fraction=val_fraction, seed=seed, num_workers=num_workers,
-        device=device, amp=amp, patience=patience, preprocess=preprocess, max_steps_per_epoch=max_steps_per_epoch,
-        filename_column=filename_column, label_column=label_column, dist_timeout_s=dist_timeout_s,
-        cache_features=cache_features, head_steps=head_steps, head_views=head_views, class_balance=class_balance,
-        probe_fallback=probe_fallback, freeze_norm_stats=freeze_norm_stats,
+        model=model,
+        weights=weights,
+        epochs=epochs,
+        head_epochs=head_epochs,
+        unfreeze=unfreeze,
+        batch_size=batch_size,
+        lr=lr,
+        finetune_lr=finetune_lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        label_smoothing=label_smoothing,
+        val_fraction=val_fraction,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
+        amp=amp,
+        patience=patience,
+        preprocess=preprocess,
+        max_steps_per_epoch=max_steps_per_epoch,
+        filename_column=filename_column,
+        label_column=label_column,
+        dist_timeout_s=dist_timeout_s,
+        cache_features=cache_features,
+        head_steps=head_steps,
+        head_views=head_views,
+        class_balance=class_balance,
+        probe_fallback=probe_fallback,
+        freeze_norm_stats=freeze_norm_stats,
     )
     if resume is not None and not isinstance(resume, bool):
         raise TrainingError(f"resume must be None, True or False, got {resume!r}")
@@ -417,8 +445,18 @@ def finetune(
         device_ = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device_)
     try:
-        return _finetune(settings, data=data, val_data=val_data, test_data=test_data, out=Path(out_dir),
-                         resume=resume, progress=progress, callbacks=tuple(callbacks), device_=device_, dist=dist)
+        return _finetune(
+            settings,
+            data=data,
+            val_data=val_data,
+            test_data=test_data,
+            out=Path(out_dir),
+            resume=resume,
+            progress=progress,
+            callbacks=tuple(callbacks),
+            device_=device_,
+            dist=dist,
+        )
     finally:
         if dist.started_here:
             try:
@@ -440,10 +478,18 @@ def _class_weights(samples: Sequence[tuple[Path, int]], num_classes: int) -> tor
 
 def _sharded_features(net, samples, transform, settings, device_, amp, workers, dist, progress, desc):
     """Features of ``samples``: each rank computes a strided slice; gathered in sample order."""
-    shard = samples[dist.rank::dist.world]
+    shard = samples[dist.rank :: dist.world]
     bar = _bar(progress, math.ceil(len(shard) / settings.batch_size), desc, leave=False)
-    x, y = extract_features(net, shard, transform, batch_size=settings.batch_size, device=device_, amp=amp,
-                            workers=workers, progress_bar=bar)
+    x, y = extract_features(
+        net,
+        shard,
+        transform,
+        batch_size=settings.batch_size,
+        device=device_,
+        amp=amp,
+        workers=workers,
+        progress_bar=bar,
+    )
     if bar is not None:
         bar.close()
     if not dist.active:
@@ -452,48 +498,83 @@ def _sharded_features(net, samples, transform, settings, device_, amp, workers, 
     xs = torch.zeros((len(samples), x.shape[1]))
     ys = torch.zeros((len(samples),), dtype=torch.int64)
     for rank, (px, py) in enumerate(parts):
-        xs[rank::dist.world], ys[rank::dist.world] = px, py
+        xs[rank :: dist.world], ys[rank :: dist.world] = px, py
     return xs, ys
 
 
 def _features(net, train_samples, val_samples, spec, settings, device_, amp, workers, dist, out, progress):
     """The frozen pretrained backbone's features: train (eval view, then ``head_views``
     augmented views), val (eval view).  Loaded from ``out/features.pt`` when its key matches."""
-    key = cache_key(arch=settings.model, weights=weights_label(settings.model, settings.weights),
-                    weights_arg=settings.weights, preprocess=spec.to_dict(), views=settings.head_views,
-                    seed=settings.seed, batch_size=settings.batch_size, amp=amp, device=device_.type,
-                    torch=torch.__version__, world=dist.world, train=[[p, c] for p, c in train_samples],
-                    val=[[p, c] for p, c in val_samples])
+    key = cache_key(
+        arch=settings.model,
+        weights=weights_label(settings.model, settings.weights),
+        weights_arg=settings.weights,
+        preprocess=spec.to_dict(),
+        views=settings.head_views,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        amp=amp,
+        device=device_.type,
+        torch=torch.__version__,
+        world=dist.world,
+        train=[[p, c] for p, c in train_samples],
+        val=[[p, c] for p, c in val_samples],
+    )
     cache = FeatureCache(out)
     tensors = dist.broadcast(cache.load(key) if dist.main else None)
     info = {"file": str(cache.path), "loaded": tensors is not None}
     started = time.perf_counter()
     if tensors is None:
-        train_x, train_y = _sharded_features(net, train_samples, eval_transforms(spec), settings, device_, amp,
-                                             workers, dist, progress, "features (train)")
+        train_x, train_y = _sharded_features(
+            net,
+            train_samples,
+            eval_transforms(spec),
+            settings,
+            device_,
+            amp,
+            workers,
+            dist,
+            progress,
+            "features (train)",
+        )
         views_x, views_y = [train_x], [train_y]
         for view in range(settings.head_views):
             torch.manual_seed(settings.seed * 100_003 + 7_919 * (view + 1))
-            vx, vy = _sharded_features(net, train_samples, train_transforms(spec), settings, device_, amp, workers,
-                                       dist, progress, f"features (view {view + 1})")
+            vx, vy = _sharded_features(
+                net,
+                train_samples,
+                train_transforms(spec),
+                settings,
+                device_,
+                amp,
+                workers,
+                dist,
+                progress,
+                f"features (view {view + 1})",
+            )
             views_x.append(vx)
             views_y.append(vy)
-        val_x, val_y = _sharded_features(net, val_samples, eval_transforms(spec), settings, device_, amp, workers,
-                                         dist, progress, "features (val)")
-        tensors = {"train": torch.cat(views_x), "train_targets": torch.cat(views_y), "val": val_x,
-                   "val_targets": val_y}
+        val_x, val_y = _sharded_features(
+            net, val_samples, eval_transforms(spec), settings, device_, amp, workers, dist, progress, "features (val)"
+        )
+        tensors = {"train": torch.cat(views_x), "train_targets": torch.cat(views_y), "val": val_x, "val_targets": val_y}
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
             cache.save(key, tensors)
     seconds = time.perf_counter() - started
     images = len(train_samples) * (1 + settings.head_views) + len(val_samples)
-    info.update(seconds=seconds, images=images, images_per_s=images / seconds if seconds > 0 else None,
-                dim=int(tensors["train"].shape[1]))
+    info.update(
+        seconds=seconds,
+        images=images,
+        images_per_s=images / seconds if seconds > 0 else None,
+        dim=int(tensors["train"].shape[1]),
+    )
     return tensors, info
 
 
-def _resume_state(last_path: Path, settings: FinetuneSettings, labels, spec, train_samples, val_samples,
-                  dist: _Dist) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+def _resume_state(
+    last_path: Path, settings: FinetuneSettings, labels, spec, train_samples, val_samples, dist: _Dist
+) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
     """The saved state of a run to resume, after checking it is the same run."""
     state = read_checkpoint(last_path)
     config = state["config"]
@@ -510,8 +591,10 @@ def _resume_state(last_path: Path, settings: FinetuneSettings, labels, spec, tra
         )
     saved = config.get("settings")
     if not isinstance(saved, dict) or "steps" not in state:
-        raise TrainingError(f"{last_path}: cannot resume: the checkpoint was written by an older butterfly_onnx "
-                            "(no saved settings); pass resume=False (--fresh) to start over")
+        raise TrainingError(
+            f"{last_path}: cannot resume: the checkpoint was written by an older butterfly_onnx "
+            "(no saved settings); pass resume=False (--fresh) to start over"
+        )
     applied, refused = settings.resume_changes(saved)
     split = config.get("split")
     if split is not None and split != _split_digest(train_samples, val_samples):
@@ -530,13 +613,27 @@ def _split_digest(train_samples, val_samples) -> str:
     return cache_key(train=[[str(p), c] for p, c in train_samples], val=[[str(p), c] for p, c in val_samples])
 
 
-def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Path, resume: bool | None,
-              progress: bool, callbacks, device_: torch.device, dist: _Dist) -> FinetuneResult:
+def _finetune(
+    settings: FinetuneSettings,
+    *,
+    data,
+    val_data,
+    test_data,
+    out: Path,
+    resume: bool | None,
+    progress: bool,
+    callbacks,
+    device_: torch.device,
+    dist: _Dist,
+) -> FinetuneResult:
     arch, seed, batch_size = settings.model, settings.seed, settings.batch_size
     progress = progress and dist.main
     amp = (device_.type == "cuda") if settings.amp is None else bool(settings.amp and device_.type == "cuda")
-    workers = (settings.num_workers if settings.num_workers is not None
-               else (min(8, os.cpu_count() or 1) if device_.type == "cuda" else 0))
+    workers = (
+        settings.num_workers
+        if settings.num_workers is not None
+        else (min(8, os.cpu_count() or 1) if device_.type == "cuda" else 0)
+    )
     spec = settings.preprocess if settings.preprocess is not None else weights_preprocess(arch, settings.weights)
     columns = {"filename_column": settings.filename_column, "label_column": settings.label_column}
     best_path, last_path = out / BEST, out / LAST
@@ -563,19 +660,32 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
             test_set = load_dataset(test_data, **columns)
             _same_classes(dataset, test_set, "test_data")
             test_samples = test_set.samples
-        payload = (dataset.classes, train_samples, val_samples, test_samples,
-                   dataset.health.to_dict() if dataset.health else None, str(dataset.health or ""))
+        payload = (
+            dataset.classes,
+            train_samples,
+            val_samples,
+            test_samples,
+            dataset.health.to_dict() if dataset.health else None,
+            str(dataset.health or ""),
+        )
     labels, train_samples, val_samples, test_samples, health, health_text = dist.broadcast(payload)
     num_classes = len(labels)
     if progress and health_text:
         print(health_text)
 
     train_config = {
-        **settings.to_dict(), "finetune_lr": settings.backbone_lr, "weights": weights_label(arch, settings.weights),
-        "val_fraction": settings.val_fraction if val_data is None else None, "amp": amp, "world_size": dist.world,
-        "device": device_.type, "num_train": len(train_samples), "num_val": len(val_samples),
+        **settings.to_dict(),
+        "finetune_lr": settings.backbone_lr,
+        "weights": weights_label(arch, settings.weights),
+        "val_fraction": settings.val_fraction if val_data is None else None,
+        "amp": amp,
+        "world_size": dist.world,
+        "device": device_.type,
+        "num_train": len(train_samples),
+        "num_val": len(val_samples),
         "data": str(data) if isinstance(data, (str, os.PathLike)) else f"<{type(data).__name__}>",
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
 
     torch.manual_seed(seed)
@@ -585,23 +695,36 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
     head_layer = cacheable_head(net)
     head_ids = {id(p) for p in head}
     optimizer = torch.optim.AdamW(
-        [{"params": head, "name": "head"},
-         {"params": [p for p in net.parameters() if id(p) not in head_ids], "name": "backbone"}],
-        lr=settings.lr, weight_decay=settings.weight_decay,
+        [
+            {"params": head, "name": "head"},
+            {"params": [p for p in net.parameters() if id(p) not in head_ids], "name": "backbone"},
+        ],
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
     )
     train_ds = ImageSamples(train_samples, train_transforms(spec))
-    sampler = (torch.utils.data.DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank,
-                                                   shuffle=True, seed=seed) if dist.active else None)
+    sampler = (
+        torch.utils.data.DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+        if dist.active
+        else None
+    )
     generator = torch.Generator()
     per_rank = math.ceil(len(train_ds) / dist.world)
     loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
-        generator=generator, pin_memory=device_.type == "cuda",
+        train_ds,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=device_.type == "cuda",
         # Only a last batch of ONE image is dropped (BatchNorm cannot train on it); any other
         # remainder is used, which matters on small datasets.
         drop_last=per_rank % batch_size == 1 and per_rank > 1,
     )
-    steps_per_epoch = len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
+    steps_per_epoch = (
+        len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
+    )
     if steps_per_epoch == 0:
         raise DatasetError(f"the training split has {len(train_samples)} images: too few for one batch")
     class_weight = _class_weights(train_samples, num_classes).to(device_) if settings.class_balance == "loss" else None
@@ -612,11 +735,21 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
     # pretrained backbone's), the linear probe on them, and the head phase's length.
     features, feature_info, probe = None, None, None
     if settings.cache_features and head_layer is not None:
-        features, feature_info = _features(net, train_samples, val_samples, spec, settings, device_, amp, workers,
-                                           dist, out, progress)
+        features, feature_info = _features(
+            net, train_samples, val_samples, spec, settings, device_, amp, workers, dist, out, progress
+        )
         n_eval = len(train_samples)
-        probe = dist.broadcast(fit_probe(features["train"][:n_eval], features["train_targets"][:n_eval],
-                                         features["val"], features["val_targets"], num_classes) if dist.main else None)
+        probe = dist.broadcast(
+            fit_probe(
+                features["train"][:n_eval],
+                features["train_targets"][:n_eval],
+                features["val"],
+                features["val_targets"],
+                num_classes,
+            )
+            if dist.main
+            else None
+        )
         if progress:
             print(f"linear probe (logistic regression on the frozen features): val top-1 {probe['acc1']:.4f}")
         features = {k: v.to(device_) for k, v in features.items()}
@@ -644,8 +777,11 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
         if dist.main:
             what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in applied.items()) or "no changed settings"
             left = max(0, settings.epochs - start_epoch)
-            print(f"finetune: resuming {last_path} after epoch {start_epoch} of {settings.epochs} "
-                  f"({left} to run; {what})", file=sys.stderr)
+            print(
+                f"finetune: resuming {last_path} after epoch {start_epoch} of {settings.epochs} "
+                f"({left} to run; {what})",
+                file=sys.stderr,
+            )
     elif resume and dist.main:
         print(f"finetune: nothing to resume in {out}; starting fresh", file=sys.stderr)
     if dist.main:
@@ -663,9 +799,16 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
         steps["full"] += 1
 
     best = max(history, key=lambda row: row["val_acc1"], default=None)
-    base_config = {"arch": arch, "num_classes": num_classes, "labels": labels,
-                   "weights": train_config["weights"], "preprocess": spec.to_dict(), "train_config": train_config,
-                   "settings": settings.to_dict(), "split": _split_digest(train_samples, val_samples)}
+    base_config = {
+        "arch": arch,
+        "num_classes": num_classes,
+        "labels": labels,
+        "weights": train_config["weights"],
+        "preprocess": spec.to_dict(),
+        "train_config": train_config,
+        "settings": settings.to_dict(),
+        "split": _split_digest(train_samples, val_samples),
+    }
     stopped_early = _patience_exhausted(history, settings.patience)
     epoch_bar = _bar(progress, settings.epochs, "epochs")
     if epoch_bar is not None:
@@ -679,7 +822,8 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
             _set_trainable(net, head, phase, settings.unfreeze)
             if dist.active and not (phase == "head" and cached_head):
                 wrapped = nn.parallel.DistributedDataParallel(
-                    net, device_ids=[device_.index] if device_.type == "cuda" else None)
+                    net, device_ids=[device_.index] if device_.type == "cuda" else None
+                )
             wrapped_phase = phase
         # Every epoch reseeds from (seed, epoch): a resumed run repeats exactly what it would have done.
         torch.manual_seed(seed * 100_003 + epoch)
@@ -689,15 +833,25 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
         started = time.perf_counter()
         lrs: list[list[float]] = []
 
-        def logged(setter: Callable[[], None]) -> Callable[[], None]:
+        def logged(setter: Callable[[], None], log: list[list[float]]) -> Callable[[], None]:
             def step() -> None:
                 setter()
-                lrs.append([group["lr"] for group in optimizer.param_groups])
+                log.append([group["lr"] for group in optimizer.param_groups])
+
             return step
 
         if phase == "head" and cached_head:
-            stats = _run_cached_head_epoch(head_layer, features["train"], features["train_targets"], criterion,
-                                           optimizer, logged(set_head_lr), batch_size, passes, generator)
+            stats = _run_cached_head_epoch(
+                head_layer,
+                features["train"],
+                features["train_targets"],
+                criterion,
+                optimizer,
+                logged(set_head_lr, lrs),
+                batch_size,
+                passes,
+                generator,
+            )
             totals = [stats]  # every rank fits the same head on the same (gathered) cache
             head_layer.eval()
             with torch.no_grad():
@@ -707,46 +861,75 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
         else:
             bar = _bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{settings.epochs} ({phase})", leave=False)
             setter = set_head_lr if phase == "head" else set_full_lr
-            stats = _run_train_epoch(wrapped, loader, criterion, optimizer, logged(setter), scaler, device_, amp,
-                                     settings.max_steps_per_epoch, bar, settings.freeze_norm_stats)
+            stats = _run_train_epoch(
+                wrapped,
+                loader,
+                criterion,
+                optimizer,
+                logged(setter, lrs),
+                scaler,
+                device_,
+                amp,
+                settings.max_steps_per_epoch,
+                bar,
+                settings.freeze_norm_stats,
+            )
             if bar is not None:
                 bar.close()
             totals = dist.gather(stats)
-            logits, targets, val_loss = _evaluate(net, val_samples, spec, batch_size, device_, amp, workers, dist,
-                                                  progress, num_classes)
+            logits, targets, val_loss = _evaluate(
+                net, val_samples, spec, batch_size, device_, amp, workers, dist, progress, num_classes
+            )
         seconds = time.perf_counter() - started
         seen = sum(t["seen"] for t in totals) if not (phase == "head" and cached_head) else stats["seen"]
         row = {
-            "epoch": epoch + 1, "phase": phase,
+            "epoch": epoch + 1,
+            "phase": phase,
             "train_loss": sum(t["loss_sum"] for t in totals) / max(1, sum(t["seen"] for t in totals)),
             "train_acc": sum(t["correct"] for t in totals) / max(1, sum(t["seen"] for t in totals)),
             "train_images": seen,
             "val_loss": val_loss,
             "val_acc1": topk_accuracy(logits, targets, 1),
             "val_acc5": topk_accuracy(logits, targets, 5),
-            "lr_head": lrs[0][0] if lrs else 0.0, "lr_backbone": lrs[0][1] if lrs else 0.0,
-            "lr_head_end": lrs[-1][0] if lrs else 0.0, "lr_backbone_end": lrs[-1][1] if lrs else 0.0,
-            "steps": stats["steps"], "cached": phase == "head" and cached_head,
-            "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else None,
+            "lr_head": lrs[0][0] if lrs else 0.0,
+            "lr_backbone": lrs[0][1] if lrs else 0.0,
+            "lr_head_end": lrs[-1][0] if lrs else 0.0,
+            "lr_backbone_end": lrs[-1][1] if lrs else 0.0,
+            "steps": stats["steps"],
+            "cached": phase == "head" and cached_head,
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else None,
         }
         history.append(row)
         improved = best is None or row["val_acc1"] > best["val_acc1"]
         if improved:
             best = row
         if dist.main:
-            metrics = {"val_acc1": best["val_acc1"], "val_acc5": best["val_acc5"], "val_loss": best["val_loss"],
-                       "best_epoch": best["epoch"]}
+            metrics = {
+                "val_acc1": best["val_acc1"],
+                "val_acc5": best["val_acc5"],
+                "val_loss": best["val_loss"],
+                "best_epoch": best["epoch"],
+            }
             if improved:
                 save_checkpoint(best_path, net, {**base_config, "metrics": metrics, "epoch": epoch + 1})
-            save_checkpoint(last_path, net, {**base_config, "metrics": metrics, "epoch": epoch + 1},
-                            optimizer_state=optimizer.state_dict(), steps=dict(steps),
-                            scaler_state=scaler.state_dict(), rng_state=torch.get_rng_state(), history=history)
+            save_checkpoint(
+                last_path,
+                net,
+                {**base_config, "metrics": metrics, "epoch": epoch + 1},
+                optimizer_state=optimizer.state_dict(),
+                steps=dict(steps),
+                scaler_state=scaler.state_dict(),
+                rng_state=torch.get_rng_state(),
+                history=history,
+            )
             write_history(history, out / "metrics.csv", out / "metrics.json", {"labels": labels, "best": metrics})
         dist.barrier()
         if epoch_bar is not None:
             epoch_bar.update(1)
-            epoch_bar.set_postfix(val_acc=f"{row['val_acc1']:.3f}", best=f"{best['val_acc1']:.3f}",
-                                  lr=f"{row['lr_head']:.2g}")
+            epoch_bar.set_postfix(
+                val_acc=f"{row['val_acc1']:.3f}", best=f"{best['val_acc1']:.3f}", lr=f"{row['lr_head']:.2g}"
+            )
         for callback in callbacks:
             callback(epoch + 1, row)
         stopped_early = _patience_exhausted(history, settings.patience)
@@ -766,34 +949,53 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
         if dist.main:
             metrics = {"val_acc1": probe["acc1"], "val_acc5": probe["acc5"], "val_loss": None, "best_epoch": 0}
             save_checkpoint(best_path, fallback, {**base_config, "metrics": metrics, "epoch": 0, "selected": "probe"})
-            print(f"finetune: no epoch beat the linear probe on validation (best epoch {best['epoch']}: "
-                  f"{best['val_acc1']:.4f}, probe: {probe['acc1']:.4f}); {best_path} is the pretrained backbone "
-                  "with the probe's head", file=sys.stderr)
+            print(
+                f"finetune: no epoch beat the linear probe on validation (best epoch {best['epoch']}: "
+                f"{best['val_acc1']:.4f}, probe: {probe['acc1']:.4f}); {best_path} is the pretrained backbone "
+                "with the probe's head",
+                file=sys.stderr,
+            )
         del fallback
 
     # Final report from the best checkpoint: per-class metrics, confusion matrix, plots, test set.
     dist.barrier()
     best_state = read_checkpoint(best_path)
     net.load_state_dict(best_state["model_state"])
-    logits, targets, val_loss = _evaluate(net, val_samples, spec, batch_size, device_, amp, workers, dist,
-                                          progress, num_classes)
+    logits, targets, val_loss = _evaluate(
+        net, val_samples, spec, batch_size, device_, amp, workers, dist, progress, num_classes
+    )
     report = classification_metrics(logits, targets, labels)
     metrics: dict[str, Any] = {
-        "val_acc1": report["acc1"], "val_acc5": report["acc5"], "val_loss": val_loss,
-        "best_epoch": best_state["config"]["epoch"], "selected": selected, "macro_f1": report["macro_f1"],
-        "per_class": report["per_class"], "confusion_matrix": report["confusion_matrix"],
-        "probe_acc1": probe["acc1"] if probe else None, "probe_acc5": probe["acc5"] if probe else None,
-        "probe_seconds": probe["seconds"] if probe else None, "features": feature_info,
-        "num_val": len(val_samples), "num_train": len(train_samples), "notes": list(settings.notes),
+        "val_acc1": report["acc1"],
+        "val_acc5": report["acc5"],
+        "val_loss": val_loss,
+        "best_epoch": best_state["config"]["epoch"],
+        "selected": selected,
+        "macro_f1": report["macro_f1"],
+        "per_class": report["per_class"],
+        "confusion_matrix": report["confusion_matrix"],
+        "probe_acc1": probe["acc1"] if probe else None,
+        "probe_acc5": probe["acc5"] if probe else None,
+        "probe_seconds": probe["seconds"] if probe else None,
+        "features": feature_info,
+        "num_val": len(val_samples),
+        "num_train": len(train_samples),
+        "notes": list(settings.notes),
         "history": history,
     }
     if test_samples is not None:
-        t_logits, t_targets, t_loss = _evaluate(net, test_samples, spec, batch_size, device_, amp, workers, dist,
-                                                progress, num_classes)
+        t_logits, t_targets, t_loss = _evaluate(
+            net, test_samples, spec, batch_size, device_, amp, workers, dist, progress, num_classes
+        )
         test_report = classification_metrics(t_logits, t_targets, labels)
-        metrics["test"] = {"acc1": test_report["acc1"], "acc5": test_report["acc5"], "loss": t_loss,
-                           "macro_f1": test_report["macro_f1"], "per_class": test_report["per_class"],
-                           "confusion_matrix": test_report["confusion_matrix"]}
+        metrics["test"] = {
+            "acc1": test_report["acc1"],
+            "acc5": test_report["acc5"],
+            "loss": t_loss,
+            "macro_f1": test_report["macro_f1"],
+            "per_class": test_report["per_class"],
+            "confusion_matrix": test_report["confusion_matrix"],
+        }
     plots: dict[str, Path] = {}
     if dist.main:
         final = {k: v for k, v in metrics.items() if k != "history"}
@@ -801,23 +1003,41 @@ def _finetune(settings: FinetuneSettings, *, data, val_data, test_data, out: Pat
         if health is not None:
             (out / "health.json").write_text(json.dumps(health, indent=2))
         plots["curves"] = plot_curves(history, out / "curves.png")
-        title = ("Validation confusion (linear probe head)" if selected == "probe"
-                 else f"Validation confusion (epoch {metrics['best_epoch']})")
+        title = (
+            "Validation confusion (linear probe head)"
+            if selected == "probe"
+            else f"Validation confusion (epoch {metrics['best_epoch']})"
+        )
         plots["confusion"] = plot_confusion(report["confusion_matrix"], labels, out / "confusion_val.png", title)
         if "test" in metrics:
-            plots["confusion_test"] = plot_confusion(metrics["test"]["confusion_matrix"], labels,
-                                                     out / "confusion_test.png", "Test confusion")
+            plots["confusion_test"] = plot_confusion(
+                metrics["test"]["confusion_matrix"], labels, out / "confusion_test.png", "Test confusion"
+            )
         if progress:
             which = "the linear probe's head" if selected == "probe" else f"best epoch {metrics['best_epoch']}"
             probe_text = "" if probe is None else f"; linear probe {probe['acc1']:.4f}"
-            print(f"{which}: val top-1 {metrics['val_acc1']:.4f}, top-5 {metrics['val_acc5']:.4f} "
-                  f"({len(val_samples)} images{probe_text}) -> {best_path}")
+            print(
+                f"{which}: val top-1 {metrics['val_acc1']:.4f}, top-5 {metrics['val_acc5']:.4f} "
+                f"({len(val_samples)} images{probe_text}) -> {best_path}"
+            )
     dist.barrier()
     return FinetuneResult(
-        out_dir=out, checkpoint=best_path, last_checkpoint=last_path, arch=arch, labels=list(labels),
-        preprocess=spec, metrics=metrics, val_samples=list(val_samples), train_samples=list(train_samples),
-        metrics_csv=out / "metrics.csv", metrics_json=out / "metrics.json", plots=plots, health=health,
-        epochs_run=len(history), stopped_early=stopped_early, settings=settings,
+        out_dir=out,
+        checkpoint=best_path,
+        last_checkpoint=last_path,
+        arch=arch,
+        labels=list(labels),
+        preprocess=spec,
+        metrics=metrics,
+        val_samples=list(val_samples),
+        train_samples=list(train_samples),
+        metrics_csv=out / "metrics.csv",
+        metrics_json=out / "metrics.json",
+        plots=plots,
+        health=health,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        settings=settings,
     )
 
 

@@ -9,9 +9,11 @@ resumed run, settings that would make the finished epochs a different run are re
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..contract import PreprocessSpec
 from ..errors import TrainingError
@@ -19,18 +21,35 @@ from ..errors import TrainingError
 __all__ = ["FinetuneSettings", "APPLIED_ON_RESUME", "CLASS_BALANCE"]
 
 #: Settings a resumed run may change: they are applied from the next optimizer step on.
-APPLIED_ON_RESUME = frozenset({
-    "epochs", "lr", "finetune_lr", "weight_decay", "warmup", "patience",
-    # where and how it runs, not what it computes
-    "num_workers", "device", "amp", "dist_timeout_s",
-})
+APPLIED_ON_RESUME = frozenset(
+    {
+        "epochs",
+        "lr",
+        "finetune_lr",
+        "weight_decay",
+        "warmup",
+        "patience",
+        # where and how it runs, not what it computes
+        "num_workers",
+        "device",
+        "amp",
+        "dist_timeout_s",
+    }
+)
 
 #: ``class_balance`` choices: "none", or "loss" (cross-entropy weighted by n / (C * n_class)).
 CLASS_BALANCE = ("none", "loss")
 
 
-def _number(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
-            integer: bool = False, open_min: bool = False) -> None:
+def _number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    integer: bool = False,
+    open_min: bool = False,
+) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or (not integer and not math.isfinite(value)):
         raise TrainingError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
@@ -86,9 +105,14 @@ class FinetuneSettings:
         if self.head_epochs > self.epochs:
             notes.append(f"head_epochs={self.head_epochs} clamped to epochs={self.epochs}")
             object.__setattr__(self, "head_epochs", self.epochs)
-        if not (self.unfreeze in ("all", "none") or (
-                isinstance(self.unfreeze, (int, float)) and not isinstance(self.unfreeze, bool)
-                and 0 < float(self.unfreeze) <= 1)):
+        if not (
+            self.unfreeze in ("all", "none")
+            or (
+                isinstance(self.unfreeze, (int, float))
+                and not isinstance(self.unfreeze, bool)
+                and 0 < float(self.unfreeze) <= 1
+            )
+        ):
             raise TrainingError(f"unfreeze must be 'all', 'none' or a fraction in (0, 1], got {self.unfreeze!r}")
         _number("batch_size", self.batch_size, minimum=1, integer=True)
         _number("lr", self.lr, minimum=0)
@@ -154,20 +178,20 @@ class FinetuneSettings:
             out[f.name] = value
         return out
 
-    def replace(self, **changes: Any) -> "FinetuneSettings":
+    def replace(self, **changes: Any) -> FinetuneSettings:
         return dataclasses.replace(self, **changes)
 
     def resume_changes(self, saved: Mapping[str, Any]) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
         """Compare with the settings a checkpoint was written with: ``(applied, refused)``,
         each ``{name: (saved value, this value)}``.  Keys the checkpoint lacks count as equal
         when this value is the default (settings added after it was written)."""
-        current = self.to_dict()
-        defaults = FinetuneSettings().to_dict()
+        current = json.loads(json.dumps(self.to_dict()))  # as the checkpoint stores it (tuples -> lists)
+        defaults = json.loads(json.dumps(FinetuneSettings().to_dict()))
         applied: dict[str, tuple[Any, Any]] = {}
         refused: dict[str, tuple[Any, Any]] = {}
         for name, value in current.items():
             old = saved.get(name, defaults[name])
-            if old == value or (isinstance(old, list) and tuple(old) == value):
+            if old == value:
                 continue
             (applied if name in APPLIED_ON_RESUME else refused)[name] = (old, value)
         return applied, refused
