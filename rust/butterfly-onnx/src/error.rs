@@ -98,3 +98,60 @@ impl Error {
         }
     }
 }
+
+/// The crate's one panic guard: runs `work` (decoding or preprocessing the image
+/// `source_name`) and turns a panic in it (a decoder bug on a malformed file) into that
+/// image's `ImageDecode` error, `"{what}: {panic message}"`. Nothing is printed for a caught
+/// panic: the process's panic hook is wrapped once and stays quiet while a guarded call runs
+/// on the thread; every other panic still reaches the hook installed before. Guards nest.
+pub fn guard<T>(source_name: &str, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    install_quiet_panic_hook();
+    let was_quiet = QUIET_PANICS.with(|q| q.replace(true));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    QUIET_PANICS.with(|q| q.set(was_quiet));
+    caught.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::ImageDecode { source_name: source_name.to_string(), reason: format!("{what}: {message}") })
+    })
+}
+
+thread_local! {
+    /// Set while this thread runs a guarded call: its panics become errors, so the panic
+    /// hook prints nothing for them.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the process's panic hook once: panics inside guarded calls are silent, every other
+/// panic goes to the hook that was installed before.
+fn install_quiet_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_guarded_work_is_that_image_s_error() {
+        let error = guard::<()>("photo.jpg", "decoder failed", || panic!("index out of bounds")).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ImageDecode);
+        assert_eq!(error.to_string(), "photo.jpg: cannot decode image: decoder failed: index out of bounds");
+        // Nested guards, and results passing through untouched.
+        let inner = guard("a", "outer", || guard::<u8>("b", "inner", || panic!("deep")));
+        assert!(inner.unwrap_err().to_string().contains("inner: deep"));
+        assert_eq!(guard("c", "x", || Ok(7)).unwrap(), 7);
+        assert!(!QUIET_PANICS.with(|q| q.get()), "quiet only inside a guard");
+    }
+}

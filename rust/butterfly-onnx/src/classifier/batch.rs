@@ -52,18 +52,11 @@ impl Preprocessor {
         (batch, errors)
     }
 
-    /// The crate's one panic guard: a panic while decoding or preprocessing an image (a
-    /// decoder bug on a malformed file) becomes that image's error; the batch, the pipeline
-    /// and the Python process carry on.
+    /// One image under the crate's panic guard ([`crate::error::guard`]): a panic while
+    /// decoding or preprocessing it becomes its error; the batch, the pipeline and the Python
+    /// process carry on.
     fn guarded(&self, item: &ImageInput, row: &mut [f32]) -> Result<()> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.one(item, row))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::ImageDecode { source_name: item.source(), reason: format!("internal error: {what}") })
-        })
+        crate::error::guard(&item.source(), "internal error", || self.one(item, row))
     }
 
     fn one(&self, item: &ImageInput, row: &mut [f32]) -> Result<()> {
