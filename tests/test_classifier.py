@@ -310,6 +310,28 @@ def test_fixed_batch_model_is_fed_in_chunks(backend, fixed_shape_model, logit_pa
     logits = clf.logits(logit_paths[:5])  # 2 + 2 + 1: the last chunk is padded
     assert logits.shape == (5, len(LABELS))
     assert np.abs(logits - torch_logits[:5]).max() <= 1e-4
+    assert clf.model_batch == 2  # a fixed batch wins over the measured rule, on both backends
+    assert np.array_equal(clf.logits(logit_paths[:5], batch_size=3), logits)
+
+
+def test_one_model_batch_rule_on_both_backends(backend, classifiers):
+    """The rule (docs/inference.md, 'Streaming'; the Rust core's classifier::pipeline): the
+    smallest power of two b with b * t1 >= RUN_TARGET (4 ms), at most MAX_MODEL_BATCH (32)."""
+    from butterfly_onnx._backends import MAX_MODEL_BATCH, RUN_TARGET, model_batch_for
+
+    assert (RUN_TARGET, MAX_MODEL_BATCH) == (0.004, 32)
+    assert [model_batch_for(t) for t in (0.0057, 0.004, 0.0039, 0.0015, 0.001, 0.0004, 1e-6)] == [
+        1,
+        1,
+        2,
+        4,
+        4,
+        16,
+        32,
+    ]
+    clf = classifiers(backend)
+    batch = clf.model_batch
+    assert batch in (1, 2, 4, 8, 16, 32) and clf.model_batch == batch  # measured once
 
 
 def test_fixed_input_size_must_match_the_crop(backend, fixed_shape_model):

@@ -9,7 +9,8 @@ The model's contract (labels + preprocessing, see ``docs/contract.md``) is read 
 backends preprocess exactly like torchvision and run the same ONNX Runtime.
 
 Prediction streams: images are decoded ``batch_size`` at a time (the next chunk while the
-model runs on the current one) and fed to the model ``MODEL_BATCH`` rows at a time, so memory
+model runs on the current one) and fed to the model :attr:`Classifier.model_batch` rows at a
+time (one rule for both backends, ``butterfly_onnx._backends.model_batch_for``), so memory
 stays flat however many images there are.
 """
 
@@ -45,18 +46,12 @@ __all__ = [
     "ImageSkippedWarning",
     "DEFAULT",
     "DECODE_BATCH",
-    "MODEL_BATCH",
 ]
 
 #: Images decoded and held at once by predict/iter_predict/logits when no ``batch_size`` is
 #: given: enough to keep every preprocessing thread busy, small enough that two chunks in
 #: flight (the one the model runs on, the one decoding ahead) take ~40 MB at 224x224.
 DECODE_BATCH = 32
-#: Rows fed to ONNX Runtime per call.  Measured on the 2-core VM with EfficientNet-Lite0
-#: (issue 8): 5.7 ms/image at batch 1, 6.1 at 4, 7.6 at 32 -- ONNX Runtime's per-image cost
-#: grows with the batch on CPU, so small batches win; 4 keeps per-call overhead negligible
-#: for the smallest models.  A fixed-batch model is always fed its own batch size.
-MODEL_BATCH = 4
 
 
 class _Default:
@@ -268,6 +263,13 @@ class Classifier:
         return self._backend.name
 
     @property
+    def model_batch(self) -> int:
+        """Images per ONNX Runtime run when streaming: the model's fixed batch size, else the
+        smallest power of two ``b`` with ``b * t1 >= 4 ms`` (``t1``: one image's run time,
+        measured once, on first use), at most 32 -- the same rule on both backends."""
+        return self._backend.model_batch
+
+    @property
     def threads(self) -> int:
         return self._threads
 
@@ -305,7 +307,7 @@ class Classifier:
         the first bad one, then raises its error, so what comes out before the error does not
         depend on ``batch_size``."""
         start = 0
-        for out, errors in self._backend.iter_logits(items, batch_size, MODEL_BATCH):
+        for out, errors in self._backend.iter_logits(items, batch_size):
             stop = min(start + batch_size, len(items))
             if errors and mode == "raise":
                 first = min(errors)

@@ -14,9 +14,28 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-__all__ = ["BACKENDS", "load_backend", "pipelined_logits"]
+__all__ = ["BACKENDS", "MAX_MODEL_BATCH", "RUN_TARGET", "load_backend", "model_batch_for", "pipelined_logits"]
 
 BACKENDS = ("python", "rust")
+
+#: The model batch rule, the same in both backends (the Rust core's ``classifier::pipeline``
+#: constants of the same names): a model with a fixed batch size is fed that size; otherwise
+#: the smallest power of two ``b`` with ``b * t1 >= RUN_TARGET`` (seconds), ``t1`` one image's
+#: run time (the fastest of 3 runs after a warm-up), at most ``MAX_MODEL_BATCH``; measured
+#: once per classifier, on first use.  On CPU ONNX Runtime's per-image cost grows with the
+#: batch (EfficientNet-Lite0 on the 2-core VM: 5.7 ms/image at batch 1, 7.6 at 32), so a model
+#: whose single run already takes 4 ms gets 1, and only tiny models get large batches.
+MAX_MODEL_BATCH = 32
+RUN_TARGET = 0.004
+
+
+def model_batch_for(seconds_per_image: float) -> int:
+    """The model batch of the rule above for a model whose one-image run takes
+    ``seconds_per_image``."""
+    size = 1
+    while size < MAX_MODEL_BATCH and seconds_per_image * size < RUN_TARGET:
+        size *= 2
+    return size
 
 
 def load_backend(name: str) -> type:

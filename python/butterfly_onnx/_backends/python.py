@@ -9,6 +9,7 @@ the GIL while decoding and resampling), each writing its own row of one prealloc
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from .. import preprocess as _pre
 from ..contract import ModelContract, PreprocessSpec, check_output, resolve_contract
 from ..errors import ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
 from ..images import ImageItem, decode_rgb
-from . import pipelined_logits
+from . import model_batch_for, pipelined_logits
 
 __all__ = ["Backend"]
 
@@ -91,6 +92,8 @@ class Backend:
         self._batch_limit = _static(model_input.shape[0])
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = Lock()
+        self._model_batch: int | None = self._batch_limit
+        self._model_batch_lock = Lock()
 
     # -- preprocessing -------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -150,14 +153,40 @@ class Backend:
         batch, errors = self.preprocess(items)
         return self.run(batch), errors
 
+    @property
+    def model_batch(self) -> int:
+        """Rows per ONNX Runtime run in :meth:`iter_logits`: the model's fixed batch, else the
+        rule of :func:`butterfly_onnx._backends.model_batch_for`, measured once on first use."""
+        with self._model_batch_lock:
+            if self._model_batch is None:
+                self._model_batch = self._measure_model_batch()
+            return self._model_batch
+
+    def _measure_model_batch(self) -> int:
+        crop = self.contract.preprocess.crop_size
+        one = np.zeros((1, 3, crop, crop), dtype=np.float32)
+        feed = {self.contract.input_name: one}
+        names = [self.contract.output_name]
+        try:
+            self._session.run(names, feed)  # warm-up
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                self._session.run(names, feed)
+                times.append(time.perf_counter() - started)
+        except Exception:  # the real run reports the error
+            return 1
+        return model_batch_for(min(times))
+
     def iter_logits(
-        self, items: Sequence[ImageItem], batch_size: int, model_batch: int
+        self, items: Sequence[ImageItem], batch_size: int
     ) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]:
         """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error});
-        the next chunk decodes while the model runs (see ``pipelined_logits``)."""
-        if self._batch_limit:  # a fixed-batch model is fed its own batch size
-            model_batch = self._batch_limit
-        return pipelined_logits(self.preprocess, self.run, items, batch_size, model_batch, self.contract.num_classes)
+        the next chunk decodes while the model runs (see ``pipelined_logits``), which is fed
+        :attr:`model_batch` rows per run."""
+        return pipelined_logits(
+            self.preprocess, self.run, items, batch_size, self.model_batch, self.contract.num_classes
+        )
 
     def close(self) -> None:
         with self._pool_lock:

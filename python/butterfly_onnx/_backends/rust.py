@@ -169,13 +169,19 @@ class Backend:
         payloads, failed = _payloads(items, {})
         return _with_failures(self._native.logits(payloads), failed)
 
+    @property
+    def model_batch(self) -> int:
+        """Rows per ONNX Runtime run in :meth:`iter_logits` (the binding's, the same rule as
+        the python backend's: ``butterfly_onnx._backends.model_batch_for``)."""
+        return int(self._native.model_batch)
+
     def iter_logits(
-        self, items: Sequence[tuple[str, Any]], batch_size: int, model_batch: int
+        self, items: Sequence[tuple[str, Any]], batch_size: int
     ) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]:
         """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error}), from
-        the binding's own pipeline (the next chunk decodes in Rust while the model runs).
-        ``items`` are converted lazily, so memory does not grow with the number of in-memory
-        images.  (``model_batch`` is the python backend's; the binding has its own rule.)"""
+        the binding's own pipeline (the next chunk decodes in Rust while the model runs, fed
+        :attr:`model_batch` rows per run).  ``items`` are converted lazily, so memory does not
+        grow with the number of in-memory images."""
         failed: dict[int, ImageError] = {}
         for result in self._native.iter_logits(_lazy_payloads(items, failed), batch_size):
             yield _with_failures(result, failed)
