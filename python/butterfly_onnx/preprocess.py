@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from .contract import PreprocessSpec, current_resample_order
+from .errors import ContractError, InvalidArgumentError
 
 __all__ = [
     "resized_size",
@@ -98,7 +99,7 @@ def vertical_pass_first(order: str, in_w: int, in_h: int, out_w: int, out_h: int
         return in_h > 100 * in_w and out_h < in_h
     if order == "pillow_13":  # Pillow 13: the axis that sheds more pixels goes first
         return (in_h - out_h) > 0 and (in_h - out_h) > 2 * (in_w - out_w)
-    raise ValueError(f"unknown resample_order {order!r}")
+    raise ContractError(f"unknown resample_order {order!r}")
 
 
 def _bilinear(x: np.ndarray) -> np.ndarray:
@@ -279,7 +280,7 @@ def _select_method(spec: PreprocessSpec, method: Method, in_size: tuple[int, int
             return "numpy"
         return "pillow"
     if method not in ("pillow", "numpy"):
-        raise ValueError(f"method must be 'auto', 'pillow' or 'numpy', got {method!r}")
+        raise InvalidArgumentError(f"method must be 'auto', 'pillow' or 'numpy', got {method!r}")
     return method
 
 
@@ -302,14 +303,14 @@ def preprocess_image(
     if out is None:
         out = np.empty((3, crop, crop), dtype=np.float32)
     elif out.shape != (3, crop, crop) or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 (3, {crop}, {crop}), got {out.dtype} {out.shape}")
+        raise InvalidArgumentError(f"out must be float32 (3, {crop}, {crop}), got {out.dtype} {out.shape}")
     if isinstance(image, Image.Image):
         if image.mode != "RGB":
-            raise ValueError(f"expected an RGB image, got mode {image.mode!r}")
+            raise InvalidArgumentError(f"expected an RGB image, got mode {image.mode!r}")
         width, height = image.size
     else:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 array, got {image.dtype} {image.shape}")
+            raise InvalidArgumentError(f"expected an HxWx3 uint8 array, got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
     new_w, new_h = resized_size(width, height, spec)
     pad_x, left = crop_offsets(new_w, crop)
