@@ -391,15 +391,7 @@ fn decode_with_image_crate(
 ) -> Result<RgbImage> {
     use image::{DynamicImage, ImageDecoder};
     let bytes = if format == image::ImageFormat::WebP {
-        if let Some((w, h)) = webp::header_size(bytes) {
-            // Pillow's pre-check (error only, with its own ceiling), before libwebp parses.
-            if w.max(1) * h.max(1) > PILLOW_BOMB_PIXELS {
-                check_limit(source_name, w.max(1), h.max(1), &DecodeLimits { max_pixels: Some(PILLOW_BOMB_PIXELS) })?;
-            }
-        }
-        let (data, w, h) = webp::check_container(bytes).map_err(|e| decode_error(source_name, e))?;
-        check_limit(source_name, w, h, limits)?;
-        data
+        return webp::decode(bytes, source_name, limits);
     } else {
         if format == image::ImageFormat::Tiff {
             let (size, verdict) = tiff::check_supported(bytes);
@@ -409,8 +401,10 @@ fn decode_with_image_crate(
             if let (Some((w, h)), false) = (size, malformed) {
                 check_limit(source_name, w, h, limits)?;
             }
-            verdict.map_err(|e| decode_error(source_name, e))?;
-            return tiff::decode(bytes, source_name);
+            return match verdict.map_err(|e| decode_error(source_name, e))? {
+                Some(raw) => tiff::decode_raw(bytes, &raw, source_name),
+                None => tiff::decode(bytes, source_name),
+            };
         }
         bytes
     };

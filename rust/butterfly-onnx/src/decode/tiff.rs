@@ -37,9 +37,11 @@ impl<'a> Ifd<'a> {
         if found.len() > 1 {
             return Err("repeated TIFF tag");
         }
+        // Pillow reads any integer type (BYTE, SHORT, LONG and their signed forms).
         let size = match typ {
-            SHORT => 2,
-            LONG => 4,
+            1 | 6 => 1,
+            SHORT | 8 => 2,
+            LONG | 9 => 4,
             _ => return Err("TIFF tag of an unexpected type"),
         };
         if count == 0 || count > 1 << 20 {
@@ -50,8 +52,22 @@ impl<'a> Ifd<'a> {
         let mut out = Vec::with_capacity(count as usize);
         for i in 0..count as usize {
             let at = start.checked_add(i * size).ok_or("bad TIFF offset")?;
-            let v = if size == 2 { self.u16(at) } else { self.u32(at) };
-            out.push(v.ok_or("TIFF tag value outside the file")?);
+            let v = match size {
+                1 => self.b.get(at).map(|&v| v as u64),
+                2 => self.u16(at),
+                _ => self.u32(at),
+            }
+            .ok_or("TIFF tag value outside the file")?;
+            let negative = match typ {
+                6 => v >= 0x80,
+                8 => v >= 0x8000,
+                9 => v >= 0x8000_0000,
+                _ => false,
+            };
+            if negative {
+                return Err("TIFF tag with a negative value");
+            }
+            out.push(v);
         }
         Ok(Some(out))
     }
@@ -66,13 +82,26 @@ impl<'a> Ifd<'a> {
 
 /// The size in the first IFD (when readable: checked against the pixel limit first, as
 /// Pillow does on opening) and Ok(()) when the image crate's decoding is known to be Pillow's.
-pub(super) fn check_supported(b: &[u8]) -> (Option<(u64, u64)>, std::result::Result<(), &'static str>) {
+pub(super) fn check_supported(b: &[u8]) -> (Option<(u64, u64)>, std::result::Result<Option<RawLayout>, &'static str>) {
     let mut size = None;
     let verdict = check(b, &mut size);
     (size, verdict)
 }
 
-fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> std::result::Result<(), &'static str> {
+/// An uncompressed TIFF, which Pillow reads itself (not through libtiff): one raw tile per
+/// strip offset, byte counts ignored.
+pub(super) struct RawLayout {
+    width: u64,
+    height: u64,
+    rows_per_strip: u64,
+    offsets: Vec<u64>,
+    little: bool,
+    photometric: u64,
+    spp: u64,
+    bits: u64,
+}
+
+fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> std::result::Result<Option<RawLayout>, &'static str> {
     if b.len() < 8 {
         return Err("truncated TIFF header");
     }
@@ -131,8 +160,19 @@ fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> std::result::Result<(), &'s
     if !ok {
         return Err("TIFF colour layout not supported");
     }
+    if width == 0 || height == 0 {
+        return Err("TIFF of size zero");
+    }
+    if compression == 1 {
+        let rows_per_strip = ifd.one(278, Some(height))?;
+        let offsets = ifd.values(273)?.ok_or("TIFF without strip offsets")?;
+        if rows_per_strip == 0 {
+            return Err("TIFF with zero rows per strip");
+        }
+        return Ok(Some(RawLayout { width, height, rows_per_strip, offsets, little, photometric, spp, bits }));
+    }
     let rows_per_strip = ifd.one(278, Some(u32::MAX as u64))?.min(height.max(1));
-    if width == 0 || height == 0 || rows_per_strip == 0 {
+    if rows_per_strip == 0 {
         return Err("TIFF of size zero");
     }
     let strips = height.div_ceil(rows_per_strip);
@@ -141,19 +181,71 @@ fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> std::result::Result<(), &'s
     if offsets.len() as u64 != strips || counts.len() as u64 != strips {
         return Err("TIFF strip tables do not match the image height");
     }
-    let row = (width * spp * bits).div_ceil(8);
-    for (i, (&o, &c)) in offsets.iter().zip(&counts).enumerate() {
+    for (&o, &c) in offsets.iter().zip(&counts) {
         if o.checked_add(c).is_none_or(|e| e > b.len() as u64) || c == 0 {
             return Err("TIFF strip outside the file");
         }
-        if compression == 1 {
-            let rows = rows_per_strip.min(height - i as u64 * rows_per_strip);
-            if c != rows * row {
-                return Err("uncompressed TIFF strip of an unexpected length");
+    }
+    Ok(None)
+}
+
+/// Pillow's raw TIFF path: tiles `(0, y, w, min(y + rows_per_strip, h))` per strip offset
+/// (wrapping to the top past the last row; one tile at the last offset when a strip covers
+/// the image), sorted by offset, consecutive equal tiles reduced to the last, each decoded
+/// by the raw decoder from its offset ("image file is truncated" when the file ends first).
+pub(super) fn decode_raw(b: &[u8], l: &RawLayout, source_name: &str) -> crate::Result<super::RgbImage> {
+    let w = l.width as usize;
+    let mut offsets = l.offsets.clone();
+    if l.rows_per_strip == l.height {
+        offsets = vec![*offsets.last().unwrap()];
+    }
+    let mut tiles = Vec::new();
+    let mut y = 0u64;
+    for &offset in &offsets {
+        tiles.push((offset, y, (y + l.rows_per_strip).min(l.height)));
+        y += l.rows_per_strip;
+        if y >= l.height {
+            y = 0;
+        }
+    }
+    tiles.sort_by_key(|t| t.0); // stable, like Python's sort
+    let mut kept: Vec<(u64, u64, u64)> = Vec::new();
+    for t in tiles {
+        match kept.last_mut() {
+            Some(last) if (last.1, last.2) == (t.1, t.2) => *last = t,
+            _ => kept.push(t),
+        }
+    }
+    let pixel_bytes = (l.spp * l.bits / 8) as usize;
+    let line = w * pixel_bytes;
+    let mut rgb = super::alloc_rgb(source_name, l.width as u32, l.height as u32)?;
+    if l.photometric == 5 {
+        rgb.fill(255); // rows no tile covers stay zero in "CMYK": white in RGB
+    }
+    for (offset, y0, y1) in kept {
+        let rows = (y1 - y0) as usize;
+        let need = rows * line;
+        let start = offset as usize;
+        if offset > b.len() as u64 || b.len() - start < need {
+            return Err(super::decode_error(source_name, "image file is truncated"));
+        }
+        let src = &b[start..start + need];
+        let out = &mut rgb[y0 as usize * w * 3..(y0 as usize + rows) * w * 3];
+        let hi = |p: &[u8], i: usize| if l.little { p[2 * i + 1] } else { p[2 * i] };
+        for (o, p) in out.chunks_exact_mut(3).zip(src.chunks_exact(pixel_bytes)) {
+            match (l.photometric, l.bits) {
+                (1, 8) => o.fill(p[0]),
+                (1, _) => {
+                    let v = if l.little { u16::from_le_bytes([p[0], p[1]]) } else { u16::from_be_bytes([p[0], p[1]]) };
+                    o.fill(v.min(255) as u8);
+                }
+                (2, 8) => o.copy_from_slice(&p[..3]),
+                (2, _) => o.copy_from_slice(&[hi(p, 0), hi(p, 1), hi(p, 2)]),
+                _ => o.copy_from_slice(&super::cmyk_to_rgb(p[0], p[1], p[2], p[3])),
             }
         }
     }
-    Ok(())
+    Ok(super::RgbImage { width: l.width as u32, height: l.height as u32, data: rgb })
 }
 
 /// Decode a TIFF that [`check_supported`] accepted: raw samples from the `tiff` crate,
