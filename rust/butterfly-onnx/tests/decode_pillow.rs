@@ -171,7 +171,6 @@ fn fuzzer_regression_corpus_matches_pillow() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let entries: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(out.join("regressions.json")).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&out);
     assert!(entries.len() >= 30, "only {} regression files", entries.len());
     let limits = DecodeLimits { max_pixels: Some(178_956_970) };
     let mut failures = Vec::new();
@@ -205,5 +204,6 @@ fn fuzzer_regression_corpus_matches_pillow() {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&out);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
