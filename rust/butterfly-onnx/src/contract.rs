@@ -735,7 +735,7 @@ mod tests {
             let mut d = doc();
             d["schema_version"] = bad;
             let err = ModelContract::from_value(&d, "m.onnx").unwrap_err();
-            assert_eq!(err.kind(), "ContractError");
+            assert_eq!(err.kind(), crate::ErrorKind::Contract);
             assert!(err.to_string().starts_with("m.onnx: "), "{err}");
             assert!(err.to_string().contains("schema_version"), "{err}");
         }

@@ -61,14 +61,6 @@ pub enum ErrorKind {
     InvalidArgument,
 }
 
-/// Transition only: `kind() == "ContractError"` (the variant name + `Error`), as tests written
-/// against the old string-returning `kind()` compare. New code compares with `ErrorKind::...`.
-impl PartialEq<&str> for ErrorKind {
-    fn eq(&self, other: &&str) -> bool {
-        other.strip_suffix("Error").is_some_and(|name| format!("{self:?}") == name)
-    }
-}
-
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {

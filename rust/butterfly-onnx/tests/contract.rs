@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use butterfly_onnx::contract::{self, ModelContract, OutputKind, TensorInfo};
 use butterfly_onnx::preprocess::PreprocessSpec;
+use butterfly_onnx::ErrorKind;
 use serde_json::Value;
 
 fn repo_file(path: &str) -> PathBuf {
@@ -73,7 +74,7 @@ fn shared_fixtures_agree_with_their_expected_outcome() {
                 Ok(_) => panic!("{name} should be rejected ({})", case["description"]),
                 Err(error) => error,
             };
-            assert_eq!(error.kind(), "ContractError", "{name}");
+            assert_eq!(error.kind(), ErrorKind::Contract, "{name}");
             let message = error.to_string();
             assert!(message.starts_with(&format!("{name}: ")), "{name}: the message must name the model: {message}");
             if let Some(needle) = case.get("error_contains").and_then(Value::as_str) {
@@ -112,7 +113,7 @@ fn defaults_and_written_numbers() {
 #[test]
 fn missing_contract_is_a_contract_error_naming_the_model() {
     let error = ModelContract::from_metadata(None, "butterfly.onnx").unwrap_err();
-    assert_eq!(error.kind(), "ContractError");
+    assert_eq!(error.kind(), ErrorKind::Contract);
     let message = error.to_string();
     assert!(message.starts_with("butterfly.onnx: "), "{message}");
     assert!(message.contains("no butterfly_onnx contract") && message.contains("labels="), "{message}");
@@ -186,7 +187,13 @@ fn shared_resolve_cases() {
             (Ok(_), Some(error)) => panic!("{name}: expected {error}, got a contract"),
             (Err(error), None) => panic!("{name}: expected a contract, got {error}"),
             (Err(error), Some(want)) => {
-                assert_eq!(error.kind(), want["class"].as_str().unwrap(), "{name}: {error}");
+                // The shared table names the Python class; the Rust kind it stands for:
+                let kind = match want["class"].as_str().unwrap() {
+                    "ContractError" => ErrorKind::Contract,
+                    "InvalidModelError" => ErrorKind::InvalidModel,
+                    other => panic!("{name}: unknown error class {other}"),
+                };
+                assert_eq!(error.kind(), kind, "{name}: {error}");
                 let fragment = want["contains"].as_str().unwrap();
                 assert!(error.to_string().contains(fragment), "{name}: {error:?} should contain {fragment:?}");
             }
