@@ -379,6 +379,8 @@ def run_bench(
                 floor_infer: list[float] = []
                 reps = max(1, -(-batch_size // n))
                 batch_paths = (paths * reps)[:batch_size]
+                for contender in made.values():  # warm-up, untimed: first-call costs (ORT arena, caches)
+                    contender.end_to_end(batch_paths, batch_size)
                 for _ in range(rounds):
                     for name, contender in made.items():
                         s = stats[name]
