@@ -140,10 +140,12 @@ def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | n
     source, payload = item
     if isinstance(payload, np.ndarray):
         return payload
-    if isinstance(payload, Image.Image):
-        return payload if payload.mode == "RGB" else payload.convert("RGB")
     try:
-        if isinstance(payload, bytes):
+        if isinstance(payload, Image.Image):
+            # Image.open is lazy: a truncated file fails only here, as this item's error.
+            payload.load()
+            return payload if payload.mode == "RGB" else payload.convert("RGB")
+        elif isinstance(payload, bytes):
             if not payload:
                 raise ImageDecodeError(f"{source}: empty data (0 bytes)", source=source)
             stream: Any = io.BytesIO(payload)

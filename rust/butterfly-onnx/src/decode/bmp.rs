@@ -160,10 +160,6 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
         let len = ((padding * colors) as usize).min(bytes.len().saturating_sub(pos));
         palette = &bytes[pos..pos + len];
         pos += len;
-        if !palette.len().is_multiple_of(padding as usize) {
-            // putpalette: "invalid palette size" (a palette cut short by the end of the file)
-            return Err(err("invalid palette size"));
-        }
         let pad = padding as usize;
         let grey = (0..colors as usize).all(|ind| {
             let val = if colors == 2 { [0u8, 255][ind] } else { ind as u8 };
@@ -175,6 +171,9 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
             } else {
                 (mode, raw) = (Mode::L, Raw::L);
             }
+        } else if palette.len() / padding as usize > 256 {
+            // putpalette refuses more than 256 entries: "invalid palette size".
+            return Err(err("invalid palette size"));
         }
     }
     check_limit(source_name, width, height, limits)?;

@@ -370,11 +370,11 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
     let mut c = Chunks { b: bytes, pos: 8 };
     let mut st = Stream::default();
     // _open
-    let (tile_pos, first_len) = loop {
+    let tile = loop {
         let (cid, pos, length) = c.read().ok_or_else(|| err("broken PNG file (chunk header)".into()))?;
         match st.call(&mut c, &cid, pos, length).map_err(err)? {
-            Handled::Image(at, len) => break (at, len),
-            Handled::End => return Err(err("PNG file without image data".into())),
+            Handled::Image(at, len) => break Some((at, len)),
+            Handled::End => break None,
             Handled::Data => {
                 let data = &bytes[pos.min(bytes.len())..c.pos];
                 let crc = c.safe_read(4).ok_or_else(|| err("broken PNG file (incomplete checksum)".into()))?;
@@ -393,6 +393,8 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
     let raw = st.raw.ok_or_else(|| err("unsupported PNG bit depth / colour type".into()))?;
     let (width, height) = st.size;
     check_limit(source_name, width, height, limits)?;
+    // IEND before any image data: opened, then "cannot load this image" (after the size check).
+    let (tile_pos, first_len) = tile.ok_or_else(|| err("PNG file without image data".into()))?;
     let n_frames = st.n_frames.unwrap_or(1) + st.default_image as u64;
     let animated = n_frames > 1;
     let (x0, y0, x1, y1) = st.bbox.unwrap_or((0, 0, width, height));
@@ -406,6 +408,9 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
         return Err(err("PNG rows too long".into()));
     }
     let had_palette = st.palette.is_some(); // a PLTE after the image data is not used
+    if st.palette.is_some_and(|p| p.len() / 3 > 256) {
+        return Err(err("invalid palette size (more than 256 entries)".into()));
+    }
     let table = palette_table(st.palette.unwrap_or(&[]));
     let zero = if raw.paletted() { table[0] } else { [0, 0, 0] };
     let mut rgb = alloc_rgb(source_name, width as u32, height as u32)?;
