@@ -252,11 +252,7 @@ impl<'a> Stream<'a> {
                             return Err("unknown filter category".into());
                         }
                     }
-                    b"PLTE" => {
-                        if self.mode() == "P" {
-                            self.palette = Some(s);
-                        }
-                    }
+                    b"PLTE" if self.mode() == "P" => self.palette = Some(s),
                     b"tRNS" => match self.mode() {
                         "P" => self.p_transparency = true,
                         "RGB" => need(6, "tRNS")?,

@@ -82,11 +82,14 @@ impl<'a> Ifd<'a> {
 
 /// The size in the first IFD (when readable: checked against the pixel limit first, as
 /// Pillow does on opening) and Ok(()) when the image crate's decoding is known to be Pillow's.
-pub(super) fn check_supported(b: &[u8]) -> (Option<(u64, u64)>, std::result::Result<Option<RawLayout>, &'static str>) {
+pub(super) fn check_supported(b: &[u8]) -> (Option<(u64, u64)>, Verdict) {
     let mut size = None;
     let verdict = check(b, &mut size);
     (size, verdict)
 }
+
+/// Ok(Some(layout)) for an uncompressed TIFF, Ok(None) for a supported compressed one.
+pub(super) type Verdict = std::result::Result<Option<RawLayout>, &'static str>;
 
 /// An uncompressed TIFF, which Pillow reads itself (not through libtiff): one raw tile per
 /// strip offset, byte counts ignored.
@@ -101,7 +104,7 @@ pub(super) struct RawLayout {
     bits: u64,
 }
 
-fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> std::result::Result<Option<RawLayout>, &'static str> {
+fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> Verdict {
     if b.len() < 8 {
         return Err("truncated TIFF header");
     }
