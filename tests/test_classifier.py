@@ -573,8 +573,6 @@ def test_progress_bar_on_stderr_only_when_asked(classifiers, image_files, capsys
 def test_a_truncated_lazy_pil_image_is_that_images_decode_error(backend, classifiers, image_files):
     """Image.open is lazy: a truncated file fails only when its pixels are read.  That is the
     item's ImageDecodeError (skipped in place with on_error="skip"), never a raw OSError."""
-    if backend == "python":  # images.decode_rgb's PIL branch: exact's fix (review item 3)
-        pytest.xfail("decode_rgb does not guard convert() of a lazy PIL image yet")
     clf = classifiers(backend)
     good = sorted(image_files["good"].glob("*.jpg"))[0]
     truncated = image_files["bad"] / "truncated.jpg"
