@@ -61,12 +61,16 @@ class Classifier:
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The raw model output (N, classes) for a float32 (N, 3, crop, crop) batch."""
     def logits(self, items: Sequence[_Item]) -> tuple[npt.NDArray[np.float32], dict[int, ImageError]]:
-        """preprocess + run in one call."""
+        """preprocess + run in one call. InvalidArgumentError when the batch tensor cannot be
+        allocated (too many items for the crop size: pass fewer)."""
     def iter_logits(self, items: Iterable[_Item], batch_size: int) -> LogitsIter:
         """Stream ``items`` ``batch_size`` at a time: per consecutive chunk, in order,
         ``(logits float32 (n_ok, classes), {index in items: ImageError})``. The next chunk
         decodes while the model runs the current one; items are read one chunk ahead; the
-        GIL is released while Rust works or waits. InvalidArgumentError for batch_size < 1."""
+        GIL is released while Rust works or waits. InvalidArgumentError for batch_size < 1;
+        an item that is not a (source, payload) tuple: InvalidArgumentTypeError (a tuple of
+        another length: InvalidArgumentError). An error raised by ``items`` while the next
+        chunk is read comes after the current chunk's results, on the following call."""
 
 class LogitsIter(Iterator[tuple[npt.NDArray[np.float32], dict[int, ImageError]]]):
     def __iter__(self) -> LogitsIter: ...

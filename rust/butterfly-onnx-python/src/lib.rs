@@ -14,7 +14,6 @@ use butterfly_onnx::contract;
 use butterfly_onnx::decode::RgbImage;
 use butterfly_onnx::{Error, ErrorKind};
 use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray3, PyReadonlyArray4, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyTuple};
 
@@ -28,6 +27,7 @@ mod errors {
     pyo3::import_exception!(butterfly_onnx.errors, ContractError);
     pyo3::import_exception!(butterfly_onnx.errors, BackendUnavailableError);
     pyo3::import_exception!(butterfly_onnx.errors, InvalidArgumentError);
+    pyo3::import_exception!(butterfly_onnx.errors, InvalidArgumentTypeError);
 }
 
 /// The Python exception for a core error. Image errors carry `.source` (ImageError's second
@@ -78,9 +78,16 @@ fn convert_items(items: &Bound<'_, PyAny>) -> PyResult<Converted> {
 
 /// Convert one item, `index` its position in the caller's list.
 fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>) -> PyResult<()> {
-    let pair = item.cast::<PyTuple>().map_err(|_| PyValueError::new_err("items must be (source, payload) tuples"))?;
+    let not_a_pair = || {
+        let kind = item.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string());
+        format!("items must be (source, payload) tuples; item {index} is a {kind}")
+    };
+    let pair = item.cast::<PyTuple>().map_err(|_| errors::InvalidArgumentTypeError::new_err(not_a_pair()))?;
     if pair.len() != 2 {
-        return Err(PyValueError::new_err("items must be (source, payload) tuples"));
+        return Err(errors::InvalidArgumentError::new_err(format!(
+            "items must be (source, payload) tuples; item {index} has {} elements",
+            pair.len()
+        )));
     }
     let source: String = pair.get_item(0)?.str()?.extract()?;
     let payload = pair.get_item(1)?;
@@ -117,12 +124,15 @@ fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>
 
 /// Preprocess the convertible items; failures by position in the caller's list, conversion
 /// failures included. Pure Rust: callers run it inside `py.detach`.
-fn preprocess_items(classifier: &CoreClassifier, converted: Converted) -> (ndarray::Array4<f32>, ImageErrors) {
-    let (batch, failures) = classifier.preprocess(&converted.inputs);
+fn preprocess_items(
+    classifier: &CoreClassifier,
+    converted: Converted,
+) -> Result<(ndarray::Array4<f32>, ImageErrors), Error> {
+    let (batch, failures) = classifier.preprocess(&converted.inputs)?;
     let mut all: ImageErrors = failures.into_iter().map(|(i, e)| (converted.positions[i], e)).collect();
     all.extend(converted.rejected);
     all.sort_by_key(|(i, _)| *i);
-    (batch, all)
+    Ok((batch, all))
 }
 
 /// An ONNX classifier with torchvision-exact preprocessing (see butterfly_onnx.Classifier
@@ -212,7 +222,7 @@ impl Classifier {
     ) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyDict>)> {
         let converted = convert_items(items)?;
         let inner = &self.inner;
-        let (batch, failures) = py.detach(|| preprocess_items(inner, converted));
+        let (batch, failures) = py.detach(|| preprocess_items(inner, converted)).map_err(|e| to_py_err(&e))?;
         Ok((batch.into_pyarray(py), errors_to_dict(py, &failures)?))
     }
 
@@ -233,7 +243,7 @@ impl Classifier {
         let converted = convert_items(items)?;
         let inner = &self.inner;
         let result = py.detach(|| {
-            let (batch, failures) = preprocess_items(inner, converted);
+            let (batch, failures) = preprocess_items(inner, converted)?;
             inner.run(batch.view()).map(|logits| (logits, failures))
         });
         let (logits, failures) = result.map_err(|e| to_py_err(&e))?;
@@ -255,7 +265,7 @@ impl Classifier {
         // Pipeline::new may measure the model batch (first use): without the GIL.
         let inner = Arc::clone(&self.inner);
         let pipeline = py.detach(|| Pipeline::new(inner));
-        let state = IterState { items, pipeline, chunks: VecDeque::new(), taken: 0, exhausted: false };
+        let state = IterState { items, pipeline, chunks: VecDeque::new(), taken: 0, exhausted: false, deferred: None };
         Ok(LogitsIter { batch_size: batch_size as usize, classes: self.inner.labels().len(), state: Mutex::new(state) })
     }
 
@@ -297,6 +307,9 @@ struct IterState {
     /// Items read from `items` so far.
     taken: usize,
     exhausted: bool,
+    /// An error raised while reading the chunk after the one being returned: raised by the
+    /// next `__next__`, so the returned chunk's results are not lost.
+    deferred: Option<PyErr>,
 }
 
 impl IterState {
@@ -345,10 +358,15 @@ impl LogitsIter {
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<LogitsAndErrors<'py>>> {
         // Never wait for the lock while holding the GIL: the holder may be waiting for it.
         let Ok(mut state) = self.state.try_lock() else {
-            return Err(PyValueError::new_err("this iter_logits iterator is already in use by another thread"));
+            return Err(errors::InvalidArgumentError::new_err(
+                "this iter_logits iterator is already in use by another thread",
+            ));
         };
         let state = &mut *state;
         if state.chunks.is_empty() {
+            if let Some(error) = state.deferred.take() {
+                return Err(error);
+            }
             let Some((plan, inputs)) = state.read_chunk(py, self.batch_size)? else { return Ok(None) };
             state.pipeline.submit(inputs);
             state.chunks.push_back(plan);
@@ -360,10 +378,17 @@ impl LogitsIter {
             return Ok(Some((logits.into_pyarray(py), errors_to_dict(py, &plan.rejected)?)));
         }
         // The chunk after it is read now, with the GIL, and decodes while the model runs.
-        let next = state.read_chunk(py, self.batch_size)?.map(|(next_plan, inputs)| {
-            state.chunks.push_back(next_plan);
-            inputs
-        });
+        // An error reading it waits for the next call: this chunk's results come first.
+        let next = match state.read_chunk(py, self.batch_size) {
+            Ok(next) => next.map(|(next_plan, inputs)| {
+                state.chunks.push_back(next_plan);
+                inputs
+            }),
+            Err(error) => {
+                state.deferred = Some(error);
+                None
+            }
+        };
         let pipeline = &mut state.pipeline;
         let outcome = py.detach(|| pipeline.next_chunk(|| next)).expect("a chunk is in flight");
         let chunk = outcome.map_err(|e| to_py_err(&e))?;

@@ -30,7 +30,7 @@ fn batch_logits_and_top_k_match_torchvision_and_onnxruntime() {
     let images = fx.images();
     assert!(images.len() >= 2);
 
-    let (batch, errors) = classifier.preprocess(&paths(&images));
+    let (batch, errors) = classifier.preprocess(&paths(&images)).unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(batch.shape(), [images.len(), 3, 64, 64]);
     // Bit for bit: the same float32 values torchvision produces.
@@ -70,7 +70,7 @@ fn bytes_and_decoded_pixels_give_the_same_rows_as_paths() {
             }
         })
         .collect();
-    let (batch, errors) = classifier.preprocess(&inputs);
+    let (batch, errors) = classifier.preprocess(&inputs).unwrap();
     assert!(errors.is_empty());
     assert_eq!(batch.as_slice().unwrap(), fx.reference_batch.as_slice());
 }
@@ -92,7 +92,7 @@ fn bad_images_are_reported_by_index_and_the_others_still_come_back() {
             image: butterfly_onnx::decode::RgbImage { width: 4, height: 4, data: vec![0; 5] },
         },
     ];
-    let (batch, errors) = classifier.preprocess(&inputs);
+    let (batch, errors) = classifier.preprocess(&inputs).unwrap();
     let kinds: Vec<(usize, ErrorKind)> = errors.iter().map(|(i, e)| (*i, e.kind())).collect();
     assert_eq!(
         kinds,
@@ -121,7 +121,7 @@ fn pixel_limit_is_checked_before_decoding() {
     let Some(fx) = fixture() else { return };
     let classifier =
         open(fx, "model.onnx", ClassifierOptions { max_image_pixels: Some(100), ..Default::default() }).unwrap();
-    let (_, errors) = classifier.preprocess(&paths(&fx.images()[..1]));
+    let (_, errors) = classifier.preprocess(&paths(&fx.images()[..1])).unwrap();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].1.kind(), ErrorKind::ImageTooLarge);
 }

@@ -429,3 +429,104 @@ fn the_python_command_writes_the_same_bytes() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// A fresh folder under the system's temporary folder, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("butterfly-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run the CLI with stdout a pipe whose reader is already gone (`| head -0`).
+fn run_with_closed_stdout(command: &mut Command) -> (i32, String) {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take()); // the read end, closed before anything is written
+    let output = child.wait_with_output().unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let Some(fx) = fixture() else { return };
+    let images: Vec<PathBuf> = fx.images().into_iter().take(3).collect();
+    let runs: Vec<Vec<std::ffi::OsString>> = vec![
+        vec!["info".into(), fx.path("model.onnx").into()],
+        vec!["info".into(), "--json".into(), fx.path("model.onnx").into()],
+        [vec!["predict".into(), fx.path("model.onnx").into()], images.iter().map(|p| p.into()).collect()].concat(),
+        [
+            vec!["predict".into(), "--json".into(), fx.path("model.onnx").into()],
+            images.iter().map(|p| p.into()).collect(),
+        ]
+        .concat(),
+    ];
+    for args in runs {
+        let (code, stderr) = run_with_closed_stdout(cli(fx).args(&args));
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+    // A failed image before the pipe closes still makes it exit 1, quietly about the pipe.
+    let missing = fx.dir.join("no_such_image.png");
+    let (code, stderr) =
+        run_with_closed_stdout(cli(fx).arg("predict").arg(fx.path("model.onnx")).arg(&missing).arg(&images[0]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}
+
+#[test]
+fn a_refused_run_leaves_the_output_file_alone() {
+    let Some(fx) = fixture() else { return };
+    let dir = TempDir::new("keep");
+    for name in ["keep.csv", "keep.jsonl"] {
+        let keep = dir.path().join(name);
+        std::fs::write(&keep, "precious\n").unwrap();
+        let mut command = cli(fx);
+        command.arg("predict").arg(dir.path().join("missing.onnx")).arg(&fx.images()[0]).arg("-o").arg(&keep);
+        let (code, _, stderr) = run(&mut command);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("model file not found"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&keep).unwrap(), "precious\n");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_kaggle_csv_entry_linked_out_of_the_image_folder_is_refused() {
+    let Some(fx) = fixture() else { return };
+    let dir = TempDir::new("kaggle-link");
+    let (data, outside) = (dir.path().join("data"), dir.path().join("outside"));
+    std::fs::create_dir_all(data.join("test")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let image = &fx.images()[0];
+    std::fs::copy(image, data.join("test").join("inside.png")).unwrap();
+    std::fs::copy(image, outside.join("secret.png")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.png"), data.join("test").join("escape.png")).unwrap();
+    std::os::unix::fs::symlink(data.join("test").join("inside.png"), data.join("test").join("alias.png")).unwrap();
+    let csv = data.join("Testing_set.csv");
+    std::fs::write(&csv, "filename\ninside.png\nalias.png\n").unwrap();
+    let (code, _, stderr) = run(cli(fx).arg("predict").arg(fx.path("model.onnx")).arg(&csv));
+    assert_eq!(code, 0, "a link inside the folder is fine: {stderr}");
+    std::fs::write(&csv, "filename\ninside.png\nescape.png\n").unwrap();
+    let (code, stdout, stderr) = run(cli(fx).arg("predict").arg(fx.path("model.onnx")).arg(&csv));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("line 3: escape.png resolves outside the image folder") && stderr.contains("Testing_set.csv"),
+        "{stderr}"
+    );
+}

@@ -90,17 +90,37 @@ enum Command {
     },
 }
 
-/// Why nothing was done (exit status 2): one line on stderr.
-struct Fatal(String);
+/// Why nothing was done (exit status 2): one line on stderr. A write to stdout whose reader
+/// went away (`| head`) is [`Fatal::is_broken_pipe`]: not an error, the run just stops.
+struct Fatal(String, bool);
 
-impl<E: std::fmt::Display> From<E> for Fatal {
+impl<E: std::fmt::Display + 'static> From<E> for Fatal {
     fn from(error: E) -> Self {
-        Fatal(error.to_string())
+        let any: &dyn std::any::Any = &error;
+        let broken = match (any.downcast_ref::<std::io::Error>(), any.downcast_ref::<csv::Error>()) {
+            (Some(io), _) => io.kind() == std::io::ErrorKind::BrokenPipe,
+            (_, Some(csv)) => {
+                matches!(csv.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            }
+            _ => false,
+        };
+        Fatal(error.to_string(), broken)
+    }
+}
+
+impl Fatal {
+    fn new(message: String) -> Self {
+        Fatal(message, false)
+    }
+
+    fn is_broken_pipe(&self) -> bool {
+        self.1
     }
 }
 
 fn report(message: &str) {
-    eprintln!("butterfly-onnx: error: {message}");
+    // stderr gone too: nothing left to tell.
+    let _ = writeln!(std::io::stderr().lock(), "butterfly-onnx: error: {message}");
 }
 
 fn main() -> ExitCode {
@@ -108,7 +128,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help, --version
-            print!("{error}");
+            let _ = write!(std::io::stdout().lock(), "{error}");
             return ExitCode::SUCCESS;
         }
         Err(error) => {
@@ -149,7 +169,9 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(all_ok) => ExitCode::from(if all_ok { 0 } else { 1 }),
-        Err(Fatal(message)) => {
+        // The reader of stdout has what it wanted.
+        Err(fatal) if fatal.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(Fatal(message, _)) => {
             report(&message);
             ExitCode::from(2)
         }
@@ -160,11 +182,11 @@ fn main() -> ExitCode {
 fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fatal> {
     if !model.exists() {
         // Before looking for ONNX Runtime: the missing model is the first thing to fix.
-        return Err(Fatal(format!("{}: model file not found", model.display())));
+        return Err(Fatal::new(format!("{}: model file not found", model.display())));
     }
     if runtime::configured_library(options.ort_library.as_deref()).is_none() {
         options.ort_library =
-            Some(runtime::find_wheel_library().ok_or_else(|| Fatal(runtime::how_to_get_a_library()))?);
+            Some(runtime::find_wheel_library().ok_or_else(|| Fatal::new(runtime::how_to_get_a_library()))?);
     }
     Ok(Classifier::open(model, options)?)
 }
@@ -211,7 +233,7 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
     let csvs: Vec<&String> = inputs.iter().filter(|i| i.to_ascii_lowercase().ends_with(".csv")).collect();
     if let Some(csv) = csvs.first() {
         if inputs.len() != 1 {
-            return Err(Fatal(format!("{csv}: a CSV input (a list of images) must be the only input")));
+            return Err(Fatal::new(format!("{csv}: a CSV input (a list of images) must be the only input")));
         }
         return read_image_list(Path::new(csv.as_str()));
     }
@@ -222,12 +244,12 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
             images.push(path);
         } else if path.is_dir() {
             let entries = std::fs::read_dir(&path)
-                .map_err(|e| Fatal(format!("{}: cannot list the directory: {e}", path.display())))?;
+                .map_err(|e| Fatal::new(format!("{}: cannot list the directory: {e}", path.display())))?;
             let mut found: Vec<PathBuf> =
                 entries.flatten().map(|e| e.path()).filter(|p| has_image_extension(p) && p.is_file()).collect();
             if found.is_empty() {
                 let known: Vec<&str> = image_extensions().collect();
-                return Err(Fatal(format!(
+                return Err(Fatal::new(format!(
                     "{}: the directory holds no image files ({})",
                     path.display(),
                     known.join(", ")
@@ -239,10 +261,10 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
             // As Python's glob.glob(text, recursive=True): `**` spans folders, `*` skips dotfiles.
             let options = glob::MatchOptions { require_literal_leading_dot: true, ..glob::MatchOptions::new() };
             let pattern =
-                glob::glob_with(text, options).map_err(|e| Fatal(format!("{text}: not a valid pattern: {e}")))?;
+                glob::glob_with(text, options).map_err(|e| Fatal::new(format!("{text}: not a valid pattern: {e}")))?;
             let mut found: Vec<PathBuf> = pattern.flatten().filter(|p| p.is_file()).map(|p| normalized(&p)).collect();
             if found.is_empty() {
-                return Err(Fatal(format!("{text}: the pattern matches no file")));
+                return Err(Fatal::new(format!("{text}: the pattern matches no file")));
             }
             found.sort();
             images.extend(found);
@@ -261,31 +283,32 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
 fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
     let name = csv_path.display();
     let bytes = std::fs::read(csv_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Fatal(format!("{name}: no such CSV file")),
-        _ => Fatal(format!("{name}: cannot read the CSV: {e}")),
+        std::io::ErrorKind::NotFound => Fatal::new(format!("{name}: no such CSV file")),
+        _ => Fatal::new(format!("{name}: cannot read the CSV: {e}")),
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
-        Fatal(format!("{name}, line {line}: not valid UTF-8"))
+        Fatal::new(format!("{name}, line {line}: not valid UTF-8"))
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-    let header = reader.headers().map_err(|e| Fatal(format!("{name}, line 1: not a valid CSV: {e}")))?.clone();
+    let header = reader.headers().map_err(|e| Fatal::new(format!("{name}, line 1: not a valid CSV: {e}")))?.clone();
     let column = header.iter().position(|h| h == "filename").ok_or_else(|| {
         let names: Vec<&str> = header.iter().collect();
-        Fatal(format!("{name}, line 1: missing column(s) ['filename']; the header is {names:?}"))
+        Fatal::new(format!("{name}, line 1: missing column(s) ['filename']; the header is {names:?}"))
     })?;
     let folder = {
         let parent = csv_path.parent().unwrap_or(Path::new(""));
         let test = parent.join("test");
         normalized(if test.is_dir() { &test } else { parent })
     };
+    let root = resolved(&folder, 40).unwrap_or_else(|| folder.clone());
     let (mut images, mut filenames) = (Vec::new(), Vec::new());
     for record in reader.records() {
-        let record = record.map_err(|e| Fatal(format!("{name}: not a valid CSV: {e}")))?;
+        let record = record.map_err(|e| Fatal::new(format!("{name}: not a valid CSV: {e}")))?;
         let line = record.position().map_or(0, |p| p.line());
         if record.len() > header.len() {
-            return Err(Fatal(format!(
+            return Err(Fatal::new(format!(
                 "{name}, line {line}: {} fields, the header has {}",
                 record.len(),
                 header.len()
@@ -294,26 +317,54 @@ fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
         let value = record.get(column).unwrap_or("").trim();
         let posix = value.replace('\\', "/");
         if value.is_empty() {
-            return Err(Fatal(format!("{name}, line {line}: empty filename")));
+            return Err(Fatal::new(format!("{name}, line {line}: empty filename")));
         }
         if value.chars().any(|c| (c as u32) < 32) {
-            return Err(Fatal(format!("{name}, line {line}: filename {value:?} contains a control character")));
+            return Err(Fatal::new(format!("{name}, line {line}: filename {value:?} contains a control character")));
         }
         if Path::new(value).is_absolute() || posix.starts_with('/') || posix.chars().nth(1) == Some(':') {
-            return Err(Fatal(format!(
+            return Err(Fatal::new(format!(
                 "{name}, line {line}: absolute path {value:?} is not allowed (paths are relative to the dataset root)"
             )));
         }
         if posix.split('/').any(|part| part == "..") {
-            return Err(Fatal(format!("{name}, line {line}: path {value:?} points outside the dataset root ('..')")));
+            return Err(Fatal::new(format!(
+                "{name}, line {line}: path {value:?} points outside the dataset root ('..')"
+            )));
         }
-        images.push(normalized(&folder.join(&posix)));
+        let image = normalized(&folder.join(&posix));
+        // A symlink may still lead outside the folder: as Python's read_image_list, the
+        // resolved path must stay inside the resolved folder.
+        if !resolved(&image, 40).is_some_and(|real| real.starts_with(&root)) {
+            return Err(Fatal::new(format!(
+                "{name}, line {line}: {} resolves outside the image folder {}",
+                normalized(Path::new(&posix)).display(),
+                root.display()
+            )));
+        }
+        images.push(image);
         filenames.push(value.to_string());
     }
     if images.is_empty() {
-        return Err(Fatal(format!("{name}: no rows after the header")));
+        return Err(Fatal::new(format!("{name}: no rows after the header")));
     }
     Ok(Inputs { images, filenames: Some(filenames) })
+}
+
+/// `path` with its symlinks resolved as Python's `Path.resolve()` (not strict): a missing
+/// tail is kept as written, a dangling link is followed to its target. `None` for a symlink
+/// loop (more than `depth` links) or a path that cannot be resolved.
+fn resolved(path: &Path, depth: usize) -> Option<PathBuf> {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return Some(real);
+    }
+    let absolute = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().ok()?.join(path) };
+    if absolute.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = std::fs::read_link(&absolute).ok()?;
+        return resolved(&absolute.parent()?.join(target), depth.checked_sub(1)?);
+    }
+    let name = absolute.file_name()?;
+    Some(resolved(absolute.parent()?, depth)?.join(name))
 }
 
 // -- outputs ------------------------------------------------------------------------------
@@ -407,33 +458,47 @@ fn json_line(result: &ImageResult, top_k: usize) -> String {
 
 /// Where predictions go.
 enum Sink {
-    Text(BufWriter<std::io::Stdout>),
+    Text(BufWriter<std::io::StdoutLock<'static>>),
     JsonLines(Box<dyn Write>),
     Csv(csv::Writer<File>),
     Submission(csv::Writer<File>),
 }
 
 fn csv_writer(path: &Path) -> Result<csv::Writer<File>, Fatal> {
-    let file = File::create(path).map_err(|e| Fatal(format!("{}: cannot write: {e}", path.display())))?;
+    let file = File::create(path).map_err(|e| Fatal::new(format!("{}: cannot write: {e}", path.display())))?;
     // As Python's csv.writer: minimal quoting, \r\n line ends.
     Ok(csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(file))
+}
+
+/// The format of `-o FILE` by its extension: ".csv" or ".jsonl", else a usage error.
+/// Checked before any work; the file itself is created only once the model is open.
+fn check_output(path: &Path) -> Result<&'static str, Fatal> {
+    let suffix = path.extension().map(|e| format!(".{}", e.to_string_lossy().to_lowercase()));
+    match suffix.as_deref() {
+        Some(".csv") => Ok(".csv"),
+        Some(".jsonl") => Ok(".jsonl"),
+        other => Err(Fatal::new(format!(
+            "{}: unknown output format '{}'; use .csv or .jsonl",
+            path.display(),
+            other.unwrap_or("(no extension)")
+        ))),
+    }
 }
 
 impl Sink {
     /// The sink for `-o FILE` (by extension; checked before any work) or stdout.
     fn new(output: Option<&Path>, json: bool, kaggle: bool, top_k: usize) -> Result<Sink, Fatal> {
         let Some(path) = output else {
-            let stdout = BufWriter::new(std::io::stdout());
+            let stdout = BufWriter::new(std::io::stdout().lock());
             return Ok(if json { Sink::JsonLines(Box::new(stdout)) } else { Sink::Text(stdout) });
         };
-        let suffix = path.extension().map(|e| format!(".{}", e.to_string_lossy().to_lowercase()));
-        match suffix.as_deref() {
-            Some(".csv") if kaggle => {
+        match check_output(path)? {
+            ".csv" if kaggle => {
                 let mut writer = csv_writer(path)?;
                 writer.write_record(["filename", "label"])?;
                 Ok(Sink::Submission(writer))
             }
-            Some(".csv") => {
+            ".csv" => {
                 let mut writer = csv_writer(path)?;
                 let mut header: Vec<String> = ["source", "label", "index", "probability"].map(String::from).to_vec();
                 for k in 1..=top_k {
@@ -443,15 +508,11 @@ impl Sink {
                 writer.write_record(&header)?;
                 Ok(Sink::Csv(writer))
             }
-            Some(".jsonl") => {
-                let file = File::create(path).map_err(|e| Fatal(format!("{}: cannot write: {e}", path.display())))?;
+            _ => {
+                let file =
+                    File::create(path).map_err(|e| Fatal::new(format!("{}: cannot write: {e}", path.display())))?;
                 Ok(Sink::JsonLines(Box::new(BufWriter::new(file))))
             }
-            other => Err(Fatal(format!(
-                "{}: unknown output format '{}'; use .csv or .jsonl",
-                path.display(),
-                other.unwrap_or("(no extension)")
-            ))),
         }
     }
 
@@ -522,8 +583,12 @@ fn predict(
     let top_k = settings.top_k;
     // Everything that can be refused is checked before the model is loaded.
     let expanded = expand(inputs)?;
-    let mut sink = Sink::new(settings.output.as_deref(), settings.json, expanded.filenames.is_some(), top_k)?;
+    if let Some(path) = &settings.output {
+        check_output(path)?;
+    }
     let classifier = open(model, options)?;
+    // Only now: a run refused above leaves an existing output file as it was.
+    let mut sink = Sink::new(settings.output.as_deref(), settings.json, expanded.filenames.is_some(), top_k)?;
     let bar = settings.show_progress.then(|| {
         let bar = indicatif::ProgressBar::new(expanded.images.len() as u64);
         bar.set_style(
@@ -549,11 +614,9 @@ fn predict(
             }
         }
         let filename = expanded.filenames.as_ref().map(|names| names[result.index].as_str());
-        if let Err(Fatal(message)) = sink.write(&result, filename, top_k) {
-            if message.contains("Broken pipe") {
-                return Ok(failed == 0); // e.g. `| head`: the reader has what it wanted
-            }
-            return Err(Fatal(message));
+        match sink.write(&result, filename, top_k) {
+            Err(fatal) if fatal.is_broken_pipe() => return Ok(failed == 0), // `| head`: the reader has what it wanted
+            other => other?,
         }
         if let Some(bar) = &bar {
             bar.inc(1);
@@ -562,34 +625,40 @@ fn predict(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    sink.finish()?;
+    match sink.finish() {
+        Err(fatal) if fatal.is_broken_pipe() => return Ok(failed == 0),
+        other => other?,
+    }
     debug_assert!(failed <= count);
     Ok(failed == 0)
 }
 
 fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool, Fatal> {
     let classifier = open(model, options)?;
+    let mut out = std::io::stdout().lock();
     let contract = classifier.contract();
     if as_json {
         let mut document = contract.to_value();
         document["model"] = serde_json::json!(model.display().to_string());
         document["static_batch"] = serde_json::json!(classifier.static_batch());
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
+        out.flush()?;
         return Ok(true);
     }
     let spec = &contract.preprocess;
     let crop = spec.crop_size;
-    println!("model:          {}", model.display());
-    println!("schema_version: {}", contract.schema_version);
-    println!("classes:        {}", contract.labels.len());
+    writeln!(out, "model:          {}", model.display())?;
+    writeln!(out, "schema_version: {}", contract.schema_version)?;
+    writeln!(out, "classes:        {}", contract.labels.len())?;
     let shown: Vec<&str> = contract.labels.iter().take(10).map(String::as_str).collect();
     let more =
         if contract.labels.len() > 10 { format!(", ... ({} more)", contract.labels.len() - 10) } else { String::new() };
-    println!("labels:         {}{more}", shown.join(", "));
+    writeln!(out, "labels:         {}{more}", shown.join(", "))?;
     let batch = classifier.static_batch().map_or("N".to_string(), |b| b.to_string());
-    println!("input:          {} [{batch}, 3, {crop}, {crop}] float32", contract.input_name);
-    println!("output:         {} ({})", contract.output_name, contract.output_kind.as_str());
-    println!(
+    writeln!(out, "input:          {} [{batch}, 3, {crop}, {crop}] float32", contract.input_name)?;
+    writeln!(out, "output:         {} ({})", contract.output_name, contract.output_kind.as_str())?;
+    writeln!(
+        out,
         "preprocess:     Resize({}, {}{}, {}) -> CenterCrop({crop}) -> ToTensor -> Normalize(mean={:?}, std={:?})",
         spec.resize_size,
         interpolation_name(spec.interpolation),
@@ -597,11 +666,12 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         resample_order_name(spec.resample_order),
         spec.mean,
         spec.std
-    );
-    println!("provenance:     {}", contract.provenance);
+    )?;
+    writeln!(out, "provenance:     {}", contract.provenance)?;
     if let Some(library) = runtime::loaded_library() {
-        println!("onnxruntime:    {}", library.display());
+        writeln!(out, "onnxruntime:    {}", library.display())?;
     }
+    out.flush()?;
     Ok(true)
 }
 

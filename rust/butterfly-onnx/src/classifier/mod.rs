@@ -237,8 +237,9 @@ impl Classifier {
 
     /// Decode and preprocess images in parallel, each written straight into its row of the
     /// batch. Returns the rows of the images that succeeded, in input order, shape
-    /// `(n_ok, 3, crop, crop)`, and the failures by input index.
-    pub fn preprocess(&self, items: &[ImageInput]) -> (Array4<f32>, ImageErrors) {
+    /// `(n_ok, 3, crop, crop)`, and the failures by input index. `Err(InvalidArgument)` when
+    /// the batch tensor cannot be allocated (use fewer images per call).
+    pub fn preprocess(&self, items: &[ImageInput]) -> Result<(Array4<f32>, ImageErrors)> {
         if items.len() <= 1 {
             return self.prep.batch(items);
         }
@@ -273,7 +274,7 @@ impl Classifier {
 
     /// [`Self::preprocess`] then [`Self::run`] on the images that decoded.
     pub fn logits(&self, items: &[ImageInput]) -> Result<(Array2<f32>, ImageErrors)> {
-        let (batch, errors) = self.preprocess(items);
+        let (batch, errors) = self.preprocess(items)?;
         let logits = self.run(batch.view())?;
         Ok((logits, errors))
     }

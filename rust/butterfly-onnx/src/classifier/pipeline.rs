@@ -96,7 +96,7 @@ impl LogitsChunk {
 struct Pending {
     start: usize,
     sources: Vec<String>,
-    done: mpsc::Receiver<(Array4<f32>, ImageErrors)>,
+    done: mpsc::Receiver<Result<(Array4<f32>, ImageErrors)>>,
 }
 
 /// The pipeline's engine, for callers that feed chunks themselves (the Python binding
@@ -160,12 +160,16 @@ impl<C: Deref<Target = Classifier>> Pipeline<C> {
         if let Some(items) = refill.and_then(|refill| refill()) {
             self.submit(items);
         }
-        let Ok((batch, local_errors)) = decoded else {
-            let first = pending.sources.first().cloned().unwrap_or_default();
-            return Some(Err(Error::Inference {
-                path: self.classifier.model_path().to_path_buf(),
-                reason: format!("the decoding task of the chunk starting at {first} failed"),
-            }));
+        let (batch, local_errors) = match decoded {
+            Ok(Ok(decoded)) => decoded,
+            Ok(Err(error)) => return Some(Err(error)),
+            Err(_) => {
+                let first = pending.sources.first().cloned().unwrap_or_default();
+                return Some(Err(Error::Inference {
+                    path: self.classifier.model_path().to_path_buf(),
+                    reason: format!("the decoding task of the chunk starting at {first} failed"),
+                }));
+            }
         };
         let size = self.classifier.model_batch();
         let logits = match self.classifier.run_in_pieces(batch.view(), size) {
@@ -280,7 +284,10 @@ impl<C: Deref<Target = Classifier>, I: Iterator<Item = ImageInput>> Iterator for
 /// [`MAX_MODEL_BATCH`].
 pub(super) fn measure_model_batch(classifier: &Classifier) -> usize {
     let crop = classifier.contract().preprocess.crop_size as usize;
-    let one = Array4::<f32>::zeros((1, 3, crop, crop));
+    let Ok(zeros) = super::batch::alloc_batch(1, crop) else {
+        return 1; // the real run reports that the batch cannot be allocated
+    };
+    let one = Array4::from_shape_vec((1, 3, crop, crop), zeros).expect("3*crop*crop floats");
     if classifier.run_in_pieces(one.view(), 1).is_err() {
         return 1; // the real run reports the error
     }

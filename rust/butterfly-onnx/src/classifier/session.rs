@@ -106,7 +106,12 @@ impl Model {
             let end = (start + size).min(n);
             let piece = batch.slice(s![start..end, .., .., ..]);
             let logits = if end - start < size && self.static_batch.is_some() {
-                let padded = padded.get_or_insert_with(|| Array4::<f32>::zeros((size, 3, crop, crop)));
+                if padded.is_none() {
+                    let zeros = super::batch::alloc_batch(size, crop)?;
+                    padded =
+                        Some(Array4::from_shape_vec((size, 3, crop, crop), zeros).expect("size*3*crop*crop floats"));
+                }
+                let padded = padded.as_mut().expect("allocated above");
                 padded.slice_mut(s![..end - start, .., .., ..]).assign(&piece);
                 self.run_piece(padded.view())?
             } else {
