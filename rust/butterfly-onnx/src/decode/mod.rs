@@ -65,42 +65,8 @@ pub fn read_rgb(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
 pub fn decode_rgb(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
     // The decoders report errors as values; should one of them panic on a malformed file
     // anyway, that is still a decode error about this input, not a crash of the caller, and
-    // nothing is printed on stderr (the panic hook stays quiet for guarded decodes).
-    install_quiet_panic_hook();
-    let was_quiet = QUIET_PANICS.with(|q| q.replace(true));
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_any(bytes, source_name, limits)));
-    QUIET_PANICS.with(|q| q.set(was_quiet));
-    match caught {
-        Ok(result) => result,
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(decode_error(source_name, format!("decoder failed: {what}")))
-        }
-    }
-}
-
-thread_local! {
-    /// Set while this thread runs a guarded decode: its panics are caught and reported as
-    /// errors, so the panic hook prints nothing for them.
-    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Wraps the process's panic hook once: panics inside guarded decodes are silent, every
-/// other panic goes to the hook that was installed before.
-fn install_quiet_panic_hook() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET_PANICS.with(|q| q.get()) {
-                previous(info);
-            }
-        }));
-    });
+    // nothing is printed on stderr: the crate's one panic guard.
+    crate::error::guard(source_name, "decoder failed", || decode_any(bytes, source_name, limits))
 }
 
 fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
