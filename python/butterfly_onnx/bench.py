@@ -327,7 +327,7 @@ def run_bench(
     from .images import decode_rgb
 
     for path in paths:  # an undecodable input is an ImageError naming it, before any timing
-        decode_rgb((path, path), None)
+        decode_rgb((path, Path(path)), None)
     if rounds < 1 or any(b < 1 for b in batch_sizes) or any(t < 1 for t in threads):
         raise InvalidArgumentError("bench: rounds, batch sizes and thread counts must be >= 1")
     unknown = set(contenders) - set(CONTENDERS)

@@ -235,7 +235,7 @@ def run_parity(
     from .images import decode_rgb
 
     for path in paths:  # an undecodable input is an ImageError naming it, before any timing
-        decode_rgb((path, path), None)
+        decode_rgb((path, Path(path)), None)
     readers: dict[str, _StageReader] = {}
     full: dict[str, Any] = {}
     skipped: dict[str, str] = {}

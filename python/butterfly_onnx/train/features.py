@@ -57,7 +57,7 @@ def extract_features(
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].detach().float().cpu()))
     model.eval()
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
         ImageSamples(samples, transform), batch_size=batch_size, shuffle=False, num_workers=workers
     )
     targets = []

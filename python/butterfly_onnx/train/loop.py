@@ -293,7 +293,7 @@ def _cached_passes(head, features, targets, criterion, optimizer, set_lr, batch_
 def _predict(model: nn.Module, samples, spec, batch_size, device, amp, workers, bar_desc=None, progress=False):
     """Logits (float32 numpy) and targets for samples, in eval mode with the eval transforms."""
     model.eval()
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
         ImageSamples(samples, eval_transforms(spec)), batch_size=batch_size, shuffle=False, num_workers=workers
     )
     bar = _bar(progress, len(loader), bar_desc, leave=False)
@@ -635,7 +635,7 @@ def _finetune(
         else (min(8, os.cpu_count() or 1) if device_.type == "cuda" else 0)
     )
     spec = settings.preprocess if settings.preprocess is not None else weights_preprocess(arch, settings.weights)
-    columns = {"filename_column": settings.filename_column, "label_column": settings.label_column}
+    columns: dict[str, Any] = {"filename_column": settings.filename_column, "label_column": settings.label_column}
     best_path, last_path = out / BEST, out / LAST
     if resume is None and last_path.is_file():
         raise TrainingError(
@@ -703,14 +703,14 @@ def _finetune(
         weight_decay=settings.weight_decay,
     )
     train_ds = ImageSamples(train_samples, train_transforms(spec))
-    sampler = (
+    sampler: torch.utils.data.DistributedSampler[Any] | None = (
         torch.utils.data.DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
         if dist.active
         else None
     )
     generator = torch.Generator()
     per_rank = math.ceil(len(train_ds) / dist.world)
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
         train_ds,
         batch_size=batch_size,
         shuffle=sampler is None,
@@ -755,6 +755,7 @@ def _finetune(
         features = {k: v.to(device_) for k, v in features.items()}
     cached_head = features is not None and settings.head_epochs > 0
     if cached_head:
+        assert features is not None
         steps_per_pass = math.ceil(len(features["train_targets"]) / batch_size)
         passes = max(1, math.ceil(settings.head_steps / (settings.head_epochs * steps_per_pass)))
         head_total = passes * steps_per_pass * settings.head_epochs
@@ -841,6 +842,7 @@ def _finetune(
             return step
 
         if phase == "head" and cached_head:
+            assert head_layer is not None and features is not None
             stats = _run_cached_head_epoch(
                 head_layer,
                 features["train"],
@@ -904,6 +906,7 @@ def _finetune(
         improved = best is None or row["val_acc1"] > best["val_acc1"]
         if improved:
             best = row
+        assert best is not None
         if dist.main:
             metrics = {
                 "val_acc1": best["val_acc1"],
@@ -937,6 +940,7 @@ def _finetune(
         epoch_bar.close()
     if not history:
         raise TrainingError(f"{out}: no epoch was run")
+    assert best is not None
 
     # Never worse than the probe: when no epoch beat it on validation, best.pt becomes the
     # pretrained backbone with the probe's head.
@@ -945,7 +949,9 @@ def _finetune(
         selected = "probe"
         torch.manual_seed(seed)
         fallback = build_model(arch, weights=settings.weights, num_classes=num_classes).to(device_)
-        probe_head_state(cacheable_head(fallback), probe)
+        fallback_head = cacheable_head(fallback)
+        assert fallback_head is not None  # the probe exists only for a model with a Linear head
+        probe_head_state(fallback_head, probe)
         if dist.main:
             metrics = {"val_acc1": probe["acc1"], "val_acc5": probe["acc5"], "val_loss": None, "best_epoch": 0}
             save_checkpoint(best_path, fallback, {**base_config, "metrics": metrics, "epoch": 0, "selected": "probe"})
@@ -965,7 +971,7 @@ def _finetune(
         net, val_samples, spec, batch_size, device_, amp, workers, dist, progress, num_classes
     )
     report = classification_metrics(logits, targets, labels)
-    metrics: dict[str, Any] = {
+    metrics = {
         "val_acc1": report["acc1"],
         "val_acc5": report["acc5"],
         "val_loss": val_loss,

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -79,7 +79,7 @@ def _check_arch(arch: Any) -> str:
 
 
 # --- heads ----------------------------------------------------------------------------
-def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear | nn.Conv2d]:
     """The final classification layer: ``(parent, attribute, layer)`` where
     ``getattr(parent, attribute) is layer`` (for a Sequential, attribute is the index).
 
@@ -100,8 +100,9 @@ def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
             return parent, last, layer
         if isinstance(layer, nn.Sequential):
             for index in range(len(layer) - 1, -1, -1):
-                if isinstance(layer[index], (nn.Linear, nn.Conv2d)):
-                    return layer, str(index), layer[index]
+                item = layer[index]
+                if isinstance(item, (nn.Linear, nn.Conv2d)):
+                    return layer, str(index), item
     raise ArchitectureError(
         f"cannot find the classification head of {type(model).__name__} (looked for a Linear or "
         "Conv2d at heads.head, head, fc, classifier)"
@@ -118,17 +119,19 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ArchitectureError(f"num_classes must be a positive integer, got {num_classes!r}")
     parent, attr, layer = classifier_head(model)
+    new: nn.Module
     if isinstance(layer, nn.Linear):
         new = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
     else:  # SqueezeNet's 1x1 conv classifier
-        new = nn.Conv2d(layer.in_channels, num_classes, kernel_size=layer.kernel_size, stride=layer.stride)
+        kernel, stride = cast(tuple[int, int], layer.kernel_size), cast(tuple[int, int], layer.stride)
+        new = nn.Conv2d(layer.in_channels, num_classes, kernel_size=kernel, stride=stride)
     new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
     if isinstance(parent, nn.Sequential) and attr.isdigit():
         parent[int(attr)] = new
     else:
         setattr(parent, attr, new)
     if hasattr(model, "num_classes"):  # SqueezeNet reshapes its output with it
-        model.num_classes = num_classes
+        setattr(model, "num_classes", num_classes)  # noqa: B010  (an attribute torch's types do not declare)
     return model
 
 
@@ -164,15 +167,20 @@ def _lite0_skeleton() -> nn.Module:
 
 def _lite0_key_map(model: nn.Module) -> dict[str, str]:
     """Package key (lukemelas-style ``_blocks.N._expand_conv``) -> torchvision key."""
-    mapping = {"_conv_stem.weight": "features.0.0.weight", "_conv_head.weight": "features.8.0.weight",
-               "_fc.weight": "classifier.1.weight", "_fc.bias": "classifier.1.bias"}
+    mapping = {
+        "_conv_stem.weight": "features.0.0.weight",
+        "_conv_head.weight": "features.8.0.weight",
+        "_fc.weight": "classifier.1.weight",
+        "_fc.bias": "classifier.1.bias",
+    }
     bn_fields = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     for field in bn_fields:
         mapping[f"_bn0.{field}"] = f"features.0.1.{field}"
         mapping[f"_bn1.{field}"] = f"features.8.1.{field}"
     block_index = 0
+    stages: Any = model.features  # a Sequential of Sequentials of MBConv blocks
     for stage in range(1, 8):
-        for inner, block in enumerate(model.features[stage]):
+        for inner, block in enumerate(stages[stage]):
             layers = block.block  # [expand?], depthwise, SE (Identity here), project
             has_expand = len(layers) == 4
             prefix = f"features.{stage}.{inner}.block"
@@ -266,7 +274,9 @@ def build_model(arch: str, *, weights: Any = None, num_classes: int | None = Non
     ``None`` keeps the pretrained (or default 1000-class) head.  Returned in train mode.
     """
     arch = _check_arch(arch)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ArchitectureError(f"num_classes must be a positive integer or None, got {num_classes!r}")
     kwargs = {"aux_logits": False} if arch in _NO_AUX else {}
     if arch == LITE0:
