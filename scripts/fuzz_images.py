@@ -46,9 +46,10 @@ import tempfile
 import time
 import traceback
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -75,8 +76,18 @@ def photo_paths() -> list[Path]:
         import skimage.data
 
         base = Path(skimage.data.__file__).parent
-        for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                     "camera.png", "retina.jpg", "hubble_deep_field.jpg", "logo.png", "color.png"):
+        for name in (
+            "astronaut.png",
+            "chelsea.png",
+            "coffee.png",
+            "rocket.jpg",
+            "motorcycle_left.png",
+            "camera.png",
+            "retina.jpg",
+            "hubble_deep_field.jpg",
+            "logo.png",
+            "color.png",
+        ):
             if (base / name).exists():
                 paths.append(base / name)
     except ImportError:
@@ -125,8 +136,13 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_raw(width: int, height: int, color: int, depth: int, rows: list[bytes], extra: list[bytes] = ()) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
     body = b"".join(b"\x00" + r for r in rows)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + b"".join(extra)
-            + _png_chunk(b"IDAT", zlib.compress(body)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + b"".join(extra)
+        + _png_chunk(b"IDAT", zlib.compress(body))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_rgb16(img) -> bytes:
@@ -194,7 +210,7 @@ def gif_screen(img, screen: tuple[int, int], offset: tuple[int, int]) -> bytes:
     b = bytearray(buf.getvalue())
     b[6:10] = struct.pack("<HH", *screen)
     pos = b.index(b"\x2c", 13 + (3 << ((b[10] & 7) + 1)) if b[10] & 0x80 else 13)
-    b[pos + 1: pos + 5] = struct.pack("<HH", *offset)
+    b[pos + 1 : pos + 5] = struct.pack("<HH", *offset)
     return bytes(b)
 
 
@@ -212,7 +228,11 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
     def save(fmt: str, name: str, img, **kw) -> None:
         buf = io.BytesIO()
         try:
-            img.save(buf, {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kw)
+            img.save(
+                buf,
+                {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP", "tiff": "TIFF"}[fmt],
+                **kw,
+            )
         except (OSError, ValueError, KeyError):
             return
         seeds[fmt].append((name, buf.getvalue()))
@@ -232,7 +252,14 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
         if i % 3 == 0:
             save("jpeg", f"{tag}_cmyk", rgb.convert("CMYK"), quality=90)
             save("jpeg", f"{tag}_restart", rgb, quality=90, restart_marker_blocks=2)
-            save("jpeg", f"{tag}_opt", rgb, quality=70, optimize=True, exif=b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0")
+            save(
+                "jpeg",
+                f"{tag}_opt",
+                rgb,
+                quality=70,
+                optimize=True,
+                exif=b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0",
+            )
         # PNG
         save("png", f"{tag}_rgb", rgb)
         save("png", f"{tag}_rgba", img.convert("RGBA"))
@@ -243,7 +270,9 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
         save("png", f"{tag}_ptrns", pt, transparency=rng.randint(0, 31))
         save("png", f"{tag}_1bit", rgb.convert("1"))
         save("png", f"{tag}_p4", rgb.quantize(16), bits=4)
-        save("png", f"{tag}_i16", Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 3).astype(np.uint16)))
+        save(
+            "png", f"{tag}_i16", Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 3).astype(np.uint16))
+        )
         seeds["png"].append((f"{tag}_rgb16", png_rgb16(rgb)))
         if i % 4 == 0:
             from PIL import ImageCms
@@ -285,7 +314,11 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
         save("tiff", f"{tag}_g4", rgb.convert("1"), compression="group4")
         save("tiff", f"{tag}_jpeg", rgb, compression="jpeg")
         save("tiff", f"{tag}_cmyk", rgb.convert("CMYK"))
-        save("tiff", f"{tag}_i16", Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 200).astype(np.uint16)))
+        save(
+            "tiff",
+            f"{tag}_i16",
+            Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 200).astype(np.uint16)),
+        )
         save("tiff", f"{tag}_p", rgb.quantize(64))
     return {f: v for f, v in seeds.items() if v}
 
@@ -293,8 +326,34 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
 # ---------------------------------------------------------------------------------------------
 # mutations
 # ---------------------------------------------------------------------------------------------
-INTERESTING = (0, 1, 2, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 1023, 4096, 32767, 32768,
-               65535, 65536, 100000, 1 << 24, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
+INTERESTING = (
+    0,
+    1,
+    2,
+    7,
+    8,
+    15,
+    16,
+    31,
+    32,
+    63,
+    64,
+    127,
+    128,
+    255,
+    256,
+    1023,
+    4096,
+    32767,
+    32768,
+    65535,
+    65536,
+    100000,
+    1 << 24,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+)
 
 
 def _interesting(rng: random.Random, old: int, bits: int) -> int:
@@ -312,19 +371,19 @@ def _edit_int(b: bytearray, pos: int, size: int, little: bool, rng: random.Rando
     if pos < 0 or pos + size > len(b):
         return
     order = "little" if little else "big"
-    old = int.from_bytes(b[pos:pos + size], order)
-    b[pos:pos + size] = _interesting(rng, old, 8 * size).to_bytes(size, order)
+    old = int.from_bytes(b[pos : pos + size], order)
+    b[pos : pos + size] = _interesting(rng, old, 8 * size).to_bytes(size, order)
 
 
 def png_chunks(b: bytes) -> list[tuple[int, int, bytes]]:
     """(start, end, type) of each chunk after the signature."""
     out, pos = [], 8
     while pos + 8 <= len(b):
-        (n,) = struct.unpack(">I", b[pos:pos + 4])
+        (n,) = struct.unpack(">I", b[pos : pos + 4])
         end = pos + 12 + n
         if end > len(b):
             break
-        out.append((pos, end, b[pos + 4:pos + 8]))
+        out.append((pos, end, b[pos + 4 : pos + 8]))
         pos = end
     return out
 
@@ -336,7 +395,7 @@ def jpeg_segments(b: bytes) -> list[tuple[int, int, int]]:
         if marker == 0xDA:
             out.append((pos, len(b) - 2, marker))
             break
-        (n,) = struct.unpack(">H", b[pos + 2:pos + 4])
+        (n,) = struct.unpack(">H", b[pos + 2 : pos + 4])
         out.append((pos, pos + 2 + n, marker))
         pos += 2 + n
     return out
@@ -351,17 +410,29 @@ def tiff_entries(b: bytes) -> list[tuple[int, bool, int]]:
     (ifd,) = struct.unpack(e + "I", b[4:8])
     if ifd + 2 > len(b):
         return []
-    (n,) = struct.unpack(e + "H", b[ifd:ifd + 2])
-    return [(ifd + 2 + 12 * i, little, struct.unpack(e + "H", b[ifd + 2 + 12 * i: ifd + 4 + 12 * i])[0])
-            for i in range(n) if ifd + 14 + 12 * i <= len(b)]
+    (n,) = struct.unpack(e + "H", b[ifd : ifd + 2])
+    return [
+        (ifd + 2 + 12 * i, little, struct.unpack(e + "H", b[ifd + 2 + 12 * i : ifd + 4 + 12 * i])[0])
+        for i in range(n)
+        if ifd + 14 + 12 * i <= len(b)
+    ]
 
 
 def header_edit(fmt: str, b: bytearray, rng: random.Random) -> str:
     if fmt == "png":
         chunks = png_chunks(bytes(b))
         if rng.random() < 0.6 or len(chunks) < 2:
-            field_ = rng.choice([(16, 4, "width"), (20, 4, "height"), (24, 1, "depth"), (25, 1, "color"),
-                                 (26, 1, "compression"), (27, 1, "filter"), (28, 1, "interlace")])
+            field_ = rng.choice(
+                [
+                    (16, 4, "width"),
+                    (20, 4, "height"),
+                    (24, 1, "depth"),
+                    (25, 1, "color"),
+                    (26, 1, "compression"),
+                    (27, 1, "filter"),
+                    (28, 1, "interlace"),
+                ]
+            )
             _edit_int(b, field_[0], field_[1], False, rng)
             start, end = 8, 33
             what = f"IHDR.{field_[2]}"
@@ -373,13 +444,27 @@ def header_edit(fmt: str, b: bytearray, rng: random.Random) -> str:
                     b[i] = rng.getrandbits(8)
             what = f"{kind.decode('latin-1')}.data"
         if rng.random() < 0.8 and end <= len(b):  # keep the CRC valid most of the time
-            b[end - 4:end] = struct.pack(">I", zlib.crc32(bytes(b[start + 4:end - 4])))
+            b[end - 4 : end] = struct.pack(">I", zlib.crc32(bytes(b[start + 4 : end - 4])))
         return what
     if fmt == "bmp":
-        field_ = rng.choice([(2, 4, "file_size"), (10, 4, "offset"), (14, 4, "header_size"), (18, 4, "width"),
-                             (22, 4, "height"), (26, 2, "planes"), (28, 2, "bpp"), (30, 4, "compression"),
-                             (34, 4, "image_size"), (46, 4, "colors_used"), (54, 4, "mask0"), (58, 4, "mask1"),
-                             (62, 4, "mask2"), (66, 4, "mask3")])
+        field_ = rng.choice(
+            [
+                (2, 4, "file_size"),
+                (10, 4, "offset"),
+                (14, 4, "header_size"),
+                (18, 4, "width"),
+                (22, 4, "height"),
+                (26, 2, "planes"),
+                (28, 2, "bpp"),
+                (30, 4, "compression"),
+                (34, 4, "image_size"),
+                (46, 4, "colors_used"),
+                (54, 4, "mask0"),
+                (58, 4, "mask1"),
+                (62, 4, "mask2"),
+                (66, 4, "mask3"),
+            ]
+        )
         if field_[2] == "bpp" and rng.random() < 0.7:
             b[28:30] = struct.pack("<H", rng.choice([0, 1, 2, 4, 8, 15, 16, 24, 32, 64]))
         elif field_[2] == "compression" and rng.random() < 0.7:
@@ -404,8 +489,17 @@ def header_edit(fmt: str, b: bytearray, rng: random.Random) -> str:
         sof = [s for s in segs if s[2] in (0xC0, 0xC1, 0xC2)]
         if sof and rng.random() < 0.6:
             start = sof[0][0]
-            field_ = rng.choice([(4, 1, "precision"), (5, 2, "height"), (7, 2, "width"), (9, 1, "components"),
-                                 (11, 1, "sampling0"), (14, 1, "sampling1"), (12, 1, "qtable0")])
+            field_ = rng.choice(
+                [
+                    (4, 1, "precision"),
+                    (5, 2, "height"),
+                    (7, 2, "width"),
+                    (9, 1, "components"),
+                    (11, 1, "sampling0"),
+                    (14, 1, "sampling1"),
+                    (12, 1, "qtable0"),
+                ]
+            )
             _edit_int(b, start + field_[0], field_[1], False, rng)
             return f"SOF.{field_[2]}"
         if segs:
@@ -428,16 +522,24 @@ def header_edit(fmt: str, b: bytearray, rng: random.Random) -> str:
         if rng.random() < 0.15:
             _edit_int(b, pos + 4, 4, little, rng)  # the count
             return f"TIFF.{tag}.count"
-        typ = struct.unpack(e + "H", b[pos + 2:pos + 4])[0]
-        special = {259: [1, 2, 3, 4, 5, 7, 8, 32773, 32946, 34712], 262: [0, 1, 2, 3, 4, 5, 6, 8],
-                   274: list(range(0, 10)), 277: [1, 2, 3, 4, 5], 258: [1, 2, 4, 8, 12, 16, 32],
-                   284: [1, 2], 317: [1, 2, 3], 338: [0, 1, 2], 339: [1, 2, 3]}
+        typ = struct.unpack(e + "H", b[pos + 2 : pos + 4])[0]
+        special = {
+            259: [1, 2, 3, 4, 5, 7, 8, 32773, 32946, 34712],
+            262: [0, 1, 2, 3, 4, 5, 6, 8],
+            274: list(range(0, 10)),
+            277: [1, 2, 3, 4, 5],
+            258: [1, 2, 4, 8, 12, 16, 32],
+            284: [1, 2],
+            317: [1, 2, 3],
+            338: [0, 1, 2],
+            339: [1, 2, 3],
+        }
         if tag in special and rng.random() < 0.7:
             value = rng.choice(special[tag])
             if typ == 3:
-                b[pos + 8:pos + 10] = struct.pack(e + "H", value)
+                b[pos + 8 : pos + 10] = struct.pack(e + "H", value)
             else:
-                b[pos + 8:pos + 12] = struct.pack(e + "I", value)
+                b[pos + 8 : pos + 12] = struct.pack(e + "I", value)
         else:
             _edit_int(b, pos + 8, 2 if typ == 3 else 4, little, rng)
         return f"TIFF.{tag}"
@@ -465,9 +567,9 @@ def chunk_op(fmt: str, b: bytes, rng: random.Random) -> tuple[bytes, str]:
     elif fmt == "webp" and len(b) > 20:
         pos = 12
         while pos + 8 <= len(b):
-            (n,) = struct.unpack("<I", b[pos + 4:pos + 8])
+            (n,) = struct.unpack("<I", b[pos + 4 : pos + 8])
             end = min(len(b), pos + 8 + n + (n & 1))
-            ranges.append((pos, end, b[pos:pos + 4].decode("latin-1")))
+            ranges.append((pos, end, b[pos : pos + 4].decode("latin-1")))
             pos = end
     if not ranges:
         a = rng.randrange(len(b))
@@ -506,8 +608,9 @@ def mutate(fmt: str, data: bytes, others: list[bytes], rng: random.Random) -> tu
                 ba[rng.randrange(len(ba))] ^= 1 << rng.randrange(8)
             b, step = bytes(ba), "bits"
         elif r < 0.45:
-            cut = rng.choice((rng.randrange(len(b)), len(b) - rng.randint(1, min(len(b), 16)),
-                              int(len(b) * rng.random() ** 0.3)))
+            cut = rng.choice(
+                (rng.randrange(len(b)), len(b) - rng.randint(1, min(len(b), 16)), int(len(b) * rng.random() ** 0.3))
+            )
             b, step = b[:cut], f"truncate:{cut}"
         elif r < 0.62:
             ba = bytearray(b)
@@ -525,7 +628,7 @@ def mutate(fmt: str, data: bytes, others: list[bytes], rng: random.Random) -> tu
             if rng.random() < 0.5:
                 b, step = b[:a] + bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 16))) + b[a:], "insert"
             else:
-                b, step = b[:a] + b[a + rng.randint(1, 16):], "delete"
+                b, step = b[:a] + b[a + rng.randint(1, 16) :], "delete"
         steps.append(step)
     return b, steps
 
@@ -666,7 +769,8 @@ def build_model(path: Path, seed: int = 0) -> Path:
         helper.make_node("MatMul", ["flat", "weight"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "fuzz",
+        nodes,
+        "fuzz",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, CROP, CROP])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])],
         [helper.make_tensor("weight", TensorProto.FLOAT, weight.shape, weight.ravel())],
@@ -682,8 +786,15 @@ def build_model(path: Path, seed: int = 0) -> Path:
 # ---------------------------------------------------------------------------------------------
 # the campaign
 # ---------------------------------------------------------------------------------------------
-DEFECTS = ("crash", "hang", "mismatch", "tensor_where_pillow_raised", "refusal", "refusal_unsupported",
-           "outside_hierarchy")
+DEFECTS = (
+    "crash",
+    "hang",
+    "mismatch",
+    "tensor_where_pillow_raised",
+    "refusal",
+    "refusal_unsupported",
+    "outside_hierarchy",
+)
 #: A refusal whose message says the layout is unsupported (docs/reliability.md lists them:
 #: TIFF JPEG/CCITT/palette/tiled..., animated WebP) is counted apart from other refusals.
 UNSUPPORTED_MARK = "not supported"
@@ -696,7 +807,8 @@ class Counts:
     pillow_raises: int = 0
     reference_crash_or_hang: int = 0
     per_backend: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {b: {d: 0 for d in DEFECTS} for b in ("python", "rust")})
+        default_factory=lambda: {b: {d: 0 for d in DEFECTS} for b in ("python", "rust")}
+    )
     error_class_disagreement: int = 0
     class_disagreement: int = 0
     by_format: dict[str, int] = field(default_factory=dict)
@@ -707,12 +819,16 @@ class Counts:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "cases": self.cases, "pillow_decodes": self.pillow_decodes, "pillow_raises": self.pillow_raises,
-            "reference_crash_or_hang": self.reference_crash_or_hang, "per_backend": self.per_backend,
+            "cases": self.cases,
+            "pillow_decodes": self.pillow_decodes,
+            "pillow_raises": self.pillow_raises,
+            "reference_crash_or_hang": self.reference_crash_or_hang,
+            "per_backend": self.per_backend,
             "refusal_rate": {b: self.refusal_rate(b) for b in self.per_backend},
             "refusal_unsupported_rate": {b: self.refusal_rate(b, True) for b in self.per_backend},
             "error_class_disagreement": self.error_class_disagreement,
-            "class_disagreement": self.class_disagreement, "by_format": self.by_format,
+            "class_disagreement": self.class_disagreement,
+            "by_format": self.by_format,
         }
 
 
@@ -753,10 +869,17 @@ def _summary(res: dict) -> str:
     return f"{res.get('cls')}: {res.get('msg', '')[:160]}"
 
 
-def run_campaign(seed: int, cases: int | None = None, minutes: float | None = None, out: Path | None = None,
-                 backends: tuple[str, ...] = ("python", "rust"), timeout: float = CASE_TIMEOUT_S,
-                 progress: Callable[[Counts], None] | None = None, keep_all: bool = False,
-                 formats: tuple[str, ...] = FORMATS) -> Counts:
+def run_campaign(
+    seed: int,
+    cases: int | None = None,
+    minutes: float | None = None,
+    out: Path | None = None,
+    backends: tuple[str, ...] = ("python", "rust"),
+    timeout: float = CASE_TIMEOUT_S,
+    progress: Callable[[Counts], None] | None = None,
+    keep_all: bool = False,
+    formats: tuple[str, ...] = FORMATS,
+) -> Counts:
     if cases is None and minutes is None:
         cases = 1000
     rng = random.Random(seed)
@@ -813,9 +936,16 @@ def run_campaign(seed: int, cases: int | None = None, minutes: float | None = No
                     folder = out / kinds[0]
                     folder.mkdir(exist_ok=True)
                     (folder / f"{case_id}.{EXTENSIONS[fmt]}").write_bytes(data)
-                    record = {"id": case_id, "format": fmt, "seed_file": name, "mutations": steps, "defects": found,
-                              "pillow": _summary(ref), **{b: _summary(r) for b, r in results.items()},
-                              "file": f"{kinds[0]}/{case_id}.{EXTENSIONS[fmt]}"}
+                    record = {
+                        "id": case_id,
+                        "format": fmt,
+                        "seed_file": name,
+                        "mutations": steps,
+                        "defects": found,
+                        "pillow": _summary(ref),
+                        **{b: _summary(r) for b, r in results.items()},
+                        "file": f"{kinds[0]}/{case_id}.{EXTENSIONS[fmt]}",
+                    }
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 if progress is not None and counts.cases % 200 == 0:
@@ -845,12 +975,24 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
 
     def progress(c: Counts) -> None:
-        print(f"[{time.monotonic() - start:7.0f}s] {json.dumps(c.to_dict()['per_backend'])} "
-              f"cases={c.cases} decodable={c.pillow_decodes} err_cls={c.error_class_disagreement} "
-              f"top1={c.class_disagreement}", flush=True)
+        print(
+            f"[{time.monotonic() - start:7.0f}s] {json.dumps(c.to_dict()['per_backend'])} "
+            f"cases={c.cases} decodable={c.pillow_decodes} err_cls={c.error_class_disagreement} "
+            f"top1={c.class_disagreement}",
+            flush=True,
+        )
 
-    counts = run_campaign(seed, args.cases, args.minutes, args.out, tuple(args.backends.split(",")),
-                          args.timeout, progress, args.keep_all, tuple(args.formats.split(",")))
+    counts = run_campaign(
+        seed,
+        args.cases,
+        args.minutes,
+        args.out,
+        tuple(args.backends.split(",")),
+        args.timeout,
+        progress,
+        args.keep_all,
+        tuple(args.formats.split(",")),
+    )
     result = {"seed": seed, "seconds": round(time.monotonic() - start, 1), **counts.to_dict()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"counts-{seed}.json").write_text(json.dumps(result, indent=2) + "\n")

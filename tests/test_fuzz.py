@@ -99,7 +99,9 @@ def _reference(data: bytes):
 
     fuzz = sys.modules.get("fuzz_images") or _fuzzer()
     torch.set_num_threads(1)
-    transform = T.Compose([T.Resize(fuzz.RESIZE), T.CenterCrop(fuzz.CROP), T.ToTensor(), T.Normalize(fuzz.MEAN, fuzz.STD)])
+    transform = T.Compose(
+        [T.Resize(fuzz.RESIZE), T.CenterCrop(fuzz.CROP), T.ToTensor(), T.Normalize(fuzz.MEAN, fuzz.STD)]
+    )
     try:
         img = Image.open(io.BytesIO(data)).convert("RGB")
     except Exception as exc:  # noqa: BLE001 -- Pillow's verdict

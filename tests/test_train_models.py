@@ -60,8 +60,15 @@ def _small(arch: str) -> nn.Module:
     if arch == "maxvit_t":
         from torchvision.models.maxvit import MaxVit
 
-        return MaxVit(input_size=(32, 32), stem_channels=8, block_channels=[8], block_layers=[1], head_dim=4,
-                      partition_size=2, stochastic_depth_prob=0.0)
+        return MaxVit(
+            input_size=(32, 32),
+            stem_channels=8,
+            block_channels=[8],
+            block_layers=[1],
+            head_dim=4,
+            partition_size=2,
+            stochastic_depth_prob=0.0,
+        )
     return build_model(arch)
 
 
@@ -79,8 +86,9 @@ def test_head_replacement_every_family(arch, size):
     assert (new.out_features if isinstance(new, nn.Linear) else new.out_channels) == 7
     # Only the head's tensors changed: the backbone is untouched.
     after = model.state_dict()
-    changed = {k for k in after if k not in before or after[k].shape != before[k].shape
-               or not torch.equal(after[k], before[k])}
+    changed = {
+        k for k in after if k not in before or after[k].shape != before[k].shape or not torch.equal(after[k], before[k])
+    }
     head_names = {n for n, m in model.named_modules() if m is new}
     assert changed == {f"{h}.{name}" for h in head_names for name, _ in new.named_parameters()}
     with torch.no_grad():
@@ -102,7 +110,10 @@ def test_unknown_architecture_lists_close_matches():
         build_model("resnet19")
     with pytest.raises(ArchitectureError, match="unknown architecture"):
         weights_preprocess("not_a_model")
-    with pytest.raises(ArchitectureError, match=r"unknown weights 'IMAGENET9K' for resnet18; choose one of \['DEFAULT', 'IMAGENET1K_V1'\]"):
+    with pytest.raises(
+        ArchitectureError,
+        match=r"unknown weights 'IMAGENET9K' for resnet18; choose one of \['DEFAULT', 'IMAGENET1K_V1'\]",
+    ):
         build_model("resnet18", weights="IMAGENET9K")
     with pytest.raises(ArchitectureError, match="num_classes"):
         build_model("resnet18", num_classes=0)
@@ -146,8 +157,16 @@ def test_checkpoint_roundtrip_and_bad_files(tmp_path):
     torch.manual_seed(2)
     model = build_model("mobilenet_v3_small", num_classes=3).eval()
     spec = weights_preprocess("mobilenet_v3_small")
-    config = {"arch": "mobilenet_v3_small", "num_classes": 3, "labels": ["a", "b", "c"], "weights": None,
-              "preprocess": spec, "metrics": {"val_acc1": 0.5}, "epoch": 2, "train_config": {"lr": 1e-3}}
+    config = {
+        "arch": "mobilenet_v3_small",
+        "num_classes": 3,
+        "labels": ["a", "b", "c"],
+        "weights": None,
+        "preprocess": spec,
+        "metrics": {"val_acc1": 0.5},
+        "epoch": 2,
+        "train_config": {"lr": 1e-3},
+    }
     path = save_checkpoint(tmp_path / "ck" / "best.pt", model, config)
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary file left behind
     raw = torch.load(path, weights_only=True)

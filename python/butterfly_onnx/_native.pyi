@@ -5,9 +5,9 @@ GIL while it decodes, preprocesses or runs the model; one instance may be shared
 Errors are the classes of ``butterfly_onnx.errors``.
 """
 
+from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt

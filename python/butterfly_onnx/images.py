@@ -157,7 +157,9 @@ def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | n
             except IsADirectoryError:
                 raise ImageDecodeError(f"{source}: a directory, not an image file", source=source) from None
             except OSError as exc:
-                raise ImageDecodeError(f"{source}: cannot read the file: {exc.strerror or exc}", source=source) from None
+                raise ImageDecodeError(
+                    f"{source}: cannot read the file: {exc.strerror or exc}", source=source
+                ) from None
         with stream:
             if not isinstance(payload, bytes) and os.fstat(stream.fileno()).st_size == 0:
                 raise ImageDecodeError(f"{source}: empty file (0 bytes)", source=source)

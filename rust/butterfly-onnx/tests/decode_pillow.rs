@@ -20,10 +20,9 @@ fn decoded_pixels_and_errors_match_pillow() {
         let bytes = corpus.read(name);
         let result = decode_rgb(&bytes, name, &NO_LIMIT);
         match (entry.get("error"), result) {
-            (Some(pillow), Ok(img)) => failures.push(format!(
-                "{name}: Pillow raises ({pillow}) but Rust decoded {}x{}",
-                img.width, img.height
-            )),
+            (Some(pillow), Ok(img)) => {
+                failures.push(format!("{name}: Pillow raises ({pillow}) but Rust decoded {}x{}", img.width, img.height))
+            }
             (Some(_), Err(Error::ImageDecode { source_name, .. })) => assert_eq!(source_name, name),
             (Some(_), Err(other)) => failures.push(format!("{name}: expected ImageDecode, got {other:?}")),
             (None, Err(e)) => failures.push(format!("{name}: Pillow decodes it, Rust fails: {e}")),
@@ -38,7 +37,8 @@ fn decoded_pixels_and_errors_match_pillow() {
                 if count > 0 {
                     failures.push(format!(
                         "{name} ({}): {count} of {} bytes differ from Pillow (first at {first:?}, max diff {max})",
-                        entry["pillow_mode"], expected.len()
+                        entry["pillow_mode"],
+                        expected.len()
                     ));
                 }
                 checked += 1;
@@ -63,7 +63,8 @@ fn broken_inputs_never_panic() {
     // Every prefix length class and scattered byte corruptions of a JPEG and a PNG: each
     // decode returns (Ok or a decode error) instead of panicking or aborting.
     let corpus = common::corpus();
-    for name in ["photo_420.jpg", "photo_progressive.jpg", "rgb.png", "palette.gif", "rgb.bmp", "rgb.tif", "lossy.webp"] {
+    for name in ["photo_420.jpg", "photo_progressive.jpg", "rgb.png", "palette.gif", "rgb.bmp", "rgb.tif", "lossy.webp"]
+    {
         let good = corpus.read(name);
         for cut in (0..good.len()).step_by((good.len() / 60).max(1)) {
             let _ = decode_rgb(&good[..cut], name, &NO_LIMIT);
@@ -164,9 +165,13 @@ fn fuzzer_regression_corpus_matches_pillow() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("regressions-{}", std::process::id()));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_pillow_refs.py");
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let python = std::env::var_os("BUTTERFLY_ONNX_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| if venv.exists() { venv } else { "python3".into() });
+    let python = std::env::var_os("BUTTERFLY_ONNX_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        if venv.exists() {
+            venv
+        } else {
+            "python3".into()
+        }
+    });
     let run = std::process::Command::new(&python).arg(&script).arg("--regressions").arg(&out).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let entries: Vec<serde_json::Value> =

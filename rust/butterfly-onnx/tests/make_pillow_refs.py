@@ -40,9 +40,12 @@ def regression_refs(out: Path) -> None:
     folder = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "regressions"
     entries = []
     for item in json.loads((folder / "index.json").read_text()):
-        entry = {"file": str(folder / item["file"]), "name": item["file"],
-                 "rust_may_refuse": bool(item.get("rust_may_refuse")),
-                 "known_mismatch": bool(item.get("known_mismatch"))}
+        entry = {
+            "file": str(folder / item["file"]),
+            "name": item["file"],
+            "rust_may_refuse": bool(item.get("rust_may_refuse")),
+            "known_mismatch": bool(item.get("known_mismatch")),
+        }
         try:
             with Image.open(folder / item["file"]) as im:
                 rgb = im.convert("RGB")
@@ -107,8 +110,20 @@ add("photo_progressive.jpg", encode(base, "JPEG", quality=85, progressive=True))
 add("photo_grey.jpg", encode(base.convert("L"), "JPEG", quality=90))
 add("photo_cmyk.jpg", encode(base.convert("CMYK"), "JPEG", quality=90))
 add("photo_restart.jpg", encode(base, "JPEG", quality=75, restart_marker_blocks=3))
-for size in ((1, 1), (2, 3), (3, 500), (500, 3), (333, 251), (255, 257), (256, 256), (224, 224),
-             (100, 90), (4000, 20), (20, 3000), (301, 903)):
+for size in (
+    (1, 1),
+    (2, 3),
+    (3, 500),
+    (500, 3),
+    (333, 251),
+    (255, 257),
+    (256, 256),
+    (224, 224),
+    (100, 90),
+    (4000, 20),
+    (20, 3000),
+    (301, 903),
+):
     add(f"jpeg_{size[0]}x{size[1]}.jpg", encode(photo(size), "JPEG", quality=90))
 add("noise_420.jpg", encode(Image.fromarray(noise((97, 61))), "JPEG", quality=95))
 add("photo_1920x1280.jpg", encode(photo((1920, 1280)), "JPEG", quality=90))
@@ -153,7 +168,10 @@ add("grey16.png", raw_png(w16, h16, 16, 0, [r.astype(">u2").tobytes() for r in g
 la16 = RNG.integers(0, 65536, size=(h16, w16, 2), dtype=np.uint16)
 add("la16.png", raw_png(w16, h16, 16, 4, [r.astype(">u2").tobytes() for r in la16]))
 grey2 = RNG.integers(0, 4, size=(h16, 64), dtype=np.uint8)
-add("grey2bit.png", raw_png(64, h16, 2, 0, [np.packbits(np.unpackbits(r[:, None], axis=1)[:, 6:].ravel()).tobytes() for r in grey2]))
+add(
+    "grey2bit.png",
+    raw_png(64, h16, 2, 0, [np.packbits(np.unpackbits(r[:, None], axis=1)[:, 6:].ravel()).tobytes() for r in grey2]),
+)
 png_good = encode(small, "PNG")
 add("trunc.png", png_good[: len(png_good) // 2])
 
@@ -206,10 +224,20 @@ for entry in manifest["images"]:
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-cases = [((10, 1500), (5, 700)), ((12, 1300), (9, 1000)), ((300, 900), (256, 768)), ((77, 55), (150, 41)),
-         ((640, 480), (333, 250)), ((31, 400), (20, 39)), ((500, 375), (298, 224)), ((1, 9), (4, 3))]
-cases += [((int(RNG.integers(1, 400)), int(RNG.integers(1, 400))),
-           (int(RNG.integers(1, 300)), int(RNG.integers(1, 300)))) for _ in range(24)]
+cases = [
+    ((10, 1500), (5, 700)),
+    ((12, 1300), (9, 1000)),
+    ((300, 900), (256, 768)),
+    ((77, 55), (150, 41)),
+    ((640, 480), (333, 250)),
+    ((31, 400), (20, 39)),
+    ((500, 375), (298, 224)),
+    ((1, 9), (4, 3)),
+]
+cases += [
+    ((int(RNG.integers(1, 400)), int(RNG.integers(1, 400))), (int(RNG.integers(1, 300)), int(RNG.integers(1, 300))))
+    for _ in range(24)
+]
 for k, ((W, H), (w, h)) in enumerate(cases):
     src_name = f"resize_src_{k}.rgb"
     src = noise((W, H)) if k % 2 else np.asarray(photo((W, H)))
@@ -220,8 +248,9 @@ for k, ((W, H), (w, h)) in enumerate(cases):
             out = ri.pillow_resize(img, (w, h), flt, order)  # the installed Pillow is the oracle for its own order
             name = f"resize_{k}_{fname}_{order}.rgb"
             (OUT / name).write_bytes(np.asarray(out).tobytes())
-            manifest["resizes"].append({"src": src_name, "in": [W, H], "out": [w, h], "filter": fname,
-                                        "order": order, "file": name})
+            manifest["resizes"].append(
+                {"src": src_name, "in": [W, H], "out": [w, h], "filter": fname, "order": order, "file": name}
+            )
 
 (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1))
 print(f"{len(manifest['images'])} images, {len(manifest['tensors'])} tensors, {len(manifest['resizes'])} resizes")

@@ -71,8 +71,7 @@ fn resizes_match_pillow_for_every_pass_order() {
         let filter: Interpolation = entry["filter"].as_str().unwrap().parse().unwrap();
         let order: ResampleOrder = entry["order"].as_str().unwrap().parse().unwrap();
         let view = ImageView { width: in_w, height: in_h, data: &src };
-        let region =
-            resample_region(view, out_w, out_h, 0..out_w as usize, 0..out_h as usize, filter, order).unwrap();
+        let region = resample_region(view, out_w, out_h, 0..out_w as usize, 0..out_h as usize, filter, order).unwrap();
         let mut got = Vec::new();
         for r in 0..region.rows {
             let start = r * region.stride + region.x0 * 3;

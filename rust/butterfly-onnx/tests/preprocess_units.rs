@@ -4,8 +4,8 @@
 
 use butterfly_onnx::preprocess::resize::{fixed_point, pillow_window, AxisCoefficients, PRECISION_BITS};
 use butterfly_onnx::preprocess::{
-    center_crop_axis, normalize_level, preprocess, resample_region, resized_size, AxisCrop, ImageView,
-    Interpolation, NormalizeTable, PreprocessSpec, ResampleOrder,
+    center_crop_axis, normalize_level, preprocess, resample_region, resized_size, AxisCrop, ImageView, Interpolation,
+    NormalizeTable, PreprocessSpec, ResampleOrder,
 };
 use butterfly_onnx::Error;
 
@@ -199,11 +199,20 @@ fn bad_arguments_are_errors() {
     let data = vec![0u8; 5 * 4 * 3];
     let mut out = vec![0f32; 3 * 4 * 4];
     let short = ImageView { width: 5, height: 5, data: &data };
-    assert!(matches!(butterfly_onnx::preprocess::preprocess_into(short, &spec, &mut out), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        butterfly_onnx::preprocess::preprocess_into(short, &spec, &mut out),
+        Err(Error::InvalidArgument { .. })
+    ));
     let ok = ImageView { width: 5, height: 4, data: &data };
     let mut wrong_out = vec![0f32; 10];
-    assert!(matches!(butterfly_onnx::preprocess::preprocess_into(ok, &spec, &mut wrong_out), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        butterfly_onnx::preprocess::preprocess_into(ok, &spec, &mut wrong_out),
+        Err(Error::InvalidArgument { .. })
+    ));
     let zero_std = PreprocessSpec { std: [0.5, 0.0, 0.5], ..spec.clone() };
-    assert!(matches!(butterfly_onnx::preprocess::preprocess_into(ok, &zero_std, &mut out), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        butterfly_onnx::preprocess::preprocess_into(ok, &zero_std, &mut out),
+        Err(Error::InvalidArgument { .. })
+    ));
     assert!(butterfly_onnx::preprocess::preprocess_into(ok, &spec, &mut out).is_ok());
 }

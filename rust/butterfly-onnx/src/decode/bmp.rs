@@ -104,7 +104,8 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
         padding = 4;
         if compression == 3 {
             if hd.len() >= 48 {
-                masks = (u32_at(hd, 36), u32_at(hd, 40), u32_at(hd, 44), if hd.len() >= 52 { u32_at(hd, 48) } else { 0 });
+                masks =
+                    (u32_at(hd, 36), u32_at(hd, 40), u32_at(hd, 44), if hd.len() >= 52 { u32_at(hd, 48) } else { 0 });
             } else {
                 if pos + 12 > bytes.len() {
                     return Err(err("truncated BMP bit fields"));

@@ -63,7 +63,8 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
     if bytes.len() < 13 {
         return Err(err("truncated GIF header"));
     }
-    let (screen_w, screen_h) = (u16::from_le_bytes([bytes[6], bytes[7]]) as u64, u16::from_le_bytes([bytes[8], bytes[9]]) as u64);
+    let (screen_w, screen_h) =
+        (u16::from_le_bytes([bytes[6], bytes[7]]) as u64, u16::from_le_bytes([bytes[8], bytes[9]]) as u64);
     let flags = bytes[10];
     let mut r = Reader { data: bytes, pos: 13 };
     let mut global: Option<&[u8]> = None;
@@ -159,8 +160,15 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
         .try_reserve_exact(w * h)
         .map_err(|_| decode_error(source_name, format!("cannot allocate {width}x{height} pixels")))?;
     indices.resize(w * h, transparency.unwrap_or(0));
-    lzw_decode(&bytes[r.pos..], code_bits, interlace, &mut indices, w, (x0 as usize, y0 as usize, fw as usize, fh as usize))
-        .map_err(|reason| decode_error(source_name, reason))?;
+    lzw_decode(
+        &bytes[r.pos..],
+        code_bits,
+        interlace,
+        &mut indices,
+        w,
+        (x0 as usize, y0 as usize, fw as usize, fh as usize),
+    )
+    .map_err(|reason| decode_error(source_name, reason))?;
     let table = match palette {
         Some(p) => palette_table(p),
         None => std::array::from_fn(|i| [i as u8; 3]),

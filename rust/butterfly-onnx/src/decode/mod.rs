@@ -112,13 +112,9 @@ fn check_limit(source_name: &str, width: u64, height: u64, limits: &DecodeLimits
     }
     let pixels = width.saturating_mul(height);
     match limits.max_pixels.unwrap_or(PILLOW_BOMB_PIXELS) {
-        limit if pixels > limit => Err(Error::ImageTooLarge {
-            source_name: source_name.to_string(),
-            width,
-            height,
-            pixels,
-            limit,
-        }),
+        limit if pixels > limit => {
+            Err(Error::ImageTooLarge { source_name: source_name.to_string(), width, height, pixels, limit })
+        }
         _ => Ok(()),
     }
 }
@@ -306,14 +302,16 @@ mod jpeg {
             .ok_or_else(|| decode_error(source_name, "image too large for memory"))?;
         // Not zero-filled: libjpeg writes every row before the length is set.
         let mut raw: Vec<u8> = Vec::new();
-        raw.try_reserve_exact(len)
-            .map_err(|_| decode_error(source_name, format!("cannot allocate {len} bytes for {width}x{height} pixels")))?;
+        raw.try_reserve_exact(len).map_err(|_| {
+            decode_error(source_name, format!("cannot allocate {len} bytes for {width}x{height} pixels"))
+        })?;
         let base = raw.as_mut_ptr();
         // SAFETY: every row pointer lies inside the reserved capacity of `len` bytes.
         let mut rows: Vec<*mut u8> = (0..height as usize).map(|y| unsafe { base.add(y * row_len) }).collect();
         while cinfo.output_scanline < height {
             let next = cinfo.output_scanline as usize;
-            let read = unsafe { jpeg_read_scanlines(cinfo, rows[next..].as_mut_ptr(), (height as usize - next) as u32) };
+            let read =
+                unsafe { jpeg_read_scanlines(cinfo, rows[next..].as_mut_ptr(), (height as usize - next) as u32) };
             if read == 0 {
                 return Err(decode_error(source_name, TRUNCATED));
             }
@@ -363,7 +361,9 @@ fn decode_with_image_crate(
             let (size, verdict) = tiff::check_supported(bytes);
             // A malformed directory fails Pillow's open before its size check; a layout
             // Pillow reads but Rust refuses is checked for size first, as Pillow does.
-            let malformed = verdict.as_ref().is_err_and(|e| e.starts_with("TIFF tag") || e.starts_with("truncated") || e.starts_with("required"));
+            let malformed = verdict
+                .as_ref()
+                .is_err_and(|e| e.starts_with("TIFF tag") || e.starts_with("truncated") || e.starts_with("required"));
             if let (Some((w, h)), false) = (size, malformed) {
                 check_limit(source_name, w, h, limits)?;
             }
@@ -387,11 +387,15 @@ fn decode_with_image_crate(
         DynamicImage::ImageLuma8(img) => img.into_raw().iter().flat_map(|&v| [v, v, v]).collect(),
         DynamicImage::ImageLumaA8(img) => img.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
         DynamicImage::ImageRgb16(img) => img.into_raw().iter().map(|&v| (v >> 8) as u8).collect(),
-        DynamicImage::ImageRgba16(img) => {
-            img.into_raw().chunks_exact(4).flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]).collect()
-        }
+        DynamicImage::ImageRgba16(img) => img
+            .into_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .collect(),
         DynamicImage::ImageLuma16(img) => img.into_raw().iter().flat_map(|&v| [v.min(255) as u8; 3]).collect(),
-        DynamicImage::ImageLumaA16(img) => img.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect(),
+        DynamicImage::ImageLumaA16(img) => {
+            img.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect()
+        }
         other => {
             return Err(decode_error(source_name, format!("unsupported {format:?} pixel format {:?}", other.color())))
         }

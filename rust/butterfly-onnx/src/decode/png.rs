@@ -200,7 +200,13 @@ impl<'a> Stream<'a> {
     }
 
     /// `PngStream.call` (plus the AttributeError fallback of unknown chunks).
-    fn call(&mut self, c: &mut Chunks<'a>, cid: &[u8; 4], pos: usize, length: u64) -> std::result::Result<Handled, String> {
+    fn call(
+        &mut self,
+        c: &mut Chunks<'a>,
+        cid: &[u8; 4],
+        pos: usize,
+        length: u64,
+    ) -> std::result::Result<Handled, String> {
         let truncated = || "truncated PNG chunk".to_string();
         let short = |what: &str| format!("truncated {what} chunk");
         match cid {
@@ -297,7 +303,8 @@ impl<'a> Stream<'a> {
                                 if let (Some(lang), Some(tk), Some(v)) = (parts.next(), parts.next(), parts.next()) {
                                     let v: Option<Vec<u8>> = if cf != 0 {
                                         if cm == 0 {
-                                            safe_zlib_decompress(v).map_err(|_| "decompressed iTXt data too large".to_string())?
+                                            safe_zlib_decompress(v)
+                                                .map_err(|_| "decompressed iTXt data too large".to_string())?
                                         } else {
                                             None
                                         }
@@ -305,9 +312,11 @@ impl<'a> Stream<'a> {
                                         Some(v.to_vec())
                                     };
                                     if let Some(v) = v {
-                                        if let (Ok(_), Ok(_), Ok(text)) =
-                                            (std::str::from_utf8(lang), std::str::from_utf8(tk), std::str::from_utf8(&v))
-                                        {
+                                        if let (Ok(_), Ok(_), Ok(text)) = (
+                                            std::str::from_utf8(lang),
+                                            std::str::from_utf8(tk),
+                                            std::str::from_utf8(&v),
+                                        ) {
                                             self.text(text.chars().count())?;
                                         }
                                     }
@@ -524,7 +533,13 @@ impl<'t> ZipDecoder<'t> {
     }
 
     /// One piece of data; Ok(true) when the image is complete.
-    fn decode(&mut self, piece: &[u8], rgb: &mut [u8], width: usize, (xoff, yoff): (usize, usize)) -> std::result::Result<bool, String> {
+    fn decode(
+        &mut self,
+        piece: &[u8],
+        rgb: &mut [u8],
+        width: usize,
+        (xoff, yoff): (usize, usize),
+    ) -> std::result::Result<bool, String> {
         let mut row_len = self.row_len();
         let mut input = piece;
         while !input.is_empty() {

@@ -151,7 +151,9 @@ fn check(b: &[u8], size: &mut Option<(u64, u64)>) -> Verdict {
         return Err("TIFF compression other than none, LZW, Deflate or PackBits is not supported");
     }
     if planar != 1 || fill != 1 || orientation != 1 || predictor != 1 || sample_format.iter().any(|&f| f != 1) {
-        return Err("TIFF layout not supported (planar configuration, fill order, orientation, predictor or sample format)");
+        return Err(
+            "TIFF layout not supported (planar configuration, fill order, orientation, predictor or sample format)",
+        );
     }
     let ok = match photometric {
         1 => spp == 1 && matches!(bits, 8 | 16) && extra.is_empty(),
