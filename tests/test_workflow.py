@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from butterfly_onnx import Classifier, export_onnx, finetune  # noqa: E402
+from butterfly_onnx import Classifier, ExportReport, export_onnx, finetune  # noqa: E402
 from butterfly_onnx.contract import PreprocessSpec  # noqa: E402
 from butterfly_onnx.sample_data import tuxpaint_available, tuxpaint_photo_dataset  # noqa: E402
 
@@ -44,8 +44,8 @@ def exported(tmp_path_factory):
         progress=False,
         seed=1,
     )
-    path, report = export_onnx(result, tmp / "photos.onnx", return_report=True)
-    return result, path, report
+    path = export_onnx(result, tmp / "photos.onnx")
+    return result, path, ExportReport.load(path)
 
 
 def test_export_verified_on_the_validation_split(exported):
@@ -63,7 +63,7 @@ def test_both_backends_reproduce_the_validation_accuracy_exactly(exported, backe
     result, path, report = exported
     classifier = Classifier(path, backend=backend)
     assert list(classifier.labels) == result.labels
-    assert classifier.spec.preprocess == result.preprocess
+    assert classifier.contract.preprocess == result.preprocess
     paths = [p for p, _ in result.val_samples]
     truth = np.array([label for _, label in result.val_samples])
     predictions = classifier.predict(paths, top_k=1)
