@@ -1,0 +1,33 @@
+//! Builds the vendored libtiff 4.7.2 with `cc` (hand-written tif_config.h / tiffconf.h for
+//! Linux and macOS on x86-64 and aarch64): codecs none, LZW, PackBits, Deflate, JPEG and
+//! old-style JPEG (libjpeg-turbo from mozjpeg-sys), CCITT G3/G4, NeXT, ThunderScan, LogLuv,
+//! PixarLog; no LZMA, ZSTD, WebP, JBIG or LERC.
+use std::env;
+use std::path::PathBuf;
+
+const SOURCES: &[&str] = &[
+    "aux", "close", "codec", "color", "compress", "dir", "dirinfo", "dirread", "dirwrite", "dumpmode", "error",
+    "extension", "fax3", "fax3sm", "flush", "getimage", "hash_set", "jpeg", "luv", "lzw", "next", "ojpeg", "open",
+    "packbits", "pixarlog", "predict", "print", "read", "strip", "swab", "thunder", "tile", "unix", "version",
+    "warning", "write", "zip",
+];
+
+fn main() {
+    let dir = PathBuf::from("libtiff/libtiff");
+    println!("cargo:rerun-if-changed=libtiff");
+    let mut build = cc::Build::new();
+    build.include(&dir).warnings(false).define("HAVE_CONFIG_H", None);
+    for path in env::split_paths(&env::var_os("DEP_JPEG_INCLUDE").expect("mozjpeg-sys exports DEP_JPEG_INCLUDE")) {
+        build.include(path);
+    }
+    if let Some(z) = env::var_os("DEP_Z_INCLUDE") {
+        build.include(z);
+    }
+    for name in SOURCES {
+        build.file(dir.join(format!("tif_{name}.c")));
+    }
+    build.file("src/shim.c");
+    println!("cargo:rerun-if-changed=src/shim.c");
+    build.compile("tiff");
+    println!("cargo:include={}", std::fs::canonicalize(&dir).unwrap().display());
+}
