@@ -29,4 +29,8 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # Editable install: maturin builds the native module (release profile) into python/butterfly_onnx/.
 .venv/bin/python -m pip install -q -e ".[${EXTRAS:-train,dev}]"
+# The real-world image corpus (Pillow's own Tests/images, from the installed Pillow's PyPI sdist,
+# sha256-checked; read at run time by tests/test_real_world_images.py, never copied into the repo).
+.venv/bin/python scripts/fetch_test_images.py >/dev/null ||
+    echo "setup: warning: the real-world image corpus could not be fetched (scripts/fetch_test_images.py)" >&2
 echo "setup: ok ($(.venv/bin/python -c 'import butterfly_onnx, butterfly_onnx._native; print("butterfly_onnx", butterfly_onnx.__version__, "with the Rust backend")'))"
