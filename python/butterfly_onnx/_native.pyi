@@ -30,11 +30,13 @@ class Classifier:
         preprocess_json: str | None = None,
         max_image_pixels: int | None = None,
         ort_library: str | PathLike[str] | None = None,
+        jpeg_draft: bool = False,
     ) -> None:
         """Open a model: ``model_path``, or the .onnx file's bytes as ``model_bytes``
         (exactly one; InvalidArgumentError otherwise). ``preprocess_json``: ``json.dumps(PreprocessSpec.to_dict())``;
         ``ort_library``: the libonnxruntime file (else $BUTTERFLY_ONNX_ORT_LIB /
-        $ORT_DYLIB_PATH). Raises ModelNotFoundError, InvalidModelError, ContractError,
+        $ORT_DYLIB_PATH); ``jpeg_draft``: decode JPEGs at a reduced DCT scale as Pillow's
+        ``draft("RGB", request)`` does (not torchvision-exact). Raises ModelNotFoundError, InvalidModelError, ContractError,
         BackendUnavailableError, ValueError (threads < 1)."""
     @property
     def contract_json(self) -> str:
@@ -44,6 +46,9 @@ class Classifier:
         """The contract JSON stored in the model, verbatim (None when absent)."""
     @property
     def threads(self) -> int: ...
+    @property
+    def jpeg_draft(self) -> bool:
+        """Whether JPEGs are decoded in draft mode."""
     @property
     def static_batch(self) -> int | None:
         """The model's fixed batch size, or None for a dynamic batch axis."""

@@ -176,6 +176,12 @@ class Classifier:
         on_error: ``"raise"`` (the first bad image's error is raised) or ``"skip"`` (bad images
             are reported in place with an :class:`ImageSkippedWarning` each); the per-call
             ``on_error`` arguments override it.
+        jpeg_draft: JPEG draft mode, opt-in and **not torchvision-exact**: JPEG files and bytes
+            are decoded at a reduced DCT scale (1/2, 1/4 or 1/8) exactly as Pillow's
+            ``im.draft("RGB", size)`` does, ``size`` being what the contract's resize makes of
+            the full image, then preprocessed as usual -- both backends give the same tensor,
+            bit for bit.  Much faster on large photos.  Other formats, PIL images and arrays
+            are unaffected (docs/preprocessing.md, "JPEG draft mode").
 
     Safe to call from several threads at once.
     """
@@ -189,12 +195,15 @@ class Classifier:
         preprocess: Any = None,
         max_image_pixels: int | None = DEFAULT,
         on_error: str = "raise",
+        jpeg_draft: bool = False,
     ) -> None:
         if isinstance(labels, str):
             raise InvalidArgumentTypeError("labels must be a sequence of strings, not one string")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
         self._on_error = self._check_on_error(on_error)
+        if not isinstance(jpeg_draft, bool):
+            raise InvalidArgumentTypeError(f"jpeg_draft must be True or False, got {jpeg_draft!r}")
         if max_image_pixels is DEFAULT:
             max_image_pixels = pixel_limit_default()
         elif max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
@@ -227,6 +236,7 @@ class Classifier:
             labels=list(labels) if labels is not None else None,
             preprocess=spec,
             max_image_pixels=max_image_pixels,
+            jpeg_draft=jpeg_draft,
         )
         #: The model file (None when the model was given as bytes).
         self.model_path = path
@@ -273,12 +283,18 @@ class Classifier:
     def threads(self) -> int:
         return self._threads
 
+    @property
+    def jpeg_draft(self) -> bool:
+        """Whether JPEGs are decoded in draft mode (``Classifier(..., jpeg_draft=True)``)."""
+        return self._backend.jpeg_draft
+
     def __repr__(self) -> str:
         _, h, w = self.input_size
         name = self.model_path.name if self.model_path is not None else self._source
         return (
             f"Classifier(backend={self.backend!r}, model={name!r}, "
-            f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads})"
+            f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads}"
+            f"{', jpeg_draft=True' if self.jpeg_draft else ''})"
         )
 
     # -- helpers -------------------------------------------------------------------------

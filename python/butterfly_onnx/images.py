@@ -19,11 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
+from .contract import PreprocessSpec
 from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError, InvalidArgumentTypeError
+from .preprocess import resized_size
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "expand_images", "decode_rgb", "parse_extensions", "pixel_limit_default"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageItem",
+    "expand_images",
+    "decode_rgb",
+    "jpeg_draft_request",
+    "parse_extensions",
+    "pixel_limit_default",
+]
 
 
 def parse_extensions(text: str) -> frozenset[str]:
@@ -129,13 +139,30 @@ def _check_pixels(width: int, height: int, max_image_pixels: int | None, source:
         )
 
 
-def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | np.ndarray:
+def jpeg_draft_request(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
+    """The size JPEG draft mode asks Pillow's ``draft("RGB", size)`` for on a ``width x height``
+    JPEG: what torchvision's ``Resize(resize_size, max_size=max_size)`` makes of the full image
+    (the same scale as ``(resize_size, resize_size)`` when there is no ``max_size``), so the
+    drafted image is never smaller than the resize target.  None (no draft) when that size is
+    degenerate: the preprocessing then reports the image, as without draft mode."""
+    request = resized_size(width, height, spec)
+    return request if min(request) >= 1 else None
+
+
+def decode_rgb(
+    item: ImageItem, max_image_pixels: int | None, jpeg_draft: PreprocessSpec | None = None
+) -> Image.Image | np.ndarray:
     """The RGB pixels of one item: a PIL image in mode RGB, or the item's own uint8 array.
 
     Paths and bytes are opened with Pillow, their size checked against ``max_image_pixels``
     from the header, then decoded with ``convert("RGB")`` (truncated files raise, as with
     Pillow's default ``LOAD_TRUNCATED_IMAGES = False``).  In-memory images are taken as they
     are: the limit guards decoding, and they are already decoded.
+
+    ``jpeg_draft``: JPEG draft mode for this preprocessing (not torchvision-exact): a JPEG file
+    or bytes gets ``img.draft("RGB", jpeg_draft_request(...))`` before decoding, so libjpeg
+    decodes it at 1/2, 1/4 or 1/8 scale when that still covers the resize.  Other formats,
+    PIL images and arrays are unaffected.
     """
     source, payload = item
     if isinstance(payload, np.ndarray):
@@ -165,6 +192,10 @@ def decode_rgb(item: ImageItem, max_image_pixels: int | None) -> Image.Image | n
                 raise ImageDecodeError(f"{source}: empty file (0 bytes)", source=source)
             with Image.open(stream) as img:
                 _check_pixels(img.width, img.height, max_image_pixels, source)
+                if jpeg_draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
+                    request = jpeg_draft_request(img.width, img.height, jpeg_draft)
+                    if request is not None:
+                        img.draft("RGB", request)
                 img.load()  # decodes; raises on truncated data
                 # convert("RGB") of an RGB image is a copy: skip it, the pixels are the same
                 return img if img.mode == "RGB" else img.convert("RGB")

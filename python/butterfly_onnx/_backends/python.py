@@ -43,6 +43,7 @@ class Backend:
         labels: Sequence[str] | None,
         preprocess: PreprocessSpec | None,
         max_image_pixels: int | None,
+        jpeg_draft: bool = False,
     ) -> None:
         if isinstance(model, bytes):
             model_path = None
@@ -60,6 +61,7 @@ class Backend:
         self.model_path = model_path
         self._source = source
         self.max_image_pixels = max_image_pixels
+        self.jpeg_draft = jpeg_draft
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -104,8 +106,9 @@ class Backend:
 
     def _preprocess_one(self, item: ImageItem, row: np.ndarray) -> ImageError | None:
         try:
-            rgb = decode_rgb(item, self.max_image_pixels)
-            _pre.preprocess_image(rgb, self.contract.preprocess, row)
+            spec = self.contract.preprocess
+            rgb = decode_rgb(item, self.max_image_pixels, jpeg_draft=spec if self.jpeg_draft else None)
+            _pre.preprocess_image(rgb, spec, row)
         except ImageError as exc:
             return exc
         return None

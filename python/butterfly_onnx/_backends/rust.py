@@ -133,6 +133,7 @@ class Backend:
         labels: Sequence[str] | None,
         preprocess: PreprocessSpec | None,
         max_image_pixels: int | None,
+        jpeg_draft: bool = False,
     ) -> None:
         native = _native()
         options = dict(
@@ -141,6 +142,7 @@ class Backend:
             preprocess_json=json.dumps(preprocess.to_dict()) if preprocess is not None else None,
             max_image_pixels=max_image_pixels,
             ort_library=os.fspath(find_onnxruntime_library()),
+            jpeg_draft=jpeg_draft,
         )
         if isinstance(model, bytes):
             self.model_path = None
@@ -168,6 +170,10 @@ class Backend:
     def logits(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
         payloads, failed = _payloads(items, {})
         return _with_failures(self._native.logits(payloads), failed)
+
+    @property
+    def jpeg_draft(self) -> bool:
+        return bool(self._native.jpeg_draft)
 
     @property
     def model_batch(self) -> int:

@@ -145,9 +145,10 @@ struct Classifier {
 #[pymethods]
 impl Classifier {
     /// Open `model_path`. `preprocess_json`: a PreprocessSpec as JSON (its `to_dict()`),
-    /// replacing the contract's; `labels` replace the contract's labels.
+    /// replacing the contract's; `labels` replace the contract's labels; `jpeg_draft`: decode
+    /// JPEGs at a reduced DCT scale as Pillow's `draft()` (core `ClassifierOptions::jpeg_draft`).
     #[new]
-    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None))]
+    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -158,6 +159,7 @@ impl Classifier {
         preprocess_json: Option<&str>,
         max_image_pixels: Option<u64>,
         ort_library: Option<PathBuf>,
+        jpeg_draft: bool,
     ) -> PyResult<Self> {
         let threads = match threads {
             Some(n) if n < 1 => {
@@ -176,8 +178,15 @@ impl Classifier {
             Some(text) => Some(contract::preprocess_from_json_str(text, &source).map_err(|e| to_py_err(&e))?),
             None => None,
         };
-        let options =
-            ClassifierOptions { threads, labels, preprocess, max_image_pixels, ort_library, model_batch: None };
+        let options = ClassifierOptions {
+            threads,
+            labels,
+            preprocess,
+            max_image_pixels,
+            ort_library,
+            model_batch: None,
+            jpeg_draft,
+        };
         let inner = py
             .detach(|| match &model_bytes {
                 Some(bytes) => CoreClassifier::from_bytes(bytes, model_path, options),
@@ -202,6 +211,12 @@ impl Classifier {
     #[getter]
     fn threads(&self) -> usize {
         self.inner.threads()
+    }
+
+    /// Whether JPEGs are decoded in draft mode.
+    #[getter]
+    fn jpeg_draft(&self) -> bool {
+        self.inner.jpeg_draft()
     }
 
     #[getter]

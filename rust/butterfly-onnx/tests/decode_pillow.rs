@@ -8,7 +8,7 @@ mod common;
 use butterfly_onnx::decode::{decode_rgb, read_rgb, DecodeLimits};
 use butterfly_onnx::{Error, ErrorKind};
 
-const NO_LIMIT: DecodeLimits = DecodeLimits { max_pixels: None };
+const NO_LIMIT: DecodeLimits = DecodeLimits { max_pixels: None, jpeg_draft: None };
 
 #[test]
 fn decoded_pixels_and_errors_match_pillow() {
@@ -93,9 +93,9 @@ fn pixel_limit_is_checked_from_the_header() {
         let bytes = corpus.read(name);
         let img = decode_rgb(&bytes, name, &NO_LIMIT).unwrap();
         let pixels = img.width as u64 * img.height as u64;
-        let exact = DecodeLimits { max_pixels: Some(pixels) };
+        let exact = DecodeLimits { max_pixels: Some(pixels), jpeg_draft: None };
         assert!(decode_rgb(&bytes, name, &exact).is_ok(), "{name}: at the limit is allowed");
-        let below = DecodeLimits { max_pixels: Some(pixels - 1) };
+        let below = DecodeLimits { max_pixels: Some(pixels - 1), jpeg_draft: None };
         match decode_rgb(&bytes, name, &below) {
             Err(Error::ImageTooLarge { source_name, pixels: p, limit, .. }) => {
                 assert_eq!((source_name.as_str(), p, limit), (name, pixels, pixels - 1))
@@ -107,7 +107,7 @@ fn pixel_limit_is_checked_from_the_header() {
     let mut huge = corpus.read("jpeg_2x3.jpg");
     let sof = huge.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline SOF0");
     huge[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
-    let limit = DecodeLimits { max_pixels: Some(178_956_970) };
+    let limit = DecodeLimits { max_pixels: Some(178_956_970), jpeg_draft: None };
     assert!(matches!(decode_rgb(&huge, "huge.jpg", &limit), Err(Error::ImageTooLarge { .. })));
 }
 
@@ -177,7 +177,7 @@ fn fuzzer_regression_corpus_matches_pillow() {
     let entries: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(out.join("regressions.json")).unwrap()).unwrap();
     assert!(entries.len() >= 30, "only {} regression files", entries.len());
-    let limits = DecodeLimits { max_pixels: Some(178_956_970) };
+    let limits = DecodeLimits { max_pixels: Some(178_956_970), jpeg_draft: None };
     let mut failures = Vec::new();
     for e in &entries {
         let name = e["name"].as_str().unwrap();

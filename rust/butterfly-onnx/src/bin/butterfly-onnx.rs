@@ -77,6 +77,10 @@ enum Command {
         /// Refuse images with more pixels (0 = no limit); Pillow's bomb limit by default.
         #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
         max_image_pixels: u64,
+        /// JPEG draft mode: decode JPEGs at a reduced DCT scale as Pillow's draft() does
+        /// (faster on large photos, not torchvision-exact).
+        #[arg(long)]
+        jpeg_draft: bool,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -150,12 +154,14 @@ fn main() -> ExitCode {
             progress,
             no_progress,
             max_image_pixels,
+            jpeg_draft,
             runtime,
         } => {
             let options = ClassifierOptions {
                 threads: threads.map(|t| t as usize),
                 max_image_pixels: (max_image_pixels > 0).then_some(max_image_pixels),
                 ort_library: runtime.ort_lib,
+                jpeg_draft,
                 ..ClassifierOptions::default()
             };
             let show_progress = if progress || no_progress { progress } else { std::io::stderr().is_terminal() };

@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 use ndarray::{Array2, Array4, ArrayView1, ArrayView4};
 
 use crate::contract::{ModelContract, OutputKind};
-use crate::decode::{DecodeLimits, RgbImage};
+use crate::decode::{DecodeLimits, JpegDraft, RgbImage};
 use crate::preprocess::PreprocessSpec;
 use crate::runtime;
 use crate::{Error, Result};
@@ -66,6 +66,11 @@ pub struct ClassifierOptions {
     /// How many images the streaming pipeline feeds ONNX Runtime per run (`None` = measured
     /// on first use, see [`Classifier::model_batch`]; ignored by a model with a fixed batch).
     pub model_batch: Option<usize>,
+    /// JPEG draft mode (opt-in, not torchvision-exact): JPEG files and bytes are decoded at a
+    /// reduced DCT scale as Pillow's `im.draft("RGB", request)` does
+    /// ([`crate::decode::JpegDraft`], `request` from the contract's resize), then
+    /// preprocessed as usual. Other formats and decoded images are unaffected.
+    pub jpeg_draft: bool,
 }
 
 impl Default for ClassifierOptions {
@@ -77,6 +82,7 @@ impl Default for ClassifierOptions {
             max_image_pixels: Some(DEFAULT_MAX_IMAGE_PIXELS),
             ort_library: None,
             model_batch: None,
+            jpeg_draft: false,
         }
     }
 }
@@ -195,7 +201,13 @@ impl Classifier {
         }
         let prep = Arc::new(batch::Preprocessor {
             spec: contract.preprocess.clone(),
-            limits: DecodeLimits { max_pixels: options.max_image_pixels },
+            limits: DecodeLimits {
+                max_pixels: options.max_image_pixels,
+                jpeg_draft: options.jpeg_draft.then_some(JpegDraft {
+                    resize_size: contract.preprocess.resize_size,
+                    max_size: contract.preprocess.max_size,
+                }),
+            },
         });
         Ok(Classifier { model_path, contract, model_contract_json, threads, model, prep, pool, model_batch })
     }
@@ -220,6 +232,11 @@ impl Classifier {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Whether JPEGs are decoded in draft mode ([`ClassifierOptions::jpeg_draft`]).
+    pub fn jpeg_draft(&self) -> bool {
+        self.prep.limits.jpeg_draft.is_some()
     }
 
     /// The model's fixed batch size, when its batch axis is not dynamic.

@@ -128,7 +128,12 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
                 // Pillow checks the grown canvas against its own ceiling right here.
                 let (w, h) = (x1.max(screen_w).max(1), y1.max(screen_h).max(1));
                 if w * h > super::PILLOW_BOMB_PIXELS {
-                    check_limit(source_name, w, h, &DecodeLimits { max_pixels: Some(super::PILLOW_BOMB_PIXELS) })?;
+                    check_limit(
+                        source_name,
+                        w,
+                        h,
+                        &DecodeLimits { max_pixels: Some(super::PILLOW_BOMB_PIXELS), jpeg_draft: None },
+                    )?;
                 }
             }
             let fflags = d[8];

@@ -46,9 +46,40 @@ impl RgbImage {
 /// decoding (Pillow raises `DecompressionBombError` above `2 * Image.MAX_IMAGE_PIXELS`).
 /// `None` means no limit of the caller's, but still [`PILLOW_BOMB_PIXELS`], as on the python
 /// backend (Pillow's own check).
+///
+/// `jpeg_draft`: decode JPEGs at a reduced DCT scale (see [`JpegDraft`]); `None` (the
+/// default) decodes every image at full size, as torchvision's loader does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecodeLimits {
     pub max_pixels: Option<u64>,
+    pub jpeg_draft: Option<JpegDraft>,
+}
+
+/// JPEG draft mode: what Pillow's `im.draft("RGB", request)` does before `convert("RGB")`,
+/// with `request` = the size torchvision's `Resize(resize_size, max_size=max_size)` gives
+/// the full image (equivalent to `(resize_size, resize_size)` without `max_size`). libjpeg
+/// then decodes at `1/scale` ([`Self::scale`]) with the IDCT's scaled outputs (everything
+/// else as in the exact path), an image of `ceil(w / scale) x ceil(h / scale)` pixels, never
+/// smaller than the resize target. Not torchvision-exact; other formats are unaffected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JpegDraft {
+    pub resize_size: u32,
+    pub max_size: Option<u32>,
+}
+
+impl JpegDraft {
+    /// Pillow's `JpegImageFile.draft` rule for a `width x height` JPEG: the largest of 8, 4,
+    /// 2, 1 not above `min(width // request_w, height // request_h)` (1 when the request is
+    /// degenerate: the preprocessing reports that image).
+    pub fn scale(&self, width: u32, height: u32) -> u32 {
+        match crate::preprocess::resized_size(width, height, self.resize_size, self.max_size) {
+            Ok((rw, rh)) => {
+                let fit = (width / rw).min(height / rh);
+                [8, 4, 2, 1].into_iter().find(|&s| fit >= s).unwrap_or(1)
+            }
+            Err(_) => 1,
+        }
+    }
 }
 
 /// Read and decode the image file at `path`; errors name the path as given.
@@ -287,6 +318,11 @@ mod jpeg {
         cinfo.do_fancy_upsampling = 1;
         cinfo.scale_num = 1;
         cinfo.scale_denom = 1;
+        // Draft mode: Pillow's `draft()` sets only the scale (its decoderconfig `(scale, 0)`
+        // leaves fancy upsampling and the ISLOW IDCT on).
+        if let Some(draft) = limits.jpeg_draft {
+            cinfo.scale_denom = draft.scale(cinfo.image_width, cinfo.image_height);
+        }
 
         if unsafe { jpeg_start_decompress(cinfo) } == 0 {
             return Err(decode_error(source_name, TRUNCATED));

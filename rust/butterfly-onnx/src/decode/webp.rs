@@ -35,7 +35,7 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &super::DecodeLimi
     if let Some((width, height)) = header_size(bytes) {
         // Pillow's pre-check (error only, with its own ceiling), before libwebp parses.
         if width.max(1) * height.max(1) > super::PILLOW_BOMB_PIXELS {
-            let ceiling = super::DecodeLimits { max_pixels: Some(super::PILLOW_BOMB_PIXELS) };
+            let ceiling = super::DecodeLimits { max_pixels: Some(super::PILLOW_BOMB_PIXELS), jpeg_draft: None };
             super::check_limit(source_name, width.max(1), height.max(1), &ceiling)?;
         }
     }
