@@ -76,6 +76,9 @@ class BenchResult:
     floor_ms: dict[str, float]
     rows: list[BenchRow] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: The python and rust contenders ran in JPEG draft mode (torchvision stays exact: the
+    #: reference, so "x tv" and "top-1" compare draft mode with torchvision's exact path).
+    jpeg_draft: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +109,8 @@ class BenchResult:
         )
         lines = [
             f"{self.model}: {self.images} image(s), best of {self.rounds} interleaved rounds, ms per image "
-            f"({self.machine.get('cpus')} CPUs, {self.machine.get('processor') or self.machine.get('machine')})",
+            f"({self.machine.get('cpus')} CPUs, {self.machine.get('processor') or self.machine.get('machine')})"
+            + (", python/rust in JPEG draft mode" if self.jpeg_draft else ""),
             "  ".join(f"{h:>10}" for h in header),
         ]
         for r in self.rows:
@@ -261,17 +265,18 @@ class _Torchvision(_Contender):
 
 
 class _Backend(_Contender):
-    def __init__(self, model: str, backend: str, threads: int) -> None:
+    def __init__(self, model: str, backend: str, threads: int, jpeg_draft: bool = False) -> None:
         from . import Classifier
         from .images import decode_rgb
 
         self.name = backend
-        self.clf = Classifier(model, backend=backend, threads=threads, max_image_pixels=None)
+        self.clf = Classifier(model, backend=backend, threads=threads, max_image_pixels=None, jpeg_draft=jpeg_draft)
         self.separate_decode = backend == "python"
         self._decode_rgb = decode_rgb
+        self._draft = self.clf.contract.preprocess if jpeg_draft else None
 
     def decode(self, paths):
-        return [self._decode_rgb((p, p), None) for p in paths]
+        return [self._decode_rgb((p, p), None, jpeg_draft=self._draft) for p in paths]
 
     def preprocess(self, decoded):
         from .preprocess import preprocess_batch
@@ -309,9 +314,12 @@ def run_bench(
     rounds: int = 3,
     torch_module: Any = None,
     limit: int | None = None,
+    jpeg_draft: bool = False,
 ) -> BenchResult:
     """Measure ``contenders`` on ``images`` (files or folders, expanded as ``predict`` does) at
-    each batch size and thread count; see the module docstring for the figures."""
+    each batch size and thread count; see the module docstring for the figures.
+    ``jpeg_draft``: the python and rust contenders use JPEG draft mode (torchvision, the
+    reference, stays exact)."""
     import numpy as np
 
     from . import Classifier
@@ -358,7 +366,7 @@ def run_bench(
                 made[name] = (
                     _Torchvision(model, spec, n_threads, torch_module)
                     if name == "torchvision"
-                    else _Backend(model, name, n_threads)
+                    else _Backend(model, name, n_threads, jpeg_draft)
                 )
             except Exception as exc:  # a backend that is not built here is reported, not fatal
                 skipped[name] = f"{type(exc).__name__}: {exc}"
@@ -449,6 +457,7 @@ def run_bench(
         floor_ms=floor_ms,
         rows=rows,
         skipped=skipped,
+        jpeg_draft=jpeg_draft,
     )
 
 
@@ -477,6 +486,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the result as JSON")
     parser.add_argument("--plot", dest="plot_path", metavar="FILE.png", help="write a bar chart (matplotlib)")
+    parser.add_argument(
+        "--jpeg-draft", action="store_true", help="python and rust in JPEG draft mode (torchvision stays exact)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -488,6 +500,7 @@ def run(args: argparse.Namespace) -> int:
         contenders=[c for c in args.contenders.split(",") if c],
         rounds=args.rounds,
         limit=args.limit,
+        jpeg_draft=args.jpeg_draft,
     )
     print(result.format_table())
     if args.json_path:

@@ -66,6 +66,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         from .ray import predict_cli
 
+        if args.jpeg_draft:
+            from .errors import InvalidArgumentError
+
+            raise InvalidArgumentError("--jpeg-draft is not available with --ray")
+
         return predict_cli(args)
     import warnings
 
@@ -83,7 +88,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         filenames = [item.filename for item in listed]
     else:
         images = expand_images(list(args.inputs))  # empty folders / unmatched globs: exit 2 here
-    classifier = Classifier(args.model, backend=args.backend, threads=args.threads)
+    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, jpeg_draft=args.jpeg_draft)
     counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
@@ -331,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust")
+    p.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="JPEG draft mode: decode JPEGs at a reduced DCT scale as Pillow's draft() does "
+        "(faster on large photos, not torchvision-exact)",
+    )
     if _has_module("butterfly_onnx.ray"):
         p.add_argument(
             "--ray",

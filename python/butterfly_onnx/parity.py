@@ -14,6 +14,12 @@ For each image, the maximum absolute difference between torchvision (the referen
 
 and the top-1 agreement with the reference.
 
+With ``jpeg_draft=True`` (``--jpeg-draft``) the backends run in JPEG draft mode and the
+reference is torchvision on Pillow's drafted image (``im.draft("RGB", request)`` before
+``convert("RGB")``, ``request`` from :func:`butterfly_onnx.images.jpeg_draft_request`), which
+draft mode matches bit for bit; the ``decoded`` stage is then not compared for JPEGs (its
+derived contract would ask for another draft scale), the later stages are.
+
 The backends' intermediate pixels are read through their real pipelines: each stage is the
 backend's own preprocessing with a derived contract whose normalization is the identity
 (``mean = 0``, ``std = 1``, so the tensor is ``p / 255`` and gives back the 8-bit pixels exactly)
@@ -63,13 +69,16 @@ class ParityResult:
     top1_agreement: dict[str, float]
     per_image: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Backends in JPEG draft mode, against torchvision on Pillow's drafted JPEGs.
+    jpeg_draft: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def format_table(self) -> str:
         width = max(len(s) for s in STAGES + ("top-1 agreement",))
-        lines = [f"parity against {self.reference} on {len(self.images)} image(s): max |difference|"]
+        draft = " (JPEG draft mode)" if self.jpeg_draft else ""
+        lines = [f"parity against {self.reference}{draft} on {len(self.images)} image(s): max |difference|"]
         lines.append(f"{'stage':<{width}}  " + "  ".join(f"{b:>10}" for b in self.backends))
         for stage in STAGES:
             cells = []
@@ -86,13 +95,19 @@ class ParityResult:
 
 
 # --- torchvision (the reference) ---------------------------------------------------------
-def _torchvision_stages(path: str, spec: Any) -> dict[str, Any]:
+def _torchvision_stages(path: str, spec: Any, jpeg_draft: bool = False) -> dict[str, Any]:
     import numpy as np
     import torchvision.transforms as T
-    from PIL import Image
+    from PIL import Image, JpegImagePlugin
+
+    from .images import jpeg_draft_request
 
     mode = getattr(T.InterpolationMode, spec.interpolation.upper())
     with Image.open(path) as img:
+        drafted = jpeg_draft and isinstance(img, JpegImagePlugin.JpegImageFile)
+        request = jpeg_draft_request(img.width, img.height, spec) if drafted else None
+        if request is not None:
+            img.draft("RGB", request)
         rgb = img.convert("RGB")
     resized = T.Resize(spec.resize_size, interpolation=mode, max_size=spec.max_size)(rgb)
     cropped = T.CenterCrop(spec.crop_size)(resized)
@@ -102,6 +117,7 @@ def _torchvision_stages(path: str, spec: Any) -> dict[str, Any]:
         "resized": np.asarray(resized),
         "cropped": np.asarray(cropped),
         "tensor": tensor.numpy()[None],
+        "drafted": drafted,
     }
 
 
@@ -132,8 +148,8 @@ class _StageReader:
     """Classifiers of one backend on the probe model with derived identity-normalizing
     contracts, cached by spec."""
 
-    def __init__(self, backend: str, threads: int | None) -> None:
-        self.model, self.backend, self.threads = _PROBE_MODEL, backend, threads
+    def __init__(self, backend: str, threads: int | None, jpeg_draft: bool = False) -> None:
+        self.model, self.backend, self.threads, self.jpeg_draft = _PROBE_MODEL, backend, threads, jpeg_draft
         self._cache: dict[Any, Any] = {}
 
     def classifier(self, spec: Any) -> Any:
@@ -148,6 +164,7 @@ class _StageReader:
                 labels=["r", "g", "b"],
                 preprocess=spec,
                 max_image_pixels=None,
+                jpeg_draft=self.jpeg_draft,
             )
         return self._cache[key]
 
@@ -215,12 +232,14 @@ def run_parity(
     backends: Sequence[str] = BACKENDS,
     torch_module: Any = None,
     threads: int | None = 1,
+    jpeg_draft: bool = False,
 ) -> ParityResult:
     """Compare each backend with torchvision at every stage on ``images`` (file paths or
     folders, expanded as ``predict`` does). ``torch_module``: the torch model the ONNX file was
     exported from, for reference logits from torch itself; else the reference logits are ONNX
     Runtime's on torchvision's tensor. A backend that cannot be loaded (e.g. the rust backend
-    not built) is reported in ``skipped``."""
+    not built) is reported in ``skipped``. ``jpeg_draft``: compare the backends' JPEG draft
+    mode with torchvision on Pillow's drafted JPEGs (module docstring)."""
     import numpy as np
 
     from . import Classifier
@@ -241,11 +260,13 @@ def run_parity(
     skipped: dict[str, str] = {}
     for backend in backends:
         try:
-            full[backend] = Classifier(model, backend=backend, threads=threads, max_image_pixels=None)
+            full[backend] = Classifier(
+                model, backend=backend, threads=threads, max_image_pixels=None, jpeg_draft=jpeg_draft
+            )
         except Exception as exc:  # reported, not fatal: parity of the other backends still holds
             skipped[backend] = f"{type(exc).__name__}: {exc}"
             continue
-        readers[backend] = _StageReader(backend, threads)
+        readers[backend] = _StageReader(backend, threads, jpeg_draft)
     spec = next(iter(full.values())).contract.preprocess if full else None
     if spec is None:
         from .errors import BackendUnavailableError
@@ -258,7 +279,7 @@ def run_parity(
     from .preprocess import resized_size
 
     for path in paths:
-        ref = _torchvision_stages(path, spec)
+        ref = _torchvision_stages(path, spec, jpeg_draft)
         ref_logits = _reference_logits(model, ref["tensor"], torch_module, threads)
         h, w = ref["decoded"].shape[:2]
         new_w, new_h = resized_size(w, h, spec)
@@ -271,7 +292,8 @@ def run_parity(
         for backend in compared:
             diffs: dict[str, float | None] = {}
             for stage, (stage_spec, canvas) in stage_specs.items():
-                if stage_spec.crop_size > _MAX_CROP:
+                # A drafted JPEG's identity-resize contract would ask Pillow for another scale.
+                if stage_spec.crop_size > _MAX_CROP or (stage == "decoded" and ref["drafted"]):
                     diffs[stage] = None
                     continue
                 got = readers[backend].pixels(path, stage_spec)
@@ -299,6 +321,7 @@ def run_parity(
         top1_agreement={b: agree[b] / len(paths) for b in compared},
         per_image=per_image,
         skipped=skipped,
+        jpeg_draft=jpeg_draft,
     )
 
 
@@ -311,6 +334,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="threads per backend (default 1)")
     parser.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="backends in JPEG draft mode, against torchvision on Pillow's drafted JPEGs",
+    )
+    parser.add_argument(
         "--json", dest="json_path", metavar="FILE", help="also write the result (per image too) as JSON"
     )
 
@@ -319,7 +347,11 @@ def run(args: argparse.Namespace) -> int:
     """Print the parity table; exit 0 when every compared stage is exact (0.0 up to the
     tensor) and top-1 agrees everywhere, 1 otherwise."""
     result = run_parity(
-        args.model, args.images, backends=[b for b in args.backends.split(",") if b], threads=args.threads
+        args.model,
+        args.images,
+        backends=[b for b in args.backends.split(",") if b],
+        threads=args.threads,
+        jpeg_draft=args.jpeg_draft,
     )
     print(result.format_table())
     if args.json_path:
