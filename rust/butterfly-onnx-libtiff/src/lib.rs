@@ -29,7 +29,8 @@ pub type MapFileProc = unsafe extern "C" fn(thandle_t, *mut *mut c_void, *mut to
 pub type UnmapFileProc = unsafe extern "C" fn(thandle_t, *mut c_void, toff_t);
 /// `TIFFErrorHandlerExtR` (the last argument is a C `va_list`; only src/shim.c's handlers,
 /// written in C, are passed).
-pub type ErrorHandlerExtR = unsafe extern "C" fn(*mut TIFF, *mut c_void, *const c_char, *const c_char, *mut c_void) -> c_int;
+pub type ErrorHandlerExtR =
+    unsafe extern "C" fn(*mut TIFF, *mut c_void, *const c_char, *const c_char, *mut c_void) -> c_int;
 
 /// What src/shim.c's handlers keep: the first error and the first warning of a handle.
 #[repr(C)]
@@ -87,7 +88,19 @@ unsafe extern "C" {
     pub fn TIFFRGBAImageEnd(img: *mut c_void);
     pub fn TIFFIsCODECConfigured(scheme: u16) -> c_int;
     pub fn TIFFGetVersion() -> *const c_char;
-    pub fn bo_tiff_error(tif: *mut TIFF, data: *mut c_void, module: *const c_char, fmt: *const c_char, ap: *mut c_void) -> c_int;
-    pub fn bo_tiff_warning(tif: *mut TIFF, data: *mut c_void, module: *const c_char, fmt: *const c_char, ap: *mut c_void) -> c_int;
+    pub fn bo_tiff_error(
+        tif: *mut TIFF,
+        data: *mut c_void,
+        module: *const c_char,
+        fmt: *const c_char,
+        ap: *mut c_void,
+    ) -> c_int;
+    pub fn bo_tiff_warning(
+        tif: *mut TIFF,
+        data: *mut c_void,
+        module: *const c_char,
+        fmt: *const c_char,
+        ap: *mut c_void,
+    ) -> c_int;
     pub fn bo_tiff_silence_globals();
 }

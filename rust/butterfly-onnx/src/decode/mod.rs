@@ -117,6 +117,9 @@ fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<
     if bytes.starts_with(b"BM") {
         return bmp::decode(bytes, source_name, limits);
     }
+    if tiff::is_tiff(bytes) {
+        return tiff::decode(bytes, source_name, limits);
+    }
     match image::guess_format(bytes) {
         Ok(format @ (image::ImageFormat::Bmp | image::ImageFormat::Tiff | image::ImageFormat::WebP)) => {
             decode_with_image_crate(bytes, format, source_name, limits)
@@ -393,21 +396,6 @@ fn decode_with_image_crate(
     let bytes = if format == image::ImageFormat::WebP {
         return webp::decode(bytes, source_name, limits);
     } else {
-        if format == image::ImageFormat::Tiff {
-            let (size, verdict) = tiff::check_supported(bytes);
-            // A malformed directory fails Pillow's open before its size check; a layout
-            // Pillow reads but Rust refuses is checked for size first, as Pillow does.
-            let malformed = verdict
-                .as_ref()
-                .is_err_and(|e| e.starts_with("TIFF tag") || e.starts_with("truncated") || e.starts_with("required"));
-            if let (Some((w, h)), false) = (size, malformed) {
-                check_limit(source_name, w, h, limits)?;
-            }
-            return match verdict.map_err(|e| decode_error(source_name, e))? {
-                Some(raw) => tiff::decode_raw(bytes, &raw, source_name),
-                None => tiff::decode(bytes, source_name),
-            };
-        }
         bytes
     };
     let image_error = |e: image::ImageError| decode_error(source_name, format!("broken {format:?} data: {e}"));
