@@ -186,7 +186,8 @@ def test_backend_is_exact_on_99_percent_of_loadable_files(rows, backend):
     loadable = [r for r in rows if r.reference == "ok"]
     assert len(loadable) >= 500, len(loadable)
     refused = [r for r in loadable if r.results[backend] != "exact"]
-    wrong_class = [r for r in refused if r.results[backend] != "ImageDecodeError"]
+    # (mismatches are test_no_backend_returns_a_different_tensor's; here they only count as not exact)
+    wrong_class = [r for r in refused if r.results[backend] not in ("ImageDecodeError", "mismatch")]
     assert not wrong_class, f"{backend} refuses with other errors:\n{_describe(wrong_class)}"
     rate = 1 - len(refused) / len(loadable)
     assert rate >= MIN_EXACT, (

@@ -172,12 +172,14 @@ pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> 
             } else {
                 (mode, raw) = (Mode::L, Raw::L);
             }
-        } else if palette.len() / padding as usize > 256 {
-            // putpalette refuses more than 256 entries: "invalid palette size".
-            return Err(err("invalid palette size"));
         }
     }
     check_limit(source_name, width, height, limits)?;
+    // putpalette (at load time, after Image.open's size check) refuses more than 256
+    // entries: "invalid palette size".
+    if mode == Mode::P && palette.len() / padding as usize > 256 {
+        return Err(err("invalid palette size"));
+    }
     let start = if offset == 0 { pos as u64 } else { offset };
     let (w, h) = (width as usize, height as usize);
     let table = palette_table(palette, padding as usize);

@@ -269,8 +269,133 @@ mod jpeg {
         }
     }
 
+    /// What `JpegImagePlugin.JpegImageFile._open` finds before libjpeg runs: the size of the
+    /// last SOF before the first SOS, and whether an SOS was reached.
+    struct PillowHeader {
+        width: u32,
+        height: u32,
+        has_scan: bool,
+    }
+
+    /// Pillow's marker walk (`JpegImageFile._open` and its segment handlers), for its verdict:
+    /// the errors it raises (Pillow then reports the file as unidentified or truncated) and
+    /// the size it checks against the pixel limits before anything is decoded.
+    fn pillow_open(b: &[u8]) -> std::result::Result<PillowHeader, &'static str> {
+        let be16 = |s: &[u8], at: usize| s.get(at..at + 2).map(|v| u16::from_be_bytes([v[0], v[1]]) as usize);
+        let be32 = |s: &[u8], at: usize| s.get(at..at + 4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        let mut pos = 3; // `_accept` read FF D8 FF; the walk starts with s = b"\xff"
+        let next = |pos: &mut usize| {
+            let byte = b.get(*pos).copied();
+            *pos += byte.is_some() as usize;
+            byte
+        };
+        let mut pending = Some(0xFF);
+        let mut size: Option<(usize, usize)> = None;
+        let mut icc: Vec<&[u8]> = Vec::new();
+        while let Some(first) = pending {
+            if first != 0xFF {
+                pending = next(&mut pos); // non-FF junk is skipped
+                continue;
+            }
+            let Some(marker) = next(&mut pos) else { break };
+            match marker {
+                0xC0..=0xFE => {}
+                0xFF => {
+                    pending = Some(0xFF);
+                    continue;
+                }
+                0x00 => {
+                    pending = next(&mut pos);
+                    continue;
+                }
+                _ => return Err("no marker found"),
+            }
+            let no_handler = matches!(marker, 0xC8 | 0xD0..=0xD9 | 0xF0..=0xFD);
+            if !no_handler {
+                // `n = i16(fp.read(2)) - 2; s = ImageFile._safe_read(fp, n)`
+                let n = be16(b, pos).ok_or("truncated segment length")? as isize - 2;
+                pos += 2;
+                let n = n.max(0) as usize;
+                let s = b.get(pos..pos + n).ok_or("Truncated File Read")?;
+                pos += n;
+                match marker {
+                    0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDE => {
+                        let (Some(height), Some(width)) = (be16(s, 1), be16(s, 3)) else {
+                            return Err("short SOF");
+                        };
+                        size = Some((width, height));
+                        if s[0] != 8 {
+                            return Err("cannot handle this bit depth");
+                        }
+                        if !matches!(s.get(5), Some(1 | 3 | 4)) {
+                            return Err("cannot handle this layer count");
+                        }
+                        if !icc.is_empty() {
+                            icc.sort();
+                            if icc[0].len() < 14 {
+                                return Err("short ICC profile chunk");
+                            }
+                            icc.clear();
+                        }
+                        if (s.len() - 6) % 3 != 0 {
+                            return Err("incomplete SOF component");
+                        }
+                    }
+                    0xDB => {
+                        let mut t = s;
+                        while let Some(&v) = t.first() {
+                            let len = 1 + if v >> 4 == 0 { 64 } else { 128 };
+                            t = t.get(len..).ok_or("bad quantization table marker")?;
+                        }
+                    }
+                    0xE0 if s.starts_with(b"JFIF") && s.len() < 7 => return Err("short JFIF segment"),
+                    0xEE if s.starts_with(b"Adobe") && s.len() < 7 => return Err("short Adobe segment"),
+                    0xE2 if s.starts_with(b"ICC_PROFILE\0") => icc.push(s),
+                    0xED if s.starts_with(b"Photoshop 3.0\0") => {
+                        // Its struct.errors are caught (the walk over resources stops); the
+                        // resource name length past the end is an IndexError that is not.
+                        let mut offset = 14usize;
+                        while s.get(offset..offset + 4) == Some(b"8BIM") {
+                            offset += 4;
+                            let Some(code) = be16(s, offset) else { break };
+                            offset += 2;
+                            let name_len = *s.get(offset).ok_or("short Photoshop resource")? as usize;
+                            offset += 1 + name_len;
+                            offset += offset & 1;
+                            let Some(len) = be32(s, offset) else { break };
+                            offset += 4;
+                            if code == 0x03ED {
+                                let data = s.get(offset..).unwrap_or(&[]);
+                                if data.len().min(len as usize) < 14 {
+                                    break;
+                                }
+                            }
+                            offset += len as usize;
+                            offset += offset & 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if marker == 0xDA {
+                let (width, height) = size.ok_or("no frame header")?;
+                return Ok(PillowHeader { width: width as u32, height: height as u32, has_scan: true });
+            }
+            pending = next(&mut pos);
+        }
+        // No SOS: Pillow opens the image (when a SOF gave it a size) and fails to load it.
+        let (width, height) = size.ok_or("no frame header")?;
+        Ok(PillowHeader { width: width as u32, height: height as u32, has_scan: false })
+    }
+
     pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
-        match catch_unwind(AssertUnwindSafe(|| unsafe { decode_unwinding(bytes, source_name, limits) })) {
+        let header = pillow_open(bytes)
+            .map_err(|e| decode_error(source_name, format!("not a JPEG file Pillow can open ({e})")))?;
+        check_limit(source_name, header.width as u64, header.height as u64, limits)?;
+        if !header.has_scan {
+            return Err(decode_error(source_name, "cannot load this image (no JPEG scan)"));
+        }
+        match catch_unwind(AssertUnwindSafe(|| unsafe { decode_unwinding(bytes, source_name, limits, &header) })) {
             Ok(result) => result,
             Err(payload) => match payload.downcast::<LibjpegError>() {
                 Ok(e) => Err(decode_error(source_name, format!("broken JPEG data: {}", e.0))),
@@ -279,7 +404,12 @@ mod jpeg {
         }
     }
 
-    unsafe fn decode_unwinding(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    unsafe fn decode_unwinding(
+        bytes: &[u8],
+        source_name: &str,
+        limits: &DecodeLimits,
+        header: &PillowHeader,
+    ) -> Result<RgbImage> {
         let mut err: Box<jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
         unsafe { jpeg_std_error(&mut err) };
         err.error_exit = Some(error_exit);
@@ -308,6 +438,11 @@ mod jpeg {
             }
         }
         check_limit(source_name, cinfo.image_width as u64, cinfo.image_height as u64, limits)?;
+        // Pillow decodes into an image of its own (last SOF's) size; a frame libjpeg reads
+        // differently is refused rather than padded or cut as Pillow's decoder would.
+        if (cinfo.image_width, cinfo.image_height) != (header.width, header.height) {
+            return Err(decode_error(source_name, "JPEG frame size differs from the header Pillow reads"));
+        }
         // Pillow's modes by layer count: 1 -> "L", 3 -> "RGB", 4 -> "CMYK" (read as "CMYK;I").
         let layers = cinfo.num_components;
         cinfo.out_color_space = match layers {

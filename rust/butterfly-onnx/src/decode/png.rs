@@ -173,7 +173,7 @@ struct Stream<'a> {
     bbox: Option<(u64, u64, u64, u64)>,
     default_image: bool,
     text_memory: u64,
-    /// A tRNS chunk read while the mode was "P" (`info["transparency"]`).
+    /// The last tRNS chunk read while the mode was "P" made `info["transparency"]` an int.
     p_transparency: bool,
 }
 
@@ -260,7 +260,14 @@ impl<'a> Stream<'a> {
                     }
                     b"PLTE" if self.mode() == "P" => self.palette = Some(s),
                     b"tRNS" => match self.mode() {
-                        "P" => self.p_transparency = true,
+                        // An int `transparency` (which convert("RGB") needs a palette for)
+                        // only when the chunk matches `^\xff*\x00\xff*$` (Python's `$`
+                        // also matches before one final newline); otherwise bytes.
+                        "P" => {
+                            let t = s.strip_suffix(b"\n").unwrap_or(s);
+                            self.p_transparency =
+                                t.iter().filter(|&&v| v == 0).count() == 1 && t.iter().all(|&v| v == 0 || v == 0xFF);
+                        }
                         "RGB" => need(6, "tRNS")?,
                         "1" | "L" | "I;16" => need(2, "tRNS")?,
                         _ => {}
