@@ -224,8 +224,9 @@ impl<'a> Plane<'a> {
 /// are column indices in `src`). Writes `src.rows x coeffs.starts.len()` RGB8 pixels.
 ///
 /// With AVX2 each output pixel of a row is computed in place from the interleaved RGB bytes,
-/// four taps per step (see `horizontal_pass_avx2`); no transposed copy of the input is made.
-/// `scratch` keeps the kernel's weight table (and a padded copy of the last row) between calls.
+/// four taps and four rows per step (see `horizontal_pass_avx2`); no transposed copy of the
+/// input is made. `scratch` keeps the kernel's weight table (and padded copies of the last rows)
+/// between calls.
 pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], scratch: &mut HorizontalScratch) {
     debug_assert_eq!(dst.len(), src.rows * coeffs.starts.len() * 3);
     let out_w = coeffs.starts.len();
@@ -261,8 +262,8 @@ fn horizontal_pass_scalar(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [
     }
 }
 
-/// The horizontal pass's reusable state: the weights rearranged for the SIMD kernel and a
-/// zero-padded copy of a row whose last loads would run past the end of the input slice.
+/// The horizontal pass's reusable state: the weights rearranged for the SIMD kernel and
+/// zero-padded copies of rows whose last loads would run past the end of the input slice.
 #[derive(Default)]
 pub struct HorizontalScratch {
     /// Per output pixel: for each pair of taps (a, b), the high parts (`w >> 11`) and the low
@@ -275,8 +276,8 @@ pub struct HorizontalScratch {
     /// Quads of taps and trailing pairs (0 or 1) per output.
     quads: usize,
     pair: usize,
+    /// Zero-padded copies of the last rows (whose loads would run past the input slice).
     padded_row: Vec<u8>,
-    tmp_rows: Vec<u8>,
     /// The coefficients and row width `weights` were prepared from (width 0: none).
     prepared_width: usize,
     prepared_starts: Vec<usize>,
@@ -345,21 +346,18 @@ impl HorizontalScratch {
         self.prepared_weights.clone_from(&coeffs.weights);
         true
     }
-
-    fn vectors_per_output(&self) -> usize {
-        self.quads * 4 + self.pair * 2
-    }
 }
 
 /// The AVX2 horizontal pass over all rows (weights prepared by `prepare_avx2`).
 ///
-/// Two rows at a time, one in each 128-bit lane: for one output pixel and 4 taps, the 16 bytes
-/// at the first tap's pixel of each row are shuffled into 16-bit `[R0 R1 G0 G1 B0 B1 0 0]` and
-/// `[R2 R3 G2 G3 B2 B3 0 0]`; `pmaddwd` with the weights' high parts and with their low parts
-/// gives `p0*w0 + p1*w1` per channel. The exact 32-bit sum of Pillow's loop is then
+/// Four rows at a time, two 256-bit registers holding one row in each 128-bit lane: for one
+/// output pixel and 4 taps, the 16 bytes at the first tap's pixel of each row are shuffled into
+/// 16-bit `[R0 R1 G0 G1 B0 B1 0 0]` and `[R2 R3 G2 G3 B2 B3 0 0]`; `pmaddwd` with the weights'
+/// high parts and with their low parts gives `p0*w0 + p1*w1` per channel. Each weight vector is
+/// loaded once for the four rows. The exact 32-bit sum of Pillow's loop is then
 /// `2^21 + (sum_hi << 11) + sum_lo` (the split is exact: `w = (w >> 11) * 2^11 + (w & 0x7ff)`),
-/// shifted by 22 and clamped to 0..=255 by the saturating packs, as `clip8` does. Outputs are
-/// taken in tiles whose weights stay in L1 while all rows are computed.
+/// shifted by 22 and clamped to 0..=255 by the saturating packs, as `clip8` does. The rows are
+/// walked in order (the input streams through once); the weights of all outputs stay in cache.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn horizontal_pass_avx2(src: Plane<'_>, out_w: usize, dst: &mut [u8], scratch: &mut HorizontalScratch) {
@@ -376,8 +374,8 @@ unsafe fn horizontal_pass_avx2(src: Plane<'_>, out_w: usize, dst: &mut [u8], scr
     }
 }
 
-/// Weight bytes of one tile of outputs (L1 holds them with the rows being read).
-const TILE_WEIGHT_BYTES: usize = 16 << 10;
+/// Rows computed together by the AVX2 kernel (they share each weight load).
+const ROWS_PER_STEP: usize = 4;
 
 /// `Q` quads of taps (`usize::MAX`: `scratch.quads`, not known at compile time) and `P`
 /// trailing pairs per output.
@@ -397,48 +395,42 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
     let row_bytes = out_w * 3;
     let fits = |r: usize| r * src.stride + src.x0 * 3 + reach <= src.data.len();
     let row_ptr = |r: usize| src.data.as_ptr().add(r * src.stride + src.x0 * 3);
-    let tile = (TILE_WEIGHT_BYTES / (scratch.vectors_per_output() * 16)).max(8);
-    // Rows read in place two at a time; the rest (an odd last row, or a last row whose loads
-    // would run past the slice) one at a time, as a pair of itself.
-    let paired = if src.rows >= 2 && fits(src.rows - 1) { src.rows & !1 } else { (src.rows - 1) & !1 };
-    for first in (0..out_w).step_by(tile) {
-        let outputs = first..(first + tile).min(out_w);
-        for r in (0..paired).step_by(2) {
-            let out = dst.as_mut_ptr().add(r * row_bytes);
-            horizontal_tile_avx2::<Q, P>(row_ptr(r), row_ptr(r + 1), out, row_bytes, outputs.clone(), out_w, scratch);
+    let out_ptr = dst.as_mut_ptr();
+    // Rows read in place four at a time while all four loads stay inside the slice (only the
+    // last rows can fail); the rest, at most 3 + the rows that do not fit, from padded copies,
+    // a short group repeating its last row (the repeated row's bytes are written twice, equal).
+    let in_place = (0..src.rows).take_while(|&r| fits(r)).count() / ROWS_PER_STEP * ROWS_PER_STEP;
+    for r in (0..in_place).step_by(ROWS_PER_STEP) {
+        let rows = [row_ptr(r), row_ptr(r + 1), row_ptr(r + 2), row_ptr(r + 3)];
+        let outs = [0, 1, 2, 3].map(|i| out_ptr.add((r + i) * row_bytes));
+        horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
+    }
+    let mut padded = std::mem::take(&mut scratch.padded_row);
+    let padded_len = reach.max(src.width * 3);
+    for first in (in_place..src.rows).step_by(ROWS_PER_STEP) {
+        let group = first..(first + ROWS_PER_STEP).min(src.rows);
+        padded.clear();
+        for r in group.clone() {
+            padded.extend_from_slice(src.row(r));
+            padded.resize((r - first + 1) * padded_len, 0);
         }
+        let last = group.len() - 1;
+        let rows = [0, 1, 2, 3].map(|i| padded.as_ptr().add(i.min(last) * padded_len));
+        let outs = [0, 1, 2, 3].map(|i| out_ptr.add((first + i.min(last)) * row_bytes));
+        horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
     }
-    for r in paired..src.rows {
-        let row = src.row(r);
-        let ptr = if fits(r) {
-            row_ptr(r)
-        } else {
-            scratch.padded_row.clear();
-            scratch.padded_row.extend_from_slice(row);
-            scratch.padded_row.resize(reach.max(row.len()), 0);
-            scratch.padded_row.as_ptr()
-        };
-        let mut pair = std::mem::take(&mut scratch.tmp_rows);
-        pair.clear();
-        pair.resize(2 * row_bytes, 0);
-        horizontal_tile_avx2::<Q, P>(ptr, ptr, pair.as_mut_ptr(), row_bytes, 0..out_w, out_w, scratch);
-        dst[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&pair[..row_bytes]);
-        scratch.tmp_rows = pair;
-    }
+    scratch.padded_row = padded;
 }
 
-/// The outputs `outputs` of rows `a` and `b`, written at `out` and `out + b_offset`. `a` and
-/// `b` must be readable up to the last 16-byte load of the windows, and `out` (and
-/// `out + b_offset`) writable for `out_w * 3` bytes.
+/// All outputs of the four rows `rows`, written at `outs`. Each row must be readable up to the
+/// last 16-byte load of the windows, and each `outs[i]` writable for `out_w * 3` bytes; equal
+/// rows may share an output.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn horizontal_tile_avx2<const Q: usize, const P: usize>(
-    a: *const u8,
-    b: *const u8,
-    out: *mut u8,
-    b_offset: usize,
-    outputs: Range<usize>,
+unsafe fn horizontal_rows4_avx2<const Q: usize, const P: usize>(
+    rows: [*const u8; 4],
+    outs: [*mut u8; 4],
     out_w: usize,
     scratch: &HorizontalScratch,
 ) {
@@ -455,49 +447,60 @@ unsafe fn horizontal_tile_avx2<const Q: usize, const P: usize>(
         6, z, 9, z, 7, z, 10, z, 8, z, 11, z, z, z, z, z,
     );
     let rounding = _mm256_setr_epi32(ROUNDING, ROUNDING, ROUNDING, 0, ROUNDING, ROUNDING, ROUNDING, 0);
-    let out_b = out.add(b_offset);
-    let weights = scratch.weights.as_ptr() as *const __m128i;
-    let load_rows = |offset: usize| {
-        _mm256_inserti128_si256::<1>(
-            _mm256_castsi128_si256(_mm_loadu_si128(a.add(offset) as *const __m128i)),
-            _mm_loadu_si128(b.add(offset) as *const __m128i),
-        )
+    let [a, b, c, d] = rows;
+    let load_rows = |x: *const u8, y: *const u8, offset: usize| {
+        _mm256_loadu2_m128i(y.add(offset) as *const __m128i, x.add(offset) as *const __m128i)
     };
     let weight = |w: *const __m128i| _mm256_broadcastsi128_si256(_mm_loadu_si128(w));
-    for o in outputs {
+    let weights = scratch.weights.as_ptr() as *const __m128i;
+    for o in 0..out_w {
         let start = *scratch.starts.get_unchecked(o) * 3;
         let w = weights.add(o * per_output);
-        let mut hi = _mm256_setzero_si256();
-        let mut lo = rounding;
+        let (mut hi_ab, mut hi_cd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut lo_ab, mut lo_cd) = (rounding, rounding);
         for q in 0..quads {
-            let px = load_rows(start + q * 12);
-            let (v01, v23) = (_mm256_shuffle_epi8(px, mask01), _mm256_shuffle_epi8(px, mask23));
+            let offset = start + q * 12;
+            let (ab, cd) = (load_rows(a, b, offset), load_rows(c, d, offset));
             let wq = w.add(q * 4);
-            let hi_q = _mm256_add_epi32(_mm256_madd_epi16(v01, weight(wq)), _mm256_madd_epi16(v23, weight(wq.add(1))));
-            let lo_q =
-                _mm256_add_epi32(_mm256_madd_epi16(v01, weight(wq.add(2))), _mm256_madd_epi16(v23, weight(wq.add(3))));
-            hi = _mm256_add_epi32(hi, hi_q);
-            lo = _mm256_add_epi32(lo, lo_q);
+            let (h01, h23, l01, l23) = (weight(wq), weight(wq.add(1)), weight(wq.add(2)), weight(wq.add(3)));
+            let (ab01, ab23) = (_mm256_shuffle_epi8(ab, mask01), _mm256_shuffle_epi8(ab, mask23));
+            let (cd01, cd23) = (_mm256_shuffle_epi8(cd, mask01), _mm256_shuffle_epi8(cd, mask23));
+            hi_ab =
+                _mm256_add_epi32(hi_ab, _mm256_add_epi32(_mm256_madd_epi16(ab01, h01), _mm256_madd_epi16(ab23, h23)));
+            lo_ab =
+                _mm256_add_epi32(lo_ab, _mm256_add_epi32(_mm256_madd_epi16(ab01, l01), _mm256_madd_epi16(ab23, l23)));
+            hi_cd =
+                _mm256_add_epi32(hi_cd, _mm256_add_epi32(_mm256_madd_epi16(cd01, h01), _mm256_madd_epi16(cd23, h23)));
+            lo_cd =
+                _mm256_add_epi32(lo_cd, _mm256_add_epi32(_mm256_madd_epi16(cd01, l01), _mm256_madd_epi16(cd23, l23)));
         }
         if P == 1 {
-            let v01 = _mm256_shuffle_epi8(load_rows(start + quads * 12), mask01);
+            let offset = start + quads * 12;
+            let ab01 = _mm256_shuffle_epi8(load_rows(a, b, offset), mask01);
+            let cd01 = _mm256_shuffle_epi8(load_rows(c, d, offset), mask01);
             let wp = w.add(quads * 4);
-            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(v01, weight(wp)));
-            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(v01, weight(wp.add(1))));
+            let (h01, l01) = (weight(wp), weight(wp.add(1)));
+            hi_ab = _mm256_add_epi32(hi_ab, _mm256_madd_epi16(ab01, h01));
+            lo_ab = _mm256_add_epi32(lo_ab, _mm256_madd_epi16(ab01, l01));
+            hi_cd = _mm256_add_epi32(hi_cd, _mm256_madd_epi16(cd01, h01));
+            lo_cd = _mm256_add_epi32(lo_cd, _mm256_madd_epi16(cd01, l01));
         }
-        let sum = _mm256_add_epi32(_mm256_slli_epi32::<11>(hi), lo);
-        let shifted = _mm256_srai_epi32::<22>(sum);
-        let words = _mm256_packs_epi32(shifted, shifted);
+        let ab = _mm256_srai_epi32::<22>(_mm256_add_epi32(_mm256_slli_epi32::<11>(hi_ab), lo_ab));
+        let cd = _mm256_srai_epi32::<22>(_mm256_add_epi32(_mm256_slli_epi32::<11>(hi_cd), lo_cd));
+        // Per lane: a (or b) in bytes 0..4, c (or d) in bytes 4..8; the 4th byte of each is 0.
+        let words = _mm256_packs_epi32(ab, cd);
         let bytes = _mm256_packus_epi16(words, words);
-        let rgb_a = (_mm256_extract_epi32::<0>(bytes) as u32).to_le_bytes();
-        let rgb_b = (_mm256_extract_epi32::<4>(bytes) as u32).to_le_bytes();
-        if o + 1 < out_w {
-            // 4 bytes: the 4th lands on the next pixel's R, written later.
-            std::ptr::write_unaligned(out.add(o * 3) as *mut [u8; 4], rgb_a);
-            std::ptr::write_unaligned(out_b.add(o * 3) as *mut [u8; 4], rgb_b);
-        } else {
-            std::ptr::copy_nonoverlapping(rgb_a.as_ptr(), out.add(o * 3), 3);
-            std::ptr::copy_nonoverlapping(rgb_b.as_ptr(), out_b.add(o * 3), 3);
+        let ac = _mm_cvtsi128_si64(_mm256_castsi256_si128(bytes)) as u64;
+        let bd = _mm_cvtsi128_si64(_mm256_extracti128_si256::<1>(bytes)) as u64;
+        let pixels = [ac as u32, bd as u32, (ac >> 32) as u32, (bd >> 32) as u32];
+        for (out, px) in outs.iter().zip(pixels) {
+            let px = px.to_le_bytes();
+            if o + 1 < out_w {
+                // 4 bytes: the 4th lands on the next pixel's R, written next.
+                std::ptr::write_unaligned(out.add(o * 3) as *mut [u8; 4], px);
+            } else {
+                std::ptr::copy_nonoverlapping(px.as_ptr(), out.add(o * 3), 3);
+            }
         }
     }
 }
@@ -612,8 +615,9 @@ mod tests {
 
     /// The SIMD horizontal pass gives the scalar pass's bytes (the scalar pass is Pillow's
     /// loop, checked against Pillow itself in tests/preprocess_pillow.rs) for random sizes,
-    /// sub-ranges of outputs, both filters, planes with offsets and strides, and inputs that
-    /// end exactly at the last pixel (the padded-row path).
+    /// sub-ranges of outputs, both filters, planes with offsets and strides, row counts that are
+    /// and are not multiples of the kernel's four, and inputs that end exactly at the last pixel
+    /// (the padded-row path).
     #[test]
     fn horizontal_pass_matches_the_scalar_loop() {
         let mut rng = Lcg(7);
@@ -631,7 +635,8 @@ mod tests {
             let filter = if case % 2 == 0 { Interpolation::Bilinear } else { Interpolation::Bicubic };
             let first = rng.below(out_w);
             let outputs = first..first + 1 + rng.below(out_w - first);
-            let rows = 1 + rng.below(6);
+            // 1..=13 rows: groups of four read in place, short tail groups, padded last rows.
+            let rows = 1 + rng.below(13);
             let x0 = rng.below(3);
             let stride = (x0 + in_w + rng.below(2)) * 3;
             let len = (rows - 1) * stride + (x0 + in_w) * 3;
