@@ -121,10 +121,10 @@ def test_bench_rows_ratios_agreement_json_and_plot(small_model, photos, tmp_path
         threads=[1],
         rounds=1,
         torch_module=module,
-        contenders=["torchvision", *BACKENDS],
+        contenders=["torchvision", "handwritten", *BACKENDS],
     )
     assert {(r.contender, r.batch_size) for r in result.rows} == {
-        (c, b) for c in ["torchvision", *BACKENDS] for b in (1, 2)
+        (c, b) for c in ["torchvision", "handwritten", *BACKENDS] for b in (1, 2)
     }
     assert result.images == 2 and result.reference == "torchvision"
     for row in result.rows:
@@ -132,10 +132,14 @@ def test_bench_rows_ratios_agreement_json_and_plot(small_model, photos, tmp_path
         assert row.images_per_s == pytest.approx(1000.0 / row.end_to_end_ms)
         assert row.p50_ms >= row.end_to_end_ms and row.p90_ms >= row.p50_ms
         assert row.vs_floor > 0 and row.vs_torchvision is not None
+        # Each row's ratio to the hand-written loop is its time against that loop's, same config.
+        hand = next(h for h in result.rows if (h.contender, h.batch_size) == ("handwritten", row.batch_size))
+        assert row.vs_handwritten == pytest.approx(hand.end_to_end_ms / row.end_to_end_ms)
         if row.contender == "torchvision":
             assert row.vs_torchvision == 1.0 and row.top1_agreement is None
         else:
-            # Exact preprocessing: top-1 as torch's, logits as close as ORT vs torch allows.
+            # Exact preprocessing (the hand-written Pillow + NumPy loop too): top-1 as torch's,
+            # logits as close as ORT vs torch allows.
             assert row.top1_agreement == 1.0 and row.max_logit_diff < 1e-3
     assert (row.decode_ms is None) == (row.contender == "rust")
     assert set(result.floor_ms) == {"batch 1, threads 1", "batch 2, threads 1"}
@@ -143,7 +147,7 @@ def test_bench_rows_ratios_agreement_json_and_plot(small_model, photos, tmp_path
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["contender"] == "torchvision"
     result.plot(tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "x floor" in result.format_table()
+    assert "x floor" in result.format_table() and "x hand" in result.format_table()
 
 
 def test_bench_cli_arguments(small_model, photos, tmp_path, capsys):

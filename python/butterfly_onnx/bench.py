@@ -5,6 +5,12 @@ Contenders (each skipped, with the reason, when it cannot run here):
 * ``torchvision``: Pillow decoding + torchvision's transforms + the model (the given torch
   module, else ONNX Runtime on torchvision's tensor: then only preprocessing differs);
 * ``python`` and ``rust``: :class:`~butterfly_onnx.Classifier` with that backend;
+* ``handwritten``: the loop a careful user writes with onnxruntime + Pillow + NumPy (no torch):
+  per chunk of ``batch_size`` files, ``Image.open().convert("RGB")``, ``Image.resize`` of the
+  shorter side with the contract's filter, center crop, ``/ 255`` and normalize in NumPy, each
+  image on a pool of ``threads`` threads; then one ONNX Runtime run (``threads`` intra-op
+  threads) on the chunk, one after the other. It gives torchvision's tensors for the usual
+  contracts (Resize(int) + CenterCrop on images at least the crop's size);
 * the **floor**: Pillow decoding (on ``threads`` threads) plus ONNX Runtime alone on ready
   batches, one after the other: what a careful hand-written loop reaches without
   preprocessing costs.
@@ -41,7 +47,7 @@ from typing import Any
 
 __all__ = ["CONTENDERS", "BenchRow", "BenchResult", "run_bench", "add_arguments", "run"]
 
-CONTENDERS = ("torchvision", "python", "rust")
+CONTENDERS = ("torchvision", "handwritten", "python", "rust")
 
 
 @dataclass
@@ -62,6 +68,8 @@ class BenchRow:
     images_per_s: float
     vs_torchvision: float | None
     vs_floor: float
+    #: Throughput ratio to the ``handwritten`` contender (None when it did not run).
+    vs_handwritten: float | None
     top1_agreement: float | None
     max_logit_diff: float | None
 
@@ -104,6 +112,7 @@ class BenchResult:
             "img/s",
             "x tv",
             "x floor",
+            "x hand",
             "top-1",
             "max dlogit",
         )
@@ -128,6 +137,7 @@ class BenchResult:
                 cell(r.images_per_s, ".1f"),
                 cell(r.vs_torchvision, ".2f"),
                 cell(r.vs_floor, ".2f"),
+                cell(r.vs_handwritten, ".2f"),
                 "-" if r.top1_agreement is None else f"{r.top1_agreement:.0%}",
                 cell(r.max_logit_diff, ".3g"),
             )
@@ -264,6 +274,59 @@ class _Torchvision(_Contender):
         return self.np.concatenate([self.infer(self.decode_preprocess(chunk)) for chunk in _batches(paths, batch_size)])
 
 
+class _Handwritten(_Contender):
+    """The hand-written onnxruntime + Pillow + NumPy loop (module docstring)."""
+
+    name = "handwritten"
+
+    def __init__(self, model: str, spec: Any, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import numpy as np
+        from PIL import Image
+
+        self.np, self.spec = np, spec
+        self.filter = getattr(Image.Resampling, spec.interpolation.upper())
+        self.mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
+        self.session = _ort_session(model, threads)
+        self.input = self.session.get_inputs()[0].name
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bench-handwritten")
+
+    def _prep(self, img: Any) -> Any:
+        np, spec = self.np, self.spec
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+        if spec.max_size is not None and new_long > spec.max_size:
+            new_short, new_long = int(spec.max_size * new_short / new_long), spec.max_size
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        img = img.resize(size, self.filter)
+        crop = spec.crop_size
+        top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
+        img = img.crop((left, top, left + crop, top + crop))
+        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+        return (x - self.mean) / self.std
+
+    def _one(self, path: str) -> Any:
+        return self._prep(_decode_pil(path))
+
+    def decode(self, paths):
+        return list(self.pool.map(_decode_pil, paths))
+
+    def preprocess(self, decoded):
+        return self.np.stack(list(self.pool.map(self._prep, decoded)))
+
+    def decode_preprocess(self, paths):
+        return self.np.stack(list(self.pool.map(self._one, paths)))
+
+    def infer(self, batch):
+        return self.session.run(None, {self.input: batch})[0]
+
+    def end_to_end(self, paths, batch_size):
+        return self.np.concatenate([self.infer(self.decode_preprocess(chunk)) for chunk in _batches(paths, batch_size)])
+
+
 class _Backend(_Contender):
     def __init__(self, model: str, backend: str, threads: int, jpeg_draft: bool = False) -> None:
         from . import Classifier
@@ -363,11 +426,12 @@ def run_bench(
             if name in skipped:
                 continue
             try:
-                made[name] = (
-                    _Torchvision(model, spec, n_threads, torch_module)
-                    if name == "torchvision"
-                    else _Backend(model, name, n_threads, jpeg_draft)
-                )
+                if name == "torchvision":
+                    made[name] = _Torchvision(model, spec, n_threads, torch_module)
+                elif name == "handwritten":
+                    made[name] = _Handwritten(model, spec, n_threads)
+                else:
+                    made[name] = _Backend(model, name, n_threads, jpeg_draft)
             except Exception as exc:  # a backend that is not built here is reported, not fatal
                 skipped[name] = f"{type(exc).__name__}: {exc}"
         if not made:
@@ -418,6 +482,7 @@ def run_bench(
                 floor_ms[f"batch {batch_size}, threads {n_threads}"] = floor
                 reference = "torchvision" if "torchvision" in made else next(iter(made))
                 tv_e2e = min(stats["torchvision"]["e2e"]) * 1e3 if "torchvision" in made else None
+                hand_e2e = min(stats["handwritten"]["e2e"]) * 1e3 if "handwritten" in made else None
                 ref_logits = logits[reference]
                 for name, s in stats.items():
                     e2e = min(s["e2e"]) * 1e3
@@ -441,6 +506,7 @@ def run_bench(
                             images_per_s=1000.0 / e2e if e2e > 0 else float("inf"),
                             vs_torchvision=None if tv_e2e is None else tv_e2e / e2e,
                             vs_floor=floor / e2e,
+                            vs_handwritten=None if hand_e2e is None else hand_e2e / e2e,
                             top1_agreement=agree,
                             max_logit_diff=diff,
                         )
@@ -480,7 +546,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", dest="thread_counts", type=_int_list, default=[1], help="comma-separated thread counts (default 1)"
     )
     parser.add_argument(
-        "--contenders", default=",".join(CONTENDERS), help="comma-separated: torchvision,python,rust (default: all)"
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated: {','.join(CONTENDERS)} (default: all)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is the best (default 3)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images")

@@ -14,7 +14,16 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-__all__ = ["BACKENDS", "MAX_MODEL_BATCH", "RUN_TARGET", "load_backend", "model_batch_for", "pipelined_logits"]
+__all__ = [
+    "BACKENDS",
+    "MAX_CONCURRENT_RUNS",
+    "MAX_MODEL_BATCH",
+    "RUN_TARGET",
+    "load_backend",
+    "model_batch_for",
+    "pipelined_logits",
+    "thread_split",
+]
 
 BACKENDS = ("python", "rust")
 
@@ -38,6 +47,30 @@ def model_batch_for(seconds_per_image: float) -> int:
     return size
 
 
+#: The thread rule, the same in both backends (the Rust core's ``classifier::pipeline::
+#: thread_split``; docs/inference.md, "Threads"): ``threads=N`` is what a classifier may use
+#: in all.  Decoding and preprocessing get a pool of ``N`` threads; inference gets
+#: ``runs = min(N, MAX_CONCURRENT_RUNS)`` ONNX Runtime runs at once, each on its own session
+#: with ``max(1, N // runs)`` intra-op threads (``N=2``: two concurrent one-thread runs).  On a
+#: small model one run scales poorly over intra-op threads, two independent runs nearly
+#: double the throughput when the cores are free.
+MAX_CONCURRENT_RUNS = 4
+
+
+def thread_split(threads: int) -> tuple[int, int]:
+    """``(concurrent ONNX Runtime runs, intra-op threads per run)`` for ``threads`` (the rule
+    above; 0 counts as 1)."""
+    runs = min(max(threads, 1), MAX_CONCURRENT_RUNS)
+    return runs, max(1, threads // runs)
+
+
+def piece_rows(rows: int, size: int, runs: int) -> int:
+    """Rows per ONNX Runtime run when ``rows`` rows are fed ``size`` at a time over ``runs``
+    concurrent runs: ``size``, but at most ``ceil(rows / runs)`` so every run gets work (the
+    Rust core's ``Model::run`` does the same)."""
+    return max(1, min(size, -(-rows // runs)))
+
+
 def load_backend(name: str) -> type:
     """The ``Backend`` class of backend ``name`` (its module is imported on first use)."""
     if name not in BACKENDS:
@@ -56,19 +89,19 @@ Errors = dict  # {item index: ImageError}
 
 def pipelined_logits(
     preprocess: Callable[[list], tuple[np.ndarray, Errors]],
-    run: Callable[[np.ndarray], np.ndarray],
+    run_pieces: Callable[[np.ndarray, int], np.ndarray],
     items: Sequence[Any],
     batch_size: int,
     model_batch: int,
-    num_classes: int,
 ) -> Iterator[tuple[np.ndarray, Errors]]:
     """Logits of ``items`` chunk by chunk: yields, per consecutive chunk of ``batch_size``
     items, ``(logits of its good items (n_ok, C), {index in items: error})``.
 
     The next chunk is decoded on a helper thread while the model runs on the current one
-    (Pillow, the native module and ONNX Runtime all release the GIL), and the model is fed
-    ``model_batch`` rows at a time.  At most two decoded chunks exist at once, so memory is
-    bounded by ``batch_size``, not by ``len(items)``.
+    (Pillow, the native module and ONNX Runtime all release the GIL), and
+    ``run_pieces(batch, model_batch)`` feeds the model ``model_batch`` rows per run, the
+    pieces spread over the concurrent runs of :func:`thread_split`.  At most two decoded
+    chunks exist at once, so memory is bounded by ``batch_size``, not by ``len(items)``.
     """
     n = len(items)
     if n == 0:
@@ -80,12 +113,6 @@ def pipelined_logits(
             following = start + batch_size
             if following < n:
                 pending = ahead.submit(preprocess, list(items[following : following + batch_size]))
-            parts = [run(batch[i : i + model_batch]) for i in range(0, len(batch), model_batch)]
+            out = run_pieces(batch, model_batch)
             del batch
-            if not parts:
-                out = np.zeros((0, num_classes), dtype=np.float32)
-            elif len(parts) == 1:
-                out = parts[0]
-            else:
-                out = np.concatenate(parts)
             yield out, {start + index: error for index, error in errors.items()}

@@ -4,11 +4,14 @@ nor torchvision.
 
 Images are decoded and preprocessed on a pool of ``threads`` worker threads (Pillow releases
 the GIL while decoding and resampling), each writing its own row of one preallocated batch.
+The model runs on ``thread_split(threads)`` sessions at once (``butterfly_onnx._backends``:
+the same rule as the Rust core; onnxruntime releases the GIL while it runs).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +25,7 @@ from .. import preprocess as _pre
 from ..contract import ModelContract, PreprocessSpec, check_output, resolve_contract
 from ..errors import ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
 from ..images import ImageItem, decode_rgb
-from . import model_batch_for, pipelined_logits
+from . import model_batch_for, piece_rows, pipelined_logits, thread_split
 
 __all__ = ["Backend"]
 
@@ -63,8 +66,10 @@ class Backend:
         self.max_image_pixels = max_image_pixels
         self.jpeg_draft = jpeg_draft
 
+        self._runs, intra = thread_split(self.threads)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = intra
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: no warnings on stderr for ordinary models
         # Idle intra-op threads sleep instead of spinning: the next chunk decodes on the same
@@ -72,12 +77,22 @@ class Backend:
         # rounds: 43-90 images/s without spinning against 29-48 with it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(
-                model if model_path is None else source, sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            # One session per concurrent run, each with its own intra-op threads (a shared
+            # session would share one intra-op pool between the runs).
+            sessions = [
+                ort.InferenceSession(
+                    model if model_path is None else source, sess_options=options, providers=["CPUExecutionProvider"]
+                )
+                for _ in range(self._runs)
+            ]
         except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidModelError(f"{source}: not a loadable ONNX model: {message}") from None
+        self._session = sessions[0]
+        # The free sessions: a run takes one and gives it back (several callers may share them).
+        self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        for session in sessions:
+            self._free.put(session)
 
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()
@@ -93,6 +108,7 @@ class Backend:
         # A model exported with a fixed batch size is fed in chunks of that size.
         self._batch_limit = _static(model_input.shape[0])
         self._pool: ThreadPoolExecutor | None = None
+        self._run_pool: ThreadPoolExecutor | None = None
         self._pool_lock = Lock()
         self._model_batch: int | None = self._batch_limit
         self._model_batch_lock = Lock()
@@ -103,6 +119,12 @@ class Backend:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="butterfly-pre")
             return self._pool
+
+    def _runner(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._run_pool is None:
+                self._run_pool = ThreadPoolExecutor(self._runs, thread_name_prefix="butterfly-run")
+            return self._run_pool
 
     def _preprocess_one(self, item: ImageItem, row: np.ndarray) -> ImageError | None:
         try:
@@ -134,23 +156,35 @@ class Backend:
         return batch, errors
 
     # -- inference -----------------------------------------------------------------------
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, size: int | None = None) -> np.ndarray:
+        """The model's output for ``batch``, fed ``size`` rows per run (None: all), at most
+        ``ceil(N / runs)`` so the batch is spread over the concurrent runs, or the model's fixed
+        batch (the last piece zero-padded); up to ``runs`` pieces run at once."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if len(batch) == 0:
             return np.zeros((0, self.contract.num_classes), dtype=np.float32)
-        names = [self.contract.output_name]
-        step = self._batch_limit or len(batch)
-        parts = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
-            rows = len(chunk)
-            if rows < step:  # a fixed-batch model: zero-pad the last chunk, as the Rust core does
-                chunk = np.concatenate([chunk, np.zeros((step - rows, *chunk.shape[1:]), np.float32)])
-            out = self._session.run(names, {self.contract.input_name: chunk})[0]
-            check_output(self.contract, out.shape, self._source, rows=len(chunk))
-            parts.append(out[:rows])
+        step = self._batch_limit or piece_rows(len(batch), size or len(batch), self._runs)
+        starts = range(0, len(batch), step)
+        pieces = [batch[start : start + step] for start in starts]
+        if len(pieces) == 1 or self._runs == 1:
+            parts = [self._run_piece(piece, step) for piece in pieces]
+        else:
+            parts = list(self._runner().map(self._run_piece, pieces, [step] * len(pieces)))
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _run_piece(self, chunk: np.ndarray, step: int) -> np.ndarray:
+        """One ONNX Runtime run on a free session."""
+        rows = len(chunk)
+        if self._batch_limit and rows < step:  # a fixed-batch model: zero-pad, as the Rust core does
+            chunk = np.concatenate([chunk, np.zeros((step - rows, *chunk.shape[1:]), np.float32)])
+        session = self._free.get()
+        try:
+            out = session.run([self.contract.output_name], {self.contract.input_name: chunk})[0]
+        finally:
+            self._free.put(session)
+        check_output(self.contract, out.shape, self._source, rows=len(chunk))
+        return out[:rows]
 
     def logits(self, items: list[ImageItem]) -> tuple[np.ndarray, dict[int, ImageError]]:
         batch, errors = self.preprocess(items)
@@ -186,16 +220,15 @@ class Backend:
     ) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]:
         """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error});
         the next chunk decodes while the model runs (see ``pipelined_logits``), which is fed
-        :attr:`model_batch` rows per run."""
-        return pipelined_logits(
-            self.preprocess, self.run, items, batch_size, self.model_batch, self.contract.num_classes
-        )
+        :attr:`model_batch` rows per run, the runs spread over the concurrent sessions."""
+        return pipelined_logits(self.preprocess, self.run, items, batch_size, self.model_batch)
 
     def close(self) -> None:
         with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-                self._pool = None
+            for pool in (self._pool, self._run_pool):
+                if pool is not None:
+                    pool.shutdown(wait=False)
+            self._pool = self._run_pool = None
 
     def __del__(self) -> None:
         try:

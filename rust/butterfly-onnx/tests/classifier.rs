@@ -348,3 +348,40 @@ fn the_stream_holds_at_most_two_chunks_and_takes_inputs_lazily() {
     let error = classifier.predict_stream(inputs, 1, 0).err().unwrap();
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn threads_are_shared_out_as_concurrent_runs_with_the_same_results() {
+    use butterfly_onnx::classifier::pipeline::{thread_split, MAX_CONCURRENT_RUNS};
+    // The documented rule (classifier::pipeline, "Threads"): min(N, 4) runs, N / runs each.
+    assert_eq!(MAX_CONCURRENT_RUNS, 4);
+    let split: Vec<_> = [0, 1, 2, 3, 4, 5, 8, 16].into_iter().map(thread_split).collect();
+    assert_eq!(split, [(1, 1), (1, 1), (2, 1), (3, 1), (4, 1), (4, 1), (4, 2), (4, 4)]);
+    let Some(fx) = fixture() else { return };
+    let mut images = fx.images();
+    images.truncate(7);
+    let reference = fx.reference_logits();
+    for model in ["model.onnx", "model_static2.onnx"] {
+        let serial =
+            open(fx, model, ClassifierOptions { threads: Some(1), model_batch: Some(1), ..Default::default() })
+                .unwrap();
+        let (want, _) = serial.logits(&paths(&images)).unwrap();
+        for threads in [2, 3, 5] {
+            let options = ClassifierOptions { threads: Some(threads), model_batch: Some(1), ..Default::default() };
+            let classifier = open(fx, model, options).unwrap();
+            assert_eq!(classifier.thread_split(), thread_split(threads));
+            // One-shot: the batch split over the runs (7 rows, odd, padded on the fixed model).
+            let (got, _) = classifier.logits(&paths(&images)).unwrap();
+            assert!(max_abs_diff(got.iter().copied(), want.iter().copied()) <= 1e-6, "{model} threads={threads}");
+            // Streamed: pieces of one row dealt to the runs; rows still in input order.
+            let rows: Vec<Vec<f32>> = classifier
+                .logits_stream(paths(&images), 5)
+                .unwrap()
+                .flat_map(|chunk| chunk.unwrap().logits.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>())
+                .collect();
+            assert_eq!(rows.len(), images.len());
+            for (row, want) in rows.iter().zip(&reference) {
+                assert!(max_abs_diff(row.iter().copied(), want.iter().copied()) <= 1e-5, "{model}: {row:?}");
+            }
+        }
+    }
+}

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! One `Classifier` may be shared by many threads: preprocessing runs on the classifier's
-//! own rayon pool (never rayon's global one), and the session, whose `run` needs `&mut`,
-//! sits behind a mutex, so inference calls take turns while decoding overlaps.
+//! own rayon pool (never rayon's global one), and the model has one ONNX Runtime session
+//! per concurrent run ([`pipeline::thread_split`]), each behind a mutex (`run` needs
+//! `&mut`): a run takes a free session, or waits for one.
 //!
 //! Two ways to classify:
 //! * one shot: [`Classifier::preprocess`], [`Classifier::run`], [`Classifier::logits`],
@@ -51,8 +52,9 @@ pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 178_956_970;
 /// pixel limit, and the ONNX Runtime library from the environment (see [`crate::runtime`]).
 #[derive(Debug, Clone)]
 pub struct ClassifierOptions {
-    /// Bounds both the preprocessing pool and ONNX Runtime's intra-op threads
-    /// (`None` = `std::thread::available_parallelism()`).
+    /// The threads the classifier may use (`None` = `std::thread::available_parallelism()`):
+    /// the decoding pool's size, and the ONNX Runtime runs that may go at once times each
+    /// run's intra-op threads, as [`pipeline::thread_split`] shares them out.
     pub threads: Option<usize>,
     /// Replace the contract's labels (required, with `preprocess`, for models without one).
     pub labels: Option<Vec<String>>,
@@ -185,7 +187,7 @@ impl Classifier {
         }
         runtime::ensure_loaded(options.ort_library.as_deref())?;
         let session::Opened { model, contract, model_contract_json } =
-            session::open(&model_path, source, threads, &options)?;
+            session::open(&model_path, source, pipeline::thread_split(threads), &options)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("butterfly-preprocess-{i}"))
@@ -234,6 +236,12 @@ impl Classifier {
         self.threads
     }
 
+    /// How `threads` is shared out ([`pipeline::thread_split`], module docs "Threads"):
+    /// `(concurrent ONNX Runtime runs, intra-op threads per run)`.
+    pub fn thread_split(&self) -> (usize, usize) {
+        pipeline::thread_split(self.threads)
+    }
+
     /// Whether JPEGs are decoded in draft mode ([`ClassifierOptions::jpeg_draft`]).
     pub fn jpeg_draft(&self) -> bool {
         self.prep.limits.jpeg_draft.is_some()
@@ -264,8 +272,9 @@ impl Classifier {
     }
 
     /// Run the model on a preprocessed batch `(N, 3, crop, crop)`: the raw output `(N, classes)`.
-    /// The batch goes to ONNX Runtime as it is, except for a model exported with a fixed batch
-    /// size, which is fed in chunks of that size (the last one zero-padded).
+    /// The batch is split evenly over the concurrent runs of [`Self::thread_split`] (one
+    /// piece when there is one run), except for a model exported with a fixed batch size,
+    /// which is fed in pieces of that size (the last one zero-padded).
     pub fn run(&self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
         self.model.run(batch, usize::MAX)
     }

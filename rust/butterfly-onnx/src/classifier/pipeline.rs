@@ -21,7 +21,8 @@
 //! decoded and held at once). A chunk is decoded as one task on the classifier's pool
 //! (its images spread over the pool's threads, each written into its row of the chunk's
 //! tensor). As soon as chunk *k* is decoded, chunk *k + 1* is taken from the iterator and
-//! its decoding starts, and then ONNX Runtime runs chunk *k* on the calling thread. So at
+//! its decoding starts, and then ONNX Runtime runs chunk *k* (on the calling thread and, with
+//! several concurrent runs, scoped helper threads; see "Threads"). So at
 //! most two chunks are alive: the one being run and the one being decoded (the queue
 //! between decoding and the model holds one chunk), and memory is bounded by the chunk
 //! size, not by the number of images. Results come back chunk by chunk in input order;
@@ -43,13 +44,27 @@
 //!
 //! # Threads
 //!
-//! `threads` sizes both pools: the classifier's rayon pool (decoding) and ONNX Runtime's
-//! intra-op pool (its own threads plus the calling thread). While the pipeline is full,
-//! both work at once and share the cores through the OS scheduler, which is why ONNX
-//! Runtime's threads are built with spinning off (`with_intra_op_spinning(false)`): an idle
-//! ORT thread sleeps instead of burning the core a decoder could use, and a decoder that
-//! finishes early leaves its core to ORT. Neither pool uses rayon's global pool, and ORT's
-//! threads are never rayon threads.
+//! `threads = N` is the one knob: what the classifier may use in all. It is shared out by
+//! [`thread_split`], the same rule in both Python backends:
+//!
+//! * decoding and preprocessing: the classifier's rayon pool, `N` threads;
+//! * inference: `runs = min(N, MAX_CONCURRENT_RUNS)` ONNX Runtime runs at once, each on its
+//!   own session with `max(1, N / runs)` intra-op threads (so `N = 2`: two concurrent runs
+//!   of one thread each; `N = 8`: four runs of two).
+//!
+//! Why concurrent runs rather than one run with `N` intra-op threads: on a small model one
+//! run scales poorly over threads (its layers are too small to split well; EfficientNet-Lite0
+//! on the 2-core VM: 5.7 ms per image on one thread, 5.35 on two), while two runs of one
+//! thread each are independent and come close to twice one thread's throughput when the
+//! cores are free. The chunk's model-batch pieces (see above) are dealt to the runs as they
+//! finish, so results keep their order. The cost: a second copy of the weights per extra
+//! session (Lite0: 18 MB) and one image's latency on fewer threads. Decoding and the runs
+//! are both busy while the pipeline is full and share the cores through the OS scheduler,
+//! which is why ONNX Runtime's threads are built with spinning off
+//! (`with_intra_op_spinning(false)`): an idle ORT thread sleeps instead of burning the core a
+//! decoder could use. Neither uses rayon's global pool, and ORT's threads are never rayon
+//! threads. Only `N <= 2` was measured (a 2-core VM); above it the cap keeps the memory of the
+//! sessions bounded.
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -60,6 +75,16 @@ use ndarray::{Array2, Array4};
 
 use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction};
 use crate::{Error, Result};
+
+/// At most this many ONNX Runtime runs at once (each with its own session).
+pub const MAX_CONCURRENT_RUNS: usize = 4;
+
+/// How `threads` is shared out (module docs, "Threads"): `(concurrent runs, intra-op
+/// threads per run)`; decoding uses all `threads`. `threads` 0 counts as 1.
+pub fn thread_split(threads: usize) -> (usize, usize) {
+    let runs = threads.clamp(1, MAX_CONCURRENT_RUNS);
+    (runs, (threads / runs).max(1))
+}
 
 /// The largest model batch the measurement tries.
 pub const MAX_MODEL_BATCH: usize = 32;
@@ -171,6 +196,7 @@ impl<C: Deref<Target = Classifier>> Pipeline<C> {
                 }));
             }
         };
+        // The chunk's pieces of `model_batch` rows go to the concurrent runs as they free up.
         let size = self.classifier.model_batch();
         let logits = match self.classifier.run_in_pieces(batch.view(), size) {
             Ok(logits) => logits,

@@ -3,7 +3,8 @@
 //! running batches.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ndarray::{s, Array2, Array4, ArrayView4};
 use ort::session::builder::GraphOptimizationLevel;
@@ -14,9 +15,14 @@ use super::ClassifierOptions;
 use crate::contract::{self, ModelContract, TensorInfo, METADATA_KEY};
 use crate::{Error, Result};
 
-/// An ONNX Runtime session with what is needed to feed it: the tensor names and shapes.
+/// The model's ONNX Runtime sessions (one per concurrent run, see [`super::pipeline`],
+/// "Threads") with what is needed to feed them: the tensor names and shapes.
 pub(super) struct Model {
-    session: Mutex<Session>,
+    /// `runs` sessions of the same model, each with its own intra-op threads; a run takes
+    /// whichever is free (ort's `Session::run` needs `&mut`).
+    sessions: Vec<Mutex<Session>>,
+    /// Where the search for a free session starts (rotates, so callers spread out).
+    next_session: AtomicUsize,
     path: PathBuf,
     input_name: String,
     output_name: String,
@@ -25,6 +31,9 @@ pub(super) struct Model {
     /// `Some(b)` when the model's batch axis is fixed at `b`.
     static_batch: Option<usize>,
 }
+
+/// The pieces one worker ran: (first row, output rows).
+type Pieces = Vec<(usize, Array2<f32>)>;
 
 /// What [`open`] finds in a model file.
 pub(super) struct Opened {
@@ -39,10 +48,16 @@ pub(super) enum Source<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Create the session (`threads` intra-op threads, spinning off), read the contract, apply
-/// the overrides of `options` and check the result against the model's input and output.
-pub(super) fn open(path: &Path, source: Source<'_>, threads: usize, options: &ClassifierOptions) -> Result<Opened> {
-    let session = build_session(path, source, threads)?;
+/// Create the sessions (`runs` of them, `intra` intra-op threads each, spinning off), read
+/// the contract, apply the overrides of `options` and check the result against the model's
+/// input and output.
+pub(super) fn open(
+    path: &Path,
+    source: Source<'_>,
+    (runs, intra): (usize, usize),
+    options: &ClassifierOptions,
+) -> Result<Opened> {
+    let session = build_session(path, &source, intra)?;
     let unreadable =
         |e: ort::Error| Error::InvalidModel { path: path.to_path_buf(), reason: format!("cannot read metadata: {e}") };
     let metadata = session.metadata().map_err(unreadable)?;
@@ -64,14 +79,19 @@ pub(super) fn open(path: &Path, source: Source<'_>, threads: usize, options: &Cl
         &path.display().to_string(),
     )?;
     let static_batch = contract::static_batch(&inputs, &contract);
+    let mut sessions = vec![Mutex::new(session)];
+    for _ in 1..runs.max(1) {
+        sessions.push(Mutex::new(build_session(path, &source, intra)?));
+    }
     let model = Model {
+        next_session: AtomicUsize::new(0),
         path: path.to_path_buf(),
         input_name: contract.input_name.clone(),
         output_name: contract.output_name.clone(),
         crop: contract.preprocess.crop_size as usize,
         classes: contract.labels.len(),
         static_batch,
-        session: Mutex::new(session),
+        sessions,
     };
     Ok(Opened { model, contract, model_contract_json })
 }
@@ -81,9 +101,16 @@ impl Model {
         self.static_batch
     }
 
-    /// The raw output `(N, classes)` of a batch `(N, 3, crop, crop)`, fed to ONNX Runtime
-    /// `size` rows at a time (the last piece smaller, or zero-padded to `size` when the
-    /// model's batch axis is fixed). Rows are independent, so `size` changes speed only.
+    /// How many ONNX Runtime runs may go at once (the number of sessions).
+    pub fn runs(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The raw output `(N, classes)` of a batch `(N, 3, crop, crop)`, fed to ONNX Runtime in
+    /// pieces of `size` rows (at most `ceil(N / runs)`, so every session gets work; or the
+    /// model's fixed batch, the last piece zero-padded), up to [`Self::runs`] pieces at a
+    /// time on scoped threads, each taking the next piece when done. Rows are independent, so
+    /// neither `size` nor the split changes results, only speed.
     pub fn run(&self, batch: ArrayView4<'_, f32>, size: usize) -> Result<Array2<f32>> {
         let (n, channels, height, width) = batch.dim();
         let crop = self.crop;
@@ -95,39 +122,113 @@ impl Model {
         if n == 0 {
             return Ok(Array2::zeros((0, self.classes)));
         }
-        let size = self.static_batch.unwrap_or(size.clamp(1, n));
+        let size = self.static_batch.unwrap_or_else(|| size.clamp(1, n.div_ceil(self.runs())));
         let batch = batch.as_standard_layout();
         if size >= n && self.static_batch.is_none_or(|b| b == n) {
-            return self.run_piece(batch.view());
+            return self.run_piece(self.any_session(), batch.view());
         }
-        let mut out = Array2::zeros((n, self.classes));
-        let mut padded = None;
-        for start in (0..n).step_by(size) {
-            let end = (start + size).min(n);
-            let piece = batch.slice(s![start..end, .., .., ..]);
-            let logits = if end - start < size && self.static_batch.is_some() {
-                if padded.is_none() {
-                    let zeros = super::batch::alloc_batch(size, crop)?;
-                    padded =
-                        Some(Array4::from_shape_vec((size, 3, crop, crop), zeros).expect("size*3*crop*crop floats"));
+        let pieces = n.div_ceil(size);
+        let workers = self.runs().min(pieces);
+        let next = AtomicUsize::new(0);
+        let batch = batch.view();
+        // Each worker: its own session, its own padding buffer; pieces taken in order.
+        let work = |worker: usize| -> Result<Pieces> {
+            let mut done = Vec::new();
+            let mut padded: Option<Array4<f32>> = None;
+            loop {
+                let piece = next.fetch_add(1, Ordering::Relaxed);
+                if piece >= pieces {
+                    return Ok(done);
                 }
-                let padded = padded.as_mut().expect("allocated above");
-                padded.slice_mut(s![..end - start, .., .., ..]).assign(&piece);
-                self.run_piece(padded.view())?
-            } else {
-                self.run_piece(piece)?
-            };
-            out.slice_mut(s![start..end, ..]).assign(&logits.slice(s![..end - start, ..]));
+                let (start, end) = (piece * size, ((piece + 1) * size).min(n));
+                let rows = batch.slice(s![start..end, .., .., ..]);
+                let session = if workers == 1 { self.any_session() } else { self.lock_session(worker) };
+                let outcome = if end - start < size && self.static_batch.is_some() {
+                    if padded.is_none() {
+                        let zeros = super::batch::alloc_batch(size, crop)?;
+                        padded = Some(
+                            Array4::from_shape_vec((size, 3, crop, crop), zeros).expect("size*3*crop*crop floats"),
+                        );
+                    }
+                    let padded = padded.as_mut().expect("allocated above");
+                    padded.slice_mut(s![..end - start, .., .., ..]).assign(&rows);
+                    self.run_piece(session, padded.view())
+                } else {
+                    self.run_piece(session, rows)
+                };
+                match outcome {
+                    Ok(logits) => done.push((start, logits)),
+                    Err(error) => {
+                        next.store(pieces, Ordering::Relaxed); // the others stop too
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let results: Vec<Result<Pieces>> = if workers == 1 {
+            vec![work(0)]
+        } else {
+            std::thread::scope(|scope| {
+                let work = &work;
+                let helpers: Vec<_> = (1..workers)
+                    .map(|worker| {
+                        std::thread::Builder::new()
+                            .name(format!("butterfly-run-{worker}"))
+                            .spawn_scoped(scope, move || work(worker))
+                    })
+                    .collect();
+                let mut results = vec![work(0)];
+                for helper in helpers {
+                    results.push(match helper {
+                        Ok(handle) => handle
+                            .join()
+                            .unwrap_or_else(|_| Err(self.failed("a thread running the model panicked".into()))),
+                        // No thread to be had: the pieces it would have taken were run by
+                        // the others, which only stop when every piece is taken.
+                        Err(_) => Ok(Vec::new()),
+                    });
+                }
+                results
+            })
+        };
+        let mut out = Array2::zeros((n, self.classes));
+        for result in results {
+            for (start, logits) in result? {
+                let rows = logits.nrows().min(n - start);
+                out.slice_mut(s![start..start + rows, ..]).assign(&logits.slice(s![..rows, ..]));
+            }
         }
         Ok(out)
     }
 
-    /// One `Session::run` (the session sits behind a mutex: `run` needs `&mut`).
-    fn run_piece(&self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
-        let failed = |reason: String| Error::Inference { path: self.path.clone(), reason };
+    fn failed(&self, reason: String) -> Error {
+        Error::Inference { path: self.path.clone(), reason }
+    }
+
+    /// Session `k` (waits while another caller runs on it).
+    fn lock_session(&self, k: usize) -> MutexGuard<'_, Session> {
+        self.sessions[k % self.sessions.len()].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free session if there is one, else waits for the next in turn.
+    fn any_session(&self) -> MutexGuard<'_, Session> {
+        let first = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let count = self.sessions.len();
+        for k in 0..count {
+            match self.sessions[(first + k) % count].try_lock() {
+                Ok(guard) => return guard,
+                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        self.lock_session(first)
+    }
+
+    /// One `Session::run` on a session the caller holds.
+    fn run_piece(&self, mut session: MutexGuard<'_, Session>, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
+        let failed = |reason: String| self.failed(reason);
         let n = batch.dim().0;
         let input = TensorRef::from_array_view(batch).map_err(|e| failed(e.to_string()))?;
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs =
             session.run(ort::inputs![self.input_name.as_str() => input]).map_err(|e| failed(e.to_string()))?;
         let output = outputs
@@ -150,7 +251,7 @@ impl Model {
 
 // ort's builder errors carry the builder back (large); they are turned into strings at once.
 #[allow(clippy::result_large_err)]
-fn build_session(model_path: &Path, source: Source<'_>, threads: usize) -> Result<Session> {
+fn build_session(model_path: &Path, source: &Source<'_>, threads: usize) -> Result<Session> {
     let invalid = |reason: String| Error::InvalidModel { path: model_path.to_path_buf(), reason };
     let runtime = |reason: String| Error::RuntimeUnavailable { reason };
     let mut builder = Session::builder()
@@ -159,7 +260,8 @@ fn build_session(model_path: &Path, source: Source<'_>, threads: usize) -> Resul
         .and_then(|b| b.with_inter_threads(1))
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::All))
         // ORT's threads spin after each run by default; here the CPU is shared with the
-        // decoding pool (which works on the next chunk while the model runs), so they sleep.
+        // decoding pool (which works on the next chunk while the model runs) and with the
+        // other sessions' runs, so they sleep.
         .and_then(|b| b.with_intra_op_spinning(false))
         .and_then(|b| b.with_execution_providers([ort::ep::CPU::default().with_arena_allocator(true).build()]))
         .map_err(|e| runtime(e.to_string()))?;
