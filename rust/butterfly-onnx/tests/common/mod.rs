@@ -35,7 +35,7 @@ impl Corpus {
 
 const SCRIPT: &str = include_str!("../make_pillow_refs.py");
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("BUTTERFLY_ONNX_PYTHON") {
         return PathBuf::from(p);
     }
