@@ -63,6 +63,28 @@ def test_short_seeded_campaign_finds_no_defect(fuzz, tmp_path):
     assert counts.class_disagreement == 0, report
 
 
+def test_parallel_jobs_run_the_same_cases_and_merge_the_counts(fuzz, tmp_path):
+    one = fuzz.run_campaign(seed=31, cases=300, out=tmp_path / "one", backends=("rust",), keep_all=True)
+    two = fuzz.run_campaign(seed=31, cases=300, out=tmp_path / "two", backends=("rust",), keep_all=True, jobs=2)
+    assert two.cases == 300
+    assert two.to_dict() == one.to_dict()
+    assert sorted((tmp_path / "one" / "cases.jsonl").read_text().splitlines()) == sorted(
+        (tmp_path / "two" / "cases.jsonl").read_text().splitlines()
+    )
+
+
+def test_verdict_counts_every_refusal_against_the_limit(fuzz):
+    counts = fuzz.Counts(pillow_decodes=1000)
+    assert fuzz.verdict(counts) == []
+    counts.per_backend["rust"]["refusal_unsupported"] = 3
+    counts.per_backend["rust"]["refusal"] = 2
+    assert any("refusals 0.50 %" in v for v in fuzz.verdict(counts)), fuzz.verdict(counts)
+    counts.per_backend["rust"]["refusal_unsupported"] = 2
+    assert fuzz.verdict(counts) == []
+    counts.error_class_disagreement = 1
+    assert fuzz.verdict(counts) == ["1 error-class disagreements"]
+
+
 def test_mutations_are_deterministic_and_change_the_file(fuzz):
     import random
 
