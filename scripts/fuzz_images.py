@@ -238,6 +238,11 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
             return
         seeds[fmt].append((name, buf.getvalue()))
 
+    def animated(fmt: str, name: str, first, second, **kw) -> None:
+        """Two RGBA frames, 40 ms each."""
+        rgba = second.convert("RGBA")
+        save(fmt, name, first.convert("RGBA"), save_all=True, append_images=[rgba], duration=40, **kw)
+
     chosen = photos[:6] + rng.sample(photos[6:], min(len(photos) - 6, 4)) if len(photos) > 6 else photos
     for i, path in enumerate(chosen):
         size = sizes[i % len(sizes)]
@@ -295,16 +300,7 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
         if i % 2 == 1:  # APNG: only the first frame is promised (torchvision reads that one)
             second = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             save("png", f"{tag}_apng", rgb, save_all=True, append_images=[second], duration=40)
-            save(
-                "png",
-                f"{tag}_apng_rgba",
-                img.convert("RGBA"),
-                save_all=True,
-                append_images=[second.convert("RGBA")],
-                duration=40,
-                disposal=1,
-                blend=1,
-            )
+            animated("png", f"{tag}_apng_rgba", img, second, disposal=1, blend=1)
             save("png", f"{tag}_apng_default", rgb, save_all=True, append_images=[second], default_image=True)
         # BMP
         save("bmp", f"{tag}_rgb", rgb)
@@ -323,15 +319,7 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
         if i % 2 == 0:  # animated WebP: the first frame
             second = rgb.rotate(180)
             save("webp", f"{tag}_anim", rgb, save_all=True, append_images=[second], duration=40, lossless=bool(i % 4))
-            save(
-                "webp",
-                f"{tag}_anim_rgba",
-                img.convert("RGBA"),
-                save_all=True,
-                append_images=[second.convert("RGBA")],
-                duration=40,
-                quality=70,
-            )
+            animated("webp", f"{tag}_anim_rgba", img, second, quality=70)
         # TIFF
         save("tiff", f"{tag}_raw", rgb)
         save("tiff", f"{tag}_lzw", rgb, compression="tiff_lzw")
