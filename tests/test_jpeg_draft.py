@@ -218,3 +218,45 @@ def test_predict_cli_jpeg_draft(contract_model, tmp_path, capsys):
     row = json.loads(outputs[0])
     assert [s["label"] for s in row["top_k"]] == [s.label for s in want.top_k]
     assert [s["probability"] for s in row["top_k"]] == pytest.approx([s.probability for s in want.top_k], abs=1e-6)
+
+
+@pytest.mark.parametrize("spec", [PreprocessSpec(64, 56), SPEC], ids=["64-56", "256-224"])
+def test_real_world_jpegs(backend, spec):
+    """Every JPEG and MPO file (``FF D8 FF``) of Pillow's own ``Tests/images`` that torchvision
+    loads, drafted, equals torchvision on Pillow's drafted image; the others fail on both.
+    The corpus is fetched by ``scripts/fetch_test_images.py``
+    (``tests/test_real_world_images.py`` insists on it; here it is skipped when absent)."""
+    import sys
+    import warnings
+
+    from butterfly_onnx.errors import ButterflyError
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import fetch_test_images
+
+    folder = fetch_test_images.corpus_dir()
+    if not fetch_test_images.is_complete(folder):
+        pytest.skip(f"the real-world corpus is not fetched ({folder})")
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.read_bytes()[:3] == b"\xff\xd8\xff"]
+    assert len(files) >= 40
+    classifier = Classifier(
+        _PROBE_MODEL, backend=backend, threads=1, labels=["r", "g", "b"], preprocess=spec, jpeg_draft=True
+    )
+    exact = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            try:
+                with Image.open(path) as im:
+                    im.draft("RGB", _request(im.width, im.height, spec))
+                    want = ri.torchvision_tensor(im.convert("RGB"), spec)
+            except Exception:  # noqa: BLE001 -- torchvision's loader fails: the backend must too
+                with pytest.raises(ButterflyError):
+                    classifier.preprocess(path)
+                continue
+            got = classifier.preprocess(path)
+            assert got.shape == (1, *want.shape) and np.abs(got[0] - want).max() == 0.0, path.name
+            exact += 1
+    assert exact >= len(files) - 4
