@@ -266,6 +266,14 @@ def make_seeds(rng: random.Random, count_per_photo: int = 1) -> dict[str, list[t
                 optimize=True,
                 exif=b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0",
             )
+        if i % 3 == 2:  # a camera-like EXIF block: Pillow reads its resolution in _open (no JFIF dpi)
+            exif = Image.Exif()
+            exif.update({0x0110: "fuzz", 0x0112: 1, 0x011A: 72.0, 0x011B: 72.0, 0x0128: 2, 0x0131: "fuzz"})
+            save("jpeg", f"{tag}_exif", rgb, quality=85, exif=exif.tobytes())
+        if i % 3 == 1:  # MPO: a JPEG with an MPF segment and a second image (Pillow: MpoImageFile)
+            buf = io.BytesIO()
+            rgb.save(buf, "MPO", save_all=True, append_images=[rgb.rotate(180)], quality=85)
+            seeds["jpeg"].append((f"{tag}_mpo", buf.getvalue()))
         # PNG
         save("png", f"{tag}_rgb", rgb)
         save("png", f"{tag}_rgba", img.convert("RGBA"))
