@@ -29,6 +29,8 @@ pub(super) fn is_tiff(b: &[u8]) -> bool {
 enum Value {
     /// SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, IFD: Python ints.
     Ints(Vec<i64>),
+    /// Integral RATIONAL / FLOAT / DOUBLE values: equal to ints in Python, but not ints.
+    Floats(Vec<i64>),
     /// Every other type (BYTE and UNDEFINED are bytes, ASCII str, RATIONAL, FLOAT...): not
     /// an int tuple; the tags read here refuse such values as not supported.
     Other,
@@ -117,10 +119,11 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
             if total > limit {
                 continue;
             }
-            // ImageFile._safe_read: fewer bytes than asked at the end of the file -> skipped
+            // ImageFile._safe_read reads it from the file,
+            // and a short read raises ("Truncated File Read"), which ends the whole directory
             match at(off, size) {
                 Some(d) => d,
-                None => continue,
+                None => break,
             }
         } else {
             &field[..size as usize]
@@ -149,6 +152,28 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
                 }
                 Value::Ints(v)
             }
+            // RATIONAL, SRATIONAL, FLOAT, DOUBLE: numbers that Python compares (and hashes)
+            // equal to ints when integral -- OPEN_INFO and COMPRESSION_INFO lookups succeed.
+            5 | 10 | 11 | 12 => {
+                let mut v = Vec::new();
+                for c in data.chunks_exact(unit as usize) {
+                    let f = match typ {
+                        5 => read_uint(&c[..4], little) as f64 / read_uint(&c[4..], little) as f64,
+                        10 => {
+                            read_uint(&c[..4], little) as u32 as i32 as f64
+                                / read_uint(&c[4..], little) as u32 as i32 as f64
+                        }
+                        11 => f32::from_bits(read_uint(c, little) as u32) as f64,
+                        _ => f64::from_bits(read_uint(c, little)),
+                    };
+                    v.push(f);
+                }
+                if v.iter().all(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15) {
+                    Value::Floats(v.iter().map(|&f| f as i64).collect())
+                } else {
+                    Value::Other
+                }
+            }
             _ => Value::Other,
         };
         ifd.tags.push((tag, value));
@@ -162,9 +187,13 @@ impl Ifd {
     }
     /// A tag TiffTags declares with one value: Pillow keeps the first of several.
     fn single(&self, tag: u16, default: i64) -> std::result::Result<i64, &'static str> {
+        // A PhotometricInterpretation of several values is dropped by Pillow's _setitem.
+        if tag == 262 && matches!(self.get(tag), Some(Value::Ints(v) | Value::Floats(v)) if v.len() > 1) {
+            return Ok(default);
+        }
         match self.get(tag) {
             None => Ok(default),
-            Some(Value::Ints(v)) => Ok(v[0]),
+            Some(Value::Ints(v) | Value::Floats(v)) => Ok(v[0]),
             Some(Value::Other) => Err("TIFF tag of a type not supported here"),
         }
     }
@@ -172,13 +201,13 @@ impl Ifd {
         match self.get(tag) {
             None => Ok(None),
             Some(Value::Ints(v)) => Ok(Some(v[0])),
-            Some(Value::Other) => Err("TIFF tag of a type not supported here"),
+            Some(_) => Err("TIFF tag of a type not supported here"),
         }
     }
     fn tuple(&self, tag: u16) -> std::result::Result<Option<Vec<i64>>, &'static str> {
         match self.get(tag) {
             None => Ok(None),
-            Some(Value::Ints(v)) => Ok(Some(v.clone())),
+            Some(Value::Ints(v) | Value::Floats(v)) => Ok(Some(v.clone())),
             Some(Value::Other) => Err("TIFF tag of a type not supported here"),
         }
     }
@@ -349,7 +378,11 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
     let (Some(width), Some(height)) = (ifd.single_opt(256)?, ifd.single_opt(257)?) else {
         return Err(e("Missing dimensions"));
     };
-    let orientation = ifd.single_opt(274)?;
+    // Not an int (bytes, str, a rational): neither the size swap nor exif_transpose applies.
+    let orientation = match ifd.get(274) {
+        Some(Value::Ints(v)) => Some(v[0]),
+        _ => None,
+    };
     let mut sample_format = ifd.tuple(339)?.unwrap_or_else(|| vec![1]);
     if sample_format.len() > 1 && sample_format.iter().all(|&v| v == sample_format[0]) {
         sample_format.truncate(1);
