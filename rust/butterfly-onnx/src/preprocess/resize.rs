@@ -276,6 +276,12 @@ pub struct HorizontalScratch {
     /// Quads of taps and trailing pairs (0 or 1) per output.
     quads: usize,
     pair: usize,
+    /// Two-tap windows only, when every 4 consecutive outputs read within 5 pixels: per group
+    /// of 4 outputs, 3 pshufb masks then the 3 high and the 3 low weight vectors (see
+    /// `horizontal_rows4_grouped_avx2`); empty otherwise.
+    groups: Vec<[u8; 16]>,
+    /// First input pixel of each group's 16-byte load.
+    group_bases: Vec<usize>,
     /// Zero-padded copies of the last rows (whose loads would run past the input slice).
     padded_row: Vec<u8>,
     /// The coefficients and row width `weights` were prepared from (width 0: none).
@@ -316,6 +322,7 @@ impl HorizontalScratch {
         self.starts.clear();
         self.weights.clear();
         let mut taps = vec![0i32; padded];
+        let mut two_taps = Vec::new();
         for o in 0..n {
             let (first, last) = nonzero(o);
             // Shift the window left when its padding would run past the row; zero taps add nothing.
@@ -324,6 +331,9 @@ impl HorizontalScratch {
             taps.fill(0);
             taps[shift..shift + last - first].copy_from_slice(&coeffs.taps_of(o)[first..last]);
             self.starts.push(start);
+            if padded == 2 {
+                two_taps.push([taps[0], taps[1]]);
+            }
             // w = hi * 2^11 + lo with 0 <= lo < 2^11; |hi| < 2^15 for any normalized weight
             // (|w| < 2^26), so both fit in i16.
             let hi = |w: i32| (w >> 11) as i16;
@@ -341,10 +351,48 @@ impl HorizontalScratch {
                 self.weights.extend([vector(&hi, last_pair), vector(&lo, last_pair)]);
             }
         }
+        self.prepare_groups(&two_taps);
         self.prepared_width = width;
         self.prepared_starts.clone_from(&coeffs.starts);
         self.prepared_weights.clone_from(&coeffs.weights);
         true
+    }
+
+    /// The grouped layout of two-tap windows (`two_taps`, one pair per output; empty when the
+    /// windows are wider): for 4 consecutive outputs whose taps all lie within the 5 pixels of
+    /// one 16-byte load, the 12 values `(output, channel)` in output order, each a pair of
+    /// 16-bit `(pixel at tap 0, pixel at tap 1)` picked by `pshufb`, in 3 vectors of 4. The last
+    /// group repeats the last output. Left empty when some group does not fit.
+    fn prepare_groups(&mut self, two_taps: &[[i32; 2]]) {
+        self.groups.clear();
+        self.group_bases.clear();
+        let n = two_taps.len();
+        if n == 0 || n != self.starts.len() {
+            return;
+        }
+        for first in (0..n).step_by(4) {
+            let output = |i: usize| (first + i).min(n - 1);
+            let base = (0..4).map(|i| self.starts[output(i)]).min().unwrap_or(0);
+            if (0..4).any(|i| self.starts[output(i)] - base > 3) {
+                self.groups.clear();
+                self.group_bases.clear();
+                return;
+            }
+            let mut vectors = [[0u8; 16]; 9];
+            for value in 0..12 {
+                let (o, channel) = (output(value / 3), value % 3);
+                let (k, word) = (value / 4, (value % 4) * 2);
+                for (t, &w) in two_taps[o].iter().enumerate() {
+                    let byte = 2 * (word + t);
+                    vectors[k][byte] = ((self.starts[o] - base + t) * 3 + channel) as u8;
+                    vectors[k][byte + 1] = 0x80; // pshufb: zero high byte
+                    vectors[3 + k][byte..byte + 2].copy_from_slice(&((w >> 11) as i16).to_le_bytes());
+                    vectors[6 + k][byte..byte + 2].copy_from_slice(&((w & 0x7ff) as i16).to_le_bytes());
+                }
+            }
+            self.groups.extend(vectors);
+            self.group_bases.push(base);
+        }
     }
 }
 
@@ -396,6 +444,9 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
     let fits = |r: usize| r * src.stride + src.x0 * 3 + reach <= src.data.len();
     let row_ptr = |r: usize| src.data.as_ptr().add(r * src.stride + src.x0 * 3);
     let out_ptr = dst.as_mut_ptr();
+    // Two-tap windows 4 outputs per step when their layout was built (its loads start at or
+    // before each group's first window, so `reach` covers them).
+    let grouped = Q == 0 && P == 1 && !scratch.groups.is_empty();
     // Rows read in place four at a time while all four loads stay inside the slice (only the
     // last rows can fail); the rest, at most 3 + the rows that do not fit, from padded copies,
     // a short group repeating its last row (the repeated row's bytes are written twice, equal).
@@ -403,7 +454,11 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
     for r in (0..in_place).step_by(ROWS_PER_STEP) {
         let rows = [row_ptr(r), row_ptr(r + 1), row_ptr(r + 2), row_ptr(r + 3)];
         let outs = [0, 1, 2, 3].map(|i| out_ptr.add((r + i) * row_bytes));
-        horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
+        if grouped {
+            horizontal_rows4_grouped_avx2(rows, outs, out_w, scratch);
+        } else {
+            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
+        }
     }
     let mut padded = std::mem::take(&mut scratch.padded_row);
     let padded_len = reach.max(src.width * 3);
@@ -417,7 +472,11 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
         let last = group.len() - 1;
         let rows = [0, 1, 2, 3].map(|i| padded.as_ptr().add(i.min(last) * padded_len));
         let outs = [0, 1, 2, 3].map(|i| out_ptr.add((first + i.min(last)) * row_bytes));
-        horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
+        if grouped {
+            horizontal_rows4_grouped_avx2(rows, outs, out_w, scratch);
+        } else {
+            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
+        }
     }
     scratch.padded_row = padded;
 }
@@ -500,6 +559,64 @@ unsafe fn horizontal_rows4_avx2<const Q: usize, const P: usize>(
                 std::ptr::write_unaligned(out.add(o * 3) as *mut [u8; 4], px);
             } else {
                 std::ptr::copy_nonoverlapping(px.as_ptr(), out.add(o * 3), 3);
+            }
+        }
+    }
+}
+
+/// Two-tap windows (bilinear upscaling), 4 outputs and 4 rows per step: one 16-byte load per
+/// row and group, 3 `pshufb` that place the 12 `(output, channel)` pixel pairs in output order,
+/// `pmaddwd` with the high and the low weight parts, `2^21 + (hi << 11) + lo` (Pillow's exact
+/// sum, as in `horizontal_rows4_avx2`), shifted by 22 and packed with saturation into the 12
+/// bytes of the 4 RGB pixels. No lane is padding.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn horizontal_rows4_grouped_avx2(
+    rows: [*const u8; 4],
+    outs: [*mut u8; 4],
+    out_w: usize,
+    scratch: &HorizontalScratch,
+) {
+    use std::arch::x86_64::*;
+    let [a, b, c, d] = rows;
+    let rounding = _mm256_set1_epi32(ROUNDING);
+    let load_rows = |x: *const u8, y: *const u8, offset: usize| {
+        _mm256_loadu2_m128i(y.add(offset) as *const __m128i, x.add(offset) as *const __m128i)
+    };
+    let vectors = scratch.groups.as_ptr() as *const __m128i;
+    let row_bytes = out_w * 3;
+    for (g, &base) in scratch.group_bases.iter().enumerate() {
+        let v = vectors.add(g * 9);
+        let vector = |k: usize| _mm256_broadcastsi128_si256(_mm_loadu_si128(v.add(k)));
+        let (masks, his, los) =
+            ([vector(0), vector(1), vector(2)], [vector(3), vector(4), vector(5)], [vector(6), vector(7), vector(8)]);
+        let pixels = |px: __m256i| {
+            let value = |k: usize| {
+                let pairs = _mm256_shuffle_epi8(px, masks[k]);
+                let (hi, lo) = (_mm256_madd_epi16(pairs, his[k]), _mm256_madd_epi16(pairs, los[k]));
+                _mm256_srai_epi32::<22>(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32::<11>(hi), lo), rounding))
+            };
+            let (v0, v1, v2) = (value(0), value(1), value(2));
+            // Per lane: the 12 bytes of the 4 pixels, then 4 repeated bytes.
+            _mm256_packus_epi16(_mm256_packs_epi32(v0, v1), _mm256_packs_epi32(v2, v2))
+        };
+        let (ab, cd) = (pixels(load_rows(a, b, base * 3)), pixels(load_rows(c, d, base * 3)));
+        let lanes = [
+            _mm256_castsi256_si128(ab),
+            _mm256_extracti128_si256::<1>(ab),
+            _mm256_castsi256_si128(cd),
+            _mm256_extracti128_si256::<1>(cd),
+        ];
+        let at = g * 12;
+        for (out, lane) in outs.iter().zip(lanes) {
+            if at + 16 <= row_bytes {
+                // 16 bytes: the last 4 land on the next group's pixels, written next.
+                _mm_storeu_si128(out.add(at) as *mut __m128i, lane);
+            } else {
+                let mut bytes = [0u8; 16];
+                _mm_storeu_si128(bytes.as_mut_ptr() as *mut __m128i, lane);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.add(at), row_bytes - at);
             }
         }
     }
@@ -648,6 +765,37 @@ mod tests {
             horizontal_pass(plane, &coeffs, &mut fast, &mut scratch);
             horizontal_pass_scalar(plane, &coeffs, &mut slow);
             assert_eq!(fast, slow, "{in_w} -> {out_w}, outputs {outputs:?}, {rows} rows, {filter:?}");
+        }
+    }
+
+    /// Bilinear upscaling takes the grouped two-tap kernel (4 outputs per step) and gives the
+    /// scalar pass's bytes: output counts that are and are not multiples of 4, tiny widths,
+    /// sub-ranges of outputs, 1..=9 rows, planes ending at the last pixel.
+    #[test]
+    fn grouped_two_tap_kernel_matches_the_scalar_loop() {
+        let mut rng = Lcg(11);
+        let mut scratch = HorizontalScratch::default();
+        let sizes = [(224, 256), (2, 3), (2, 7), (3, 5), (5, 6), (7, 29), (100, 101), (256, 257), (640, 1027)];
+        for &(in_w, out_w) in &sizes {
+            for rows in 1..=9 {
+                let first = if rows % 3 == 0 { rng.below(out_w) } else { 0 };
+                let outputs = first..first + 1 + rng.below(out_w - first);
+                let x0 = rows % 2;
+                let stride = (x0 + in_w) * 3;
+                let len = (rows - 1) * stride + (x0 + in_w) * 3;
+                let data: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                let plane = Plane { data: &data, stride, x0, width: in_w, rows };
+                let coeffs = AxisCoefficients::new(in_w, out_w, outputs.clone(), Interpolation::Bilinear);
+                let n = rows * outputs.len() * 3;
+                let (mut fast, mut slow) = (vec![1u8; n], vec![2u8; n]);
+                horizontal_pass(plane, &coeffs, &mut fast, &mut scratch);
+                horizontal_pass_scalar(plane, &coeffs, &mut slow);
+                assert_eq!(fast, slow, "{in_w} -> {out_w}, outputs {outputs:?}, {rows} rows");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    assert!(!scratch.groups.is_empty(), "{in_w} -> {out_w}: grouped layout not used");
+                }
+            }
         }
     }
 }
