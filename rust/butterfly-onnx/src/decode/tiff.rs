@@ -31,6 +31,8 @@ enum Value {
     Ints(Vec<i64>),
     /// Integral RATIONAL / FLOAT / DOUBLE values: equal to ints in Python, but not ints.
     Floats(Vec<i64>),
+    /// BYTE / UNDEFINED: Python bytes (not equal to an int tuple, but iterable as ints).
+    Bytes(Vec<i64>),
     /// Every other type (BYTE and UNDEFINED are bytes, ASCII str, RATIONAL, FLOAT...): not
     /// an int tuple; the tags read here refuse such values as not supported.
     Other,
@@ -174,6 +176,8 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
                     Value::Other
                 }
             }
+            // BYTE and UNDEFINED: a bytes object (iterating it gives ints).
+            1 | 7 => Value::Bytes(data.iter().map(|&v| v as i64).collect()),
             _ => Value::Other,
         };
         ifd.tags.push((tag, value));
@@ -194,7 +198,7 @@ impl Ifd {
         match self.get(tag) {
             None => Ok(default),
             Some(Value::Ints(v) | Value::Floats(v)) => Ok(v[0]),
-            Some(Value::Other) => Err("TIFF tag of a type not supported here"),
+            Some(_) => Err("TIFF tag of a type not supported here"),
         }
     }
     fn single_opt(&self, tag: u16) -> std::result::Result<Option<i64>, &'static str> {
@@ -204,11 +208,18 @@ impl Ifd {
             Some(_) => Err("TIFF tag of a type not supported here"),
         }
     }
+    /// A tag Pillow only iterates (offsets, the colour map): bytes work as their values.
+    fn iterable(&self, tag: u16) -> std::result::Result<Option<Vec<i64>>, &'static str> {
+        match self.get(tag) {
+            Some(Value::Bytes(v)) => Ok(Some(v.clone())),
+            _ => self.tuple(tag),
+        }
+    }
     fn tuple(&self, tag: u16) -> std::result::Result<Option<Vec<i64>>, &'static str> {
         match self.get(tag) {
             None => Ok(None),
             Some(Value::Ints(v) | Value::Floats(v)) => Ok(Some(v.clone())),
-            Some(Value::Other) => Err("TIFF tag of a type not supported here"),
+            Some(_) => Err("TIFF tag of a type not supported here"),
         }
     }
 }
@@ -369,7 +380,11 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
     if !matches!(compression, 1..=8 | 32771 | 32773 | 32809 | 32946 | 34676 | 34677 | 34925 | 50000 | 50001) {
         return Err(format!("unknown TIFF compression {compression}"));
     }
-    let planar = ifd.single(284, 1)?;
+    // A PlanarConfiguration that is not an int (bytes, str) equals neither 1 nor 2.
+    let planar = match ifd.get(284) {
+        Some(Value::Bytes(_) | Value::Other) => -1,
+        _ => ifd.single(284, 1)?,
+    };
     let mut photo = ifd.single(262, 0)?;
     if compression == 6 {
         photo = 6;
@@ -438,9 +453,9 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
             rawmode.push('N');
         }
     } else {
-        let (offsets, tw, th) = if let Some(o) = ifd.tuple(273)? {
+        let (offsets, tw, th) = if let Some(o) = ifd.iterable(273)? {
             (o, w, ifd.single(278, h)?)
-        } else if let Some(o) = ifd.tuple(324)? {
+        } else if let Some(o) = ifd.iterable(324)? {
             let (Some(tw), Some(th)) = (ifd.single_opt(322)?, ifd.single_opt(323)?) else {
                 return Err(e("Invalid tile dimensions"));
             };
@@ -491,7 +506,7 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
         }
     }
     let palette = if matches!(mode, Mode::P | Mode::PA) {
-        let Some(map) = ifd.tuple(320)? else { return Err(e("TIFF palette image without a ColorMap")) };
+        let Some(map) = ifd.iterable(320)? else { return Err(e("TIFF palette image without a ColorMap")) };
         let bytes: Vec<u8> = map.iter().map(|&v| (v.div_euclid(256)) as u8).collect();
         if map.iter().any(|&v| !(0..65536).contains(&v)) {
             return Err(e("TIFF ColorMap value not supported"));
@@ -1052,14 +1067,10 @@ fn decode_strips(
 ) -> std::result::Result<(), ()> {
     let tif = h.tif;
     let nplanes = planes.map_or(1, |p| p.0);
-    let bits = if planes.is_some() {
-        if planes.unwrap().1 {
-            16 * nplanes
-        } else {
-            8 * nplanes
-        }
-    } else {
-        bits
+    let bits = match planes {
+        Some((n, true)) => 16 * n,
+        Some((n, false)) => 8 * n,
+        None => bits,
     };
     let (xs, ys) = (img.width, img.height);
     let mut rps = 0u32;
@@ -1117,14 +1128,10 @@ fn decode_tiles(
 ) -> std::result::Result<(), ()> {
     let tif = h.tif;
     let nplanes = planes.map_or(1, |p| p.0);
-    let bits = if planes.is_some() {
-        if planes.unwrap().1 {
-            16 * nplanes
-        } else {
-            8 * nplanes
-        }
-    } else {
-        bits
+    let bits = match planes {
+        Some((n, true)) => 16 * n,
+        Some((n, false)) => 8 * n,
+        None => bits,
     };
     let (xs, ys) = (img.width, img.height);
     let tile_bytes = unsafe { lt::TIFFTileSize(tif) };
