@@ -125,8 +125,31 @@ fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<
             decode_with_image_crate(bytes, format, source_name, limits)
         }
         Ok(other) => Err(decode_error(source_name, format!("unsupported image format {other:?}"))),
-        Err(_) => Err(decode_error(source_name, "unknown image format (not JPEG, PNG, GIF, BMP, TIFF or WebP)")),
+        Err(_) => {
+            // Pillow has no magic number for TGA and tries it on whatever no other plugin
+            // took; a damaged file of ours may pass its header checks, and then Pillow
+            // checks that header's size. Refused either way, but in the same order.
+            if let Some((width, height)) = pillow_tga_size(bytes) {
+                check_limit(source_name, width, height, limits)?;
+            }
+            Err(decode_error(source_name, "unknown image format (not JPEG, PNG, GIF, BMP, TIFF or WebP)"))
+        }
     }
+}
+
+/// The size `TgaImagePlugin._open` reads when it accepts the header (it has no magic number).
+fn pillow_tga_size(b: &[u8]) -> Option<(u64, u64)> {
+    let s = b.get(..18)?;
+    let le16 = |at: usize| u16::from_le_bytes([s[at], s[at + 1]]) as u64;
+    let (colormap, imagetype, depth) = (s[1], s[2], s[16]);
+    let (width, height) = (le16(12), le16(14));
+    let accepted = colormap <= 1
+        && width > 0
+        && height > 0
+        && matches!(depth, 1 | 8 | 16 | 24 | 32)
+        && matches!(imagetype, 1 | 2 | 3 | 9 | 10 | 11)
+        && (colormap == 0 || matches!(s[7], 16 | 24 | 32));
+    accepted.then_some((width, height))
 }
 
 fn decode_error(source_name: &str, reason: impl Into<String>) -> Error {
