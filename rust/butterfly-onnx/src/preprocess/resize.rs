@@ -235,6 +235,16 @@ pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8]
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && scratch.prepare_avx2(coeffs, src.width) {
+        #[cfg(butterfly_avx512)]
+        if scratch.digit_quads > 0
+            && scratch.groups.is_empty()
+            && !scratch.avoids_vnni()
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports AVX2, AVX-512 VL and VNNI; `prepare_digits` checked the windows.
+            return unsafe { horizontal_pass_vnni(src, out_w, dst, scratch) };
+        }
         // SAFETY: the CPU supports AVX2 (checked just above); `prepare_avx2` checked the windows.
         return unsafe { horizontal_pass_avx2(src, out_w, dst, scratch) };
     }
@@ -282,8 +292,17 @@ pub struct HorizontalScratch {
     groups: Vec<[u8; 16]>,
     /// First input pixel of each group's 16-byte load.
     group_bases: Vec<usize>,
+    /// The AVX-512 VNNI layout (`horizontal_rows4_vnni`): per output and quad of taps, the
+    /// weights' 3 signed base-256 digits as 3 vectors of `[d(w0) d(w1) d(w2) d(w3)]` per channel
+    /// (and 4 zero bytes); its own first input pixels; quads per output (0: not built).
+    digits: Vec<[i8; 16]>,
+    digit_starts: Vec<usize>,
+    digit_quads: usize,
     /// Zero-padded copies of the last rows (whose loads would run past the input slice).
     padded_row: Vec<u8>,
+    /// Tests: use the AVX2 kernels even where VNNI is available.
+    #[cfg(test)]
+    avoid_vnni: bool,
     /// The coefficients and row width `weights` were prepared from (width 0: none).
     prepared_width: usize,
     prepared_starts: Vec<usize>,
@@ -296,6 +315,17 @@ impl HorizontalScratch {
     /// pass). Zero taps at either end of a window are dropped (they add nothing): bilinear
     /// upscaling then needs 2 taps instead of Pillow's 3.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[cfg(test)]
+    fn avoids_vnni(&self) -> bool {
+        self.avoid_vnni
+    }
+
+    #[cfg(not(test))]
+    #[allow(dead_code)]
+    fn avoids_vnni(&self) -> bool {
+        false
+    }
+
     fn prepare_avx2(&mut self, coeffs: &AxisCoefficients, width: usize) -> bool {
         if self.prepared_width == width
             && self.prepared_starts == coeffs.starts
@@ -352,10 +382,62 @@ impl HorizontalScratch {
             }
         }
         self.prepare_groups(&two_taps);
+        self.prepare_digits(coeffs, width, used, &nonzero);
         self.prepared_width = width;
         self.prepared_starts.clone_from(&coeffs.starts);
         self.prepared_weights.clone_from(&coeffs.weights);
         true
+    }
+
+    /// The VNNI layout of `coeffs` (windows of at most `used` nonzero taps, `nonzero(o)` their
+    /// range): taps padded to a multiple of 4, each weight split exactly into signed bytes
+    /// `w = d0 + 2^8 d1 + 2^16 d2`. Not built (`digit_quads = 0`) when a padded window does not
+    /// fit in the row or a top digit does not fit in i8 (|w| >= 2^23, not a normalized weight).
+    fn prepare_digits(
+        &mut self,
+        coeffs: &AxisCoefficients,
+        width: usize,
+        used: usize,
+        nonzero: &dyn Fn(usize) -> (usize, usize),
+    ) {
+        self.digits.clear();
+        self.digit_starts.clear();
+        self.digit_quads = 0;
+        let quads = used.div_ceil(4);
+        let padded = quads * 4;
+        if padded > width {
+            return;
+        }
+        let mut taps = vec![0i32; padded];
+        for o in 0..coeffs.starts.len() {
+            let (first, last) = nonzero(o);
+            let start = (coeffs.starts[o] + first).min(width - padded);
+            let shift = coeffs.starts[o] + first - start;
+            taps.fill(0);
+            taps[shift..shift + last - first].copy_from_slice(&coeffs.taps_of(o)[first..last]);
+            self.digit_starts.push(start);
+            for quad in taps.chunks_exact(4) {
+                let mut vectors = [[0i8; 16]; 3];
+                for (t, &w) in quad.iter().enumerate() {
+                    let d0 = w as i8;
+                    let rest = (w - d0 as i32) >> 8;
+                    let d1 = rest as i8;
+                    let d2 = (rest - d1 as i32) >> 8;
+                    let Ok(d2) = i8::try_from(d2) else {
+                        self.digits.clear();
+                        self.digit_starts.clear();
+                        return;
+                    };
+                    for channel in 0..3 {
+                        vectors[0][channel * 4 + t] = d0;
+                        vectors[1][channel * 4 + t] = d1;
+                        vectors[2][channel * 4 + t] = d2;
+                    }
+                }
+                self.digits.extend(vectors);
+            }
+        }
+        self.digit_quads = quads;
     }
 
     /// The grouped layout of two-tap windows (`two_taps`, one pair per output; empty when the
@@ -440,27 +522,44 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
     let max_start = scratch.starts.iter().copied().max().unwrap_or(0);
     let last_load = (quads * 4 + P * 2).saturating_sub(if P == 1 { 2 } else { 4 });
     let reach = (max_start + last_load) * 3 + 16;
+    // Two-tap windows 4 outputs per step when their layout was built (its loads start at or
+    // before each group's first window, so `reach` covers them).
+    let grouped = Q == 0 && P == 1 && !scratch.groups.is_empty();
+    let mut padded = std::mem::take(&mut scratch.padded_row);
+    let shared = &*scratch;
+    row_quads(src, out_w, dst, &mut padded, reach, |rows, outs| {
+        if grouped {
+            horizontal_rows4_grouped_avx2(rows, outs, out_w, shared);
+        } else {
+            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, shared);
+        }
+    });
+    scratch.padded_row = padded;
+}
+
+/// Hands `kernel` all rows of `src`, four at a time, with the output row of each (`out_w`
+/// pixels in `dst`). Rows are read in place while their loads, up to `reach` bytes from
+/// column 0, stay inside the slice (only the last rows can fail); the rest, at most 3 + the
+/// rows that do not fit, from zero-padded copies in `padded`, a short group repeating its last
+/// row (the repeated row's bytes are written twice, equal).
+#[cfg(target_arch = "x86_64")]
+unsafe fn row_quads(
+    src: Plane<'_>,
+    out_w: usize,
+    dst: &mut [u8],
+    padded: &mut Vec<u8>,
+    reach: usize,
+    mut kernel: impl FnMut([*const u8; 4], [*mut u8; 4]),
+) {
     let row_bytes = out_w * 3;
     let fits = |r: usize| r * src.stride + src.x0 * 3 + reach <= src.data.len();
     let row_ptr = |r: usize| src.data.as_ptr().add(r * src.stride + src.x0 * 3);
     let out_ptr = dst.as_mut_ptr();
-    // Two-tap windows 4 outputs per step when their layout was built (its loads start at or
-    // before each group's first window, so `reach` covers them).
-    let grouped = Q == 0 && P == 1 && !scratch.groups.is_empty();
-    // Rows read in place four at a time while all four loads stay inside the slice (only the
-    // last rows can fail); the rest, at most 3 + the rows that do not fit, from padded copies,
-    // a short group repeating its last row (the repeated row's bytes are written twice, equal).
     let in_place = (0..src.rows).take_while(|&r| fits(r)).count() / ROWS_PER_STEP * ROWS_PER_STEP;
     for r in (0..in_place).step_by(ROWS_PER_STEP) {
         let rows = [row_ptr(r), row_ptr(r + 1), row_ptr(r + 2), row_ptr(r + 3)];
-        let outs = [0, 1, 2, 3].map(|i| out_ptr.add((r + i) * row_bytes));
-        if grouped {
-            horizontal_rows4_grouped_avx2(rows, outs, out_w, scratch);
-        } else {
-            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
-        }
+        kernel(rows, [0, 1, 2, 3].map(|i| out_ptr.add((r + i) * row_bytes)));
     }
-    let mut padded = std::mem::take(&mut scratch.padded_row);
     let padded_len = reach.max(src.width * 3);
     for first in (in_place..src.rows).step_by(ROWS_PER_STEP) {
         let group = first..(first + ROWS_PER_STEP).min(src.rows);
@@ -471,14 +570,8 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
         }
         let last = group.len() - 1;
         let rows = [0, 1, 2, 3].map(|i| padded.as_ptr().add(i.min(last) * padded_len));
-        let outs = [0, 1, 2, 3].map(|i| out_ptr.add((first + i.min(last)) * row_bytes));
-        if grouped {
-            horizontal_rows4_grouped_avx2(rows, outs, out_w, scratch);
-        } else {
-            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
-        }
+        kernel(rows, [0, 1, 2, 3].map(|i| out_ptr.add((first + i.min(last)) * row_bytes)));
     }
-    scratch.padded_row = padded;
 }
 
 /// All outputs of the four rows `rows`, written at `outs`. Each row must be readable up to the
@@ -546,20 +639,36 @@ unsafe fn horizontal_rows4_avx2<const Q: usize, const P: usize>(
         }
         let ab = _mm256_srai_epi32::<22>(_mm256_add_epi32(_mm256_slli_epi32::<11>(hi_ab), lo_ab));
         let cd = _mm256_srai_epi32::<22>(_mm256_add_epi32(_mm256_slli_epi32::<11>(hi_cd), lo_cd));
-        // Per lane: a (or b) in bytes 0..4, c (or d) in bytes 4..8; the 4th byte of each is 0.
-        let words = _mm256_packs_epi32(ab, cd);
-        let bytes = _mm256_packus_epi16(words, words);
-        let ac = _mm_cvtsi128_si64(_mm256_castsi256_si128(bytes)) as u64;
-        let bd = _mm_cvtsi128_si64(_mm256_extracti128_si256::<1>(bytes)) as u64;
-        let pixels = [ac as u32, bd as u32, (ac >> 32) as u32, (bd >> 32) as u32];
-        for (out, px) in outs.iter().zip(pixels) {
-            let px = px.to_le_bytes();
-            if o + 1 < out_w {
-                // 4 bytes: the 4th lands on the next pixel's R, written next.
-                std::ptr::write_unaligned(out.add(o * 3) as *mut [u8; 4], px);
-            } else {
-                std::ptr::copy_nonoverlapping(px.as_ptr(), out.add(o * 3), 3);
-            }
+        store_pixels4(outs, o, out_w, ab, cd);
+    }
+}
+
+/// Output pixel `o` of four rows from the shifted 32-bit sums `[R G B 0]` of rows a and b (one
+/// per 128-bit lane of `ab`) and c and d (`cd`), clamped to 0..=255 by the saturating packs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_pixels4(
+    outs: [*mut u8; 4],
+    o: usize,
+    out_w: usize,
+    ab: std::arch::x86_64::__m256i,
+    cd: std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    // Per lane: a (or b) in bytes 0..4, c (or d) in bytes 4..8; the 4th byte of each is 0.
+    let words = _mm256_packs_epi32(ab, cd);
+    let bytes = _mm256_packus_epi16(words, words);
+    let ac = _mm_cvtsi128_si64(_mm256_castsi256_si128(bytes)) as u64;
+    let bd = _mm_cvtsi128_si64(_mm256_extracti128_si256::<1>(bytes)) as u64;
+    let pixels = [ac as u32, bd as u32, (ac >> 32) as u32, (bd >> 32) as u32];
+    for (out, px) in outs.iter().zip(pixels) {
+        let px = px.to_le_bytes();
+        if o + 1 < out_w {
+            // 4 bytes: the 4th lands on the next pixel's R, written next.
+            std::ptr::write_unaligned(out.add(o * 3) as *mut [u8; 4], px);
+        } else {
+            std::ptr::copy_nonoverlapping(px.as_ptr(), out.add(o * 3), 3);
         }
     }
 }
@@ -619,6 +728,91 @@ unsafe fn horizontal_rows4_grouped_avx2(
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.add(at), row_bytes - at);
             }
         }
+    }
+}
+
+/// The AVX-512 VNNI horizontal pass (256-bit registers; weights prepared by `prepare_digits`).
+#[cfg(all(target_arch = "x86_64", butterfly_avx512))]
+#[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+unsafe fn horizontal_pass_vnni(src: Plane<'_>, out_w: usize, dst: &mut [u8], scratch: &mut HorizontalScratch) {
+    match scratch.digit_quads {
+        1 => horizontal_rows_vnni::<1>(src, out_w, dst, scratch),
+        2 => horizontal_rows_vnni::<2>(src, out_w, dst, scratch),
+        3 => horizontal_rows_vnni::<3>(src, out_w, dst, scratch),
+        4 => horizontal_rows_vnni::<4>(src, out_w, dst, scratch),
+        _ => horizontal_rows_vnni::<{ usize::MAX }>(src, out_w, dst, scratch),
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", butterfly_avx512))]
+#[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+unsafe fn horizontal_rows_vnni<const Q: usize>(
+    src: Plane<'_>,
+    out_w: usize,
+    dst: &mut [u8],
+    scratch: &mut HorizontalScratch,
+) {
+    let quads = if Q == usize::MAX { scratch.digit_quads } else { Q };
+    let max_start = scratch.digit_starts.iter().copied().max().unwrap_or(0);
+    let reach = (max_start + (quads - 1) * 4) * 3 + 16;
+    let mut padded = std::mem::take(&mut scratch.padded_row);
+    let shared = &*scratch;
+    row_quads(src, out_w, dst, &mut padded, reach, |rows, outs| horizontal_rows4_vnni::<Q>(rows, outs, out_w, shared));
+    scratch.padded_row = padded;
+}
+
+/// All outputs of four rows with `vpdpbusd` (unsigned pixel bytes times signed weight bytes,
+/// 4 products summed into each 32-bit lane, no saturation): for one output and 4 taps, one
+/// `pshufb` of the 16 bytes at the first tap's pixel gives `[R0 R1 R2 R3 G0.. B0.. 0 0 0 0]`
+/// per row (two rows per register), and one `vpdpbusd` per weight digit accumulates
+/// `sum p * d_k`. Pillow's exact 32-bit sum is `2^21 + S0 + (S1 << 8) + (S2 << 16)` (the split
+/// `w = d0 + 2^8 d1 + 2^16 d2` is exact and the arithmetic wraps like the true sum, which fits
+/// in i32), shifted by 22 and packed with saturation as in `horizontal_rows4_avx2`.
+#[cfg(all(target_arch = "x86_64", butterfly_avx512))]
+#[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn horizontal_rows4_vnni<const Q: usize>(
+    rows: [*const u8; 4],
+    outs: [*mut u8; 4],
+    out_w: usize,
+    scratch: &HorizontalScratch,
+) {
+    use std::arch::x86_64::*;
+    let quads = if Q == usize::MAX { scratch.digit_quads } else { Q };
+    let z = -1i8;
+    let mask = _mm256_setr_epi8(
+        0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11, z, z, z, z, //
+        0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11, z, z, z, z,
+    );
+    let rounding = _mm256_setr_epi32(ROUNDING, ROUNDING, ROUNDING, 0, ROUNDING, ROUNDING, ROUNDING, 0);
+    let [a, b, c, d] = rows;
+    let load_rows = |x: *const u8, y: *const u8, offset: usize| {
+        _mm256_shuffle_epi8(_mm256_loadu2_m128i(y.add(offset) as *const __m128i, x.add(offset) as *const __m128i), mask)
+    };
+    let weight = |w: *const __m128i| _mm256_broadcastsi128_si256(_mm_loadu_si128(w));
+    let digits = scratch.digits.as_ptr() as *const __m128i;
+    for o in 0..out_w {
+        let start = *scratch.digit_starts.get_unchecked(o) * 3;
+        let w = digits.add(o * quads * 3);
+        let (mut s0_ab, mut s1_ab, mut s2_ab) = (rounding, _mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut s0_cd, mut s1_cd, mut s2_cd) = (rounding, _mm256_setzero_si256(), _mm256_setzero_si256());
+        for q in 0..quads {
+            let offset = start + q * 12;
+            let (ab, cd) = (load_rows(a, b, offset), load_rows(c, d, offset));
+            let wq = w.add(q * 3);
+            let (d0, d1, d2) = (weight(wq), weight(wq.add(1)), weight(wq.add(2)));
+            s0_ab = _mm256_dpbusd_epi32(s0_ab, ab, d0);
+            s1_ab = _mm256_dpbusd_epi32(s1_ab, ab, d1);
+            s2_ab = _mm256_dpbusd_epi32(s2_ab, ab, d2);
+            s0_cd = _mm256_dpbusd_epi32(s0_cd, cd, d0);
+            s1_cd = _mm256_dpbusd_epi32(s1_cd, cd, d1);
+            s2_cd = _mm256_dpbusd_epi32(s2_cd, cd, d2);
+        }
+        let sum = |s0, s1, s2| {
+            let high = _mm256_add_epi32(_mm256_slli_epi32::<8>(s1), _mm256_slli_epi32::<16>(s2));
+            _mm256_srai_epi32::<22>(_mm256_add_epi32(s0, high))
+        };
+        store_pixels4(outs, o, out_w, sum(s0_ab, s1_ab, s2_ab), sum(s0_cd, s1_cd, s2_cd));
     }
 }
 
@@ -737,8 +931,15 @@ mod tests {
     /// (the padded-row path).
     #[test]
     fn horizontal_pass_matches_the_scalar_loop() {
+        // Both SIMD tiers where the CPU has VNNI (the VNNI kernel first, then AVX2's).
+        for avoid_vnni in [false, true] {
+            let mut scratch = HorizontalScratch { avoid_vnni, ..HorizontalScratch::default() };
+            horizontal_pass_matches_the_scalar_loop_with(&mut scratch);
+        }
+    }
+
+    fn horizontal_pass_matches_the_scalar_loop_with(scratch: &mut HorizontalScratch) {
         let mut rng = Lcg(7);
-        let mut scratch = HorizontalScratch::default();
         let mut sizes: Vec<(usize, usize)> =
             vec![(224, 256), (1920, 384), (1126, 224), (640, 256), (7, 300), (3, 2), (1, 5), (5, 1)];
         for _ in 0..300 {
@@ -762,7 +963,7 @@ mod tests {
             let coeffs = AxisCoefficients::new(in_w, out_w, outputs.clone(), filter);
             let n = rows * outputs.len() * 3;
             let (mut fast, mut slow) = (vec![1u8; n], vec![2u8; n]);
-            horizontal_pass(plane, &coeffs, &mut fast, &mut scratch);
+            horizontal_pass(plane, &coeffs, &mut fast, scratch);
             horizontal_pass_scalar(plane, &coeffs, &mut slow);
             assert_eq!(fast, slow, "{in_w} -> {out_w}, outputs {outputs:?}, {rows} rows, {filter:?}");
         }
