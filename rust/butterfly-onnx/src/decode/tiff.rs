@@ -6,7 +6,7 @@
 //! TIFFRGBAImage, JPEG's YCbCr converted by libjpeg), and finally applies the Orientation tag
 //! (ImageTiffFile.load_end's exif_transpose). The same steps are followed here, with the same
 //! libtiff (4.7.2, vendored in butterfly-onnx-libtiff); `convert("RGB")` is applied from the
-//! resulting mode. Layouts not reproduced here (LAB, float, 12-bit, "La", uncompressed YCbCr,
+//! resulting mode. Layouts not reproduced here (LAB, "La", uncompressed YCbCr,
 //! LZMA, ZSTD, WebP-in-TIFF) are refused with an ImageDecodeError that says "not supported".
 
 use butterfly_onnx_libtiff as lt;
@@ -143,12 +143,8 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
                         6 => u as u8 as i8 as i64,
                         8 => u as u16 as i16 as i64,
                         9 => u as u32 as i32 as i64,
-                        16 => {
-                            if u > i64::MAX as u64 {
-                                return Err("TIFF tag value out of range");
-                            }
-                            u as i64
-                        }
+                        // Python ints are unbounded: saturated, a size this large fails the size check
+                        16 => u.min(i64::MAX as u64) as i64,
                         _ => u as i64,
                     });
                 }
@@ -555,8 +551,9 @@ fn unpacker_bits(mode: Mode, raw: &str) -> Option<usize> {
         (L, "L;4" | "L;4I" | "L;4R" | "L;4IR") | (P, "P;4" | "P;4R") => 4,
         (L, "L" | "L;I" | "L;R" | "L;IR") | (P, "P" | "P;R") => 8,
         (L, "LX") | (LA, "LA") | (P, "PX") | (PA, "PA") => 16,
-        (I16, "I;16" | "I;16N") | (I16B, "I;16B" | "I;16N") | (I, "I;16S" | "I;16BS") => 16,
-        (I, "I;32N" | "I;32S" | "I;32BS") => 32,
+        (I16, "I;12") => 12,
+        (I16, "I;16" | "I;16N" | "I;16R") | (I16B, "I;16B" | "I;16N") | (I, "I;16S" | "I;16BS") => 16,
+        (I, "I;32N" | "I;32S" | "I;32BS") | (F, "F;32F" | "F;32BF") => 32,
         (Rgb | YCbCr, "RGB" | "RGB;R") => 24,
         (Rgb, "RGBX") | (Rgba, "RGBA" | "RGBa") | (Cmyk, "CMYK") => 32,
         (Rgb, "RGBXX") | (Rgba, "RGBaX" | "RGBAX") | (Cmyk, "CMYKX") => 40,
@@ -617,6 +614,17 @@ fn unpack(mode: Mode, raw: &str, out: &mut [u8], src: &[u8], n: usize) {
             "LX" | "PX" => out[i] = src[2 * i],
             "LA" | "PA" => put4(out, i, [src[2 * i], src[2 * i], src[2 * i], src[2 * i + 1]]),
             "I;16" | "I;16N" if mode == Mode::I16 => out[2 * i..2 * i + 2].copy_from_slice(&src[2 * i..2 * i + 2]),
+            "I;16R" => out[2 * i..2 * i + 2].copy_from_slice(&[bitflip(src[2 * i]), bitflip(src[2 * i + 1])]),
+            "I;12" => {
+                // two 12-bit samples in three bytes, most significant bits first
+                let k = 3 * (i / 2);
+                let v = if i % 2 == 0 {
+                    (src[k] as u16) << 4 | (src[k + 1] >> 4) as u16
+                } else {
+                    ((src[k + 1] & 0x0F) as u16) << 8 | src[k + 2] as u16
+                };
+                out[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
+            }
             "I;16N" => out[2 * i..2 * i + 2].copy_from_slice(&[src[2 * i + 1], src[2 * i]]),
             "I;16B" => out[2 * i..2 * i + 2].copy_from_slice(&src[2 * i..2 * i + 2]),
             "I;16S" | "I;16BS" => {
@@ -626,6 +634,10 @@ fn unpack(mode: Mode, raw: &str, out: &mut [u8], src: &[u8], n: usize) {
             "I;32N" | "I;32S" | "I;32BS" => {
                 let u = read_uint(&src[4 * i..4 * i + 4], raw != "I;32BS") as u32 as i32;
                 out[4 * i..4 * i + 4].copy_from_slice(&u.to_ne_bytes());
+            }
+            "F;32F" | "F;32BF" => {
+                let u = read_uint(&src[4 * i..4 * i + 4], raw == "F;32F") as u32;
+                out[4 * i..4 * i + 4].copy_from_slice(&f32::from_bits(u).to_ne_bytes());
             }
             "RGB" => put4(out, i, [src[3 * i], src[3 * i + 1], src[3 * i + 2], 255]),
             "RGB;R" => put4(out, i, [bitflip(src[3 * i]), bitflip(src[3 * i + 1]), bitflip(src[3 * i + 2]), 255]),
@@ -724,7 +736,18 @@ impl ModeImage {
                 Mode::I => o.fill(i32::from_ne_bytes([p[0], p[1], p[2], p[3]]).clamp(0, 255) as u8),
                 Mode::Rgb | Mode::Rgba => o.copy_from_slice(&p[..3]),
                 Mode::Cmyk => o.copy_from_slice(&super::cmyk_to_rgb(p[0], p[1], p[2], p[3])),
-                Mode::La | Mode::F | Mode::YCbCr | Mode::Lab => {
+                Mode::F => {
+                    // F -> L: clipped, truncated toward zero (NaN compares false: 0)
+                    let v = f32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                    o.fill(if v.is_nan() || v <= 0.0 {
+                        0
+                    } else if v >= 255.0 {
+                        255
+                    } else {
+                        v as u8
+                    })
+                }
+                Mode::La | Mode::YCbCr | Mode::Lab => {
                     return Err(decode_error(source_name, format!("TIFF mode {:?} is not supported", self.mode)));
                 }
             }
@@ -769,11 +792,8 @@ pub(super) fn decode(b: &[u8], source_name: &str, limits: &DecodeLimits) -> Resu
     let s = setup(&ifd).map_err(|e| decode_error(source_name, e))?;
     check_limit(source_name, s.width, s.height, limits)?;
     let unsupported = |what: &str| decode_error(source_name, format!("{what} is not supported"));
-    if matches!(s.mode, Mode::La | Mode::F | Mode::YCbCr | Mode::Lab) {
+    if matches!(s.mode, Mode::La | Mode::YCbCr | Mode::Lab) {
         return Err(unsupported(&format!("TIFF mode {:?}", s.mode)));
-    }
-    if s.rawmode == "I;12" || s.rawmode == "I;16R" {
-        return Err(unsupported("12-bit or bit-reversed 16-bit TIFF"));
     }
     let mut img = ModeImage::new(source_name, s.mode, s.width, s.height)?;
     if s.compression == 1 {
