@@ -47,6 +47,10 @@ class Classifier:
     @property
     def threads(self) -> int: ...
     @property
+    def thread_split(self) -> tuple[int, int]:
+        """How ``threads`` is shared out: (concurrent ONNX Runtime runs, intra-op threads per
+        run), the rule of docs/rust.md."""
+    @property
     def jpeg_draft(self) -> bool:
         """Whether JPEGs are decoded in draft mode."""
     @property

@@ -213,6 +213,13 @@ impl Classifier {
         self.inner.threads()
     }
 
+    /// How `threads` is shared out: (concurrent ONNX Runtime runs, intra-op threads per run)
+    /// (core `Classifier::thread_split`).
+    #[getter]
+    fn thread_split(&self) -> (usize, usize) {
+        self.inner.thread_split()
+    }
+
     /// Whether JPEGs are decoded in draft mode.
     #[getter]
     fn jpeg_draft(&self) -> bool {
