@@ -19,6 +19,7 @@ __all__ = [
     "MAX_CONCURRENT_RUNS",
     "MAX_MODEL_BATCH",
     "RUN_TARGET",
+    "SESSION_MEMORY_BUDGET",
     "load_backend",
     "model_batch_for",
     "pipelined_logits",
@@ -50,17 +51,20 @@ def model_batch_for(seconds_per_image: float) -> int:
 #: The thread rule, the same in both backends (the Rust core's ``classifier::pipeline::
 #: thread_split``; docs/inference.md, "Threads"): ``threads=N`` is what a classifier may use
 #: in all.  Decoding and preprocessing get a pool of ``N`` threads; inference gets
-#: ``runs = min(N, MAX_CONCURRENT_RUNS)`` ONNX Runtime runs at once, each on its own session
-#: with ``max(1, N // runs)`` intra-op threads (``N=2``: two concurrent one-thread runs).  On a
-#: small model one run scales poorly over intra-op threads, two independent runs nearly
-#: double the throughput when the cores are free.
+#: ``runs = min(N, MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET // model file bytes)`` (at least
+#: 1) ONNX Runtime runs at once, with ``max(1, N // runs)`` intra-op threads each (``N=2``: two
+#: concurrent one-thread runs).  On a small model one run scales poorly over intra-op
+#: threads, two independent runs nearly double the throughput when the cores are free.  The
+#: budget bounds the model copies of the Rust core (one session per run); the python backend
+#: shares one session between runs of one intra-op thread.
 MAX_CONCURRENT_RUNS = 4
+SESSION_MEMORY_BUDGET = 256 << 20
 
 
-def thread_split(threads: int) -> tuple[int, int]:
-    """``(concurrent ONNX Runtime runs, intra-op threads per run)`` for ``threads`` (the rule
-    above; 0 counts as 1)."""
-    runs = min(max(threads, 1), MAX_CONCURRENT_RUNS)
+def thread_split(threads: int, model_bytes: int) -> tuple[int, int]:
+    """``(concurrent ONNX Runtime runs, intra-op threads per run)`` for ``threads`` and a model
+    file of ``model_bytes`` (the rule above; 0 threads count as 1)."""
+    runs = max(1, min(max(threads, 1), MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET // max(model_bytes, 1)))
     return runs, max(1, threads // runs)
 
 

@@ -4,8 +4,9 @@ nor torchvision.
 
 Images are decoded and preprocessed on a pool of ``threads`` worker threads (Pillow releases
 the GIL while decoding and resampling), each writing its own row of one preallocated batch.
-The model runs on ``thread_split(threads)`` sessions at once (``butterfly_onnx._backends``:
-the same rule as the Rust core; onnxruntime releases the GIL while it runs).
+The model runs ``thread_split(threads, model size)`` times at once (``butterfly_onnx._backends``:
+the same rule as the Rust core; onnxruntime releases the GIL while it runs), on one shared
+session when each run has one intra-op thread.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Backend:
         self.max_image_pixels = max_image_pixels
         self.jpeg_draft = jpeg_draft
 
-        self._runs, intra = thread_split(self.threads)
+        model_bytes = len(model) if model_path is None else model_path.stat().st_size
+        self._runs, intra = thread_split(self.threads, model_bytes)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = 1
@@ -77,22 +79,25 @@ class Backend:
         # rounds: 43-90 images/s without spinning against 29-48 with it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            # One session per concurrent run, each with its own intra-op threads (a shared
-            # session would share one intra-op pool between the runs).
+            # Runs of one intra-op thread compute on their caller's thread: one session serves
+            # them all (onnxruntime's Run is thread-safe), one copy of the model.  Runs of
+            # several threads get a session each (one would share one intra-op pool).
+            copies = 1 if intra == 1 else self._runs
             sessions = [
                 ort.InferenceSession(
                     model if model_path is None else source, sess_options=options, providers=["CPUExecutionProvider"]
                 )
-                for _ in range(self._runs)
+                for _ in range(copies)
             ]
         except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidModelError(f"{source}: not a loadable ONNX model: {message}") from None
         self._session = sessions[0]
-        # The free sessions: a run takes one and gives it back (several callers may share them).
+        # The free run slots (``runs`` of them, each a session): a run takes one and gives it
+        # back, so at most ``runs`` run at once, however many callers share the classifier.
         self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
-        for session in sessions:
-            self._free.put(session)
+        for slot in range(self._runs):
+            self._free.put(sessions[slot % copies])
 
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()

@@ -351,11 +351,15 @@ fn the_stream_holds_at_most_two_chunks_and_takes_inputs_lazily() {
 
 #[test]
 fn threads_are_shared_out_as_concurrent_runs_with_the_same_results() {
-    use butterfly_onnx::classifier::pipeline::{thread_split, MAX_CONCURRENT_RUNS};
-    // The documented rule (classifier::pipeline, "Threads"): min(N, 4) runs, N / runs each.
-    assert_eq!(MAX_CONCURRENT_RUNS, 4);
-    let split: Vec<_> = [0, 1, 2, 3, 4, 5, 8, 16].into_iter().map(thread_split).collect();
+    use butterfly_onnx::classifier::pipeline::{thread_split, MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET};
+    // The documented rule (classifier::pipeline, "Threads"): min(N, 4, 256 MiB / model size)
+    // runs, N / runs intra-op threads each.
+    assert_eq!((MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET), (4, 256 << 20));
+    let lite0 = 18 << 20;
+    let split: Vec<_> = [0, 1, 2, 3, 4, 5, 8, 16].into_iter().map(|n| thread_split(n, lite0)).collect();
     assert_eq!(split, [(1, 1), (1, 1), (2, 1), (3, 1), (4, 1), (4, 1), (4, 2), (4, 4)]);
+    // Large models get fewer copies: ResNet-50 (98 MB) two runs, a 330 MB ViT-B one.
+    assert_eq!([thread_split(8, 98 << 20), thread_split(8, 330 << 20), thread_split(2, 0)], [(2, 4), (1, 8), (2, 1)]);
     let Some(fx) = fixture() else { return };
     let mut images = fx.images();
     images.truncate(7);
@@ -368,7 +372,8 @@ fn threads_are_shared_out_as_concurrent_runs_with_the_same_results() {
         for threads in [2, 3, 5] {
             let options = ClassifierOptions { threads: Some(threads), model_batch: Some(1), ..Default::default() };
             let classifier = open(fx, model, options).unwrap();
-            assert_eq!(classifier.thread_split(), thread_split(threads));
+            let bytes = std::fs::metadata(fx.path(model)).unwrap().len();
+            assert_eq!(classifier.thread_split(), thread_split(threads, bytes));
             // One-shot: the batch split over the runs (7 rows, odd, padded on the fixed model).
             let (got, _) = classifier.logits(&paths(&images)).unwrap();
             assert!(max_abs_diff(got.iter().copied(), want.iter().copied()) <= 1e-6, "{model} threads={threads}");

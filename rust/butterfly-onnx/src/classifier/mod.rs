@@ -139,6 +139,8 @@ pub struct Classifier {
     pool: rayon::ThreadPool,
     /// Images per ONNX Runtime run in the pipeline: given, or measured once.
     model_batch: OnceLock<usize>,
+    /// Intra-op threads per concurrent run ([`pipeline::thread_split`]).
+    split_intra: usize,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -186,8 +188,13 @@ impl Classifier {
             return Err(Error::InvalidArgument { reason: "model_batch must be at least 1".into() });
         }
         runtime::ensure_loaded(options.ort_library.as_deref())?;
+        let model_bytes = match &source {
+            session::Source::File => std::fs::metadata(&model_path).map_or(0, |m| m.len()),
+            session::Source::Bytes(bytes) => bytes.len() as u64,
+        };
+        let split = pipeline::thread_split(threads, model_bytes);
         let session::Opened { model, contract, model_contract_json } =
-            session::open(&model_path, source, pipeline::thread_split(threads), &options)?;
+            session::open(&model_path, source, split, &options)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("butterfly-preprocess-{i}"))
@@ -211,7 +218,18 @@ impl Classifier {
                 }),
             },
         });
-        Ok(Classifier { model_path, contract, model_contract_json, threads, model, prep, pool, model_batch })
+        let split_intra = split.1;
+        Ok(Classifier {
+            model_path,
+            contract,
+            model_contract_json,
+            threads,
+            model,
+            prep,
+            pool,
+            model_batch,
+            split_intra,
+        })
     }
 
     /// The effective contract (the model's, with the explicit overrides applied).
@@ -239,7 +257,7 @@ impl Classifier {
     /// How `threads` is shared out ([`pipeline::thread_split`], module docs "Threads"):
     /// `(concurrent ONNX Runtime runs, intra-op threads per run)`.
     pub fn thread_split(&self) -> (usize, usize) {
-        pipeline::thread_split(self.threads)
+        (self.model.runs(), self.split_intra)
     }
 
     /// Whether JPEGs are decoded in draft mode ([`ClassifierOptions::jpeg_draft`]).

@@ -48,17 +48,27 @@
 //! [`thread_split`], the same rule in both Python backends:
 //!
 //! * decoding and preprocessing: the classifier's rayon pool, `N` threads;
-//! * inference: `runs = min(N, MAX_CONCURRENT_RUNS)` ONNX Runtime runs at once, each on its
-//!   own session with `max(1, N / runs)` intra-op threads (so `N = 2`: two concurrent runs
-//!   of one thread each; `N = 8`: four runs of two).
+//! * inference: `runs = min(N, MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET / model file size)`
+//!   (at least 1) ONNX Runtime runs at once, each on its own session with `max(1, N / runs)`
+//!   intra-op threads (so `N = 2`: two concurrent runs of one thread each; `N = 8`: four runs
+//!   of two; a 100 MB ResNet-50 at `N = 8`: two runs of four, a 330 MB ViT-B: one of eight).
+//!
+//! So at most `2N` threads are busy at once: `N` decoding the next chunk while `runs x
+//! intra = N` (or fewer) run the model. Decoding a 224x224 JPEG is about a tenth of a small
+//! model's run, so a stream keeps about `N` cores busy, a little more on large photos.
 //!
 //! Why concurrent runs rather than one run with `N` intra-op threads: on a small model one
 //! run scales poorly over threads (its layers are too small to split well; EfficientNet-Lite0
 //! on the 2-core VM: 5.7 ms per image on one thread, 5.35 on two), while two runs of one
 //! thread each are independent and come close to twice one thread's throughput when the
 //! cores are free. The chunk's model-batch pieces (see above) are dealt to the runs as they
-//! finish, so results keep their order. The cost: a second copy of the weights per extra
-//! session (Lite0: 18 MB) and one image's latency on fewer threads. Decoding and the runs
+//! finish, so results keep their order. The cost: a copy of the weights per extra session
+//! (Lite0: 18 MB; bounded by [`SESSION_MEMORY_BUDGET`], 256 MiB, counted as the `.onnx`
+//! file's size; external weight files are not counted) and one image's latency on fewer
+//! threads. One session cannot serve concurrent runs here: `ort`'s `Session::run` takes
+//! `&mut self`, its authors holding ONNX Runtime's `Run` not thread-safe (the python backend,
+//! where onnxruntime documents it as thread-safe, shares one session when runs have one
+//! intra-op thread). Decoding and the runs
 //! are both busy while the pipeline is full and share the cores through the OS scheduler,
 //! which is why ONNX Runtime's threads are built with spinning off
 //! (`with_intra_op_spinning(false)`): an idle ORT thread sleeps instead of burning the core a
@@ -79,10 +89,16 @@ use crate::{Error, Result};
 /// At most this many ONNX Runtime runs at once (each with its own session).
 pub const MAX_CONCURRENT_RUNS: usize = 4;
 
+/// The model copies of the concurrent runs' sessions together stay within this many bytes
+/// of model file: fewer runs for a large model (module docs, "Threads").
+pub const SESSION_MEMORY_BUDGET: u64 = 256 << 20;
+
 /// How `threads` is shared out (module docs, "Threads"): `(concurrent runs, intra-op
-/// threads per run)`; decoding uses all `threads`. `threads` 0 counts as 1.
-pub fn thread_split(threads: usize) -> (usize, usize) {
-    let runs = threads.clamp(1, MAX_CONCURRENT_RUNS);
+/// threads per run)` for a model file of `model_bytes`; decoding uses all `threads`.
+/// `threads` 0 counts as 1.
+pub fn thread_split(threads: usize, model_bytes: u64) -> (usize, usize) {
+    let by_memory = usize::try_from(SESSION_MEMORY_BUDGET / model_bytes.max(1)).unwrap_or(usize::MAX);
+    let runs = threads.clamp(1, MAX_CONCURRENT_RUNS).min(by_memory).max(1);
     (runs, (threads / runs).max(1))
 }
 
