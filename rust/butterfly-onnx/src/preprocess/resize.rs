@@ -525,32 +525,30 @@ unsafe fn horizontal_rows_avx2<const Q: usize, const P: usize>(
     // Two-tap windows 4 outputs per step when their layout was built (its loads start at or
     // before each group's first window, so `reach` covers them).
     let grouped = Q == 0 && P == 1 && !scratch.groups.is_empty();
-    let mut padded = std::mem::take(&mut scratch.padded_row);
-    let shared = &*scratch;
-    row_quads(src, out_w, dst, &mut padded, reach, |rows, outs| {
+    row_quads(src, out_w, dst, scratch, reach, |scratch, rows, outs| {
         if grouped {
-            horizontal_rows4_grouped_avx2(rows, outs, out_w, shared);
+            horizontal_rows4_grouped_avx2(rows, outs, out_w, scratch);
         } else {
-            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, shared);
+            horizontal_rows4_avx2::<Q, P>(rows, outs, out_w, scratch);
         }
     });
-    scratch.padded_row = padded;
 }
 
 /// Hands `kernel` all rows of `src`, four at a time, with the output row of each (`out_w`
 /// pixels in `dst`). Rows are read in place while their loads, up to `reach` bytes from
 /// column 0, stay inside the slice (only the last rows can fail); the rest, at most 3 + the
-/// rows that do not fit, from zero-padded copies in `padded`, a short group repeating its last
-/// row (the repeated row's bytes are written twice, equal).
+/// rows that do not fit, from zero-padded copies (`scratch.padded_row`), a short group
+/// repeating its last row (the repeated row's bytes are written twice, equal).
 #[cfg(target_arch = "x86_64")]
 unsafe fn row_quads(
     src: Plane<'_>,
     out_w: usize,
     dst: &mut [u8],
-    padded: &mut Vec<u8>,
+    scratch: &mut HorizontalScratch,
     reach: usize,
-    mut kernel: impl FnMut([*const u8; 4], [*mut u8; 4]),
+    mut kernel: impl FnMut(&HorizontalScratch, [*const u8; 4], [*mut u8; 4]),
 ) {
+    let mut padded = std::mem::take(&mut scratch.padded_row);
     let row_bytes = out_w * 3;
     let fits = |r: usize| r * src.stride + src.x0 * 3 + reach <= src.data.len();
     let row_ptr = |r: usize| src.data.as_ptr().add(r * src.stride + src.x0 * 3);
@@ -558,7 +556,7 @@ unsafe fn row_quads(
     let in_place = (0..src.rows).take_while(|&r| fits(r)).count() / ROWS_PER_STEP * ROWS_PER_STEP;
     for r in (0..in_place).step_by(ROWS_PER_STEP) {
         let rows = [row_ptr(r), row_ptr(r + 1), row_ptr(r + 2), row_ptr(r + 3)];
-        kernel(rows, [0, 1, 2, 3].map(|i| out_ptr.add((r + i) * row_bytes)));
+        kernel(scratch, rows, [0, 1, 2, 3].map(|i| out_ptr.add((r + i) * row_bytes)));
     }
     let padded_len = reach.max(src.width * 3);
     for first in (in_place..src.rows).step_by(ROWS_PER_STEP) {
@@ -570,8 +568,9 @@ unsafe fn row_quads(
         }
         let last = group.len() - 1;
         let rows = [0, 1, 2, 3].map(|i| padded.as_ptr().add(i.min(last) * padded_len));
-        kernel(rows, [0, 1, 2, 3].map(|i| out_ptr.add((first + i.min(last)) * row_bytes)));
+        kernel(scratch, rows, [0, 1, 2, 3].map(|i| out_ptr.add((first + i.min(last)) * row_bytes)));
     }
+    scratch.padded_row = padded;
 }
 
 /// All outputs of the four rows `rows`, written at `outs`. Each row must be readable up to the
@@ -755,10 +754,9 @@ unsafe fn horizontal_rows_vnni<const Q: usize>(
     let quads = if Q == usize::MAX { scratch.digit_quads } else { Q };
     let max_start = scratch.digit_starts.iter().copied().max().unwrap_or(0);
     let reach = (max_start + (quads - 1) * 4) * 3 + 16;
-    let mut padded = std::mem::take(&mut scratch.padded_row);
-    let shared = &*scratch;
-    row_quads(src, out_w, dst, &mut padded, reach, |rows, outs| horizontal_rows4_vnni::<Q>(rows, outs, out_w, shared));
-    scratch.padded_row = padded;
+    row_quads(src, out_w, dst, scratch, reach, |scratch, rows, outs| {
+        horizontal_rows4_vnni::<Q>(rows, outs, out_w, scratch)
+    });
 }
 
 /// All outputs of four rows with `vpdpbusd` (unsigned pixel bytes times signed weight bytes,
