@@ -31,7 +31,7 @@ enum Value {
     Ints(Vec<i64>),
     /// Integral RATIONAL / FLOAT / DOUBLE values: equal to ints in Python, but not ints.
     Floats(Vec<i64>),
-    /// BYTE / UNDEFINED: Python bytes (not equal to an int tuple, but iterable as ints).
+    /// BYTE: Python bytes (not equal to an int tuple, but iterable as ints).
     Bytes(Vec<i64>),
     /// Every other type (BYTE and UNDEFINED are bytes, ASCII str, RATIONAL, FLOAT...): not
     /// an int tuple; the tags read here refuse such values as not supported.
@@ -172,8 +172,9 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
                     Value::Other
                 }
             }
-            // BYTE and UNDEFINED: a bytes object (iterating it gives ints).
-            1 | 7 => Value::Bytes(data.iter().map(|&v| v as i64).collect()),
+            // BYTE: a bytes object (iterating it gives ints). UNDEFINED is a tuple holding one
+            // bytes object (Other).
+            1 => Value::Bytes(data.iter().map(|&v| v as i64).collect()),
             _ => Value::Other,
         };
         ifd.tags.push((tag, value));
@@ -354,6 +355,8 @@ struct Setup {
     palette: Option<Vec<[u8; 3]>>,
     /// Uncompressed: Pillow's raw tiles (decoder name "raw", extents, offset, rawmode, stride).
     raw_tiles: Vec<RawTile>,
+    /// An error Pillow raises only when loading (after its size check).
+    load_error: Option<String>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -430,6 +433,7 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
     let mut rawmode = rawmode.to_string();
     let (w, h) = (width, height);
     let mut raw_tiles = Vec::new();
+    let mut load_error = None;
     if compression != 1 {
         if fill == 2 {
             let Some((m, r)) = open_info(ifd.little, photo, &sample_format, 1, &bps, &extra) else {
@@ -459,6 +463,12 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
         } else {
             return Err(e("unknown data organization"));
         };
+        // Offsets that are not ints (bytes, rationals) fail later, in ImageFile.load's seek:
+        // after the size check.
+        let tag = if ifd.get(273).is_some() { 273 } else { 324 };
+        if !matches!(ifd.get(tag), Some(Value::Ints(_))) {
+            load_error = Some(e("TIFF strip or tile offsets that are not integers"));
+        }
         let mut offsets = offsets;
         if tw == w && th == h && planar != 2 {
             offsets = vec![*offsets.last().unwrap()];
@@ -533,6 +543,7 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
         orientation,
         palette,
         raw_tiles,
+        load_error,
     })
 }
 
@@ -791,6 +802,9 @@ pub(super) fn decode(b: &[u8], source_name: &str, limits: &DecodeLimits) -> Resu
     let ifd = parse_ifd(b).map_err(|e| decode_error(source_name, e))?;
     let s = setup(&ifd).map_err(|e| decode_error(source_name, e))?;
     check_limit(source_name, s.width, s.height, limits)?;
+    if let Some(err) = &s.load_error {
+        return Err(decode_error(source_name, err.clone()));
+    }
     let unsupported = |what: &str| decode_error(source_name, format!("{what} is not supported"));
     if matches!(s.mode, Mode::La | Mode::YCbCr | Mode::Lab) {
         return Err(unsupported(&format!("TIFF mode {:?}", s.mode)));
