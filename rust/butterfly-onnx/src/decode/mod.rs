@@ -315,6 +315,9 @@ mod jpeg {
         let mut pending = Some(0xFF);
         let mut size: Option<(usize, usize)> = None;
         let mut icc: Vec<&[u8]> = Vec::new();
+        let mut dpi = false; // info["dpi"] from a JFIF segment
+        let mut exif: Option<Vec<u8>> = None; // info["exif"]
+        let mut has_scan = false;
         while let Some(first) = pending {
             if first != 0xFF {
                 pending = next(&mut pos); // non-FF junk is skipped
@@ -371,7 +374,16 @@ mod jpeg {
                             t = t.get(len..).ok_or("bad quantization table marker")?;
                         }
                     }
-                    0xE0 if s.starts_with(b"JFIF") && s.len() < 7 => return Err("short JFIF segment"),
+                    0xE0 if s.starts_with(b"JFIF") => {
+                        if s.len() < 7 {
+                            return Err("short JFIF segment");
+                        }
+                        dpi |= s.len() >= 12 && matches!(s[7], 1 | 2);
+                    }
+                    0xE1 if s.starts_with(b"Exif\0\0") => match exif.as_mut() {
+                        Some(e) => e.extend_from_slice(&s[6..]),
+                        None => exif = Some(s.to_vec()),
+                    },
                     0xEE if s.starts_with(b"Adobe") && s.len() < 7 => return Err("short Adobe segment"),
                     0xE2 if s.starts_with(b"ICC_PROFILE\0") => icc.push(s),
                     0xED if s.starts_with(b"Photoshop 3.0\0") => {
@@ -401,14 +413,100 @@ mod jpeg {
                 }
             }
             if marker == 0xDA {
-                let (width, height) = size.ok_or("no frame header")?;
-                return Ok(PillowHeader { width: width as u32, height: height as u32, has_scan: true });
+                has_scan = true;
+                break;
             }
             pending = next(&mut pos);
         }
+        // `_read_dpi_from_exif`, run after the walk, lets a few exceptions escape.
+        if let (false, Some(exif)) = (dpi, &exif) {
+            if exif_resolution_fails(exif) {
+                return Err("EXIF resolution Pillow cannot read");
+            }
+        }
         // No SOS: Pillow opens the image (when a SOF gave it a size) and fails to load it.
         let (width, height) = size.ok_or("no frame header")?;
-        Ok(PillowHeader { width: width as u32, height: height as u32, has_scan: false })
+        Ok(PillowHeader { width: width as u32, height: height as u32, has_scan })
+    }
+
+    /// Whether `JpegImageFile._read_dpi_from_exif` raises an exception it does not catch
+    /// (Pillow then rejects the file): when the EXIF block's first IFD (read as Pillow's
+    /// `ImageFileDirectory_v2.load` reads it) has a ResolutionUnit and an XResolution whose
+    /// value is a string or bytes of at most one item, `float(x[0]) / x[1]` is an IndexError.
+    fn exif_resolution_fails(exif: &[u8]) -> bool {
+        let mut data = exif;
+        for _ in 0..2 {
+            data = data.strip_prefix(b"Exif\0\0").unwrap_or(data);
+        }
+        let Some(head) = data.get(..8) else { return false };
+        let prefixes: [&[u8]; 6] = [b"MM\0\x2a", b"II\x2a\0", b"MM\x2a\0", b"II\0\x2a", b"MM\0\x2b", b"II\x2b\0"];
+        if !prefixes.contains(&&head[..4]) || head[2] == 0x2B {
+            return false; // SyntaxError / BigTIFF's struct.error: caught
+        }
+        let little = head[0] == b'I';
+        let u16_at = |at: usize| {
+            data.get(at..at + 2).map(|v| {
+                if little {
+                    u16::from_le_bytes([v[0], v[1]])
+                } else {
+                    u16::from_be_bytes([v[0], v[1]])
+                }
+            })
+        };
+        let u32_at = |at: usize| {
+            data.get(at..at + 4).map(|v| {
+                let a = [v[0], v[1], v[2], v[3]];
+                if little {
+                    u32::from_le_bytes(a)
+                } else {
+                    u32::from_be_bytes(a)
+                }
+            })
+        };
+        let ifd = u32_at(4).unwrap_or(0) as usize;
+        let Some(count) = u16_at(ifd) else { return false };
+        let mut tags: Vec<(u16, u16, &[u8])> = Vec::new();
+        let mut total = 0u64;
+        for i in 0..count as usize {
+            let at = ifd + 2 + 12 * i;
+            let (Some(tag), Some(typ), Some(n)) = (u16_at(at), u16_at(at + 2), u32_at(at + 4)) else { break };
+            let Some(field) = data.get(at + 8..at + 12) else { break };
+            if tags.iter().any(|t| t.0 == tag) {
+                continue;
+            }
+            let unit: u64 = match typ {
+                1 | 2 | 6 | 7 => 1,
+                3 | 8 => 2,
+                4 | 9 | 11 | 13 => 4,
+                5 | 10 | 12 | 16 => 8,
+                _ => continue,
+            };
+            let size = unit * n as u64;
+            let value = if size > 4 {
+                total += size;
+                if total > data.len() as u64 {
+                    continue;
+                }
+                let offset = u32_at(at + 8).unwrap_or(0) as u64;
+                match data.get(offset as usize..(offset + size) as usize) {
+                    Some(v) => v,
+                    None => break, // "Truncated File Read": load stops, earlier tags stay
+                }
+            } else {
+                &field[..size as usize]
+            };
+            if !value.is_empty() {
+                tags.push((tag, typ, value));
+            }
+        }
+        if !tags.iter().any(|t| t.0 == 0x0128) {
+            return false;
+        }
+        match tags.iter().find(|t| t.0 == 0x011A) {
+            Some(&(_, 2, v)) => v.len() - (v.last() == Some(&0)) as usize <= 1,
+            Some(&(_, 1 | 7, v)) => v.len() <= 1,
+            _ => false,
+        }
     }
 
     pub(super) fn decode(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<RgbImage> {
