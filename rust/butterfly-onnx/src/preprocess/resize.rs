@@ -297,6 +297,7 @@ pub struct HorizontalScratch {
     /// (and 4 zero bytes); its own first input pixels; quads per output (0: not built).
     digits: Vec<[i8; 16]>,
     digit_starts: Vec<usize>,
+    #[cfg_attr(not(butterfly_avx512), allow(dead_code))]
     digit_quads: usize,
     /// Zero-padded copies of the last rows (whose loads would run past the input slice).
     padded_row: Vec<u8>,
@@ -733,6 +734,7 @@ unsafe fn horizontal_rows4_grouped_avx2(
 /// The AVX-512 VNNI horizontal pass (256-bit registers; weights prepared by `prepare_digits`).
 #[cfg(all(target_arch = "x86_64", butterfly_avx512))]
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+#[clippy::msrv = "1.89"] // compiled only on Rust >= 1.89 (build.rs)
 unsafe fn horizontal_pass_vnni(src: Plane<'_>, out_w: usize, dst: &mut [u8], scratch: &mut HorizontalScratch) {
     match scratch.digit_quads {
         1 => horizontal_rows_vnni::<1>(src, out_w, dst, scratch),
@@ -745,6 +747,7 @@ unsafe fn horizontal_pass_vnni(src: Plane<'_>, out_w: usize, dst: &mut [u8], scr
 
 #[cfg(all(target_arch = "x86_64", butterfly_avx512))]
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+#[clippy::msrv = "1.89"] // compiled only on Rust >= 1.89 (build.rs)
 unsafe fn horizontal_rows_vnni<const Q: usize>(
     src: Plane<'_>,
     out_w: usize,
@@ -768,6 +771,7 @@ unsafe fn horizontal_rows_vnni<const Q: usize>(
 /// in i32), shifted by 22 and packed with saturation as in `horizontal_rows4_avx2`.
 #[cfg(all(target_arch = "x86_64", butterfly_avx512))]
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+#[clippy::msrv = "1.89"] // compiled only on Rust >= 1.89 (build.rs)
 #[inline]
 unsafe fn horizontal_rows4_vnni<const Q: usize>(
     rows: [*const u8; 4],
