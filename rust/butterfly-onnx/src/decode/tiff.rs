@@ -6,7 +6,7 @@
 //! TIFFRGBAImage, JPEG's YCbCr converted by libjpeg), and finally applies the Orientation tag
 //! (ImageTiffFile.load_end's exif_transpose). The same steps are followed here, with the same
 //! libtiff (4.7.2, vendored in butterfly-onnx-libtiff); `convert("RGB")` is applied from the
-//! resulting mode. Layouts not reproduced here (LAB, "La", uncompressed YCbCr,
+//! resulting mode. Layouts not reproduced here (LAB, "La",
 //! LZMA, ZSTD, WebP-in-TIFF) are refused with an ImageDecodeError that says "not supported".
 
 use butterfly_onnx_libtiff as lt;
@@ -565,7 +565,7 @@ fn unpacker_bits(mode: Mode, raw: &str) -> Option<usize> {
         (I16, "I;12") => 12,
         (I16, "I;16" | "I;16N" | "I;16R") | (I16B, "I;16B" | "I;16N") | (I, "I;16S" | "I;16BS") => 16,
         (I, "I;32N" | "I;32S" | "I;32BS") | (F, "F;32F" | "F;32BF") => 32,
-        (Rgb | YCbCr, "RGB" | "RGB;R") => 24,
+        (Rgb, "RGB" | "RGB;R") | (YCbCr, "YCbCr") => 24,
         (Rgb, "RGBX") | (Rgba, "RGBA" | "RGBa") | (Cmyk, "CMYK") => 32,
         (Rgb, "RGBXX") | (Rgba, "RGBaX" | "RGBAX") | (Cmyk, "CMYKX") => 40,
         (Rgb, "RGBXXX") | (Rgba, "RGBaXX" | "RGBAXX") | (Cmyk, "CMYKXX") => 48,
@@ -650,6 +650,7 @@ fn unpack(mode: Mode, raw: &str, out: &mut [u8], src: &[u8], n: usize) {
                 let u = read_uint(&src[4 * i..4 * i + 4], raw == "F;32F") as u32;
                 out[4 * i..4 * i + 4].copy_from_slice(&f32::from_bits(u).to_ne_bytes());
             }
+            "YCbCr" => put4(out, i, [src[3 * i], src[3 * i + 1], src[3 * i + 2], 255]),
             "RGB" => put4(out, i, [src[3 * i], src[3 * i + 1], src[3 * i + 2], 255]),
             "RGB;R" => put4(out, i, [bitflip(src[3 * i]), bitflip(src[3 * i + 1]), bitflip(src[3 * i + 2]), 255]),
             "RGBX" | "RGBA" | "CMYK" => out[4 * i..4 * i + 4].copy_from_slice(&src[4 * i..4 * i + 4]),
@@ -758,13 +759,25 @@ impl ModeImage {
                         v as u8
                     })
                 }
-                Mode::La | Mode::YCbCr | Mode::Lab => {
+                Mode::YCbCr => o.copy_from_slice(&ycbcr_to_rgb(p[0], p[1], p[2])),
+                Mode::La | Mode::Lab => {
                     return Err(decode_error(source_name, format!("TIFF mode {:?} is not supported", self.mode)));
                 }
             }
         }
         Ok(rgb)
     }
+}
+
+/// Pillow's YCbCr -> RGB (ConvertYCbCr.c): JFIF coefficients in 6-bit fixed point, each
+/// table entry `int(c * 64 * (v - 128) + 0.5)` (truncated toward zero, as Python's int()).
+fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let t = |c: f64, v: u8| (c * 64.0 * (v as f64 - 128.0) + 0.5) as i32;
+    let y = y as i32;
+    let r = y + (t(1.40200, cr) >> 6);
+    let g = y + ((t(-0.34414, cb) + t(-0.71414, cr)) >> 6);
+    let b = y + (t(1.77200, cb) >> 6);
+    [r.clamp(0, 255) as u8, g.clamp(0, 255) as u8, b.clamp(0, 255) as u8]
 }
 
 /// ImageOps.exif_transpose for orientations 2..8, on RGB pixels.
@@ -806,7 +819,7 @@ pub(super) fn decode(b: &[u8], source_name: &str, limits: &DecodeLimits) -> Resu
         return Err(decode_error(source_name, err.clone()));
     }
     let unsupported = |what: &str| decode_error(source_name, format!("{what} is not supported"));
-    if matches!(s.mode, Mode::La | Mode::YCbCr | Mode::Lab) {
+    if matches!(s.mode, Mode::La | Mode::Lab) {
         return Err(unsupported(&format!("TIFF mode {:?}", s.mode)));
     }
     let mut img = ModeImage::new(source_name, s.mode, s.width, s.height)?;
