@@ -67,7 +67,7 @@ class Backend:
         self.max_image_pixels = max_image_pixels
         self.jpeg_draft = jpeg_draft
 
-        model_bytes = len(model) if model_path is None else model_path.stat().st_size
+        model_bytes = len(model) if isinstance(model, bytes) else Path(model).stat().st_size
         self._runs, intra = thread_split(self.threads, model_bytes)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra
