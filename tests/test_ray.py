@@ -26,6 +26,7 @@ pytest.importorskip("ray.data")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from butterfly_onnx.errors import InvalidArgumentError  # noqa: E402
 from butterfly_onnx.ray import (  # noqa: E402
     COLUMNS,
     Predictor,
@@ -130,6 +131,32 @@ def test_rows_equal_classifier_predict(ray_cluster, contract_model, image_files,
     )
     rows = ds.take_all()
     _check_rows(rows, references(backend), same_messages=(kind == "paths"))
+
+
+def test_jpeg_draft_rows_equal_classifier_predict_in_draft_mode(ray_cluster, classifiers, image_files, capsys):
+    """``jpeg_draft=True`` reaches the actors' Classifiers: rows equal Classifier(jpeg_draft=True)
+    and differ from exact mode on some JPEG (the corpus has JPEGs far above 256 px)."""
+    ds = predict_dataset(image_files, classifiers("rust").model_path, top_k=TOP_K, concurrency=2, jpeg_draft=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        drafted = classifiers("rust", jpeg_draft=True).predict(image_files, top_k=TOP_K, on_error="skip")
+        exact = classifiers("rust").predict(image_files, top_k=TOP_K, on_error="skip")
+    _check_rows(ds.take_all(), {p.source: p for p in drafted}, same_messages=True)
+    assert any(d.ok and d.top_k != e.top_k for d, e in zip(drafted, exact, strict=True))
+    with pytest.raises(InvalidArgumentError, match="jpeg_draft"):
+        predict_dataset(image_files, classifiers("rust").model_path, jpeg_draft="yes")
+
+    # the same through the command line: predict ... --json --ray --jpeg-draft
+    from butterfly_onnx.cli import main
+
+    picked = [d.source for d, e in zip(drafted, exact, strict=True) if d.ok and d.top_k != e.top_k]
+    argv = ["predict", str(classifiers("rust").model_path), *picked, "--json", "--top-k", str(TOP_K)]
+    assert main([*argv, "--backend", "rust", "--no-progress", "--ray", "--jpeg-draft"]) == 0
+    objects = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = {d.source: d for d in drafted}
+    assert [o["source"] for o in objects] == picked
+    for o in objects:
+        assert [s["index"] for s in o["top_k"]] == [s.index for s in expected[o["source"]].top_k]
 
 
 def test_model_by_path_and_bytes_and_writers(ray_cluster, contract_model, image_files, references, tmp_path):

@@ -66,11 +66,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         from .ray import predict_cli
 
-        if args.jpeg_draft:
-            from .errors import InvalidArgumentError
-
-            raise InvalidArgumentError("--jpeg-draft is not available with --ray")
-
         return predict_cli(args)
     import warnings
 

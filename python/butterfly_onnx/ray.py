@@ -286,6 +286,7 @@ def predict_dataset(
     on_error: str = "skip",
     model_transfer: str = "bytes",
     max_image_pixels: int | None = _DEFAULT,
+    jpeg_draft: bool = False,
     address: str | None = None,
     ray_remote_args: Mapping[str, Any] | None = None,
     check_model: bool = True,
@@ -314,6 +315,8 @@ def predict_dataset(
         model_transfer: ``"bytes"`` (the model goes through the object store; default) or
             ``"path"`` (each actor opens ``model`` itself: shared storage).
         max_image_pixels: the Classifier's pixel limit (default: the Classifier's default).
+        jpeg_draft: decode JPEGs at a reduced DCT scale as Pillow's ``draft`` does (the
+            Classifier's ``jpeg_draft``; faster, not torchvision-exact: docs/inference.md).
         address: ``ray.init(address)`` when no Ray session is running (None: an existing
             cluster if one is found, else a local one).
         ray_remote_args: more ``map_batches`` arguments for the actors (``max_restarts``,
@@ -350,6 +353,10 @@ def predict_dataset(
     classifier_kwargs: dict[str, Any] = {}
     if max_image_pixels is not _DEFAULT:
         classifier_kwargs["max_image_pixels"] = max_image_pixels
+    if not isinstance(jpeg_draft, bool):
+        raise InvalidArgumentError(f"jpeg_draft must be True or False, got {jpeg_draft!r}")
+    if jpeg_draft:
+        classifier_kwargs["jpeg_draft"] = True
 
     if check_model:  # a bad model or a missing backend: one clear error here, not in every actor
         from .classifier import Classifier
@@ -518,7 +525,7 @@ def _cli_run(
 
     parquet = fmt is None and output is not None
     options: dict[str, Any] = {}
-    for name in ("batch_size", "threads", "backend"):  # absent: predict_dataset's defaults
+    for name in ("batch_size", "threads", "backend", "jpeg_draft"):  # absent: predict_dataset's defaults
         if getattr(args, name, None):
             options[name] = getattr(args, name)
     ds = predict_dataset(inputs, args.model, top_k=top_k, **options)
@@ -550,7 +557,7 @@ def _cli_run(
 def predict_cli(args: Any) -> int:
     """``butterfly-onnx predict MODEL INPUTS... --ray [ADDRESS]``: the predict command on Ray
     Data.  Reads ``args.model, inputs, top_k, batch_size, threads, output, backend, json,
-    progress`` and ``args.ray`` (an address, or None / ``"auto"``: the running Ray cluster if
+    progress, jpeg_draft`` and ``args.ray`` (an address, or None / ``"auto"``: the running Ray cluster if
     one is found, else a new local one).  Writes what the plain command writes (text lines,
     ``--json``, ``-o`` ``.csv`` / ``.jsonl``, a Kaggle CSV input with ``-o x.csv`` ->
     ``filename,label``), in input order, plus ``-o DIR.parquet`` (Ray's Parquet writer, a
