@@ -612,7 +612,19 @@ mod jpeg {
             }
         }
         // Pillow reads to the end of the image; a missing EOI after the last row is accepted.
-        unsafe { jpeg_finish_decompress(cinfo) };
+        // Its libjpeg-turbo (3.2) rejects a second SOF marker as soon as it sees it, where
+        // this one (MozJPEG) reads the marker's fields first and so suspends when the data
+        // ends inside them: that is Pillow's "broken data stream".
+        // (libjpeg consumed the marker code and suspended at its first parameter byte.)
+        if unsafe { jpeg_finish_decompress(cinfo) } == 0 {
+            let at = bytes.len() - unsafe { (*cinfo.src).bytes_in_buffer };
+            if at >= 2
+                && bytes[at - 2] == 0xFF
+                && matches!(bytes[at - 1], 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF)
+            {
+                return Err(decode_error(source_name, "broken JPEG data: a second frame header (SOF) after the image"));
+            }
+        }
         drop(rows);
         // SAFETY: all `height` rows of `row_len` bytes were written by jpeg_read_scanlines.
         unsafe { raw.set_len(len) };
