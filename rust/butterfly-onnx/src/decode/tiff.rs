@@ -463,10 +463,11 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
         } else {
             return Err(e("unknown data organization"));
         };
-        // Offsets that are not ints (bytes, rationals) fail later, in ImageFile.load's seek:
+        // Offsets that are not ints (an UNDEFINED bytes tuple, rationals) fail later, in
+        // ImageFile.load's seek:
         // after the size check.
         let tag = if ifd.get(273).is_some() { 273 } else { 324 };
-        if !matches!(ifd.get(tag), Some(Value::Ints(_))) {
+        if !matches!(ifd.get(tag), Some(Value::Ints(_) | Value::Bytes(_))) {
             load_error = Some(e("TIFF strip or tile offsets that are not integers"));
         }
         let mut offsets = offsets;
