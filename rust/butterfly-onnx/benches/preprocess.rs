@@ -5,8 +5,8 @@
 //! For each image (256/224 bilinear, ImageNet mean/std, Pillow 13's pass order): the time of
 //! `decode_rgb` alone, of `preprocess_into` alone, of both, and of each resampling pass on the
 //! rectangle the center crop needs, with its cost per multiply-add (`rows x outputs x taps x 3`
-//! channels; the two passes have the same inner arithmetic, so their cost per multiply-add
-//! should be the same). Each figure is the fastest single call over about a second.
+//! channels, Pillow's kernel size for both passes; the goal is the same cost per multiply-add
+//! for both). Each figure is the fastest single call over about a second.
 
 use std::time::{Duration, Instant};
 
