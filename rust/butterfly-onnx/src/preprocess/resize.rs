@@ -317,6 +317,7 @@ impl HorizontalScratch {
     /// upscaling then needs 2 taps instead of Pillow's 3.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[cfg(test)]
+    #[cfg_attr(not(butterfly_avx512), allow(dead_code))]
     fn avoids_vnni(&self) -> bool {
         self.avoid_vnni
     }
