@@ -228,7 +228,8 @@ impl<'a> Plane<'a> {
 /// input is made. `scratch` keeps the kernel's weight table (and padded copies of the last rows)
 /// between calls.
 pub fn horizontal_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], scratch: &mut HorizontalScratch) {
-    debug_assert_eq!(dst.len(), src.rows * coeffs.starts.len() * 3);
+    // Checked in release too: the SIMD kernels write through raw pointers (once per pass).
+    assert_eq!(dst.len(), src.rows * coeffs.starts.len() * 3, "horizontal_pass: dst has the wrong length");
     let out_w = coeffs.starts.len();
     if out_w == 0 || src.rows == 0 {
         return;
@@ -822,7 +823,7 @@ unsafe fn horizontal_rows4_vnni<const Q: usize>(
 /// Vertical pass: the outputs described by `coeffs` (starts are row indices in `src`), over all
 /// of `src`'s columns. Writes `coeffs.starts.len() x src.width` RGB8 pixels. `acc` is scratch.
 pub fn vertical_pass(src: Plane<'_>, coeffs: &AxisCoefficients, dst: &mut [u8], acc: &mut Vec<i32>) {
-    debug_assert_eq!(dst.len(), coeffs.starts.len() * src.width * 3);
+    assert_eq!(dst.len(), coeffs.starts.len() * src.width * 3, "vertical_pass: dst has the wrong length");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
