@@ -6,8 +6,10 @@ module).  Each is ``class Backend`` in ``_backends/<name>.py`` with the same pro
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ __all__ = [
     "MAX_MODEL_BATCH",
     "RUN_TARGET",
     "SESSION_MEMORY_BUDGET",
+    "THREAD_RULE_FILE",
     "load_backend",
     "model_batch_for",
     "pipelined_logits",
@@ -28,15 +31,21 @@ __all__ = [
 
 BACKENDS = ("python", "rust")
 
+#: The constants of the two rules below are data, read by both backends (the Rust core
+#: includes the same file): ``data/thread_rule.json``.
+THREAD_RULE_FILE = Path(__file__).parent.parent / "data" / "thread_rule.json"
+_RULE = json.loads(THREAD_RULE_FILE.read_text(encoding="utf-8"))
+
 #: The model batch rule, the same in both backends (the Rust core's ``classifier::pipeline``
-#: constants of the same names): a model with a fixed batch size is fed that size; otherwise
-#: the smallest power of two ``b`` with ``b * t1 >= RUN_TARGET`` (seconds), ``t1`` one image's
-#: run time (the fastest of 3 runs after a warm-up), at most ``MAX_MODEL_BATCH``; measured
-#: once per classifier, on first use.  On CPU ONNX Runtime's per-image cost grows with the
-#: batch (EfficientNet-Lite0 on the 2-core VM: 5.7 ms/image at batch 1, 7.6 at 32), so a model
-#: whose single run already takes 4 ms gets 1, and only tiny models get large batches.
-MAX_MODEL_BATCH = 32
-RUN_TARGET = 0.004
+#: statics of the same names, read from the same file): a model with a fixed batch size is
+#: fed that size; otherwise the smallest power of two ``b`` with ``b * t1 >= RUN_TARGET``
+#: (seconds), ``t1`` one image's run time (the fastest of 3 runs after a warm-up), at most
+#: ``MAX_MODEL_BATCH``; measured once per classifier, on first use.  On CPU ONNX Runtime's
+#: per-image cost grows with the batch (EfficientNet-Lite0 on the 2-core VM: 5.7 ms/image at
+#: batch 1, 7.6 at 32), so a model whose single run already takes 4 ms gets 1, and only tiny
+#: models get large batches.
+MAX_MODEL_BATCH: int = int(_RULE["max_model_batch"])
+RUN_TARGET: float = float(_RULE["run_target_seconds"])
 
 
 def model_batch_for(seconds_per_image: float) -> int:
@@ -57,8 +66,8 @@ def model_batch_for(seconds_per_image: float) -> int:
 #: threads, two independent runs nearly double the throughput when the cores are free.  The
 #: budget bounds the model copies of the Rust core (one session per run); the python backend
 #: shares one session between runs of one intra-op thread.
-MAX_CONCURRENT_RUNS = 4
-SESSION_MEMORY_BUDGET = 256 << 20
+MAX_CONCURRENT_RUNS: int = int(_RULE["max_concurrent_runs"])
+SESSION_MEMORY_BUDGET: int = int(_RULE["session_memory_budget_mib"]) << 20
 
 
 def thread_split(threads: int, model_bytes: int) -> tuple[int, int]:

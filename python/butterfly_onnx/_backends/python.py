@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from .. import preprocess as _pre
 from ..contract import ModelContract, PreprocessSpec, check_output, resolve_contract
-from ..errors import ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
+from ..errors import ButterflyError, ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
 from ..images import ImageItem, decode_rgb
 from . import model_batch_for, piece_rows, pipelined_logits, thread_split
 
@@ -186,6 +186,11 @@ class Backend:
         session = self._free.get()
         try:
             out = session.run([self.contract.output_name], {self.contract.input_name: chunk})[0]
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException...
+            # The rust backend's class and wording for the same failure (Error::Inference).
+            raise ButterflyError(f"{self._source}: inference failed: {exc}") from exc
         finally:
             self._free.put(session)
         check_output(self.contract, out.shape, self._source, rows=len(chunk))

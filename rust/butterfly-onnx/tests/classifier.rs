@@ -295,7 +295,7 @@ fn logits_chunks_match_the_reference_whatever_the_model_batch() {
             assert_eq!(classifier.model_batch(), size);
         }
         let measured = classifier.model_batch();
-        assert!((1..=butterfly_onnx::classifier::MAX_MODEL_BATCH).contains(&measured), "{measured}");
+        assert!((1..=*butterfly_onnx::classifier::MAX_MODEL_BATCH).contains(&measured), "{measured}");
         if model == "model_static2.onnx" {
             assert_eq!(measured, 2, "a fixed batch axis is the model batch");
         }
@@ -351,15 +351,26 @@ fn the_stream_holds_at_most_two_chunks_and_takes_inputs_lazily() {
 
 #[test]
 fn threads_are_shared_out_as_concurrent_runs_with_the_same_results() {
-    use butterfly_onnx::classifier::pipeline::{thread_split, MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET};
-    // The documented rule (classifier::pipeline, "Threads"): min(N, 4, 256 MiB / model size)
-    // runs, N / runs intra-op threads each.
-    assert_eq!((MAX_CONCURRENT_RUNS, SESSION_MEMORY_BUDGET), (4, 256 << 20));
-    let lite0 = 18 << 20;
-    let split: Vec<_> = [0, 1, 2, 3, 4, 5, 8, 16].into_iter().map(|n| thread_split(n, lite0)).collect();
-    assert_eq!(split, [(1, 1), (1, 1), (2, 1), (3, 1), (4, 1), (4, 1), (4, 2), (4, 4)]);
-    // Large models get fewer copies: ResNet-50 (98 MB) two runs, a 330 MB ViT-B one.
-    assert_eq!([thread_split(8, 98 << 20), thread_split(8, 330 << 20), thread_split(2, 0)], [(2, 4), (1, 8), (2, 1)]);
+    use butterfly_onnx::classifier::pipeline::{
+        thread_split, MAX_CONCURRENT_RUNS, MAX_MODEL_BATCH, RUN_TARGET, SESSION_MEMORY_BUDGET,
+    };
+    // The constants are the shared file's (python/butterfly_onnx/data/thread_rule.json, read
+    // by the python backend too), and the rule (classifier::pipeline, "Threads") is
+    // runs = min(N, max runs, budget / model size), at least 1; N / runs intra-op threads.
+    let rule: serde_json::Value =
+        serde_json::from_str(include_str!("../../../python/butterfly_onnx/data/thread_rule.json")).unwrap();
+    let max_runs = rule["max_concurrent_runs"].as_u64().unwrap() as usize;
+    let budget = rule["session_memory_budget_mib"].as_u64().unwrap() * 1024 * 1024;
+    assert_eq!((*MAX_CONCURRENT_RUNS, *SESSION_MEMORY_BUDGET), (max_runs, budget));
+    assert_eq!(*MAX_MODEL_BATCH as u64, rule["max_model_batch"].as_u64().unwrap());
+    assert_eq!(RUN_TARGET.as_secs_f64(), rule["run_target_seconds"].as_f64().unwrap());
+    for model_bytes in [0, 1, 18 << 20, budget / 3, budget / 2, budget / 2 + 1, budget, budget + 1, 330 << 20] {
+        for threads in 0..=17 {
+            let runs = threads.min(max_runs).min((budget / model_bytes.max(1)) as usize).max(1);
+            let want = (runs, (threads / runs).max(1));
+            assert_eq!(thread_split(threads, model_bytes), want, "threads={threads} model_bytes={model_bytes}");
+        }
+    }
     let Some(fx) = fixture() else { return };
     let mut images = fx.images();
     images.truncate(7);

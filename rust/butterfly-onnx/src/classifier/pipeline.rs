@@ -53,6 +53,9 @@
 //!   intra-op threads (so `N = 2`: two concurrent runs of one thread each; `N = 8`: four runs
 //!   of two; a 100 MB ResNet-50 at `N = 8`: two runs of four, a 330 MB ViT-B: one of eight).
 //!
+//! The constants (4 runs, 256 MiB; and the model batch's 4 ms and 32) are read from
+//! [`THREAD_RULE_JSON`], the file the python backend reads too.
+//!
 //! So at most `2N` threads are busy at once: `N` decoding the next chunk while `runs x
 //! intra = N` (or fewer) run the model. Decoding a 224x224 JPEG is about a tenth of a small
 //! model's run, so a stream keeps about `N` cores busy, a little more on large photos.
@@ -78,7 +81,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, Array4};
@@ -86,28 +89,48 @@ use ndarray::{Array2, Array4};
 use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction};
 use crate::{Error, Result};
 
+/// The constants of the thread rule and the model-batch rule, one file for both backends:
+/// `python/butterfly_onnx/data/thread_rule.json` (also read by `butterfly_onnx._backends`).
+pub const THREAD_RULE_JSON: &str = include_str!("../../../../python/butterfly_onnx/data/thread_rule.json");
+
+/// The fields of [`THREAD_RULE_JSON`].
+#[derive(Debug, serde::Deserialize)]
+struct ThreadRule {
+    max_concurrent_runs: usize,
+    session_memory_budget_mib: u64,
+    max_model_batch: usize,
+    run_target_seconds: f64,
+}
+
+static RULE: LazyLock<ThreadRule> = LazyLock::new(|| {
+    let rule: ThreadRule = serde_json::from_str(THREAD_RULE_JSON).expect("thread_rule.json has the rule's fields");
+    assert!(rule.max_concurrent_runs >= 1 && rule.max_model_batch >= 1, "thread_rule.json: counts must be >= 1");
+    assert!(rule.run_target_seconds.is_finite() && rule.run_target_seconds >= 0.0, "thread_rule.json: run target");
+    rule
+});
+
 /// At most this many ONNX Runtime runs at once (each with its own session).
-pub const MAX_CONCURRENT_RUNS: usize = 4;
+pub static MAX_CONCURRENT_RUNS: LazyLock<usize> = LazyLock::new(|| RULE.max_concurrent_runs);
 
 /// The model copies of the concurrent runs' sessions together stay within this many bytes
 /// of model file: fewer runs for a large model (module docs, "Threads").
-pub const SESSION_MEMORY_BUDGET: u64 = 256 << 20;
+pub static SESSION_MEMORY_BUDGET: LazyLock<u64> = LazyLock::new(|| RULE.session_memory_budget_mib << 20);
 
 /// How `threads` is shared out (module docs, "Threads"): `(concurrent runs, intra-op
 /// threads per run)` for a model file of `model_bytes`; decoding uses all `threads`.
 /// `threads` 0 counts as 1.
 pub fn thread_split(threads: usize, model_bytes: u64) -> (usize, usize) {
-    let by_memory = usize::try_from(SESSION_MEMORY_BUDGET / model_bytes.max(1)).unwrap_or(usize::MAX);
-    let runs = threads.clamp(1, MAX_CONCURRENT_RUNS).min(by_memory).max(1);
+    let by_memory = usize::try_from(*SESSION_MEMORY_BUDGET / model_bytes.max(1)).unwrap_or(usize::MAX);
+    let runs = threads.clamp(1, *MAX_CONCURRENT_RUNS).min(by_memory).max(1);
     (runs, (threads / runs).max(1))
 }
 
 /// The largest model batch the measurement tries.
-pub const MAX_MODEL_BATCH: usize = 32;
+pub static MAX_MODEL_BATCH: LazyLock<usize> = LazyLock::new(|| RULE.max_model_batch);
 
 /// A run of the model batch should take at least this long (ONNX Runtime's cost per run,
 /// tens of microseconds, is then a few percent at most).
-pub const RUN_TARGET: Duration = Duration::from_millis(4);
+pub static RUN_TARGET: LazyLock<Duration> = LazyLock::new(|| Duration::from_secs_f64(RULE.run_target_seconds));
 
 /// One chunk of a stream: the model's output for the inputs that decoded, and the failures.
 #[derive(Debug)]
@@ -340,9 +363,9 @@ pub(super) fn measure_model_batch(classifier: &Classifier) -> usize {
             Some(started.elapsed())
         })
         .min()
-        .unwrap_or(RUN_TARGET);
+        .unwrap_or(*RUN_TARGET);
     let mut size = 1;
-    while size < MAX_MODEL_BATCH && fastest * (size as u32) < RUN_TARGET {
+    while size < *MAX_MODEL_BATCH && fastest * (size as u32) < *RUN_TARGET {
         size *= 2;
     }
     size

@@ -2,9 +2,10 @@
 //! in the model (resolved and checked against the graph by [`contract::resolve`]), and
 //! running batches.
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use ndarray::{s, Array2, Array4, ArrayView4};
 use ort::session::builder::GraphOptimizationLevel;
@@ -20,9 +21,7 @@ use crate::{Error, Result};
 pub(super) struct Model {
     /// `runs` sessions of the same model, each with its own intra-op threads; a run takes
     /// whichever is free (ort's `Session::run` needs `&mut`).
-    sessions: Vec<Mutex<Session>>,
-    /// Where the search for a free session starts (rotates, so callers spread out).
-    next_session: AtomicUsize,
+    sessions: SessionPool<Session>,
     path: PathBuf,
     input_name: String,
     output_name: String,
@@ -79,12 +78,12 @@ pub(super) fn open(
         &path.display().to_string(),
     )?;
     let static_batch = contract::static_batch(&inputs, &contract);
-    let mut sessions = vec![Mutex::new(session)];
+    let mut sessions = vec![session];
     for _ in 1..runs.max(1) {
-        sessions.push(Mutex::new(build_session(path, &source, intra)?));
+        sessions.push(build_session(path, &source, intra)?);
     }
+    let sessions = SessionPool::new(sessions);
     let model = Model {
-        next_session: AtomicUsize::new(0),
         path: path.to_path_buf(),
         input_name: contract.input_name.clone(),
         output_name: contract.output_name.clone(),
@@ -125,14 +124,15 @@ impl Model {
         let size = self.static_batch.unwrap_or_else(|| size.clamp(1, n.div_ceil(self.runs())));
         let batch = batch.as_standard_layout();
         if size >= n && self.static_batch.is_none_or(|b| b == n) {
-            return self.run_piece(self.any_session(), batch.view());
+            return self.run_piece(self.sessions.take(), batch.view());
         }
         let pieces = n.div_ceil(size);
         let workers = self.runs().min(pieces);
         let next = AtomicUsize::new(0);
         let batch = batch.view();
-        // Each worker: its own session, its own padding buffer; pieces taken in order.
-        let work = |worker: usize| -> Result<Pieces> {
+        // Each worker: its own padding buffer; pieces taken in order, each run on whichever
+        // session is free then (another caller may be running on one), one held at a time.
+        let work = || -> Result<Pieces> {
             let mut done = Vec::new();
             let mut padded: Option<Array4<f32>> = None;
             loop {
@@ -142,7 +142,6 @@ impl Model {
                 }
                 let (start, end) = (piece * size, ((piece + 1) * size).min(n));
                 let rows = batch.slice(s![start..end, .., .., ..]);
-                let session = if workers == 1 { self.any_session() } else { self.lock_session(worker) };
                 let outcome = if end - start < size && self.static_batch.is_some() {
                     if padded.is_none() {
                         let zeros = super::batch::alloc_batch(size, crop)?;
@@ -152,9 +151,9 @@ impl Model {
                     }
                     let padded = padded.as_mut().expect("allocated above");
                     padded.slice_mut(s![..end - start, .., .., ..]).assign(&rows);
-                    self.run_piece(session, padded.view())
+                    self.run_piece(self.sessions.take(), padded.view())
                 } else {
-                    self.run_piece(session, rows)
+                    self.run_piece(self.sessions.take(), rows)
                 };
                 match outcome {
                     Ok(logits) => done.push((start, logits)),
@@ -166,18 +165,16 @@ impl Model {
             }
         };
         let results: Vec<Result<Pieces>> = if workers == 1 {
-            vec![work(0)]
+            vec![work()]
         } else {
             std::thread::scope(|scope| {
                 let work = &work;
                 let helpers: Vec<_> = (1..workers)
                     .map(|worker| {
-                        std::thread::Builder::new()
-                            .name(format!("butterfly-run-{worker}"))
-                            .spawn_scoped(scope, move || work(worker))
+                        std::thread::Builder::new().name(format!("butterfly-run-{worker}")).spawn_scoped(scope, work)
                     })
                     .collect();
-                let mut results = vec![work(0)];
+                let mut results = vec![work()];
                 for helper in helpers {
                     results.push(match helper {
                         Ok(handle) => handle
@@ -205,27 +202,8 @@ impl Model {
         Error::Inference { path: self.path.clone(), reason }
     }
 
-    /// Session `k` (waits while another caller runs on it).
-    fn lock_session(&self, k: usize) -> MutexGuard<'_, Session> {
-        self.sessions[k % self.sessions.len()].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A free session if there is one, else waits for the next in turn.
-    fn any_session(&self) -> MutexGuard<'_, Session> {
-        let first = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let count = self.sessions.len();
-        for k in 0..count {
-            match self.sessions[(first + k) % count].try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        self.lock_session(first)
-    }
-
-    /// One `Session::run` on a session the caller holds.
-    fn run_piece(&self, mut session: MutexGuard<'_, Session>, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
+    /// One `Session::run` on a session the caller holds (given back when this returns).
+    fn run_piece(&self, mut session: Taken<'_, Session>, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
         let failed = |reason: String| self.failed(reason);
         let n = batch.dim().0;
         let input = TensorRef::from_array_view(batch).map_err(|e| failed(e.to_string()))?;
@@ -246,6 +224,76 @@ impl Model {
             });
         }
         Ok(array.into_dimensionality::<ndarray::Ix2>().expect("rank checked").to_owned())
+    }
+}
+
+/// Items (the sessions) handed out whichever is free: [`Self::take`] returns a free one, or
+/// waits until any one is given back; never a fixed one, so callers sharing a classifier
+/// never wait on a busy session while another is idle.
+struct SessionPool<T> {
+    items: Vec<Mutex<T>>,
+    /// Indices of the items nobody holds.
+    free: Mutex<Vec<usize>>,
+    /// Signalled each time an item goes back on `free`.
+    freed: Condvar,
+}
+
+/// An item taken from a [`SessionPool`]; back on its free list (waking one waiter) when dropped.
+struct Taken<'a, T> {
+    pool: &'a SessionPool<T>,
+    index: usize,
+    item: Option<MutexGuard<'a, T>>,
+}
+
+impl<T> SessionPool<T> {
+    fn new(items: Vec<T>) -> Self {
+        let free = (0..items.len()).rev().collect();
+        SessionPool {
+            items: items.into_iter().map(Mutex::new).collect(),
+            free: Mutex::new(free),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// A free item; waits while every one is taken.
+    fn take(&self) -> Taken<'_, T> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = loop {
+            match free.pop() {
+                Some(index) => break index,
+                None => free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner),
+            }
+        };
+        drop(free);
+        // Item `index` was on the free list, so nobody holds its lock: this does not wait.
+        let item = self.items[index].lock().unwrap_or_else(PoisonError::into_inner);
+        Taken { pool: self, index, item: Some(item) }
+    }
+}
+
+impl<T> Deref for Taken<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.item.as_deref().expect("held until dropped")
+    }
+}
+
+impl<T> DerefMut for Taken<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.item.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl<T> Drop for Taken<'_, T> {
+    fn drop(&mut self) {
+        drop(self.item.take());
+        self.pool.free.lock().unwrap_or_else(PoisonError::into_inner).push(self.index);
+        self.pool.freed.notify_one();
     }
 }
 
@@ -281,5 +329,49 @@ fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
             float32: *ty == TensorElementType::Float32,
         },
         _ => TensorInfo { name: name.to_string(), dims: None, float32: false },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::SessionPool;
+
+    #[test]
+    fn a_piece_takes_whichever_session_is_free() {
+        let pool = SessionPool::new(vec![0_u32, 1, 2]);
+        // Another caller holds one: the next take gets another at once (never the busy one).
+        let first = pool.take();
+        let second = pool.take();
+        let third = pool.take();
+        let mut held = [*first, *second, *third];
+        held.sort_unstable();
+        assert_eq!(held, [0, 1, 2]);
+        // All busy: a waiter gets the first one given back, whichever it is (here not the
+        // first taken); the 30 s bound only turns a wrong wait into a failure, not a hang.
+        let freed = *second;
+        std::thread::scope(|scope| {
+            let (sender, got) = mpsc::channel();
+            let pool = &pool;
+            scope.spawn(move || {
+                let mut item = pool.take();
+                *item += 10;
+                sender.send(*item).unwrap();
+            });
+            drop(second);
+            assert_eq!(got.recv_timeout(Duration::from_secs(30)).unwrap(), freed + 10);
+        });
+        drop((first, third));
+        // Everything went back on the free list, the waiter's change kept.
+        assert_eq!(pool.free.lock().unwrap().len(), 3);
+        let taken: Vec<_> = (0..3).map(|_| pool.take()).collect();
+        let mut all: Vec<u32> = taken.iter().map(|item| **item).collect();
+        all.sort_unstable();
+        let mut want = vec![0, 1, 2];
+        want[freed as usize] += 10;
+        want.sort_unstable();
+        assert_eq!(all, want);
     }
 }
