@@ -317,18 +317,20 @@ def test_fixed_batch_model_is_fed_in_chunks(backend, fixed_shape_model, logit_pa
 def test_one_model_batch_rule_on_both_backends(backend, classifiers):
     """The rule (docs/inference.md, 'Streaming'; the Rust core's classifier::pipeline): the
     smallest power of two b with b * t1 >= RUN_TARGET (4 ms), at most MAX_MODEL_BATCH (32)."""
-    from butterfly_onnx._backends import MAX_MODEL_BATCH, RUN_TARGET, model_batch_for
+    from butterfly_onnx._backends import MAX_MODEL_BATCH, RUN_TARGET, THREAD_RULE_FILE, model_batch_for
 
-    assert (RUN_TARGET, MAX_MODEL_BATCH) == (0.004, 32)
-    assert [model_batch_for(t) for t in (0.0057, 0.004, 0.0039, 0.0015, 0.001, 0.0004, 1e-6)] == [
-        1,
-        1,
-        2,
-        4,
-        4,
-        16,
-        32,
-    ]
+    rule = json.loads(THREAD_RULE_FILE.read_text())  # the one place both languages read
+    assert (RUN_TARGET, MAX_MODEL_BATCH) == (rule["run_target_seconds"], rule["max_model_batch"])
+
+    def smallest_power_of_two(t1: float) -> int:
+        b = 1
+        while b * t1 < RUN_TARGET and b < MAX_MODEL_BATCH:
+            b *= 2
+        return b
+
+    times = (0.0057, 0.004, 0.0039, 0.0015, 0.001, 0.0004, 1e-6)
+    assert [model_batch_for(t) for t in times] == [smallest_power_of_two(t) for t in times]
+    assert model_batch_for(RUN_TARGET) == 1 and model_batch_for(1e-9) == MAX_MODEL_BATCH
     clf = classifiers(backend)
     batch = clf.model_batch
     assert batch in (1, 2, 4, 8, 16, 32) and clf.model_batch == batch  # measured once
