@@ -46,6 +46,13 @@ const SOURCES: &[&str] = &[
 ];
 
 fn main() {
+    // tif_config.h / tiffconf.h are written for 64-bit Linux and macOS (SIZEOF_SIZE_T 8,
+    // tmsize_t = int64_t = isize): refuse other targets clearly instead of mis-building.
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let width = env::var("CARGO_CFG_TARGET_POINTER_WIDTH").unwrap_or_default();
+    if width != "64" || !matches!(os.as_str(), "linux" | "macos") {
+        panic!("butterfly-onnx-libtiff: the vendored libtiff is configured for 64-bit Linux and macOS only, not {os} ({width}-bit)");
+    }
     let dir = PathBuf::from("libtiff/libtiff");
     println!("cargo:rerun-if-changed=libtiff");
     let mut build = cc::Build::new();

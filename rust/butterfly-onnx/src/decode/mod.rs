@@ -16,7 +16,6 @@
 //! The pixel limit is checked from the header before any pixel is decoded. No input panics:
 //! every failure is [`Error::ImageDecode`] (or `ImageTooLarge`) naming the source.
 
-use std::io::Cursor;
 use std::path::Path;
 
 use crate::preprocess::ImageView;
@@ -121,9 +120,7 @@ fn decode_any(bytes: &[u8], source_name: &str, limits: &DecodeLimits) -> Result<
         return tiff::decode(bytes, source_name, limits);
     }
     match image::guess_format(bytes) {
-        Ok(format @ (image::ImageFormat::Bmp | image::ImageFormat::Tiff | image::ImageFormat::WebP)) => {
-            decode_with_image_crate(bytes, format, source_name, limits)
-        }
+        Ok(image::ImageFormat::WebP) => webp::decode(bytes, source_name, limits),
         Ok(other) => Err(decode_error(source_name, format!("unsupported image format {other:?}"))),
         Err(_) => {
             // Pillow has no magic number for TGA and tries it on whatever no other plugin
@@ -650,47 +647,4 @@ mod jpeg {
         };
         Ok(RgbImage { width, height, data })
     }
-}
-
-// -- BMP, TIFF, WebP -------------------------------------------------------------------------
-
-fn decode_with_image_crate(
-    bytes: &[u8],
-    format: image::ImageFormat,
-    source_name: &str,
-    limits: &DecodeLimits,
-) -> Result<RgbImage> {
-    use image::{DynamicImage, ImageDecoder};
-    let bytes = if format == image::ImageFormat::WebP {
-        return webp::decode(bytes, source_name, limits);
-    } else {
-        bytes
-    };
-    let image_error = |e: image::ImageError| decode_error(source_name, format!("broken {format:?} data: {e}"));
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits();
-    let decoder = reader.into_decoder().map_err(image_error)?;
-    let (width, height) = decoder.dimensions();
-    check_limit(source_name, width as u64, height as u64, limits)?;
-    let decoded = DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    let data = match decoded {
-        DynamicImage::ImageRgb8(img) => img.into_raw(),
-        DynamicImage::ImageRgba8(img) => img.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        DynamicImage::ImageLuma8(img) => img.into_raw().iter().flat_map(|&v| [v, v, v]).collect(),
-        DynamicImage::ImageLumaA8(img) => img.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
-        DynamicImage::ImageRgb16(img) => img.into_raw().iter().map(|&v| (v >> 8) as u8).collect(),
-        DynamicImage::ImageRgba16(img) => img
-            .into_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
-            .collect(),
-        DynamicImage::ImageLuma16(img) => img.into_raw().iter().flat_map(|&v| [v.min(255) as u8; 3]).collect(),
-        DynamicImage::ImageLumaA16(img) => {
-            img.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect()
-        }
-        other => {
-            return Err(decode_error(source_name, format!("unsupported {format:?} pixel format {:?}", other.color())))
-        }
-    };
-    Ok(RgbImage { width, height, data })
 }

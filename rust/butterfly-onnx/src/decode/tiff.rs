@@ -33,9 +33,14 @@ enum Value {
     Floats(Vec<i64>),
     /// BYTE: Python bytes (not equal to an int tuple, but iterable as ints).
     Bytes(Vec<i64>),
-    /// Every other type (BYTE and UNDEFINED are bytes, ASCII str, RATIONAL, FLOAT...): not
-    /// an int tuple; the tags read here refuse such values as not supported.
-    Other,
+    /// Every other value (UNDEFINED bytes, ASCII str, non-integral RATIONAL / FLOAT...): not
+    /// an int tuple; the tags read here refuse such values as not supported, except the strip
+    /// and tile offsets, which Pillow only uses at load time. The count is the number of items
+    /// of the tuple Pillow stores (one str or one bytes object; each float).
+    Other(usize),
+    /// Non-integral RATIONAL / FLOAT / DOUBLE values (Python floats / IFDRationals; a zero
+    /// denominator is NaN, as IFDRational makes it).
+    Reals(Vec<f64>),
 }
 
 struct Ifd {
@@ -156,10 +161,18 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
                 let mut v = Vec::new();
                 for c in data.chunks_exact(unit as usize) {
                     let f = match typ {
-                        5 => read_uint(&c[..4], little) as f64 / read_uint(&c[4..], little) as f64,
-                        10 => {
-                            read_uint(&c[..4], little) as u32 as i32 as f64
-                                / read_uint(&c[4..], little) as u32 as i32 as f64
+                        5 | 10 => {
+                            let (num, den) = (read_uint(&c[..4], little), read_uint(&c[4..], little));
+                            let (num, den) = if typ == 5 {
+                                (num as f64, den as f64)
+                            } else {
+                                (num as u32 as i32 as f64, den as u32 as i32 as f64)
+                            };
+                            if den == 0.0 {
+                                f64::NAN
+                            } else {
+                                num / den
+                            }
                         }
                         11 => f32::from_bits(read_uint(c, little) as u32) as f64,
                         _ => f64::from_bits(read_uint(c, little)),
@@ -169,13 +182,14 @@ fn parse_ifd(b: &[u8]) -> std::result::Result<Ifd, &'static str> {
                 if v.iter().all(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15) {
                     Value::Floats(v.iter().map(|&f| f as i64).collect())
                 } else {
-                    Value::Other
+                    Value::Reals(v)
                 }
             }
             // BYTE: a bytes object (iterating it gives ints). UNDEFINED is a tuple holding one
             // bytes object (Other).
             1 => Value::Bytes(data.iter().map(|&v| v as i64).collect()),
-            _ => Value::Other,
+            // ASCII: one str; UNDEFINED: one bytes object.
+            _ => Value::Other(1),
         };
         ifd.tags.push((tag, value));
     }
@@ -189,7 +203,12 @@ impl Ifd {
     /// A tag TiffTags declares with one value: Pillow keeps the first of several.
     fn single(&self, tag: u16, default: i64) -> std::result::Result<i64, &'static str> {
         // A PhotometricInterpretation of several values is dropped by Pillow's _setitem.
-        if tag == 262 && matches!(self.get(tag), Some(Value::Ints(v) | Value::Floats(v)) if v.len() > 1) {
+        let several = match self.get(tag) {
+            Some(Value::Ints(v) | Value::Floats(v)) => v.len() > 1,
+            Some(Value::Reals(v)) => v.len() > 1,
+            _ => false,
+        };
+        if tag == 262 && several {
             return Ok(default);
         }
         match self.get(tag) {
@@ -210,6 +229,16 @@ impl Ifd {
         match self.get(tag) {
             Some(Value::Bytes(v)) => Ok(Some(v.clone())),
             _ => self.tuple(tag),
+        }
+    }
+    /// Strip or tile offsets: `_setup` only counts them (tiles are made for any values; a value
+    /// that is not an int fails in ImageFile.load's seek, after the size check), so values of
+    /// any type give that many placeholders here (the caller marks them as a load error).
+    fn offsets(&self, tag: u16) -> std::result::Result<Option<Vec<i64>>, &'static str> {
+        match self.get(tag) {
+            Some(Value::Other(n)) => Ok(Some(vec![0; *n])),
+            Some(Value::Reals(v)) => Ok(Some(vec![0; v.len()])),
+            _ => self.iterable(tag),
         }
     }
     fn tuple(&self, tag: u16) -> std::result::Result<Option<Vec<i64>>, &'static str> {
@@ -381,7 +410,7 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
     }
     // A PlanarConfiguration that is not an int (bytes, str) equals neither 1 nor 2.
     let planar = match ifd.get(284) {
-        Some(Value::Bytes(_) | Value::Other) => -1,
+        Some(Value::Bytes(_) | Value::Other(_) | Value::Reals(_)) => -1,
         _ => ifd.single(284, 1)?,
     };
     let mut photo = ifd.single(262, 0)?;
@@ -453,9 +482,19 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
             rawmode.push('N');
         }
     } else {
-        let (offsets, tw, th) = if let Some(o) = ifd.iterable(273)? {
-            (o, w, ifd.single(278, h)?)
-        } else if let Some(o) = ifd.iterable(324)? {
+        // A RowsPerStrip that is a non-integral number makes float tiles, which fail only at
+        // load time: after the size check.
+        let mut real_rows = None;
+        let (offsets, tw, th) = if let Some(o) = ifd.offsets(273)? {
+            let th = match ifd.get(278) {
+                Some(Value::Reals(v)) => {
+                    real_rows = Some(v[0]);
+                    h
+                }
+                _ => ifd.single(278, h)?,
+            };
+            (o, w, th)
+        } else if let Some(o) = ifd.offsets(324)? {
             let (Some(tw), Some(th)) = (ifd.single_opt(322)?, ifd.single_opt(323)?) else {
                 return Err(e("Invalid tile dimensions"));
             };
@@ -471,8 +510,27 @@ fn setup(ifd: &Ifd) -> std::result::Result<Setup, String> {
             load_error = Some(e("TIFF strip or tile offsets that are not integers"));
         }
         let mut offsets = offsets;
-        if tw == w && th == h && planar != 2 {
-            offsets = vec![*offsets.last().unwrap()];
+        if let Some(rows) = real_rows {
+            // _setup's tile loop in floats: only its `rawmode[layer]` can fail before the size
+            // check (planar configuration 2); no tile is ever decoded.
+            let (mut x, mut y, mut layer) = (0i64, 0f64, 0usize);
+            for _ in &offsets {
+                if planar == 2 && layer >= rawmode.chars().count() {
+                    return Err(e("string index out of range"));
+                }
+                x += tw;
+                if x >= w {
+                    (x, y) = (0, y + rows);
+                    if y >= h as f64 {
+                        (y, layer) = (0.0, layer + 1);
+                    }
+                }
+            }
+            load_error = Some(e("TIFF RowsPerStrip that is not an integer"));
+            offsets.clear();
+        }
+        if tw == w && th == h && planar != 2 && real_rows.is_none() {
+            offsets = offsets.last().copied().into_iter().collect(); // Pillow's offsets[-1:]
         }
         let (mut x, mut y, mut layer) = (0i64, 0i64, 0usize);
         let bits: i64 = bps.iter().sum();
@@ -904,6 +962,9 @@ unsafe extern "C" fn read_proc(h: lt::thandle_t, buf: *mut c_void, size: lt::tms
         return 0;
     }
     let n = (size as u64).min(eof - m.loc) as usize;
+    if n == 0 || buf.is_null() {
+        return 0;
+    }
     unsafe { std::ptr::copy_nonoverlapping(m.data.as_ptr().add(m.loc as usize), buf as *mut u8, n) };
     m.loc += n as u64;
     n as lt::tmsize_t
