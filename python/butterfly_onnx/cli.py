@@ -270,8 +270,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         kwargs["verify_images"] = verify_images
     if calibration:
         kwargs["calibration_images"] = calibration
+    if args.min_agreement is not None:
+        kwargs["min_agreement"] = args.min_agreement
     path = export_onnx(args.checkpoint, args.output, **kwargs)
     print(f"exported: {path}")
+    if variants:  # each variant against fp32: agreement with its interval, accuracy, diff, speed
+        from .export import ExportReport
+
+        for variant in ExportReport.load(path).variants:
+            print(f"variant {variant.summary()}")
     return EXIT_OK
 
 
@@ -419,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-images",
         nargs="+",
         help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="refuse to write a variant whose top-1 agreement with fp32 is below this "
+        "(default: export_onnx's min_agreement, 0.99; 0 turns the gate off)",
     )
     p.set_defaults(run=_cmd_export)
 
