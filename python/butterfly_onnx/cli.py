@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
     p.add_argument("checkpoint")
     p.add_argument("output", type=Path)
-    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"))
+    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8", "bf16"))
     verify = p.add_mutually_exclusive_group()
     verify.add_argument(
         "--verify-images",
