@@ -48,12 +48,26 @@ if command -v rustup >/dev/null && rustup target list --installed | grep -qx aar
 else
     echo "build_wheels: aarch64-unknown-linux-gnu is not installed (rustup target add ...): x86-64 wheel only"
 fi
+status=0
 for target in "${targets[@]}"; do
     maturin build --release --zig --compatibility manylinux_2_28 --target "$target" --out dist
+    # libjpeg-turbo's SIMD kernels (the wheel's module is stripped: look at mozjpeg-sys's objects).
+    out=$(ls -td "$CARGO_TARGET_DIR/$target"/release/build/mozjpeg-sys-*/out | head -1)
+    case $target in
+    x86_64-*) simd=$(find "$out" -name '*-avx2.o' | wc -l) need=$(command -v nasm >/dev/null && echo 1 || echo 0) ;;
+    aarch64-*) simd=$(find "$out" -name '*-neon.o' | wc -l) need=1 ;;
+    esac
+    if ((simd == 0 && need)); then
+        echo "build_wheels: $target: libjpeg-turbo's SIMD path was not built ($out)" >&2
+        status=1
+    elif ((simd == 0)); then
+        echo "build_wheels: warning: $target: no libjpeg-turbo SIMD (nasm is not installed): slower JPEG decoding" >&2
+    else
+        echo "build_wheels: $target: libjpeg-turbo SIMD built ($simd objects)"
+    fi
 done
 echo "build_wheels: built in $((SECONDS - start)) s"
 
-status=0
 for wheel in dist/butterfly_onnx-*.whl; do
     arch=$(basename "$wheel" .whl)
     arch=${arch##*manylinux_2_28_}

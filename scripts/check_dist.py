@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import sys
 import tarfile
 import tomllib
@@ -20,9 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "python" / "butterfly_onnx"
 SKIP_SUFFIXES = (".pyc", ".so", ".pyd")
-# A libjpeg-turbo SIMD kernel per architecture: present when its SIMD path was built (x86-64 needs
-# nasm at build time; aarch64's NEON is C intrinsics, always built).
-SIMD_SYMBOL = {"x86_64": b"jsimd_idct_islow_avx2", "aarch64": b"jsimd_idct_islow_neon"}
 
 
 def package_files() -> set[str]:
@@ -52,17 +48,8 @@ def check_wheel(path: Path) -> list[str]:
         names = set(zf.namelist())
     dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
     problems = [f"missing {n}" for n in sorted(package_files() - names)]
-    native = [n for n in names if n.startswith("butterfly_onnx/_native.")]
-    if not native:
+    if not any(n.startswith("butterfly_onnx/_native.") for n in names):
         problems.append("no native module butterfly_onnx/_native.*")
-    arch = next((a for a in SIMD_SYMBOL if path.name.endswith(f"manylinux_2_28_{a}.whl")), None)
-    if native and arch:
-        with zipfile.ZipFile(path) as zf:
-            simd = SIMD_SYMBOL[arch] in zf.read(native[0])
-        if not simd and (arch == "aarch64" or shutil.which("nasm")):
-            problems.append(f"libjpeg-turbo's {arch} SIMD path is not built in (no {SIMD_SYMBOL[arch].decode()})")
-        elif not simd:
-            print(f"check_dist: {path.name}: warning: no libjpeg-turbo SIMD (nasm is not installed)", file=sys.stderr)
     licences = {n.removeprefix(f"{dist_info}/licenses/") for n in names if n.startswith(f"{dist_info}/licenses/")}
     problems += [f"missing {dist_info}/licenses/{n}" for n in sorted(licence_files() - licences)]
     return problems
