@@ -112,8 +112,11 @@ def write(out: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(crate.root / rel, dest)
         rows.append(f"| {crate.name} | {crate.version} | {crate.license} | {', '.join(files)} |")
-    c_rows = [f"| {lib.name} | {lib.crate} | {lib.license} | rust/{lib.crate}-*/{', '.join(lib.files)} |" for lib in C_LIBRARIES]
-    c_rows.append(f"| libtiff | butterfly-onnx-libtiff | libtiff | {libtiff[0].relative_to(ROOT)} |")
+    c_rows = [
+        f"| {lib.name} | {lib.crate} | {lib.license} | rust/{lib.crate}-*/{', '.join(lib.files)} |"
+        for lib in C_LIBRARIES
+    ]
+    c_rows.append(f"| libtiff | butterfly-onnx-libtiff | libtiff | ../{LIBTIFF_GLOB} (in this repository) |")
     text = "\n".join(
         [
             "# Third-party licences of the butterfly_onnx._native module",
@@ -159,7 +162,9 @@ def main() -> int:
             write(fresh)
             diffs = differences(fresh, OUT) if OUT.is_dir() else ["LICENSES/ is missing"]
         if diffs:
-            print("LICENSES/ is out of date (run scripts/gather_licenses.py):", *diffs[:20], sep="\n  ", file=sys.stderr)
+            print(
+                "LICENSES/ is out of date (run scripts/gather_licenses.py):", *diffs[:20], sep="\n  ", file=sys.stderr
+            )
             return 1
         return 0
     if OUT.exists():
