@@ -35,7 +35,9 @@ def gather():
 def test_licenses_match_cargo_lock():
     if shutil.which("cargo") is None:
         pytest.skip("cargo is not installed")
-    run = subprocess.run([sys.executable, "scripts/gather_licenses.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "scripts/gather_licenses.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
 
 
