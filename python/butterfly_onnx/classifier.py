@@ -243,7 +243,7 @@ class Classifier:
             raise ContractError(f"{source}: preprocess: {exc}") from None
         backend_class = load_backend(backend)
         self._backend = backend_class(
-            model if path is None else path,
+            path if path is not None else bytes(model),  # type: ignore[arg-type]  # bytes when no path
             threads=threads,
             labels=list(labels) if labels is not None else None,
             preprocess=spec,

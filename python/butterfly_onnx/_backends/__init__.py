@@ -142,6 +142,7 @@ def resolve_threads(threads: Any) -> int:
         raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
     return threads
 
+
 #: The constants of the two rules below are data, read by both backends (the Rust core
 #: includes the same file): ``data/thread_rule.json``.
 THREAD_RULE_FILE = Path(__file__).parent.parent / "data" / "thread_rule.json"

@@ -54,7 +54,8 @@ def device_help() -> str:
     the Rust core's table is)."""
     forms = {"int": ":N", "name": ":DEVICE_TYPE"}
     return ", ".join(
-        name + (f"[{forms[DEVICES[name]['index_kind']]}]" if DEVICES[name]["index_kind"] else "") for name in sorted(DEVICES)
+        name + (f"[{forms[DEVICES[name]['index_kind']]}]" if DEVICES[name]["index_kind"] else "")
+        for name in sorted(DEVICES)
     )
 
 
@@ -108,7 +109,9 @@ def resolve_providers(providers: Any = None, device: str | None = None) -> tuple
         return ((CPU, {}),)
     items = [providers] if isinstance(providers, (str, tuple)) and _is_single(providers) else providers
     if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
-        raise InvalidArgumentTypeError(f"providers must be a list of provider names or (name, options) pairs, got {providers!r}")
+        raise InvalidArgumentTypeError(
+            f"providers must be a list of provider names or (name, options) pairs, got {providers!r}"
+        )
     resolved = [_one(item) for item in items]
     if not resolved:
         raise InvalidArgumentError("providers is empty; give at least one (or leave it None for the CPU)")

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -89,8 +90,8 @@ class Backend:
         # them all (onnxruntime's Run is thread-safe), one copy of the model.  Runs of
         # several threads get a session each (one would share one intra-op pool).
         copies = 1 if intra == 1 else self._runs
-        sessions = [self._session_for(model if model_path is None else source, options, providers)]
-        sessions += [self._session_for(model if model_path is None else source, options, providers) for _ in range(1, copies)]
+        loadable: str | bytes = source if model_path is not None else bytes(model)  # bytes when no path
+        sessions = [self._session_for(loadable, options, providers) for _ in range(copies)]
         #: The providers the session uses, ONNX Runtime's CPU provider last (it takes the
         #: nodes no other provider does): the same list the rust backend reports.
         self.providers: tuple[str, ...] = tuple(sessions[0].get_providers())
@@ -120,7 +121,9 @@ class Backend:
         self._model_batch: int | None = self._batch_limit
         self._model_batch_lock = Lock()
 
-    def _session_for(self, model: str | bytes, options: ort.SessionOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
+    def _session_for(
+        self, model: str | bytes, options: ort.SessionOptions, providers: Sequence[Provider]
+    ) -> ort.InferenceSession:
         """One session on ``providers``, or the error: an unloadable model is InvalidModelError;
         a provider that fails to initialise (the model loads on the CPU provider alone), or
         that the session dropped (onnxruntime's own fallback), BackendUnavailableError."""
@@ -273,3 +276,9 @@ class Backend:
             self.close()
         except Exception:
             pass
+
+
+if TYPE_CHECKING:  # mypy: this class satisfies the one Backend protocol
+    from . import Backend as _Protocol
+
+    _checked: type[_Protocol] = Backend

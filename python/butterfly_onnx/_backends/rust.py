@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -198,3 +198,9 @@ class Backend:
         failed: dict[int, ImageError] = {}
         for result in self._native.iter_logits(_lazy_payloads(items, failed), batch_size):
             yield _with_failures(result, failed)
+
+
+if TYPE_CHECKING:  # mypy: this class satisfies the one Backend protocol
+    from . import Backend as _Protocol
+
+    _checked: type[_Protocol] = Backend

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import ModelContract, PreprocessSpec
 from .._backends.providers import resolve_providers
+from ..contract import ModelContract, PreprocessSpec
 from ..errors import ExportError, ExportVerificationError
 from .inputs import batches, normalise_samples, preprocess_fn, require_torch
 from .reports import VerificationReport
