@@ -193,7 +193,10 @@ impl Classifier {
             providers: match providers {
                 Some(list) => list
                     .into_iter()
-                    .map(|(name, options)| butterfly_onnx::classifier::Provider { name, options: options.into_iter().collect() })
+                    .map(|(name, options)| butterfly_onnx::classifier::Provider {
+                        name,
+                        options: options.into_iter().collect(),
+                    })
                     .collect(),
                 None => butterfly_onnx::classifier::providers::cpu(),
             },

@@ -94,7 +94,9 @@ impl Error {
             Error::ModelNotFound { path } | Error::InvalidModel { path, .. } | Error::Inference { path, .. } => {
                 Some(path.display().to_string())
             }
-            Error::RuntimeUnavailable { .. } | Error::ProviderUnavailable { .. } | Error::InvalidArgument { .. } => None,
+            Error::RuntimeUnavailable { .. } | Error::ProviderUnavailable { .. } | Error::InvalidArgument { .. } => {
+                None
+            }
         }
     }
 }

@@ -74,7 +74,9 @@ fn parse_provider(text: &str) -> Result<Provider, Fatal> {
     for pair in rest.map(|r| r.split(',').collect::<Vec<_>>()).unwrap_or_default() {
         match pair.split_once('=') {
             Some((key, value)) if !key.is_empty() => options.push((key.to_string(), value.to_string())),
-            _ => return Err(Fatal::new(format!("--provider '{text}': options are KEY=VALUE pairs separated by commas"))),
+            _ => {
+                return Err(Fatal::new(format!("--provider '{text}': options are KEY=VALUE pairs separated by commas")))
+            }
         }
     }
     Ok(Provider { name: name.to_string(), options })

@@ -43,8 +43,8 @@ use crate::preprocess::PreprocessSpec;
 use crate::runtime;
 use crate::{Error, Result};
 
-pub use providers::Provider;
 pub use pipeline::{ImageResult, LogitsChunk, LogitsStream, Pipeline, PredictStream, MAX_MODEL_BATCH};
+pub use providers::Provider;
 
 /// Pillow's decompression-bomb error threshold, `2 * PIL.Image.MAX_IMAGE_PIXELS`
 /// (above it `Image.open` raises `DecompressionBombError`); the default limit.

@@ -104,7 +104,8 @@ pub fn from_device(device: &str) -> Result<Vec<Provider>> {
         .ok_or_else(|| invalid(format!("unknown device '{device}'; choose one of {}", device_help())))?;
     let mut options = Vec::new();
     if let (Some(index), Some(option)) = (index, &entry.index_option) {
-        if entry.index_kind.as_deref() == Some("int") && !(index.chars().all(|c| c.is_ascii_digit()) && !index.is_empty())
+        if entry.index_kind.as_deref() == Some("int")
+            && !(index.chars().all(|c| c.is_ascii_digit()) && !index.is_empty())
         {
             return Err(invalid(format!("device '{device}': the index after ':' must be a number, got '{index}'")));
         }
@@ -136,8 +137,12 @@ pub fn check(providers: &[Provider]) -> Result<()> {
             let mut keys: Vec<&str> = provider.options.iter().map(|(k, _)| k.as_str()).collect();
             keys.sort_unstable();
             if let Some(extra) = keys.into_iter().find(|k| !allowed.contains(k)) {
-                let takes = if allowed.is_empty() { "none".to_string() } else { format!("only {}", allowed.join(", ")) };
-                return Err(invalid(format!("{} takes no option '{extra}' (options it takes: {takes})", provider.name)));
+                let takes =
+                    if allowed.is_empty() { "none".to_string() } else { format!("only {}", allowed.join(", ")) };
+                return Err(invalid(format!(
+                    "{} takes no option '{extra}' (options it takes: {takes})",
+                    provider.name
+                )));
             }
         }
         if providers[..i].iter().any(|p| p.name == provider.name) {
@@ -233,7 +238,9 @@ pub(super) fn dispatch(provider: &Provider) -> Result<ExecutionProviderDispatch>
         "DmlExecutionProvider" => {
             let mut ep = ort::ep::DirectML::default();
             if let Some((_, id)) = options.iter().find(|(k, _)| k == "device_id") {
-                let id = id.parse().map_err(|_| invalid(format!("DmlExecutionProvider: device_id {id:?} is not a number")))?;
+                let id = id
+                    .parse()
+                    .map_err(|_| invalid(format!("DmlExecutionProvider: device_id {id:?} is not a number")))?;
                 ep = ep.with_device_id(id);
             }
             ep.build()
@@ -261,9 +268,15 @@ mod tests {
     #[test]
     fn device_shorthand() {
         let cuda = from_device("cuda:1").unwrap();
-        assert_eq!(cuda, vec![Provider { name: "CUDAExecutionProvider".into(), options: vec![("device_id".into(), "1".into())] }]);
+        assert_eq!(
+            cuda,
+            vec![Provider { name: "CUDAExecutionProvider".into(), options: vec![("device_id".into(), "1".into())] }]
+        );
         let trt = from_device("tensorrt").unwrap();
-        assert_eq!(trt.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["TensorrtExecutionProvider", "CUDAExecutionProvider"]);
+        assert_eq!(
+            trt.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+        );
         assert_eq!(from_device("openvino:GPU").unwrap()[0].options, vec![("device_type".into(), "GPU".into())]);
         for bad in ["gpu", "cuda:x", "cpu:0", "cuda:"] {
             assert!(matches!(from_device(bad), Err(Error::InvalidArgument { .. })), "{bad}");
