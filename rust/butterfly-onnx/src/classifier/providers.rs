@@ -104,9 +104,8 @@ pub fn from_device(device: &str) -> Result<Vec<Provider>> {
         .ok_or_else(|| invalid(format!("unknown device '{device}'; choose one of {}", device_help())))?;
     let mut options = Vec::new();
     if let (Some(index), Some(option)) = (index, &entry.index_option) {
-        if entry.index_kind.as_deref() == Some("int")
-            && !(index.chars().all(|c| c.is_ascii_digit()) && !index.is_empty())
-        {
+        let is_number = !index.is_empty() && index.chars().all(|c| c.is_ascii_digit());
+        if entry.index_kind.as_deref() == Some("int") && !is_number {
             return Err(invalid(format!("device '{device}': the index after ':' must be a number, got '{index}'")));
         }
         if index.is_empty() {
