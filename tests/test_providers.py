@@ -329,3 +329,13 @@ def test_the_fp16_variant_runs_on_cuda(backend, contract_model, photos, tmp_path
     ).logits(photos)
     assert np.array_equal(got.argmax(1), cpu.argmax(1))
     assert np.abs(got - cpu).max() <= 5e-2
+
+
+def test_predict_dataset_checks_the_providers_before_any_actor(contract_model, photos):
+    pytest.importorskip("ray")
+    from butterfly_onnx.ray import predict_dataset
+
+    with pytest.raises(InvalidArgumentError, match="unknown device 'gpu'"):
+        predict_dataset(photos[:1], contract_model.path, device="gpu")
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        predict_dataset(photos[:1], contract_model.path, device="cpu", providers=["CPUExecutionProvider"])
