@@ -25,7 +25,9 @@
 //!   not by the number of images. Results come in input order, failures in place.
 //!
 //! Layout: `session.rs` (ONNX Runtime: session, contract check, running batches),
-//! `batch.rs` (decode + preprocess into a batch tensor), `pipeline.rs` (streaming).
+//! `providers.rs` (the execution providers the sessions run on, from
+//! `python/butterfly_onnx/data/providers.json`; never a fallback), `batch.rs` (decode +
+//! preprocess into a batch tensor), `pipeline.rs` (streaming).
 
 mod batch;
 pub mod pipeline;
