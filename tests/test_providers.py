@@ -222,6 +222,14 @@ for backend in ("python", "rust"):
         out[f"{backend}/gpu"] = "opened"
     except BackendUnavailableError as exc:
         out[f"{backend}/gpu"] = str(exc)
+from butterfly_onnx.bench import run_bench
+from butterfly_onnx.parity import run_parity
+
+parity = run_parity(model, photos[:2], device="openvino")
+out["parity"] = {"logits": parity.max_diff["logits"], "top1": parity.top1_agreement, "providers": parity.providers}
+# The handwritten loop (ONNX Runtime's CPU provider) is the reference of the other rows.
+bench = run_bench(model, photos[:2], contenders=("handwritten", "python", "rust"), rounds=1, device="openvino")
+out["bench"] = [[r.contender, r.providers, r.top1_agreement, r.max_logit_diff] for r in bench.rows]
 print(json.dumps(out))
 """
 
@@ -266,6 +274,21 @@ def test_openvino_predicts_like_the_cpu_provider_on_both_backends(openvino_run, 
         assert np.abs(got - cpu).max() <= 1e-3
     # The two backends feed OpenVINO the same tensors (preprocessing stays on the CPU, exact).
     assert np.array_equal(np.asarray(openvino_run["rust/cpu"]["logits"]), cpu)
+
+
+def test_parity_and_bench_report_the_providers_difference(openvino_run):
+    """parity and bench on OpenVINO: the logit difference from the CPU provider and the top-1
+    agreement, per backend, with the providers named."""
+    parity = openvino_run["parity"]
+    for backend in ("python", "rust"):
+        assert parity["providers"][backend] == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+        assert 0.0 < parity["logits"][backend] <= 1e-3  # OpenVINO's kernels are not the CPU provider's
+        assert parity["top1"][backend] == 1.0
+    rows = {row[0]: row[1:] for row in openvino_run["bench"]}
+    assert rows["handwritten"] == ["CPUExecutionProvider", None, None]
+    for backend in ("python", "rust"):
+        providers, top1, diff = rows[backend]
+        assert providers == "OpenVINOExecutionProvider+CPUExecutionProvider" and top1 == 1.0 and diff <= 1e-3
 
 
 def test_an_openvino_device_that_is_absent_is_refused_not_dropped(openvino_run):
