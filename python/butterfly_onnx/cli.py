@@ -61,6 +61,31 @@ def _positive(name: str):
     return parse
 
 
+def _pixel_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--max-image-pixels must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _max_image_pixels(option: int | None) -> Any:
+    """``--max-image-pixels`` as ``Classifier(max_image_pixels=...)``: absent = the default;
+    N = exactly N and 0 = no limit, on both backends, as the Rust CLI.  This process is the
+    command's own, so Pillow's ceiling is lifted for it (the python backend decodes with
+    Pillow, which would otherwise cut a larger limit short)."""
+    from .classifier import DEFAULT
+
+    if option is None:
+        return DEFAULT
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return option or None
+
+
 # --- predict ------------------------------------------------------------------------------
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
@@ -83,7 +108,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         filenames = [item.filename for item in listed]
     else:
         images = expand_images(list(args.inputs))  # empty folders / unmatched globs: exit 2 here
-    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, jpeg_draft=args.jpeg_draft)
+    classifier = Classifier(
+        args.model,
+        backend=args.backend,
+        threads=args.threads,
+        jpeg_draft=args.jpeg_draft,
+        max_image_pixels=_max_image_pixels(args.max_image_pixels),
+    )
     counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
@@ -331,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust")
+    p.add_argument(
+        "--max-image-pixels",
+        type=_pixel_limit,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, from the header, before decoding (0 = no limit; "
+        "default: Pillow's decompression-bomb ceiling, 2 * PIL.Image.MAX_IMAGE_PIXELS)",
+    )
     p.add_argument(
         "--jpeg-draft",
         action="store_true",
