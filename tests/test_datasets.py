@@ -209,7 +209,9 @@ def test_a_labelled_csv_listing_a_file_twice_is_refused_naming_the_lines(tmp_pat
     both sides of the split (validation accuracy inflated silently); the error names the file
     and every line that lists it."""
     csv = _listing(tmp_path, rows)
-    with pytest.raises(DatasetError, match=rf"Training_set.csv: 1 file\(s\) listed more than once: .*img_\d.png \({lines}\)"):
+    with pytest.raises(
+        DatasetError, match=rf"Training_set.csv: 1 file\(s\) listed more than once: .*img_\d.png \({lines}\)"
+    ):
         load_dataset(csv, check=False)
     with pytest.raises(DatasetError, match="listed more than once"):
         load_dataset(tmp_path)  # the folder holding Training_set.csv
@@ -217,7 +219,9 @@ def test_a_labelled_csv_listing_a_file_twice_is_refused_naming_the_lines(tmp_pat
 
 def test_explicit_pairs_listing_a_file_twice_are_refused(tmp_path):
     a, b = _photo(tmp_path / "a.png", 0), _photo(tmp_path / "b.png", 1)
-    with pytest.raises(DatasetError, match=r"explicit dataset: 1 file\(s\) listed more than once: .*a.png \(items 0, 2\)"):
+    with pytest.raises(
+        DatasetError, match=r"explicit dataset: 1 file\(s\) listed more than once: .*a.png \(items 0, 2\)"
+    ):
         load_dataset([(a, "x"), (b, "y"), (a, "y")], check=False)
 
 
@@ -227,7 +231,12 @@ def test_the_split_never_puts_one_file_on_both_sides(tmp_path):
     from butterfly_onnx.datasets import split_dataset
 
     files = [_photo(tmp_path / f"{i}.png", i) for i in range(12)]
-    repeated = [(f, i % 2) for i, f in enumerate(files)] + [(files[0], 0), (files[0], 1), (tmp_path / "." / "3.png", 1), (files[5], 1)] * 2
+    repeated = [(f, i % 2) for i, f in enumerate(files)] + [
+        (files[0], 0),
+        (files[0], 1),
+        (tmp_path / "." / "3.png", 1),
+        (files[5], 1),
+    ] * 2
     for seed in range(20):
         for fraction in (0.2, 0.5, 0.8):
             train, val = split_dataset(repeated, fraction, seed=seed)

@@ -442,9 +442,7 @@ def _check_labels(value: Any) -> tuple[str, ...]:
     # separators, as contract.rs checks.
     for label in labels:
         if any(unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029" for ch in label):
-            raise ContractError(
-                f"labels must not contain control characters (newline, tab, escape...); got {label!r}"
-            )
+            raise ContractError(f"labels must not contain control characters (newline, tab, escape...); got {label!r}")
     if len(set(labels)) != len(labels):
         counts: dict[str, int] = {}
         for label in labels:

@@ -473,9 +473,7 @@ def _refuse_duplicates(lines_of: dict[str, list[int]], where: str, unit: str) ->
     if repeated:
         shown = "; ".join(f"{key} ({unit} {', '.join(map(str, found))})" for key, found in repeated[:10])
         more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
-        raise DatasetError(
-            f"{where}{len(repeated)} file(s) listed more than once: {shown}{more}; list each image once"
-        )
+        raise DatasetError(f"{where}{len(repeated)} file(s) listed more than once: {shown}{more}; list each image once")
 
 
 def read_labelled(

@@ -123,9 +123,9 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that :func:`atomic_save` processes no longer running left
     in ``folder`` (a run killed mid-save); returns what was removed.  A save in progress (its
     process alive) is left alone."""
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:

@@ -15,7 +15,7 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS, NO_PIXEL_LIMIT};
+use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS};
 use butterfly_onnx::contract::{interpolation_name, resample_order_name};
 use butterfly_onnx::runtime;
 use clap::{Parser, Subcommand};
@@ -160,7 +160,10 @@ fn main() -> ExitCode {
         } => {
             let options = ClassifierOptions {
                 threads: threads.map(|t| t as usize),
-                max_image_pixels: Some(if max_image_pixels == 0 { NO_PIXEL_LIMIT } else { max_image_pixels }),
+                max_image_pixels: Some(match max_image_pixels {
+                    0 => butterfly_onnx::classifier::NO_PIXEL_LIMIT,
+                    n => n,
+                }),
                 ort_library: runtime.ort_lib,
                 jpeg_draft,
                 ..ClassifierOptions::default()

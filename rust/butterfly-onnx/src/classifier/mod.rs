@@ -414,3 +414,39 @@ pub fn top_k_of(probabilities: &[f32], labels: &[String], k: usize) -> Vec<Predi
         .map(|index| Prediction { label: labels[index].clone(), index, probability: probabilities[index] })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_rows_become_errors_in_place() {
+        // Inputs 10..16 of a stream; 11 and 14 failed to decode, so the 4 rows are 10, 12, 13, 15.
+        let logits = ndarray::array![[1.0, 2.0], [f32::NAN, 0.0], [3.0, 4.0], [f32::NEG_INFINITY, 1.0]];
+        let errors = vec![
+            (11, Error::ImageNotFound { source_name: "i11".into() }),
+            (14, Error::ImageNotFound { source_name: "i14".into() }),
+        ];
+        let (kept, errors) = split_non_finite(logits, errors, 10, 6, |i| format!("i{i}"));
+        assert_eq!(kept, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
+        let found: Vec<(usize, ErrorKindName)> = errors.iter().map(|(i, e)| (*i, name(e))).collect();
+        assert_eq!(
+            found,
+            [(11, "ImageNotFound"), (12, "NonFiniteOutput"), (14, "ImageNotFound"), (15, "NonFiniteOutput")]
+        );
+        assert_eq!(errors[1].1.to_string(), "i12: the model's output is not finite (NaN or infinity), no prediction");
+        // All finite: untouched.
+        let (kept, errors) = split_non_finite(ndarray::array![[0.5f32]], Vec::new(), 0, 1, |i| format!("i{i}"));
+        assert_eq!((kept, errors.len()), (ndarray::array![[0.5f32]], 0));
+    }
+
+    type ErrorKindName = &'static str;
+
+    fn name(error: &Error) -> ErrorKindName {
+        match error.kind() {
+            crate::ErrorKind::ImageNotFound => "ImageNotFound",
+            crate::ErrorKind::NonFiniteOutput => "NonFiniteOutput",
+            _ => "other",
+        }
+    }
+}
