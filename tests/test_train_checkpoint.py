@@ -119,9 +119,9 @@ def test_a_killed_save_leaves_a_temporary_file_that_the_next_start_removes(tmp_p
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr
     leftovers = [p for p in tmp_path.iterdir() if p.name != "last.pt"]
-    assert len(leftovers) == 1 and leftovers[0].name.startswith(".last.pt.") and leftovers[0].suffix == ".tmp"
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".last.pt.") and leftovers[0].name.endswith(".butterfly.tmp")
     # Another process's save in progress (this one: alive) is not touched.
-    mine = tmp_path / f".best.pt.{os.getpid()}.abcd1234.tmp"
+    mine = tmp_path / f".best.pt.{os.getpid()}.abcd1234.butterfly.tmp"
     mine.write_bytes(b"in progress")
     assert path.read_bytes() == before
     read_checkpoint_or_fail = pytest.raises(TrainingError)  # {"epoch": 1} is no butterfly checkpoint
@@ -132,4 +132,9 @@ def test_a_killed_save_leaves_a_temporary_file_that_the_next_start_removes(tmp_p
     leftovers[0].write_bytes(b"stale")
     atomic_save({"epoch": 3}, tmp_path / "other.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", "other.pt", mine.name])
+    assert remove_stale_temps(tmp_path) == []
+    # Other files are never taken for leftovers, whatever they look like.
+    dead = 4_194_305  # above Linux's largest pid_max: no such process
+    for name in (f".notes.{dead}.abcd1234.tmp", f"x.{dead}.abcd1234.butterfly.tmp", f".y.{dead}.ab.butterfly.tmp"):
+        (tmp_path / name).write_text("mine")
     assert remove_stale_temps(tmp_path) == []

@@ -93,9 +93,10 @@ def atomic_save(payload: Any, path: Path) -> None:
         raise  # KeyboardInterrupt, SystemExit: as they are, the temporary file gone
 
 
-#: The suffix of :func:`atomic_save`'s temporary files (``.<name>.<pid>.<random>.tmp``).
-TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + "$")
+#: The suffix of :func:`atomic_save`'s temporary files (``.<name>.<pid>.<8 random>.butterfly.tmp``):
+#: distinctive, so that :func:`remove_stale_temps` never takes someone else's file for one.
+TEMP_SUFFIX = ".butterfly.tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def _cause(exc: BaseException) -> str:
