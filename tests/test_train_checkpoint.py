@@ -119,7 +119,11 @@ def test_a_killed_save_leaves_a_temporary_file_that_the_next_start_removes(tmp_p
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr
     leftovers = [p for p in tmp_path.iterdir() if p.name != "last.pt"]
-    assert len(leftovers) == 1 and leftovers[0].name.startswith(".last.pt.") and leftovers[0].name.endswith(".butterfly.tmp")
+    assert (
+        len(leftovers) == 1
+        and leftovers[0].name.startswith(".last.pt.")
+        and leftovers[0].name.endswith(".butterfly.tmp")
+    )
     # Another process's save in progress (this one: alive) is not touched.
     mine = tmp_path / f".best.pt.{os.getpid()}.abcd1234.butterfly.tmp"
     mine.write_bytes(b"in progress")
