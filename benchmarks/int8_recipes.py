@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--speed-images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-bias-correction", action="store_true", help="quantize without correct_biases")
     parser.add_argument(
         "--demo", action="store_true", help="instead: the demo's fine-tuned model, int8 on its whole validation split"
     )
@@ -123,12 +124,13 @@ def main() -> None:
     results = []
     for text in args.recipes.split(","):
         fmt, method = text.split(":")
-        path = args.out / f"lite0_imagenet.{fmt}_{method}_{args.calibration_size}_t{args.target:g}.int8.onnx"
+        corrected = "" if args.no_bias_correction else "_bc"
+        path = args.out / f"lite0_imagenet.{fmt}_{method}{corrected}_{args.calibration_size}_t{args.target:g}.int8.onnx"
         started = time.perf_counter()
         search = search_int8(
             fp32_path,
             path,
-            Int8Recipe(fmt, method),
+            Int8Recipe(fmt, method, bias_correction=not args.no_bias_correction),
             cal_inputs,
             target=args.target,
             max_float_nodes=args.max_float_nodes,

@@ -1,6 +1,6 @@
 """The int8 recipe: which images calibrate it (a seeded draw from the training split in which every
 class is represented), how it is quantized (QDQ, S8S8 or U8S8, per-channel weights, MinMax /
-Percentile / Entropy ranges), and which nodes stay in float (the most sensitive ones by ONNX
+Percentile / Entropy ranges, each Conv's bias corrected for its weights' rounding), and which nodes stay in float (the most sensitive ones by ONNX
 Runtime's ``qdq_loss_debug`` per-tensor error, added until the quantized model agrees with fp32
 on the calibration images).  docs/export.md has the measurements behind the defaults.
 """
@@ -29,6 +29,7 @@ __all__ = [
     "Int8Recipe",
     "Int8Search",
     "calibration_draw",
+    "correct_biases",
     "float_units",
     "node_sensitivity",
     "preprocessed_batches",
@@ -62,6 +63,8 @@ class Int8Recipe:
     per_channel: bool = True
     #: nodes of the pre-processed graph kept in float
     float_nodes: tuple[str, ...] = ()
+    #: shift each Conv's bias by the mean error its int8 weights cause (:func:`correct_biases`)
+    bias_correction: bool = True
 
     def check(self) -> None:
         if self.format not in INT8_FORMATS:
@@ -71,8 +74,10 @@ class Int8Recipe:
 
     def describe(self, images: int) -> str:
         weights = "per-channel" if self.per_channel else "per-tensor"
+        corrected = ", bias-corrected" if self.bias_correction else ""
         text = (
-            f"static int8 (QDQ {self.format.upper()}, {weights} weights, {self.method}) calibrated on {images} images"
+            f"static int8 (QDQ {self.format.upper()}, {weights} weights{corrected}, {self.method}) "
+            f"calibrated on {images} images"
         )
         if self.float_nodes:
             text += f", {len(self.float_nodes)} nodes in float ({', '.join(self.float_nodes)})"
@@ -144,6 +149,74 @@ def prepare_for_quantization(fp32_path: Path, out_path: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+
+
+#: ONNX Runtime's symmetric int8 weight range (quant_utils.get_qmin_qmax_for_qType, symmetric=True)
+_WEIGHT_QMAX = 127
+
+
+def correct_biases(prepared: Path, out_path: Path, inputs: Sequence[np.ndarray], per_channel: bool = True) -> int:
+    """Write ``prepared`` with each Conv's bias shifted by the mean output error that rounding its
+    weights to symmetric int8 (as ``quantize_int8`` will) causes on the calibration ``inputs``:
+    ``bias -= sum((W_int8 - W) * mean(input))`` per output channel, the input's per-channel mean
+    taken over the images and positions (bias correction, Nagel et al. 2019, "Data-Free
+    Quantization").  Rounding 9 or 25 depthwise taps per channel biases each output; on
+    EfficientNet-Lite0 this alone took int8 top-1 agreement with fp32 from 76% to 90%
+    (docs/export.md, "int8 recipes").  Returns how many Convs were corrected."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(prepared))
+    initializers = {init.name: init for init in model.graph.initializer}
+    convs = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Conv"
+        and len(node.input) == 3
+        and node.input[1] in initializers
+        and node.input[2] in initializers
+    ]
+    if not convs:
+        onnx.save(model, str(out_path))
+        return 0
+    input_name, _ = _input_name_and_batch(prepared)
+    probe = onnx.load(str(prepared))
+    outputs = {out.name for out in probe.graph.output}
+    for node in convs:
+        if node.input[0] not in outputs:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+            outputs.add(node.input[0])
+    with tempfile.TemporaryDirectory(prefix="butterfly_bias_") as tmp:
+        probe_path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(probe_path))
+        session = ort_session(probe_path)
+        names = [out.name for out in session.get_outputs()]
+        sums: dict[str, np.ndarray] = {}
+        count = 0
+        for batch in inputs:  # one batch at a time: every conv input of a batch is held at once
+            values = dict(zip(names, session.run(None, {input_name: batch}), strict=True))
+            for node in convs:
+                if node.input[0] not in sums:
+                    sums[node.input[0]] = np.zeros(values[node.input[0]].shape[1])
+                sums[node.input[0]] += values[node.input[0]].mean(axis=(2, 3), dtype=np.float64).sum(axis=0)
+            count += len(batch)
+    for node in convs:
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        axes = tuple(range(1, weight.ndim)) if per_channel else tuple(range(weight.ndim))
+        scale = np.abs(weight).max(axis=axes, keepdims=True) / _WEIGHT_QMAX
+        scale[scale == 0] = 1.0
+        error = np.round(weight / scale) * scale - weight  # (out, in/group, kh, kw)
+        mean = sums[node.input[0]] / count
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        per_group = error.shape[1]
+        # output channel o reads input channels [g * per_group, (g + 1) * per_group) of its group g
+        group_of = np.arange(error.shape[0]) // (error.shape[0] // groups)
+        means = mean.reshape(groups, per_group)[group_of]  # (out, in/group)
+        shift = (error.sum(axis=(2, 3)) * means).sum(axis=1)
+        bias = numpy_helper.to_array(initializers[node.input[2]])
+        initializers[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(bias.dtype), node.input[2]))
+    onnx.save(model, str(out_path))
+    return len(convs)
 
 
 def _input_name_and_batch(path: Path) -> tuple[str, int]:
@@ -254,6 +327,10 @@ def search_int8(
         prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
         prepare_for_quantization(fp32_path, prepared)
         fp32_top1 = ort_run(ort_session(prepared), inputs).argmax(axis=1)
+        if recipe.bias_correction:  # quantize (and rank nodes of) the corrected graph
+            corrected = Path(tmp) / "corrected.onnx"
+            correct_biases(prepared, corrected, inputs, recipe.per_channel)
+            prepared = corrected
         quantize_int8(prepared, out_path, recipe, inputs, cache)
         agreement = _agreement(out_path, inputs, fp32_top1)
         search = Int8Search(recipe, agreement, [(recipe.float_nodes, agreement)])
@@ -268,7 +345,9 @@ def search_int8(
         while True:
             count = min(count, max_float_nodes, len(ranked))
             kept = dict.fromkeys([*recipe.float_nodes, *(name for unit in ranked[:count] for name in unit)])
-            candidate = Int8Recipe(recipe.format, recipe.method, recipe.per_channel, tuple(kept))
+            candidate = Int8Recipe(
+                recipe.format, recipe.method, recipe.per_channel, tuple(kept), recipe.bias_correction
+            )
             quantize_int8(prepared, out_path, candidate, inputs, cache)
             agreement = _agreement(out_path, inputs, fp32_top1)
             search.tried.append((candidate.float_nodes, agreement))
