@@ -40,8 +40,10 @@ def golden_data(tmp_path_factory, photos):
             image.save(path, "PNG" if path.suffix == ".png" else "JPEG", quality=90)
         elif kind == "text":
             path.write_text("not an image")
-        elif kind.startswith("csv:"):
-            path.write_text("filename\n" + "".join(f"{n}\n" for n in kind[4:].split(",")))
+        elif kind.startswith("csv"):  # csv:a,b (a filename column) or csv@COLUMN:a,b
+            head, names = kind.split(":", 1)
+            column = head[4:] if head.startswith("csv@") else "filename"
+            path.write_text(f"{column}\n" + "".join(f"{n}\n" for n in names.split(",")))
         else:
             raise AssertionError(kind)
     return root
@@ -70,14 +72,18 @@ def test_predict_golden_case(case, backend, contract_model, classifiers, golden_
     assert code == case["exit"], err
     err_lines = err.splitlines()
     assert all(line.startswith(PREFIX) for line in err_lines), err
+    for absent in case.get("absent", []):
+        assert not Path(_substitute([absent], contract_model.path, golden_data, out_dir)[0]).exists(), absent
     if case["format"] == "none":
-        assert out == "" and len(err_lines) == 1, err
+        assert out == "" and len(err_lines) == case.get("stderr_lines", 1), err
         for text in case["stderr_contains"]:
             assert text in err
         return
     for name in case["failed"]:
         assert any(name in line for line in err_lines), (name, err)
-    assert len(err_lines) == len(case["failed"]), err
+    for note in case.get("notes", []):
+        assert any(note in line for line in err_lines), (note, err)
+    assert len(err_lines) == len(case["failed"]) + len(case.get("notes", [])), err
     top_k = case["top_k"]
     good = [s for s in case["sources"] if s not in case["failed"]]
     reference = {
@@ -142,8 +148,8 @@ def test_predict_golden_case(case, backend, contract_model, classifiers, golden_
         rows = list(csv.reader(text.splitlines()))
         assert rows[0] == ["filename", "label"]
         assert [r[0] for r in rows[1:]] == case["filenames"]
-        for (_filename, label), source in zip(rows[1:], case["sources"], strict=False):
-            assert label == reference[source].label
+        for (_filename, label), source in zip(rows[1:], case["sources"], strict=True):
+            assert label == (case["fill"] if source in case["failed"] else reference[source].label)
     else:
         raise AssertionError(fmt)
 

@@ -7,7 +7,9 @@
 //! * [`classifier`]: ONNX Runtime session (via `ort`), batches, threads.
 //! * [`runtime`]: loading the ONNX Runtime shared library at run time (`ort` load-dynamic).
 //! * [`error`]: one error enum; every variant names its input.
+//! * [`atomic`]: files written for a user, atomically (temporary file, fsync, rename).
 
+pub mod atomic;
 pub mod classifier;
 pub mod contract;
 pub mod decode;
