@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "AtomicFile"]
+__all__ = ["atomic_write", "AtomicFile", "name_the_file"]
 
 # O_TMPFILE refused by the file system or the kernel: fall back to a named temporary file.
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ENOSYS}
@@ -151,8 +151,15 @@ def atomic_write(
             yield handle
             handle.flush()
         atomic.commit()
-    except BaseException:
+    except BaseException as exc:
         atomic.discard()
+        name_the_file(exc, atomic.path)
         raise
     finally:
         os.close(atomic.fd)
+
+
+def name_the_file(exc: BaseException, path: Path) -> None:
+    """An OSError from writing (``No space left on device``) names the file it was for."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = os.fspath(path)

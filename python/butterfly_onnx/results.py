@@ -235,7 +235,7 @@ def write_submission(
     images failed, the rows that were predicted go to :func:`partial_path` (``X.partial.csv``)
     and ``path`` is not written -- unless ``fill`` names a label to give the failed rows.  When
     every image failed nothing is written."""
-    from .atomic import AtomicFile
+    from .atomic import AtomicFile, name_the_file
 
     path = Path(path)
     failed = []
@@ -262,8 +262,9 @@ def write_submission(
             atomic.commit(partial_path(path))
         else:
             atomic.commit()
-    except BaseException:
+    except BaseException as exc:
         atomic.discard()
+        name_the_file(exc, path)
         raise
     finally:
         os.close(atomic.fd)

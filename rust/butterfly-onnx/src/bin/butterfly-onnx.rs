@@ -803,11 +803,15 @@ impl Sink {
                 out.flush()?;
                 return Ok(status);
             }
-            Sink::JsonLinesFile(out) => out.into_inner().map_err(|e| e.into_error())?,
-            Sink::Csv(writer) => writer.into_inner().map_err(|e| e.into_error())?,
+            Sink::JsonLinesFile(out) => {
+                out.into_inner().map_err(|e| cannot_write(path.expect("a file sink has a path"), e.into_error()))?
+            }
+            Sink::Csv(writer) => {
+                writer.into_inner().map_err(|e| cannot_write(path.expect("a file sink has a path"), e.into_error()))?
+            }
             Sink::Submission(writer) => {
-                let file = writer.into_inner().map_err(|e| e.into_error())?;
                 let path = path.expect("a submission has a path");
+                let file = writer.into_inner().map_err(|e| cannot_write(path, e.into_error()))?;
                 let shown = normalized(path);
                 let total = tally.ok + tally.failed;
                 if tally.failed == 0 {
@@ -921,10 +925,12 @@ fn predict(
             Some(bar) if stdout_shared => bar.suspend(write),
             _ => write(),
         };
-        match written {
+        match (written, settings.output.as_deref()) {
             // `| head`: the reader has what it wanted
-            Err(fatal) if fatal.is_broken_pipe() => return Ok(if tally.failed == 0 { 0 } else { 1 }),
-            other => other?,
+            (Err(fatal), _) if fatal.is_broken_pipe() => return Ok(if tally.failed == 0 { 0 } else { 1 }),
+            // A full disk: the file named; the previous one is left as it was.
+            (Err(Fatal(message, _)), Some(path)) => return Err(cannot_write(path, message)),
+            (other, _) => other?,
         }
         if let Some(bar) = &bar {
             bar.inc(1);
