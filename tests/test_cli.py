@@ -6,9 +6,11 @@ then the one-line errors and exit codes of the other subcommands."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -336,3 +338,146 @@ def test_python_and_rust_clis_write_the_same_bytes(case, contract_model, golden_
         written = {p.name: p.read_bytes() for p in out_dir.iterdir()}
         results.append((code, out, written, [line.startswith(PREFIX) for line in err.splitlines()]))
     assert results[0] == results[1]
+
+
+# --- argument errors, --help, --version: the same in both command lines -------------------
+ARGUMENT_ERRORS = [
+    ["predict", "m.onnx", "x.jpg", "--threads", "-1"],
+    ["predict", "m.onnx", "x.jpg", "--top-k", "0"],
+    ["predict", "m.onnx", "x.jpg", "--top-k", "abc"],
+    ["predict", "m.onnx", "x.jpg", "--batch-size=-3"],
+    ["predict", "m.onnx", "x.jpg", "--bogus"],
+    ["predict"],
+]
+
+
+@pytest.mark.parametrize("args", ARGUMENT_ERRORS, ids=[" ".join(a[2:]) or "missing" for a in ARGUMENT_ERRORS])
+def test_argument_errors_read_the_same_in_both_clis(args, capsys):
+    import subprocess
+
+    assert main(args) == 2
+    python_err = capsys.readouterr().err
+    assert python_err.startswith(PREFIX) and "--help" in python_err and len(python_err.splitlines()) == 1
+    rust = _rust_cli()
+    if rust is None:
+        pytest.skip("the Rust CLI is not built (target/release/butterfly-onnx)")
+    done = subprocess.run([str(rust), *args], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, python_err)
+
+
+def test_version_in_both_clis(capsys):
+    import subprocess
+
+    from butterfly_onnx import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"butterfly-onnx {__version__}\n"
+    rust = _rust_cli()
+    if rust is not None:
+        done = subprocess.run([str(rust), "--version"], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout) == (0, f"butterfly-onnx {__version__}\n")
+
+
+def test_every_option_has_help_and_its_default():
+    """--help: a sentence for every option and positional of the commands this file covers,
+    and the default of every option that has one (finetune/export: tests/test_train_*)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in ("predict", "val", "info", "models", "bench", "parity"):
+        if name not in sub.choices:
+            continue
+        parser = sub.choices[name]
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.dest in ("help",):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+            default = action.default
+            if action.option_strings and default not in (None, False, True, argparse.SUPPRESS) and action.nargs != 0:
+                shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+                assert "default" in action.help or f"(default: {default})" in " ".join(text.split()), (
+                    name,
+                    action.option_strings,
+                    shown,
+                )
+
+
+# --- cells a spreadsheet would run, names that are not UTF-8 -------------------------------
+def _run_both(args, cwd, capsys, backend="rust"):
+    """The finished processes of the python CLI (on `backend`) and the Rust CLI, each run with
+    ``{which}`` in ``args`` replaced by its name."""
+    import os
+    import subprocess
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+    from contract_models import require_backend
+
+    rust = _rust_cli()
+    if rust is None:
+        pytest.skip("the Rust CLI is not built (target/release/butterfly-onnx)")
+    require_backend("rust")
+    env = {**os.environ, "ORT_DYLIB_PATH": str(find_onnxruntime_library())}
+    python = subprocess.run(
+        [sys.executable, "-m", "butterfly_onnx", *[a.replace("{which}", "python") for a in args]]
+        + ["--backend", backend, "--no-progress"],
+        capture_output=True,
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[1] / "python")},
+        timeout=300,
+    )
+    args = [a.replace("{which}", "rust") for a in args]
+    native = subprocess.run([str(rust), *args, "--no-progress"], capture_output=True, cwd=cwd, env=env, timeout=300)
+    return python, native
+
+
+@pytest.fixture
+def formula_folder(tmp_path, photos):
+    folder = tmp_path / "formula"
+    folder.mkdir()
+    for i, name in enumerate(["=HYPERLINK(1).jpg", "-2+3.jpg", "+A1.png", "@SUM.jpg", "plain.jpg"]):
+        image = Image.open(photos[i % len(photos)]).convert("RGB")
+        image.thumbnail((200, 200))
+        image.save(folder / name, "PNG" if name.endswith(".png") else "JPEG")
+    return folder
+
+
+def test_formula_cells_escaped_and_json_valid(formula_folder, contract_model, capsys):
+    shutil.copy(contract_model.path, formula_folder / "model.onnx")
+    results = {}
+    for output in ("p.csv", "p.jsonl"):
+        args = ["predict", "model.onnx", ".", "-o", "{which}-" + output]
+        for which, done in zip(("python", "rust"), _run_both(args, formula_folder, capsys), strict=True):
+            assert done.returncode == 0, done.stderr
+            results[which, output] = (formula_folder / f"{which}-{output}").read_bytes()
+        assert results["python", output] == results["rust", output], output
+    rows = list(csv.reader(results["python", "p.csv"].decode().splitlines()))
+    sources = [row[0] for row in rows[1:]]
+    assert sources == ["'+A1.png", "'-2+3.jpg", "'=HYPERLINK(1).jpg", "'@SUM.jpg", "plain.jpg"]
+    records = [json.loads(line) for line in results["python", "p.jsonl"].decode().splitlines()]
+    assert [r["source"] for r in records] == ["+A1.png", "-2+3.jpg", "=HYPERLINK(1).jpg", "@SUM.jpg", "plain.jpg"]
+
+
+def test_names_that_are_not_utf8_are_written_losslessly(tmp_path, photos, contract_model, capsys):
+    import os
+
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    raw = [b"caf\xe9.jpg", b"ok.jpg"]
+    for i, name in enumerate(raw):
+        image = Image.open(photos[i]).convert("RGB")
+        image.thumbnail((200, 200))
+        image.save(os.path.join(os.fsencode(folder), name), "JPEG")
+    shutil.copy(contract_model.path, folder / "model.onnx")
+    outputs = {}
+    for output in ("p.csv", "p.jsonl", None):
+        args = ["predict", "model.onnx", "."] + (["-o", f"out/{{which}}-{output}"] if output else [])
+        (folder / "out").mkdir(exist_ok=True)
+        # The python backend (the rust one takes such names once they are passed as bytes).
+        for which, done in zip(("python", "rust"), _run_both(args, folder, capsys, "python"), strict=True):
+            assert done.returncode == 0, done.stderr
+            outputs[which, output] = (folder / "out" / f"{which}-{output}").read_bytes() if output else done.stdout
+    csv_bytes = outputs["python", "p.csv"]
+    assert csv_bytes.split(b"\r\n")[1].startswith(b"caf\xe9.jpg,")  # the name's own bytes
+    assert json.loads(outputs["python", "p.jsonl"].splitlines()[0])["source"] == "caf\udce9.jpg"
+    assert outputs["python", None].startswith(b"caf\xe9.jpg\t")
+    for output in ("p.csv", "p.jsonl", None):
+        assert outputs["python", output] == outputs["rust", output], output

@@ -18,7 +18,7 @@ use butterfly_onnx::atomic::AtomicFile;
 use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS};
 use butterfly_onnx::contract::{interpolation_name, resample_order_name};
 use butterfly_onnx::runtime;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The one list of image extensions (lowercase, no dot), shared with the Python package.
 const IMAGE_EXTENSIONS: &str = include_str!("../../../../python/butterfly_onnx/data/image_extensions.txt");
@@ -159,6 +159,7 @@ fn usage_message(error: &clap::Error) -> String {
         _ => String::new(),
     };
     let option = || context(ContextKind::InvalidArg).split([' ', '=']).next().unwrap_or("").to_string();
+    let mut help = help;
     let text = match error.kind() {
         ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
             let reason = std::error::Error::source(error).map(|e| e.to_string());
@@ -167,7 +168,18 @@ fn usage_message(error: &clap::Error) -> String {
                 None => format!("argument {}: invalid value '{}'", option(), context(ContextKind::InvalidValue)),
             }
         }
-        ErrorKind::UnknownArgument => format!("unrecognized arguments: {}", context(ContextKind::InvalidArg)),
+        ErrorKind::UnknownArgument => {
+            help = "butterfly-onnx".into(); // argparse reports these from the top-level parser
+            format!("unrecognized arguments: {}", context(ContextKind::InvalidArg))
+        }
+        ErrorKind::InvalidSubcommand => {
+            let names: Vec<String> = Cli::command().get_subcommands().map(|c| format!("'{}'", c.get_name())).collect();
+            format!(
+                "argument command: invalid choice: '{}' (choose from {})",
+                context(ContextKind::InvalidSubcommand),
+                names.join(", ")
+            )
+        }
         ErrorKind::MissingRequiredArgument => {
             let names: Vec<String> = match error.get(ContextKind::InvalidArg) {
                 Some(ContextValue::Strings(names)) => names.clone(),
@@ -199,8 +211,8 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
-            // --help, --version
-            let _ = write!(std::io::stdout().lock(), "{error}");
+            // --help, --version (on stdout, with its final newline)
+            let _ = error.print();
             return ExitCode::SUCCESS;
         }
         Err(error) => {
@@ -326,8 +338,11 @@ fn expand(inputs: &[String], filename_column: &str) -> Result<Inputs, Fatal> {
         } else if path.is_dir() {
             let entries = std::fs::read_dir(&path)
                 .map_err(|e| Fatal::new(format!("{}: cannot list the directory: {e}", path.display())))?;
-            let mut found: Vec<PathBuf> =
-                entries.flatten().map(|e| e.path()).filter(|p| has_image_extension(p) && p.is_file()).collect();
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| normalized(&e.path()))
+                .filter(|p| has_image_extension(p) && p.is_file())
+                .collect();
             if found.is_empty() {
                 let known: Vec<&str> = image_extensions().collect();
                 return Err(Fatal::new(format!(
