@@ -481,3 +481,41 @@ def test_names_that_are_not_utf8_are_written_losslessly(tmp_path, photos, contra
     assert outputs["python", None].startswith(b"caf\xe9.jpg\t")
     for output in ("p.csv", "p.jsonl", None):
         assert outputs["python", output] == outputs["rust", output], output
+
+
+# --- progress never garbles results ----------------------------------------------------------
+@pytest.mark.parametrize("which", ["python", "rust"])
+@pytest.mark.parametrize("progress", [None, "--progress"], ids=["auto", "forced"])
+def test_redirected_output_is_clean(which, progress, golden_data, contract_model, tmp_path):
+    """stdout and stderr redirected to files: no escape sequence or carriage return in either
+    (auto: no bar at all, stderr is not a terminal), and with a bar forced on stderr the
+    results file still holds only whole result lines."""
+    import os
+    import re
+    import subprocess
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "python")}
+    env["BUTTERFLY_ONNX_ORT_LIB"] = str(find_onnxruntime_library())
+    args = ["predict", str(contract_model.path), str(golden_data / "mixed"), "--batch-size", "1", "--top-k", "2"]
+    args += [progress] if progress else []
+    if which == "python":
+        command = [sys.executable, "-m", "butterfly_onnx", *args, "--backend", "python"]
+    else:
+        if _rust_cli() is None:
+            pytest.skip("the Rust CLI is not built (target/release/butterfly-onnx)")
+        command = [str(_rust_cli()), *args]
+    with open(tmp_path / "out.txt", "wb") as out, open(tmp_path / "err.txt", "wb") as err:
+        done = subprocess.run(command, stdout=out, stderr=err, env=env, timeout=300)
+    assert done.returncode == 1  # mixed/ holds one broken image
+    stdout = (tmp_path / "out.txt").read_text()
+    stderr = (tmp_path / "err.txt").read_text()
+    assert "\x1b" not in stdout and "\r" not in stdout
+    line = re.compile(r"^\S+\.(jpg|png)(\t[^\t]+ \(\d\.\d{4}\)){2}$")
+    assert [bool(line.match(text)) for text in stdout.splitlines()] == [True, True], stdout
+    if progress is None:
+        assert "\x1b" not in stderr and "\r" not in stderr
+        assert [text.startswith(PREFIX) for text in stderr.splitlines()] == [True], stderr
+    else:  # the bar is on stderr only, and the error line is whole there
+        assert any(text.startswith(PREFIX) and "broken.jpg" in text for text in re.split(r"[\r\n]", stderr)), stderr

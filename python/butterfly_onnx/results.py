@@ -287,7 +287,8 @@ def write_line(text: str, file: Any = None) -> None:
     tqdm bar on the same terminal (``tqdm.write`` clears the bar, prints, redraws it)."""
     file = sys.stdout if file is None else file
     tqdm = sys.modules.get("tqdm")
-    if tqdm is not None and getattr(file, "isatty", lambda: False)():
+    # stderr holds the bars (a forced one too); a redirected stdout cannot be garbled by them.
+    if tqdm is not None and (file is sys.stderr or getattr(file, "isatty", lambda: False)()):
         tqdm.tqdm.write(text, file=file)
     else:
         file.write(text + "\n")
