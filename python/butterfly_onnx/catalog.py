@@ -167,6 +167,55 @@ def catalog_table(entries: Sequence[CatalogEntry], fmt: str = "markdown") -> str
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+# Where a point's name may go (offset in points, alignment), tried in order until it overlaps
+# no name already placed.
+_LABEL_SPOTS = [
+    ((-6, 5), "right", "bottom"),
+    ((6, -5), "left", "top"),
+    ((-6, -5), "right", "top"),
+    ((6, 5), "left", "bottom"),
+    ((-6, 16), "right", "bottom"),
+    ((6, -16), "left", "top"),
+    ((-6, -16), "right", "top"),
+    ((6, 16), "left", "bottom"),
+    ((-14, 28), "right", "bottom"),
+    ((14, -28), "left", "top"),
+]
+
+
+def _place_labels(fig: Any, ax: Any, points: Sequence[tuple[str, float, float, str]]) -> None:
+    """Name each point where its text overlaps no other name (the first free spot of
+    :data:`_LABEL_SPOTS`, else the first one) and stays inside the axes."""
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    frame = ax.get_window_extent(renderer)
+    for text, x, y, color in points:
+        chosen = None
+        for offset, ha, va in _LABEL_SPOTS:
+            note = ax.annotate(
+                text,
+                (x, y),
+                xytext=offset,
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=8,
+                color=color,
+                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75},
+            )
+            box = note.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                chosen = box
+                break
+            note.remove()
+        if chosen is None:  # crowded: the first spot anyway
+            offset, ha, va = _LABEL_SPOTS[0]
+            note = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va, fontsize=8)
+            chosen = note.get_window_extent(renderer)
+        placed.append(chosen)
+
+
 def plot_catalog(entries: Sequence[CatalogEntry], path: str | Path, *, annotate_front: bool = True) -> Path:
     """Acc@1 against GFLOPS and against parameters (log scales), the Pareto front marked and
     named, an entry with a note (the offline default) starred; a PNG written atomically."""
@@ -204,20 +253,11 @@ def plot_catalog(entries: Sequence[CatalogEntry], path: str | Path, *, annotate_
                     zorder=3,
                     label=f"{e.arch} (offline default)",
                 )
-        if annotate_front:
-            # Names left of their point, alternately above and below it, so neighbours do not overlap.
-            for i, e in enumerate(front):
-                ax.annotate(
-                    e.arch,
-                    (getattr(e, cost), e.acc1),
-                    fontsize=8,
-                    xytext=(-6, 7 if i % 2 else -11),
-                    textcoords="offset points",
-                    ha="right",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                )
         ax.set_xscale("log")
         ax.margins(x=0.12, y=0.06)
+        if annotate_front:
+            named = front + [e for e in entries if e.note and e not in front]
+            _place_labels(fig, ax, [(e.arch, getattr(e, cost), e.acc1, "C2" if e.note else "black") for e in named])
         ax.set_xlabel(label)
         ax.set_ylabel("ImageNet-1K Acc@1 (%)")
         ax.grid(True, which="both", alpha=0.3)
