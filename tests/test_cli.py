@@ -519,3 +519,54 @@ def test_redirected_output_is_clean(which, progress, golden_data, contract_model
         assert [text.startswith(PREFIX) for text in stderr.splitlines()] == [True], stderr
     else:  # the bar is on stderr only, and the error line is whole there
         assert any(text.startswith(PREFIX) and "broken.jpg" in text for text in re.split(r"[\r\n]", stderr)), stderr
+
+
+# --- a model without our metadata: the one way -------------------------------------------
+def test_annotate_gives_a_plain_onnx_model_its_contract(contract_model, photos, tmp_path, capsys):
+    """A plain ONNX file (the contract removed) is refused by predict with the way out named;
+    ``annotate --labels ... --resize ... --crop ... --mean ... --std ...`` writes the contract,
+    and then both command lines predict exactly as with the exported model."""
+    import os
+    import subprocess
+
+    import onnx
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+
+    plain = onnx.load(str(contract_model.path))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    assert main(["predict", str(tmp_path / "plain.onnx"), str(photos[0])]) == 2
+    assert "butterfly-onnx annotate" in capsys.readouterr().err
+    spec = contract_model.contract.preprocess
+    (tmp_path / "labels.txt").write_text("\n".join(contract_model.contract.labels) + "\n")
+    args = ["annotate", str(tmp_path / "plain.onnx"), "--labels", str(tmp_path / "labels.txt")]
+    args += ["--resize", str(spec.resize_size), "--crop", str(spec.crop_size), "--interpolation", spec.interpolation]
+    args += ["--mean", *map(str, spec.mean), "--std", *map(str, spec.std), "-o", str(tmp_path / "annotated.onnx")]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "annotated:" in capsys.readouterr().out
+    want = Classifier(contract_model.path, backend="python").predict(photos, top_k=3)
+    got = Classifier(tmp_path / "annotated.onnx", backend="python").predict(photos, top_k=3)
+    assert [p.top_k for p in got] == [p.top_k for p in want]
+    assert main(["predict", str(tmp_path / "annotated.onnx"), *map(str, photos), "--no-progress"]) == 0
+    python_out = capsys.readouterr().out
+    rust = _rust_cli()
+    if rust is not None:
+        env = {**os.environ, "BUTTERFLY_ONNX_ORT_LIB": str(find_onnxruntime_library())}
+        done = subprocess.run(
+            [str(rust), "predict", str(tmp_path / "annotated.onnx"), *map(str, photos)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert (done.returncode, done.stdout) == (0, python_out)
+        done = subprocess.run(
+            [str(rust), "predict", str(tmp_path / "plain.onnx"), str(photos[0])],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert done.returncode == 2 and "butterfly-onnx annotate" in done.stderr
+    assert main(["annotate", str(tmp_path / "plain.onnx"), "--labels", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt" in capsys.readouterr().err

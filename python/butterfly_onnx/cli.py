@@ -230,6 +230,54 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- annotate -----------------------------------------------------------------------------
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    """Write the contract into an ONNX file that has none (e.g. from a plain torch.onnx.export):
+    the one way to give such a model to both command lines."""
+    import onnx
+
+    from .atomic import atomic_write
+    from .contract import ModelContract, PreprocessSpec
+
+    output = writable_path(args.output or args.model, "annotated model")
+    try:
+        labels = [line.strip() for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.labels}: cannot read the labels: {exc}") from None
+    if not labels:
+        raise UsageError(f"{args.labels}: no labels (one per line)")
+    try:
+        model = onnx.load(str(args.model))
+    except Exception as exc:  # onnx raises several types for a bad file
+        raise UsageError(f"{args.model}: not a readable ONNX model: {exc}") from None
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    outputs = [o.name for o in model.graph.output]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UsageError(f"{args.model}: needs exactly one input and one output (inputs {inputs}, outputs {outputs})")
+    contract = ModelContract(
+        labels=tuple(labels),
+        preprocess=PreprocessSpec(
+            resize_size=args.resize,
+            crop_size=args.crop,
+            mean=tuple(args.mean),
+            std=tuple(args.std),
+            interpolation=args.interpolation,
+        ),
+        input_name=inputs[0],
+        output_name=outputs[0],
+        output_kind=args.output_kind,
+        provenance={"annotated_by": "butterfly-onnx annotate"},
+    )
+    from .contract import write_contract
+
+    write_contract(model, contract)
+    with atomic_write(output, "wb") as handle:
+        handle.write(model.SerializeToString())
+    write_line(f"annotated: {output} ({len(labels)} labels, {contract.preprocess.describe()})")
+    return EXIT_OK
+
+
 # --- models -------------------------------------------------------------------------------
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import catalog
@@ -466,6 +514,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("--json", action="store_true", help="the contract as JSON")
     p.set_defaults(run=_cmd_info)
+
+    p = sub.add_parser(
+        "annotate",
+        parents=[common],
+        help="add the contract (labels, preprocessing) to an ONNX model that has none, e.g. a plain torch.onnx.export",
+    )
+    p.add_argument("model", type=Path, help="the .onnx model (one input, one output)")
+    p.add_argument("--labels", type=Path, required=True, help="a text file: one class label per line, in output order")
+    p.add_argument("--resize", type=_positive("resize"), default=256, help="Resize: the shorter side, in pixels")
+    p.add_argument("--crop", type=_positive("crop"), default=224, help="CenterCrop: the square side, in pixels")
+    from .contract import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+
+    p.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN), help="Normalize: per-channel mean")
+    p.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD), help="Normalize: per-channel std")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear", help="Resize's filter")
+    p.add_argument(
+        "--output-kind", choices=("logits", "probabilities"), default="logits", help="what the model's output holds"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="write the annotated model here (default: MODEL itself, atomically)"
+    )
+    p.set_defaults(run=_cmd_annotate)
 
     p = sub.add_parser("models", parents=[common], help="torchvision's classification weights: table and plot")
     p.add_argument("--min-acc1", type=float, help="only weights with at least this ImageNet top-1 (%%)")
