@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._backends.providers import add_provider_arguments, provider_arguments
 from ._version import __version__
 from .errors import ButterflyError
 from .results import (
@@ -119,7 +120,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         filenames = [item.filename for item in listed]
     else:
         images = expand_images(list(args.inputs))  # empty folders / unmatched globs: exit 2 here
-    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, jpeg_draft=args.jpeg_draft)
+    classifier = Classifier(
+        args.model,
+        backend=args.backend,
+        threads=args.threads,
+        jpeg_draft=args.jpeg_draft,
+        **provider_arguments(args),
+    )
     counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
@@ -178,12 +185,14 @@ def _submission(stream: Any, filenames: list[str], path: Path, fill: str | None,
 
 # --- val ----------------------------------------------------------------------------------
 def _cmd_val(args: argparse.Namespace) -> int:
+    from .classifier import Classifier
     from .evaluate import evaluate
 
     if args.plot is not None:  # before scoring a single image
         writable_path(args.plot, "confusion-matrix plot")
+    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, **provider_arguments(args))
     report = evaluate(
-        args.model,
+        classifier,
         args.data,
         backend=args.backend,
         threads=args.threads,
@@ -199,7 +208,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     if args.plot is not None:
         report.plot_confusion(args.plot)
     if args.json:
-        write_line(dumps(report.to_dict()))
+        write_line(dumps({**report.to_dict(), "backend": classifier.backend, "providers": list(classifier.providers)}))
     else:
         write_line(report.summary())
         if args.errors:
@@ -213,7 +222,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .classifier import Classifier
 
-    classifier = Classifier(args.model, backend="python", threads=1)
+    classifier = Classifier(args.model, backend="python", threads=1, **provider_arguments(args))
     contract = classifier.contract
     if args.json:
         print(contract.to_json())
@@ -468,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust", help="which inference backend")
+    add_provider_arguments(p)
     p.add_argument(
         "--jpeg-draft",
         action="store_true",
@@ -508,11 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filename-column", default="filename", help="the CSV column naming the images")
     p.add_argument("--label-column", default="label", help="the CSV column holding the true labels")
     progress_flags(p)
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_val)
 
     p = sub.add_parser("info", parents=[common], help="show a model's contract")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("--json", action="store_true", help="the contract as JSON")
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_info)
 
     p = sub.add_parser(
