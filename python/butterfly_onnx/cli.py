@@ -96,6 +96,31 @@ def _positive(name: str):
     return parse
 
 
+def _pixel_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--max-image-pixels must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _max_image_pixels(option: int | None) -> Any:
+    """``--max-image-pixels`` as ``Classifier(max_image_pixels=...)``: absent = the default;
+    N = exactly N and 0 = no limit, on both backends, as the Rust CLI.  This process is the
+    command's own, so Pillow's ceiling is lifted for it (the python backend decodes with
+    Pillow, which would otherwise cut a larger limit short)."""
+    from .classifier import DEFAULT
+
+    if option is None:
+        return DEFAULT
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return option or None
+
+
 # --- predict ------------------------------------------------------------------------------
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
@@ -125,6 +150,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
         jpeg_draft=args.jpeg_draft,
+        max_image_pixels=_max_image_pixels(args.max_image_pixels),
         **provider_arguments(args),
     )
     counts = {"ok": 0, "failed": 0}
@@ -389,8 +415,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         kwargs["verify_images"] = verify_images
     if calibration:
         kwargs["calibration_images"] = calibration
+    if args.min_agreement is not None:
+        kwargs["min_agreement"] = args.min_agreement
     path = export_onnx(args.checkpoint, args.output, **kwargs)
     print(f"exported: {path}")
+    if variants:  # each variant against fp32: agreement with its interval, accuracy, diff, speed
+        from .export import ExportReport
+
+        for variant in ExportReport.load(path).variants:
+            print(f"variant {variant.summary()}")
     return EXIT_OK
 
 
@@ -478,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust", help="which inference backend")
     add_provider_arguments(p)
+    p.add_argument(
+        "--max-image-pixels",
+        type=_pixel_limit,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, from the header, before decoding (0 = no limit; "
+        "default: Pillow's decompression-bomb ceiling, 2 * PIL.Image.MAX_IMAGE_PIXELS)",
+    )
     p.add_argument(
         "--jpeg-draft",
         action="store_true",
@@ -591,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
     p.add_argument("checkpoint")
     p.add_argument("output", type=Path)
-    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"))
+    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8", "bf16"))
     verify = p.add_mutually_exclusive_group()
     verify.add_argument(
         "--verify-images",
@@ -604,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-images",
         nargs="+",
         help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="refuse to write a variant whose top-1 agreement with fp32 is below this "
+        "(default: export_onnx's min_agreement, 0.99; 0 turns the gate off)",
     )
     p.set_defaults(run=_cmd_export)
 
