@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # reference_images
 
 def make_jpegs(folder: Path) -> list[Path]:
     from PIL import Image
+
     from reference_images import real_photos
 
     paths = []
@@ -54,7 +55,11 @@ class Server:
         from butterfly_onnx._backends.rust import find_onnxruntime_library
 
         env = {**os.environ, "BUTTERFLY_ONNX_ORT_LIB": str(find_onnxruntime_library())}
-        cli = [str(ROOT / "target/release/butterfly-onnx")] if kind == "rust" else [sys.executable, "-m", "butterfly_onnx"]
+        cli = (
+            [str(ROOT / "target/release/butterfly-onnx")]
+            if kind == "rust"
+            else [sys.executable, "-m", "butterfly_onnx"]
+        )
         self.process = subprocess.Popen(
             [*cli, "serve", model, "--port", "0", "--threads", "2", *extra],
             stdout=subprocess.PIPE,

@@ -134,7 +134,9 @@ def v2_body(datas: list[bytes], binary_output: bool = True, top_k: int = TOP_K) 
 
     inp = triton.InferInput("image", [len(datas)], "BYTES")
     inp.set_data_from_numpy(np.array(datas, dtype=np.object_))
-    outputs = [triton.InferRequestedOutput(n, binary_data=binary_output) for n in ("labels", "indices", "probabilities")]
+    outputs = [
+        triton.InferRequestedOutput(n, binary_data=binary_output) for n in ("labels", "indices", "probabilities")
+    ]
     body, json_size = triton.InferenceServerClient.generate_request_body(
         [inp], outputs=outputs, parameters={"top_k": top_k}
     )
@@ -218,9 +220,13 @@ def test_classify_route_answers_like_predict_json(server, images, expected, mode
     parts = b""
     for filename, data in ((path.name, path.read_bytes()), ("text.jpg", b"not an image")):
         parts += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n"
-        ).encode() + data + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     parts += f"--{boundary}--\r\n".encode()
     status, _, body = server.request(
         "POST", f"/v1/classify?top_k={TOP_K}", parts, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
@@ -296,7 +302,9 @@ def test_past_the_queue_503_with_retry_after_and_bounded_memory(model, images, e
         before = server.rss_peak_kib()
 
         def one(i: int):
-            return good[i % len(good)], server.request("POST", f"/v1/classify?top_k={TOP_K}", good[i % len(good)].read_bytes())
+            return good[i % len(good)], server.request(
+                "POST", f"/v1/classify?top_k={TOP_K}", good[i % len(good)].read_bytes()
+            )
 
         with ThreadPoolExecutor(48) as pool:
             answers = list(pool.map(one, range(480)))
@@ -321,8 +329,9 @@ def test_limits_body_size_and_pixels(model, images, expected):
         assert big.stat().st_size > 100_000
         status, _, body = server.request("POST", "/v1/classify", big.read_bytes())
         assert status == 413 and "larger than the limit of 100000 bytes" in json.loads(body)["error"]
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         buffer = io.BytesIO()
         Image.new("RGB", (300, 300), (10, 200, 30)).save(buffer, "PNG")

@@ -115,7 +115,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
-    pixels: dict[str, Any] = {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}
+    pixels: dict[str, Any] = (
+        {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}
+    )
     serve(
         args.model,
         host=args.host,

@@ -621,7 +621,6 @@ def serve_deployment(
     model_bytes = path.read_bytes()
     default_top_k = top_k
 
-    @serve.deployment(name=name, num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus})
     class ClassifierDeployment:
         def __init__(self, model_bytes: bytes) -> None:
             from butterfly_onnx.classifier import Classifier
@@ -662,4 +661,7 @@ def serve_deployment(
             answer = await self.classify(await request.body(), top_k)
             return JSONResponse(answer, status_code=400 if answer.get("error") else 200)
 
-    return ClassifierDeployment.bind(model_bytes)
+    deployment: Any = serve.deployment(name=name, num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus})(
+        ClassifierDeployment
+    )
+    return deployment.bind(model_bytes)

@@ -63,7 +63,9 @@ def serve(
 
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise InvalidArgumentError(f"port must be an int from 0 to 65535, got {port!r}")
-    if max_wait_ms is not None and (isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, int) or max_wait_ms < 0):
+    if max_wait_ms is not None and (
+        isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, int) or max_wait_ms < 0
+    ):
         raise InvalidArgumentError(f"max_wait_ms must be an int >= 0 or None, got {max_wait_ms!r}")
     limits = {
         key: _positive(key, value)
