@@ -682,3 +682,36 @@ fn multipart_failure(state: &Shared, text: &str, status: StatusCode) -> Failure 
     }
     Failure::bad_request(format!("invalid multipart body: {text}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_tensors_are_length_prefixed_elements() {
+        let mut data = Vec::new();
+        for element in [&b"abc"[..], b"", b"\xff\xd8"] {
+            data.extend_from_slice(&(element.len() as u32).to_le_bytes());
+            data.extend_from_slice(element);
+        }
+        assert_eq!(bytes_elements(&data, "image").ok().unwrap(), vec![b"abc".to_vec(), vec![], vec![0xff, 0xd8]]);
+        // A length past the end, or a cut length prefix: a 400 naming the input.
+        for bad in [&data[..data.len() - 1], &data[..2]] {
+            let failure = bytes_elements(bad, "image").err().unwrap();
+            assert_eq!(failure.status, StatusCode::BAD_REQUEST);
+            assert!(failure.message.contains("\"image\": malformed BYTES"), "{}", failure.message);
+        }
+    }
+
+    #[test]
+    fn the_header_length_must_lie_within_the_body() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(header_length(&headers, 10).ok(), Some(10));
+        headers.insert(HEADER_LENGTH, HeaderValue::from_static("4"));
+        assert_eq!(header_length(&headers, 10).ok(), Some(4));
+        for bad in ["11", "-1", "x"] {
+            headers.insert(HEADER_LENGTH, HeaderValue::from_static(bad));
+            assert_eq!(header_length(&headers, 10).err().unwrap().status, StatusCode::BAD_REQUEST);
+        }
+    }
+}
