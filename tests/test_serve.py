@@ -401,3 +401,29 @@ def test_model_rows_do_not_depend_on_the_batch(model, images):
     alone = np.concatenate([classifier.run(batch[i : i + 1]) for i in range(len(batch))])
     for n in (2, 3, 5, 8, len(batch)):
         assert np.array_equal(classifier.run(batch[:n]), alone[:n]), n
+
+
+def test_python_api_checks_its_arguments_before_serving(model):
+    import butterfly_onnx
+    from butterfly_onnx.errors import InvalidArgumentError, InvalidArgumentTypeError, ModelNotFoundError
+    from butterfly_onnx.serving import serve
+
+    assert butterfly_onnx.serve is serve
+    with pytest.raises(InvalidArgumentError, match="port"):
+        serve(model, port=70000)
+    with pytest.raises(InvalidArgumentError, match="max_batch must be at least 1"):
+        serve(model, max_batch=0)
+    with pytest.raises(InvalidArgumentTypeError, match="max_queue"):
+        serve(model, max_queue="8")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="max_wait_ms"):
+        serve(model, max_wait_ms=-1)
+    with pytest.raises(ModelNotFoundError):
+        serve(model.parent / "missing.onnx", port=0)
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidArgumentError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve(model, port=port, threads=1)
