@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ndarray::{s, Array2, Array4, ArrayView4, Axis};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::metrics::Metrics;
 use crate::classifier::Classifier;
@@ -24,6 +24,9 @@ struct Job {
     rows: Array4<f32>,
     arrived: Instant,
     reply: oneshot::Sender<Result<Array2<f32>>>,
+    /// The request's admission: released with the job (run, or dropped unrun because its
+    /// client went away), so abandoned rows still count against `max_queue`.
+    _admission: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Default)]
@@ -107,7 +110,7 @@ impl Batcher {
 impl Handle {
     /// The model's output for `rows` `(n, 3, crop, crop)`, `n <= max_batch`, run in a batch
     /// with other requests' rows.
-    pub async fn run(&self, rows: Array4<f32>) -> Result<Array2<f32>> {
+    pub async fn run(&self, rows: Array4<f32>, admission: Option<OwnedSemaphorePermit>) -> Result<Array2<f32>> {
         let (reply, answer) = oneshot::channel();
         {
             let mut queue = self.shared.lock();
@@ -116,7 +119,7 @@ impl Handle {
             }
             queue.images += rows.dim().0;
             self.shared.metrics.queue_depth.set(queue.images as i64);
-            queue.jobs.push_back(Job { rows, arrived: Instant::now(), reply });
+            queue.jobs.push_back(Job { rows, arrived: Instant::now(), reply, _admission: admission });
         }
         self.shared.changed.notify_one();
         answer.await.unwrap_or_else(|_| Err(self.shared.failed("the batcher stopped".into())))
@@ -135,7 +138,9 @@ impl Shared {
     /// A batcher thread: take a batch, run it, answer; until closed and empty.
     fn work(&self) {
         while let Some(jobs) = self.next_batch() {
-            self.run(jobs);
+            if !jobs.is_empty() {
+                self.run(jobs);
+            }
         }
     }
 
@@ -161,15 +166,21 @@ impl Shared {
         }
         let mut jobs = Vec::new();
         let mut images = 0;
+        let mut taken = 0;
         while let Some(job) = queue.jobs.front() {
             let n = job.rows.dim().0;
             if !jobs.is_empty() && images + n > self.max_batch {
                 break;
             }
+            taken += n;
+            let job = queue.jobs.pop_front().expect("front exists");
+            if job.reply.is_closed() {
+                continue; // its client went away: not worth a run
+            }
             images += n;
-            jobs.push(queue.jobs.pop_front().expect("front exists"));
+            jobs.push(job);
         }
-        queue.images -= images;
+        queue.images -= taken;
         self.metrics.queue_depth.set(queue.images as i64);
         let more = !queue.jobs.is_empty();
         drop(queue);
@@ -204,7 +215,12 @@ impl Shared {
                 }
             }
             Err(error) => {
-                let reason = error.to_string();
+                // Every request of the batch gets the failure (as an `Inference` error, which
+                // is what a failed run is; its reason kept as it was).
+                let reason = match &error {
+                    Error::Inference { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
                 for job in jobs {
                     let _ = job.reply.send(Err(self.failed(reason.clone())));
                 }

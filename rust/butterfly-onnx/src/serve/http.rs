@@ -120,10 +120,20 @@ impl IntoResponse for Failure {
     }
 }
 
-/// A request admitted to the server: holds its place in the queue until answered.
+/// A request admitted to the server: holds its place in the queue until answered, or until
+/// its client goes away (hyper then drops the handler; the gauge must still come down).
 struct Admitted {
-    _permit: OwnedSemaphorePermit,
+    /// Goes with the request's rows to the batcher (released when they have run or been
+    /// dropped), so a request whose client left still counts until its rows are gone.
+    permit: Option<OwnedSemaphorePermit>,
     started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
 }
 
 impl Shared {
@@ -132,7 +142,7 @@ impl Shared {
         match Arc::clone(&self.admission).try_acquire_owned() {
             Ok(permit) => {
                 self.metrics.in_flight.inc();
-                Ok(Admitted { _permit: permit, started: Instant::now() })
+                Ok(Admitted { permit: Some(permit), started: Instant::now(), metrics: Arc::clone(&self.metrics) })
             }
             Err(_) => Err(Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +163,6 @@ impl Shared {
         };
         if let Some(admitted) = admitted {
             self.metrics.latency.observe(admitted.started.elapsed().as_secs_f64());
-            self.metrics.in_flight.dec();
         }
         self.metrics.count_request(route, response.status().as_u16());
         response
@@ -181,12 +190,12 @@ impl Shared {
     }
 
     /// The model's output for the rows, through the batcher.
-    async fn run(&self, rows: Array4<f32>) -> Result<Array2<f32>, Failure> {
+    async fn run(&self, rows: Array4<f32>, admitted: &mut Admitted) -> Result<Array2<f32>, Failure> {
         if rows.dim().0 == 0 {
             return Ok(Array2::zeros((0, self.classifier.labels().len())));
         }
         let n = rows.dim().0;
-        let logits = self.batcher.run(rows).await.map_err(|e| Failure::from_error(&e))?;
+        let logits = self.batcher.run(rows, admitted.permit.take()).await.map_err(|e| Failure::from_error(&e))?;
         self.metrics.images.inc_by(n as u64);
         Ok(logits)
     }
@@ -305,11 +314,11 @@ async fn infer(AxumState(state): AxumState<State>, Path(name): Path<String>, req
     if let Err(failure) = state.check_name(&name) {
         return state.finish("infer", None, Err(failure));
     }
-    let admitted = match state.admit() {
+    let mut admitted = match state.admit() {
         Ok(admitted) => admitted,
         Err(failure) => return state.finish("infer", None, Err(failure)),
     };
-    let outcome = infer_admitted(&state, request).await;
+    let outcome = infer_admitted(&state, request, &mut admitted).await;
     state.finish("infer", Some(&admitted), outcome)
 }
 
@@ -350,7 +359,7 @@ fn bytes_elements(mut data: &[u8], input: &str) -> Result<Vec<Vec<u8>>, Failure>
     Ok(out)
 }
 
-async fn infer_admitted(state: &Shared, request: Request) -> Result<Response, Failure> {
+async fn infer_admitted(state: &Shared, request: Request, admitted: &mut Admitted) -> Result<Response, Failure> {
     let (parts, body) = request.into_parts();
     if let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING) {
         if encoding.as_bytes() != b"identity" {
@@ -361,7 +370,7 @@ async fn infer_admitted(state: &Shared, request: Request) -> Result<Response, Fa
     }
     let body = read_body(state, body).await?;
     let header_length = header_length(&parts.headers, body.len())?;
-    let (json_part, mut binary) = body.split_at(header_length);
+    let (json_part, binary) = body.split_at(header_length);
     let request: InferRequest = serde_json::from_slice(json_part)
         .map_err(|e| Failure::bad_request(format!("invalid inference request: {e}")))?;
     let [input] = &request.inputs[..] else {
@@ -401,9 +410,8 @@ async fn infer_admitted(state: &Shared, request: Request) -> Result<Response, Fa
                     binary.len()
                 )));
             }
-            let (data, rest) = binary.split_at(size);
-            binary = rest;
-            bytes_elements(data, &input.name)?
+            // The only input: its data is the first `size` bytes after the JSON.
+            bytes_elements(&binary[..size], &input.name)?
         }
         (None, Some(_)) => {
             return Err(Failure::bad_request(format!(
@@ -414,7 +422,6 @@ async fn infer_admitted(state: &Shared, request: Request) -> Result<Response, Fa
         }
         (None, None) => return Err(Failure::bad_request(format!("input {:?}: no data", input.name))),
     };
-    let _ = binary;
     if images.len() != count {
         return Err(Failure::bad_request(format!(
             "input {:?}: shape {:?} says {count} images, the data holds {}",
@@ -456,7 +463,7 @@ async fn infer_admitted(state: &Shared, request: Request) -> Result<Response, Fa
         // The request fails alone: its images never reach the batcher.
         return Err(Failure::from_error(error));
     }
-    let logits = state.run(rows).await?;
+    let logits = state.run(rows, admitted).await?;
     let predictions = state.top_k(&logits, top_k);
     Ok(v2_response(state, request.id, &predictions, &wanted))
 }
@@ -573,15 +580,20 @@ async fn classify(
     Query(query): Query<ClassifyQuery>,
     request: Request,
 ) -> Response {
-    let admitted = match state.admit() {
+    let mut admitted = match state.admit() {
         Ok(admitted) => admitted,
         Err(failure) => return state.finish("classify", None, Err(failure)),
     };
-    let outcome = classify_admitted(&state, query, request).await;
+    let outcome = classify_admitted(&state, query, request, &mut admitted).await;
     state.finish("classify", Some(&admitted), outcome)
 }
 
-async fn classify_admitted(state: &Shared, query: ClassifyQuery, request: Request) -> Result<Response, Failure> {
+async fn classify_admitted(
+    state: &Shared,
+    query: ClassifyQuery,
+    request: Request,
+    admitted: &mut Admitted,
+) -> Result<Response, Failure> {
     let top_k = match query.top_k {
         Some(0) => return Err(Failure::bad_request("top_k must be at least 1")),
         Some(k) => k,
@@ -624,7 +636,7 @@ async fn classify_admitted(state: &Shared, query: ClassifyQuery, request: Reques
     }
     let sources: Vec<String> = inputs.iter().map(ImageInput::source).collect();
     let (rows, errors) = state.preprocess(inputs).await?;
-    let logits = state.run(rows).await?;
+    let logits = state.run(rows, admitted).await?;
     let predictions = state.top_k(&logits, top_k);
     let mut predictions = predictions.iter();
     let mut errors = errors.into_iter().peekable();
