@@ -427,3 +427,33 @@ def test_python_api_checks_its_arguments_before_serving(model):
         port = taken.getsockname()[1]
         with pytest.raises(InvalidArgumentError, match=f"cannot listen on 127.0.0.1:{port}"):
             serve(model, port=port, threads=1)
+
+
+def test_requests_whose_clients_leave_release_their_place(model, images, expected):
+    """Clients that send a request and hang up: their places in the queue come back once
+    their rows are dropped (never leaked), and the server goes on answering."""
+    import socket
+
+    server = Server(model, "--max-queue", "2", "--max-wait-ms", "500")
+    try:
+        path = next(p for p in images if p in expected)
+        data = path.read_bytes()
+        for _ in range(2):
+            with socket.create_connection((server.host, server.port)) as raw:
+                head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+                raw.sendall(head.encode() + data)
+                deadline = time.monotonic() + 30
+                while server.metric("butterfly_requests_in_flight") < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+        deadline = time.monotonic() + 30
+        # Gone from the handlers (in flight), then from the batcher's queue (dropped unrun).
+        while server.metric("butterfly_requests_in_flight") + server.metric("butterfly_queue_depth") > 0:
+            assert time.monotonic() < deadline, "an abandoned request kept its place"
+            time.sleep(0.01)
+        for _ in range(3):  # both places free again: answered, not 503
+            status, _, body = server.request("POST", f"/v1/classify?top_k={TOP_K}", data)
+            assert status == 200, body
+            assert [(s["label"], s["index"], s["probability"]) for s in json.loads(body)["top_k"]] == expected[path]
+    finally:
+        server.stop()
