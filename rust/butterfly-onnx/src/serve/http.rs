@@ -2,7 +2,7 @@
 //! `/v1/classify` and `/metrics`. Module docs of [`super`] say how a request runs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State as AxumState};
@@ -263,9 +263,24 @@ async fn metrics(AxumState(state): AxumState<State>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// The body, at most `max_body_bytes` (413 past it).
+/// How long a client may take to send its body (its place in the queue is held meanwhile).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `read` (a body being received), or 408 when it takes longer than [`BODY_TIMEOUT`].
+async fn within_body_timeout<T>(read: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| {
+        Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            error_class(ErrorKind::InvalidArgument),
+            format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )
+    })
+}
+
+/// The body, at most `max_body_bytes` (413 past it), within [`BODY_TIMEOUT`] (408).
 async fn read_body(state: &Shared, body: Body) -> Result<Bytes, Failure> {
-    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|e| {
+    let read = within_body_timeout(axum::body::to_bytes(body, state.max_body_bytes)).await?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
@@ -604,36 +619,13 @@ async fn classify_admitted(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let mut inputs = Vec::new();
-    if multipart {
-        let mut form = Multipart::from_request(request, &())
-            .await
-            .map_err(|e| Failure::bad_request(format!("invalid multipart body: {e}")))?;
-        loop {
-            let field = match form.next_field().await {
-                Ok(Some(field)) => field,
-                Ok(None) => break,
-                Err(e) => return Err(multipart_failure(state, &e.body_text(), e.status())),
-            };
-            let source =
-                field.file_name().or(field.name()).map_or_else(|| format!("part[{}]", inputs.len()), str::to_string);
-            let bytes = field.bytes().await.map_err(|e| multipart_failure(state, &e.body_text(), e.status()))?;
-            if inputs.len() == state.max_batch {
-                return Err(Failure::bad_request(format!(
-                    "at most {} images per request (--max-batch)",
-                    state.max_batch
-                )));
-            }
-            inputs.push(ImageInput::Bytes { source, bytes: bytes.to_vec() });
-        }
-        if inputs.is_empty() {
-            return Err(Failure::bad_request("the multipart body holds no image"));
-        }
+    let inputs = if multipart {
+        within_body_timeout(read_multipart(state, request)).await??
     } else {
         let body = read_body(state, request.into_body()).await?;
         let source = query.source.unwrap_or_else(|| "body".into());
-        inputs.push(ImageInput::Bytes { source, bytes: body.to_vec() });
-    }
+        vec![ImageInput::Bytes { source, bytes: body.to_vec() }]
+    };
     let sources: Vec<String> = inputs.iter().map(ImageInput::source).collect();
     let (rows, errors) = state.preprocess(inputs).await?;
     let logits = state.run(rows, admitted).await?;
@@ -682,6 +674,32 @@ async fn classify_admitted(
     }
     let content_type = if sources.len() == 1 { "application/json" } else { "application/x-ndjson" };
     Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The images of a `multipart/form-data` body, each named by its file name (or field name).
+async fn read_multipart(state: &Shared, request: Request) -> Result<Vec<ImageInput>, Failure> {
+    let mut inputs = Vec::new();
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| Failure::bad_request(format!("invalid multipart body: {e}")))?;
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_failure(state, &e.body_text(), e.status())),
+        };
+        let source =
+            field.file_name().or(field.name()).map_or_else(|| format!("part[{}]", inputs.len()), str::to_string);
+        let bytes = field.bytes().await.map_err(|e| multipart_failure(state, &e.body_text(), e.status()))?;
+        if inputs.len() == state.max_batch {
+            return Err(Failure::bad_request(format!("at most {} images per request (--max-batch)", state.max_batch)));
+        }
+        inputs.push(ImageInput::Bytes { source, bytes: bytes.to_vec() });
+    }
+    if inputs.is_empty() {
+        return Err(Failure::bad_request("the multipart body holds no image"));
+    }
+    Ok(inputs)
 }
 
 fn multipart_failure(state: &Shared, text: &str, status: StatusCode) -> Failure {
