@@ -57,6 +57,7 @@ def serve(
     admission limits (None: the server's defaults, docs/serving.md).  ``threads`` and
     ``max_image_pixels`` as for :class:`butterfly_onnx.Classifier`.
     """
+    from ._backends import resolve_threads
     from ._backends.rust import find_onnxruntime_library
     from .errors import BackendUnavailableError
     from .images import pixel_limit_default
@@ -73,7 +74,6 @@ def serve(
             ("max_batch", max_batch),
             ("max_queue", max_queue),
             ("max_body_bytes", max_body_bytes),
-            ("threads", threads),
         )
     }
     if max_image_pixels is DEFAULT:
@@ -88,7 +88,7 @@ def serve(
         ) from exc
     classifier = native.Classifier(
         os.fspath(Path(model)),
-        threads=limits["threads"],
+        threads=resolve_threads(threads),
         max_image_pixels=max_image_pixels,
         ort_library=os.fspath(find_onnxruntime_library()),
     )

@@ -96,7 +96,7 @@ pub fn error_class(kind: ErrorKind) -> &'static str {
         ErrorKind::ModelNotFound => "ModelNotFoundError",
         ErrorKind::InvalidModel => "InvalidModelError",
         ErrorKind::Contract => "ContractError",
-        ErrorKind::RuntimeUnavailable => "BackendUnavailableError",
+        ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => "BackendUnavailableError",
         ErrorKind::Inference => "ButterflyError",
         ErrorKind::InvalidArgument => "InvalidArgumentError",
     }
