@@ -107,3 +107,7 @@ def serve(
     """Serve ``classifier`` over HTTP until SIGTERM or Ctrl-C (the GIL released); None
     options take the server's defaults. Prints ``butterfly-onnx serve: listening on
     http://HOST:PORT (model NAME)`` on stdout once listening."""
+
+def ort_library_problem(path: str | PathLike[str]) -> str | None:
+    """Why this libonnxruntime is not to be loaded unasked (group/world-writable, or owned by
+    neither the user nor root; the file or its folder), or None when it is safe."""

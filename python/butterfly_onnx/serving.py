@@ -58,7 +58,7 @@ def serve(
     ``max_image_pixels`` as for :class:`butterfly_onnx.Classifier`.
     """
     from ._backends import resolve_threads
-    from ._backends.rust import find_onnxruntime_library
+    from ._backends.rust import NO_PIXEL_LIMIT, find_onnxruntime_library
     from .errors import BackendUnavailableError
     from .images import pixel_limit_default
 
@@ -89,7 +89,7 @@ def serve(
     classifier = native.Classifier(
         os.fspath(Path(model)),
         threads=resolve_threads(threads),
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=NO_PIXEL_LIMIT if max_image_pixels is None else max_image_pixels,
         ort_library=os.fspath(find_onnxruntime_library()),
     )
     try:
