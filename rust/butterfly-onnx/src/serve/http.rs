@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::batcher::Handle;
 use super::metrics::Metrics;
 use super::{error_class, ServeOptions, DEFAULT_TOP_K, RETRY_AFTER_SECONDS};
-use crate::classifier::{Classifier, ImageErrors, ImageInput, Prediction};
+use crate::classifier::{split_non_finite, Classifier, ImageErrors, ImageInput, Prediction};
 use crate::{Error, ErrorKind};
 
 /// Triton's binary tensor data extension: the length of the JSON part of a body.
@@ -102,6 +102,8 @@ impl Failure {
     fn from_error(error: &Error) -> Self {
         let status = match error.kind() {
             ErrorKind::ImageNotFound | ErrorKind::ImageDecode | ErrorKind::ImageTooLarge => StatusCode::BAD_REQUEST,
+            // The image was read, but the model gives no finite output for it.
+            ErrorKind::NonFiniteOutput => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -473,12 +475,18 @@ async fn infer_admitted(state: &Shared, request: Request, admitted: &mut Admitte
         .enumerate()
         .map(|(i, bytes)| ImageInput::Bytes { source: format!("{}[{i}]", input.name), bytes })
         .collect();
+    let sources: Vec<String> = inputs.iter().map(ImageInput::source).collect();
     let (rows, errors) = state.preprocess(inputs).await?;
     if let Some((_, error)) = errors.first() {
         // The request fails alone: its images never reach the batcher.
         return Err(Failure::from_error(error));
     }
     let logits = state.run(rows, admitted).await?;
+    // As predict: a row holding NaN or infinity is that image's error, not a prediction.
+    let (logits, errors) = split_non_finite(logits, errors, 0, sources.len(), |i| sources[i].clone());
+    if let Some((_, error)) = errors.first() {
+        return Err(Failure::from_error(error));
+    }
     let predictions = state.top_k(&logits, top_k);
     Ok(v2_response(state, request.id, &predictions, &wanted))
 }
@@ -629,6 +637,8 @@ async fn classify_admitted(
     let sources: Vec<String> = inputs.iter().map(ImageInput::source).collect();
     let (rows, errors) = state.preprocess(inputs).await?;
     let logits = state.run(rows, admitted).await?;
+    // As predict: a row holding NaN or infinity is that image's error, not a prediction.
+    let (logits, errors) = split_non_finite(logits, errors, 0, sources.len(), |i| sources[i].clone());
     let predictions = state.top_k(&logits, top_k);
     let mut predictions = predictions.iter();
     let mut errors = errors.into_iter().peekable();

@@ -98,6 +98,7 @@ pub fn error_class(kind: ErrorKind) -> &'static str {
         ErrorKind::Contract => "ContractError",
         ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => "BackendUnavailableError",
         ErrorKind::Inference => "ButterflyError",
+        ErrorKind::NonFiniteOutput => "NonFiniteOutputError",
         ErrorKind::InvalidArgument => "InvalidArgumentError",
     }
 }
