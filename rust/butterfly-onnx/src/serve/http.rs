@@ -279,6 +279,23 @@ async fn within_body_timeout<T>(read: impl std::future::Future<Output = T>) -> R
     })
 }
 
+/// Read and drop a refused request's body (one frame at a time: no memory kept), at most
+/// `limit` bytes and [`BODY_TIMEOUT`], so that the client, still sending, gets to read the
+/// answer (a connection closed under a client that is writing resets, and its 503 is lost).
+async fn drain(mut body: Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(BODY_TIMEOUT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > limit {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// The body, at most `max_body_bytes` (413 past it), within [`BODY_TIMEOUT`] (408).
 async fn read_body(state: &Shared, body: Body) -> Result<Bytes, Failure> {
     let read = within_body_timeout(axum::body::to_bytes(body, state.max_body_bytes)).await?;
@@ -329,11 +346,15 @@ struct RequestedOutput {
 
 async fn infer(AxumState(state): AxumState<State>, Path(name): Path<String>, request: Request) -> Response {
     if let Err(failure) = state.check_name(&name) {
+        drain(request.into_body(), state.max_body_bytes).await;
         return state.finish("infer", None, Err(failure));
     }
     let mut admitted = match state.admit() {
         Ok(admitted) => admitted,
-        Err(failure) => return state.finish("infer", None, Err(failure)),
+        Err(failure) => {
+            drain(request.into_body(), state.max_body_bytes).await;
+            return state.finish("infer", None, Err(failure));
+        }
     };
     let outcome = infer_admitted(&state, request, &mut admitted).await;
     state.finish("infer", Some(&admitted), outcome)
@@ -605,7 +626,10 @@ async fn classify(
 ) -> Response {
     let mut admitted = match state.admit() {
         Ok(admitted) => admitted,
-        Err(failure) => return state.finish("classify", None, Err(failure)),
+        Err(failure) => {
+            drain(request.into_body(), state.max_body_bytes).await;
+            return state.finish("classify", None, Err(failure));
+        }
     };
     let outcome = classify_admitted(&state, query, request, &mut admitted).await;
     state.finish("classify", Some(&admitted), outcome)
