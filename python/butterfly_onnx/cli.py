@@ -209,6 +209,28 @@ def _submission(stream: Any, filenames: list[str], path: Path, fill: str | None,
     return EXIT_PARTIAL
 
 
+# --- serve --------------------------------------------------------------------------------
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import serve
+
+    pixels: dict[str, Any] = (
+        {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        **pixels,
+    )
+    return EXIT_OK
+
+
 # --- val ----------------------------------------------------------------------------------
 def _cmd_val(args: argparse.Namespace) -> int:
     from .classifier import Classifier
@@ -535,6 +557,21 @@ def build_parser() -> argparse.ArgumentParser:
             help="run on Ray Data (a cluster address, default: auto)",
         )
     p.set_defaults(run=_cmd_predict)
+
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve a model over HTTP (Open Inference Protocol v2, /v1/classify, /metrics)"
+    )
+    p.add_argument("model", help="an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="the port (0: any free one, printed on start; default 8000)")
+    p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the file's stem)")
+    p.add_argument("--max-batch", type=_positive("max-batch"), help="images per model batch across requests")
+    p.add_argument("--max-wait-ms", type=int, help="how long a batch waits to fill, in milliseconds")
+    p.add_argument("--max-queue", type=_positive("max-queue"), help="requests admitted at once; past it, 503")
+    p.add_argument("--max-body-bytes", type=_positive("max-body-bytes"), help="largest request body; past it, 413")
+    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
+    p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
     p.add_argument("model", help="an exported .onnx file")
