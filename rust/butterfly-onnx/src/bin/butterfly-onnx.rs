@@ -367,7 +367,7 @@ fn main() -> ExitCode {
             };
             predict(&model, &inputs, &settings, options)
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map(|ok| if ok { 0 } else { 1 }),
         Command::Info { model, json, runtime } => runtime.options().and_then(|options| info(&model, json, options)),
     };
     match outcome {
