@@ -8,9 +8,10 @@
 - ``fp16``: weights and activations in float16 (``onnxruntime.transformers.float16``) with
   ``keep_io_types=True``, so the input stays float32 as the contract says.  On CPUs without
   fp16 arithmetic ONNX Runtime inserts casts; it mainly halves the file.
-- ``int8``: static quantization (``quantize_static``), QDQ format, per-channel weights,
-  calibrated on training images through the project's own preprocessing; the recipe and the
-  search for nodes to keep in float are in :mod:`.calibration`.
+- ``int8``: static quantization (``quantize_static``), QDQ format, per-channel weights (each
+  Conv's bias corrected for their rounding), calibrated on training images through the project's
+  own preprocessing; the recipe and the search for nodes to keep in float are in
+  :mod:`.calibration`.
 
 Used by :func:`butterfly_onnx.export.export_onnx`; every variant file gets the contract too.
 """
