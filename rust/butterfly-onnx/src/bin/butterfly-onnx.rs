@@ -16,12 +16,11 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS};
-use butterfly_onnx::contract::{interpolation_name, resample_order_name};
 use butterfly_onnx::runtime;
 use clap::{Parser, Subcommand};
 
 /// The one list of image extensions (lowercase, no dot), shared with the Python package.
-const IMAGE_EXTENSIONS: &str = include_str!("../../../../python/butterfly_onnx/data/image_extensions.txt");
+const IMAGE_EXTENSIONS: &str = include_str!("../../data/image_extensions.txt");
 
 #[derive(Parser)]
 #[command(
@@ -667,9 +666,9 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         out,
         "preprocess:     Resize({}, {}{}, {}) -> CenterCrop({crop}) -> ToTensor -> Normalize(mean={:?}, std={:?})",
         spec.resize_size,
-        interpolation_name(spec.interpolation),
+        spec.interpolation,
         spec.max_size.map_or(String::new(), |m| format!(", max_size={m}")),
-        resample_order_name(spec.resample_order),
+        spec.resample_order,
         spec.mean,
         spec.std
     )?;
