@@ -358,7 +358,8 @@ fn show_dims(dims: Option<&[i64]>) -> String {
     }
 }
 
-/// The JSON table `rust/butterfly-onnx/data/resample_orders.json` (also read by contract.py).
+/// The JSON table `data/resample_orders.json` (the crate's `data/`, in the repository a link to
+/// `python/butterfly_onnx/data/`: one copy, also read by contract.py).
 pub const RESAMPLE_ORDERS_JSON: &str = include_str!("../data/resample_orders.json");
 
 /// The `resample_order` rule of a Pillow version (`"13.0.0"`), from [`RESAMPLE_ORDERS_JSON`]:

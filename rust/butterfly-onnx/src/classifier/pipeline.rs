@@ -90,7 +90,7 @@ use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction
 use crate::{Error, Result};
 
 /// The constants of the thread rule and the model-batch rule, one file for both backends:
-/// `rust/butterfly-onnx/data/thread_rule.json` (also read by `butterfly_onnx._backends`).
+/// `data/thread_rule.json` (`python/butterfly_onnx/data/`, also read by `butterfly_onnx._backends`).
 pub const THREAD_RULE_JSON: &str = include_str!("../../data/thread_rule.json");
 
 /// The fields of [`THREAD_RULE_JSON`].
