@@ -308,7 +308,7 @@ pub struct HorizontalScratch {
     padded_row: Vec<u8>,
     /// Tests: use the AVX2 kernels even where VNNI is available.
     #[cfg(test)]
-    #[cfg_attr(not(butterfly_avx512), allow(dead_code))]
+    #[cfg_attr(not(all(target_arch = "x86_64", butterfly_avx512)), allow(dead_code))]
     avoid_vnni: bool,
     /// The coefficients and row width `weights` were prepared from (width 0: none).
     prepared_width: usize,
@@ -318,12 +318,12 @@ pub struct HorizontalScratch {
 
 impl HorizontalScratch {
     /// Tests: whether to skip the VNNI kernel (to test the AVX2 one on the same CPU).
-    #[cfg(all(test, butterfly_avx512))]
+    #[cfg(all(test, target_arch = "x86_64", butterfly_avx512))]
     fn avoids_vnni(&self) -> bool {
         self.avoid_vnni
     }
 
-    #[cfg(all(not(test), butterfly_avx512))]
+    #[cfg(all(not(test), target_arch = "x86_64", butterfly_avx512))]
     fn avoids_vnni(&self) -> bool {
         false
     }
