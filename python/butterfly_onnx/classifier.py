@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backends import load_backend
+from ._backends import load_backend, resolve_threads
+from ._backends.providers import describe, resolve_providers
 from .contract import ModelContract, PreprocessSpec
 from .errors import (
     ContractError,
@@ -182,6 +183,15 @@ class Classifier:
             the full image, then preprocessed as usual -- both backends give the same tensor,
             bit for bit.  Much faster on large photos.  Other formats, PIL images and arrays
             are unaffected (docs/preprocessing.md, "JPEG draft mode").
+        providers: the ONNX Runtime execution providers to run the model on, in priority
+            order, as onnxruntime takes them: names or ``(name, options)`` pairs, e.g.
+            ``["CUDAExecutionProvider"]`` or ``[("OpenVINOExecutionProvider", {"device_type":
+            "GPU"})]`` (None: the CPU provider).  Preprocessing stays on the CPU, exact.
+        device: shorthand for ``providers``: ``"cpu"``, ``"cuda"``/``"cuda:1"``,
+            ``"tensorrt[:N]"``, ``"openvino[:CPU|GPU|NPU]"``, ``"coreml"``, ``"directml[:N]"``
+            (data/providers.json).  Nothing falls back: a provider the loaded ONNX Runtime
+            lacks, or that fails to initialise, is a BackendUnavailableError naming it and
+            what to install (docs/inference.md, "Execution providers").
 
     Safe to call from several threads at once.
     """
@@ -196,11 +206,13 @@ class Classifier:
         max_image_pixels: int | None = DEFAULT,
         on_error: str = "raise",
         jpeg_draft: bool = False,
+        providers: Sequence[Any] | None = None,
+        device: str | None = None,
     ) -> None:
         if isinstance(labels, str):
             raise InvalidArgumentTypeError("labels must be a sequence of strings, not one string")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
+        resolve_threads(threads)  # the one check, before anything loads (the backend resolves it)
+        requested = resolve_providers(providers, device)
         self._on_error = self._check_on_error(on_error)
         if not isinstance(jpeg_draft, bool):
             raise InvalidArgumentTypeError(f"jpeg_draft must be True or False, got {jpeg_draft!r}")
@@ -231,17 +243,17 @@ class Classifier:
             raise ContractError(f"{source}: preprocess: {exc}") from None
         backend_class = load_backend(backend)
         self._backend = backend_class(
-            model if path is None else path,
+            path if path is not None else bytes(model),  # type: ignore[arg-type]  # bytes when no path
             threads=threads,
             labels=list(labels) if labels is not None else None,
             preprocess=spec,
             max_image_pixels=max_image_pixels,
             jpeg_draft=jpeg_draft,
+            providers=requested,
         )
         #: The model file (None when the model was given as bytes).
         self.model_path = path
         self._source = source
-        self._threads = threads if threads is not None else (os.cpu_count() or 1)
 
     # -- properties ----------------------------------------------------------------------
     @property
@@ -281,7 +293,15 @@ class Classifier:
 
     @property
     def threads(self) -> int:
-        return self._threads
+        """The threads the backend uses: ``threads``, or the CPUs this process may use (its
+        affinity and cgroup quota, not ``os.cpu_count()``)."""
+        return self._backend.threads
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The execution providers the model runs on, in priority order; ONNX Runtime's CPU
+        provider comes last (it takes the nodes no other provider does)."""
+        return self._backend.providers
 
     @property
     def jpeg_draft(self) -> bool:
@@ -293,8 +313,8 @@ class Classifier:
         name = self.model_path.name if self.model_path is not None else self._source
         return (
             f"Classifier(backend={self.backend!r}, model={name!r}, "
-            f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads}"
-            f"{', jpeg_draft=True' if self.jpeg_draft else ''})"
+            f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads}, "
+            f"providers={describe(self.providers)}{', jpeg_draft=True' if self.jpeg_draft else ''})"
         )
 
     # -- helpers -------------------------------------------------------------------------

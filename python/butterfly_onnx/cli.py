@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._backends.providers import add_provider_arguments, provider_arguments
 from .errors import ButterflyError
 from .results import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PROG, kaggle_csv_input, report_failures, text_line
 from .results import print_error as _error
@@ -83,7 +84,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         filenames = [item.filename for item in listed]
     else:
         images = expand_images(list(args.inputs))  # empty folders / unmatched globs: exit 2 here
-    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, jpeg_draft=args.jpeg_draft)
+    classifier = Classifier(
+        args.model,
+        backend=args.backend,
+        threads=args.threads,
+        jpeg_draft=args.jpeg_draft,
+        **provider_arguments(args),
+    )
     counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
@@ -113,12 +120,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 # --- val ----------------------------------------------------------------------------------
 def _cmd_val(args: argparse.Namespace) -> int:
+    from .classifier import Classifier
     from .evaluate import evaluate
 
     if args.plot is not None:  # before scoring a single image
         _writable_file(args.plot, "confusion-matrix plot")
+    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, **provider_arguments(args))
     report = evaluate(
-        args.model,
+        classifier,
         args.data,
         backend=args.backend,
         threads=args.threads,
@@ -132,7 +141,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     if args.plot is not None:
         report.plot_confusion(args.plot)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "backend": classifier.backend, "providers": list(classifier.providers)}))
     else:
         print(report.summary())
         if args.plot is not None:
@@ -144,7 +153,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .classifier import Classifier
 
-    classifier = Classifier(args.model, backend="python", threads=1)
+    classifier = Classifier(args.model, backend="python", threads=1, **provider_arguments(args))
     contract = classifier.contract
     if args.json:
         print(contract.to_json())
@@ -331,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust")
+    add_provider_arguments(p)
     p.add_argument(
         "--jpeg-draft",
         action="store_true",
@@ -357,11 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (top1, top5, count, per_class, ...)")
     p.add_argument("--plot", type=Path, help="write the confusion matrix PNG here (needs matplotlib)")
     progress_flags(p)
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_val)
 
     p = sub.add_parser("info", parents=[common], help="show a model's contract")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_info)
 
     p = sub.add_parser("models", parents=[common], help="torchvision's classification weights: table and plot")

@@ -12,7 +12,11 @@ For each image, the maximum absolute difference between torchvision (the referen
   given, else from ONNX Runtime on torchvision's tensor: the same model, so any difference is
   preprocessing);
 
-and the top-1 agreement with the reference.
+and the top-1 agreement with the reference.  With ``providers``/``device`` (``--device``,
+``--provider``) the backends run the model on those execution providers while the reference
+logits stay ONNX Runtime's CPU provider's (or torch's): the ``logits`` row and the top-1
+agreement are then the provider's difference (preprocessing stays on the CPU, exact), and
+``providers`` names what each backend ran on.
 
 With ``jpeg_draft=True`` (``--jpeg-draft``) the backends run in JPEG draft mode and the
 reference is torchvision on Pillow's drafted image (``im.draft("RGB", request)`` before
@@ -41,6 +45,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ._backends.providers import add_provider_arguments, provider_arguments
 
 __all__ = ["STAGES", "ParityResult", "run_parity", "add_arguments", "run"]
 
@@ -71,6 +77,8 @@ class ParityResult:
     skipped: dict[str, str] = field(default_factory=dict)
     #: Backends in JPEG draft mode, against torchvision on Pillow's drafted JPEGs.
     jpeg_draft: bool = False
+    #: The execution providers each backend ran the model on (``Classifier.providers``).
+    providers: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +97,8 @@ class ParityResult:
             lines.append(f"{stage + unit:<{width}}  " + "  ".join(cells))
         agreement = [f"{self.top1_agreement.get(b, float('nan')):>10.2%}" for b in self.backends]
         lines.append(f"{'top-1 agreement':<{width}}  " + "  ".join(agreement))
+        for backend, names in self.providers.items():
+            lines.append(f"{backend}: model on {'+'.join(names)}")
         for backend, why in self.skipped.items():
             lines.append(f"{backend}: not compared ({why})")
         return "\n".join(lines)
@@ -233,6 +243,8 @@ def run_parity(
     torch_module: Any = None,
     threads: int | None = 1,
     jpeg_draft: bool = False,
+    providers: Any = None,
+    device: str | None = None,
 ) -> ParityResult:
     """Compare each backend with torchvision at every stage on ``images`` (file paths or
     folders, expanded as ``predict`` does). ``torch_module``: the torch model the ONNX file was
@@ -243,6 +255,7 @@ def run_parity(
     import numpy as np
 
     from . import Classifier
+    from .errors import BackendUnavailableError
     from .images import expand_images
 
     model = str(model)
@@ -261,16 +274,25 @@ def run_parity(
     for backend in backends:
         try:
             full[backend] = Classifier(
-                model, backend=backend, threads=threads, max_image_pixels=None, jpeg_draft=jpeg_draft
+                model,
+                backend=backend,
+                threads=threads,
+                max_image_pixels=None,
+                jpeg_draft=jpeg_draft,
+                providers=providers,
+                device=device,
             )
+        except BackendUnavailableError as exc:
+            if "execution provider" in str(exc):
+                raise  # the providers asked for are missing: nothing to compare them on
+            skipped[backend] = f"{type(exc).__name__}: {exc}"
+            continue
         except Exception as exc:  # reported, not fatal: parity of the other backends still holds
             skipped[backend] = f"{type(exc).__name__}: {exc}"
             continue
         readers[backend] = _StageReader(backend, threads, jpeg_draft)
     spec = next(iter(full.values())).contract.preprocess if full else None
     if spec is None:
-        from .errors import BackendUnavailableError
-
         raise BackendUnavailableError("parity: no backend could load the model: " + "; ".join(skipped.values()))
     compared = list(full)
     max_diff: dict[str, dict[str, float | None]] = {stage: {b: None for b in compared} for stage in STAGES}
@@ -322,6 +344,7 @@ def run_parity(
         per_image=per_image,
         skipped=skipped,
         jpeg_draft=jpeg_draft,
+        providers={b: list(full[b].providers) for b in compared},
     )
 
 
@@ -341,6 +364,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", dest="json_path", metavar="FILE", help="also write the result (per image too) as JSON"
     )
+    add_provider_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -352,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
         backends=[b for b in args.backends.split(",") if b],
         threads=args.threads,
         jpeg_draft=args.jpeg_draft,
+        **provider_arguments(args),
     )
     print(result.format_table())
     if args.json_path:

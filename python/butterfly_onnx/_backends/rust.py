@@ -12,12 +12,14 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..contract import ModelContract, PreprocessSpec
 from ..errors import BackendUnavailableError, ImageDecodeError, ImageError
+from . import resolve_threads
+from .providers import CPU, Provider
 
 __all__ = ["Backend", "find_onnxruntime_library"]
 
@@ -134,10 +136,12 @@ class Backend:
         preprocess: PreprocessSpec | None,
         max_image_pixels: int | None,
         jpeg_draft: bool = False,
+        providers: Sequence[Provider] = ((CPU, {}),),
     ) -> None:
         native = _native()
         options = dict(
-            threads=threads,
+            threads=resolve_threads(threads),
+            providers=[(name, dict(provider_options)) for name, provider_options in providers],
             labels=list(labels) if labels is not None else None,
             preprocess_json=json.dumps(preprocess.to_dict()) if preprocess is not None else None,
             max_image_pixels=max_image_pixels,
@@ -152,7 +156,10 @@ class Backend:
             self.model_path = Path(model)
             self._source = str(self.model_path)
             self._native = native.Classifier(os.fspath(self.model_path), **options)
-        self.threads = self._native.threads
+        self.threads: int = self._native.threads
+        #: The providers the sessions use, the CPU provider last (as onnxruntime's
+        #: ``get_providers()`` lists them for the python backend).
+        self.providers: tuple[str, ...] = tuple(self._native.providers)
         self.contract = self._effective_contract()
 
     def _effective_contract(self) -> ModelContract:
@@ -191,3 +198,9 @@ class Backend:
         failed: dict[int, ImageError] = {}
         for result in self._native.iter_logits(_lazy_payloads(items, failed), batch_size):
             yield _with_failures(result, failed)
+
+
+if TYPE_CHECKING:  # mypy: this class satisfies the one Backend protocol
+    from . import Backend as _Protocol
+
+    _checked: type[_Protocol] = Backend

@@ -43,7 +43,9 @@ fn to_py_err(error: &Error) -> PyErr {
         ErrorKind::ModelNotFound => errors::ModelNotFoundError::new_err(message),
         ErrorKind::InvalidModel => errors::InvalidModelError::new_err(message),
         ErrorKind::Contract => errors::ContractError::new_err(message),
-        ErrorKind::RuntimeUnavailable => errors::BackendUnavailableError::new_err(message),
+        ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => {
+            errors::BackendUnavailableError::new_err(message)
+        }
         ErrorKind::InvalidArgument => errors::InvalidArgumentError::new_err(message),
         ErrorKind::Inference => errors::ButterflyError::new_err(message),
     }
@@ -148,7 +150,8 @@ impl Classifier {
     /// replacing the contract's; `labels` replace the contract's labels; `jpeg_draft`: decode
     /// JPEGs at a reduced DCT scale as Pillow's `draft()` (core `ClassifierOptions::jpeg_draft`).
     #[new]
-    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false))]
+    /// `providers`: (name, {option: value}) pairs in priority order (None: the CPU provider).
+    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false, providers=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -160,6 +163,7 @@ impl Classifier {
         max_image_pixels: Option<u64>,
         ort_library: Option<PathBuf>,
         jpeg_draft: bool,
+        providers: Option<Vec<(String, std::collections::BTreeMap<String, String>)>>,
     ) -> PyResult<Self> {
         let threads = match threads {
             Some(n) if n < 1 => {
@@ -186,6 +190,16 @@ impl Classifier {
             ort_library,
             model_batch: None,
             jpeg_draft,
+            providers: match providers {
+                Some(list) => list
+                    .into_iter()
+                    .map(|(name, options)| butterfly_onnx::classifier::Provider {
+                        name,
+                        options: options.into_iter().collect(),
+                    })
+                    .collect(),
+                None => butterfly_onnx::classifier::providers::cpu(),
+            },
         };
         let inner = py
             .detach(|| match &model_bytes {
@@ -218,6 +232,13 @@ impl Classifier {
     #[getter]
     fn thread_split(&self) -> (usize, usize) {
         self.inner.thread_split()
+    }
+
+    /// The execution providers the sessions use, the CPU provider last (core
+    /// `Classifier::providers`).
+    #[getter]
+    fn providers(&self) -> Vec<String> {
+        self.inner.providers().to_vec()
     }
 
     /// Whether JPEGs are decoded in draft mode.

@@ -38,6 +38,12 @@ pub enum Error {
     #[error("ONNX Runtime unavailable: {reason}")]
     RuntimeUnavailable { reason: String },
 
+    /// An execution provider that was asked for cannot run the model: the loaded ONNX
+    /// Runtime lacks it, or it failed to initialise (`classifier::providers`; never a
+    /// fallback). `message` names it, what the runtime has and what to install.
+    #[error("{message}")]
+    ProviderUnavailable { provider: String, message: String },
+
     /// ONNX Runtime failed while running a model.
     #[error("{path}: inference failed: {reason}")]
     Inference { path: PathBuf, reason: String },
@@ -57,6 +63,7 @@ pub enum ErrorKind {
     InvalidModel,
     Contract,
     RuntimeUnavailable,
+    ProviderUnavailable,
     Inference,
     InvalidArgument,
 }
@@ -71,6 +78,7 @@ impl Error {
             Error::InvalidModel { .. } => ErrorKind::InvalidModel,
             Error::Contract { .. } => ErrorKind::Contract,
             Error::RuntimeUnavailable { .. } => ErrorKind::RuntimeUnavailable,
+            Error::ProviderUnavailable { .. } => ErrorKind::ProviderUnavailable,
             Error::Inference { .. } => ErrorKind::Inference,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
         }
@@ -86,7 +94,9 @@ impl Error {
             Error::ModelNotFound { path } | Error::InvalidModel { path, .. } | Error::Inference { path, .. } => {
                 Some(path.display().to_string())
             }
-            Error::RuntimeUnavailable { .. } | Error::InvalidArgument { .. } => None,
+            Error::RuntimeUnavailable { .. } | Error::ProviderUnavailable { .. } | Error::InvalidArgument { .. } => {
+                None
+            }
         }
     }
 }

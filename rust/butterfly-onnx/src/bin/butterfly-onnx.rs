@@ -4,6 +4,7 @@
 //! butterfly-onnx predict MODEL INPUTS... [--top-k 5] [--batch-size 32] [--threads N] [--json]
 //!                        [-o FILE.csv|FILE.jsonl] [--progress|--no-progress] [--ort-lib PATH]
 //! butterfly-onnx info MODEL [--json] [--ort-lib PATH]
+//! (both: [--device cpu|cuda[:N]|... | --provider NAME[:KEY=VALUE,...]...])
 //! ```
 //! `predict` agrees with the Python command's `predict` (docs/inference.md, "Command line";
 //! both are tested on tests/fixtures/cli/predict_cases.json). Exit status: 0 all done; 1 some
@@ -15,7 +16,9 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS};
+use butterfly_onnx::classifier::{
+    providers, Classifier, ClassifierOptions, ImageInput, ImageResult, Provider, DEFAULT_MAX_IMAGE_PIXELS,
+};
 use butterfly_onnx::runtime;
 use clap::{Parser, Subcommand};
 
@@ -41,6 +44,41 @@ struct RuntimeArgs {
     /// site-packages.
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda[:N], tensorrt[:N], openvino[:DEVICE_TYPE], coreml,
+    /// directml[:N] (default: cpu; python/butterfly_onnx/data/providers.json).
+    #[arg(long, conflicts_with = "provider")]
+    device: Option<String>,
+    /// An ONNX Runtime execution provider, in priority order (repeatable), e.g.
+    /// CUDAExecutionProvider:device_id=1. Never a fallback: a missing one is an error.
+    #[arg(long, value_name = "NAME[:KEY=VALUE,...]")]
+    provider: Vec<String>,
+}
+
+impl RuntimeArgs {
+    /// `ClassifierOptions` with this library and these providers (`--device` or `--provider`).
+    fn options(self) -> Result<ClassifierOptions, Fatal> {
+        let providers = match (&self.device, self.provider.is_empty()) {
+            (Some(device), _) => providers::from_device(device)?,
+            (None, false) => self.provider.iter().map(|text| parse_provider(text)).collect::<Result<_, _>>()?,
+            (None, true) => providers::cpu(),
+        };
+        Ok(ClassifierOptions { ort_library: self.ort_lib, providers, ..ClassifierOptions::default() })
+    }
+}
+
+/// `--provider NAME[:KEY=VALUE,...]` (as the Python command parses it).
+fn parse_provider(text: &str) -> Result<Provider, Fatal> {
+    let (name, rest) = text.split_once(':').map_or((text, None), |(n, r)| (n, Some(r)));
+    let mut options = Vec::new();
+    for pair in rest.map(|r| r.split(',').collect::<Vec<_>>()).unwrap_or_default() {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => options.push((key.to_string(), value.to_string())),
+            _ => {
+                return Err(Fatal::new(format!("--provider '{text}': options are KEY=VALUE pairs separated by commas")))
+            }
+        }
+    }
+    Ok(Provider { name: name.to_string(), options })
 }
 
 #[derive(Subcommand)]
@@ -156,21 +194,24 @@ fn main() -> ExitCode {
             jpeg_draft,
             runtime,
         } => {
-            let options = ClassifierOptions {
-                threads: threads.map(|t| t as usize),
-                max_image_pixels: (max_image_pixels > 0).then_some(max_image_pixels),
-                ort_library: runtime.ort_lib,
-                jpeg_draft,
-                ..ClassifierOptions::default()
+            let options = match runtime.options() {
+                Ok(options) => ClassifierOptions {
+                    threads: threads.map(|t| t as usize),
+                    max_image_pixels: (max_image_pixels > 0).then_some(max_image_pixels),
+                    jpeg_draft,
+                    ..options
+                },
+                Err(Fatal(message, _)) => {
+                    report(&message);
+                    return ExitCode::from(2);
+                }
             };
             let show_progress = if progress || no_progress { progress } else { std::io::stderr().is_terminal() };
             let settings =
                 PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
             predict(&model, &inputs, &settings, options)
         }
-        Command::Info { model, json, runtime } => {
-            info(&model, json, ClassifierOptions { ort_library: runtime.ort_lib, ..ClassifierOptions::default() })
-        }
+        Command::Info { model, json, runtime } => runtime.options().and_then(|options| info(&model, json, options)),
     };
     match outcome {
         Ok(all_ok) => ExitCode::from(if all_ok { 0 } else { 1 }),
@@ -646,6 +687,7 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         let mut document = contract.to_value();
         document["model"] = serde_json::json!(model.display().to_string());
         document["static_batch"] = serde_json::json!(classifier.static_batch());
+        document["providers"] = serde_json::json!(classifier.providers());
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
         out.flush()?;
         return Ok(true);
@@ -673,6 +715,7 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         spec.std
     )?;
     writeln!(out, "provenance:     {}", contract.provenance)?;
+    writeln!(out, "providers:      {}", classifier.providers().join("+"))?;
     if let Some(library) = runtime::loaded_library() {
         writeln!(out, "onnxruntime:    {}", library.display())?;
     }

@@ -25,10 +25,13 @@
 //!   not by the number of images. Results come in input order, failures in place.
 //!
 //! Layout: `session.rs` (ONNX Runtime: session, contract check, running batches),
-//! `batch.rs` (decode + preprocess into a batch tensor), `pipeline.rs` (streaming).
+//! `providers.rs` (the execution providers the sessions run on, from
+//! `python/butterfly_onnx/data/providers.json`; never a fallback), `batch.rs` (decode +
+//! preprocess into a batch tensor), `pipeline.rs` (streaming).
 
 mod batch;
 pub mod pipeline;
+pub mod providers;
 mod session;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ use crate::runtime;
 use crate::{Error, Result};
 
 pub use pipeline::{ImageResult, LogitsChunk, LogitsStream, Pipeline, PredictStream, MAX_MODEL_BATCH};
+pub use providers::Provider;
 
 /// Pillow's decompression-bomb error threshold, `2 * PIL.Image.MAX_IMAGE_PIXELS`
 /// (above it `Image.open` raises `DecompressionBombError`); the default limit.
@@ -73,6 +77,10 @@ pub struct ClassifierOptions {
     /// ([`crate::decode::JpegDraft`], `request` from the contract's resize), then
     /// preprocessed as usual. Other formats and decoded images are unaffected.
     pub jpeg_draft: bool,
+    /// The execution providers to run the model on, in priority order ([`providers`]; the
+    /// default: the CPU provider). One that the loaded ONNX Runtime lacks, or that fails to
+    /// initialise, is an [`Error::ProviderUnavailable`]: never a fallback.
+    pub providers: Vec<Provider>,
 }
 
 impl Default for ClassifierOptions {
@@ -85,6 +93,7 @@ impl Default for ClassifierOptions {
             ort_library: None,
             model_batch: None,
             jpeg_draft: false,
+            providers: providers::cpu(),
         }
     }
 }
@@ -141,6 +150,8 @@ pub struct Classifier {
     model_batch: OnceLock<usize>,
     /// Intra-op threads per concurrent run ([`pipeline::thread_split`]).
     split_intra: usize,
+    /// The providers the sessions use, the CPU provider last ([`providers::in_use`]).
+    providers: Vec<String>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -150,6 +161,7 @@ impl std::fmt::Debug for Classifier {
             .field("classes", &self.contract.labels.len())
             .field("crop_size", &self.contract.preprocess.crop_size)
             .field("threads", &self.threads)
+            .field("providers", &self.providers)
             .finish()
     }
 }
@@ -160,7 +172,9 @@ impl Classifier {
     ///
     /// Errors: `ModelNotFound`; `InvalidModel` (not ONNX, or no single NCHW float input /
     /// 2-D float output); `Contract` (missing, invalid, unknown version, or inconsistent
-    /// with the model); `RuntimeUnavailable`; `InvalidArgument` (threads == 0).
+    /// with the model); `RuntimeUnavailable`; `ProviderUnavailable` (a provider the runtime
+    /// lacks or that fails to initialise); `InvalidArgument` (threads == 0, an unknown
+    /// provider or option).
     pub fn open(model_path: impl AsRef<Path>, options: ClassifierOptions) -> Result<Self> {
         let model_path = model_path.as_ref().to_path_buf();
         if !model_path.exists() {
@@ -187,7 +201,9 @@ impl Classifier {
         if options.model_batch == Some(0) {
             return Err(Error::InvalidArgument { reason: "model_batch must be at least 1".into() });
         }
+        providers::check(&options.providers)?;
         runtime::ensure_loaded(options.ort_library.as_deref())?;
+        providers::check_available(&options.providers, &providers::available()?)?;
         let model_bytes = match &source {
             session::Source::File => std::fs::metadata(&model_path).map_or(0, |m| m.len()),
             session::Source::Bytes(bytes) => bytes.len() as u64,
@@ -219,6 +235,7 @@ impl Classifier {
             },
         });
         let split_intra = split.1;
+        let providers = providers::in_use(&options.providers);
         Ok(Classifier {
             model_path,
             contract,
@@ -229,6 +246,7 @@ impl Classifier {
             pool,
             model_batch,
             split_intra,
+            providers,
         })
     }
 
@@ -252,6 +270,13 @@ impl Classifier {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The execution providers the model runs on, in priority order, ONNX Runtime's CPU
+    /// provider last (it takes the nodes no other provider does), as onnxruntime's
+    /// `get_providers()` lists them.
+    pub fn providers(&self) -> &[String] {
+        &self.providers
     }
 
     /// How `threads` is shared out ([`pipeline::thread_split`], module docs "Threads"):
