@@ -92,3 +92,7 @@ class LogitsIter(Iterator[tuple[npt.NDArray[np.float32], dict[int, ImageError]]]
 
 def loaded_ort_library() -> Path | None:
     """The libonnxruntime file this process loaded, or None before the first Classifier."""
+
+def ort_library_problem(path: str | PathLike[str]) -> str | None:
+    """Why this libonnxruntime is not to be loaded unasked (group/world-writable, or owned by
+    neither the user nor root; the file or its folder), or None when it is safe."""

@@ -36,8 +36,9 @@ from .errors import (
     InvalidArgumentTypeError,
     InvalidModelError,
     ModelNotFoundError,
+    NonFiniteOutputError,
 )
-from .images import expand_images, pixel_limit_default
+from .images import effective_pixel_limit, expand_images, pixel_limit_default
 
 __all__ = [
     "Classifier",
@@ -161,6 +162,25 @@ def _progress_bar(progress: Any, total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def _split_non_finite(
+    out: np.ndarray, errors: dict[int, ImageError], start: int, stop: int, items: list
+) -> tuple[np.ndarray, dict[int, ImageError]]:
+    """A row of ``out`` (one per item of ``items[start:stop]`` not in ``errors``) holding NaN or
+    infinity becomes that item's NonFiniteOutputError: never a prediction.  The rust backend's
+    core does the same (``classifier::split_non_finite``), so this finds nothing there."""
+    bad = ~np.isfinite(out).all(axis=1)
+    if not bad.any():
+        return out, errors
+    decoded = [i for i in range(start, stop) if i not in errors]
+    errors = dict(errors)
+    for row in np.flatnonzero(bad):
+        source = items[decoded[row]][0]
+        errors[decoded[row]] = NonFiniteOutputError(
+            f"{source}: the model's output is not finite (NaN or infinity), no prediction", source=source
+        )
+    return out[~bad], dict(sorted(errors.items()))
+
+
 class Classifier:
     """An exported classifier on one backend.
 
@@ -173,7 +193,11 @@ class Classifier:
             without a contract).  ``preprocess`` is a PreprocessSpec, its dict form, or a
             torchvision ``weights.transforms()`` preset / ``Compose``.
         max_image_pixels: width * height above which an image is refused before decoding
-            (ImageTooLargeError); None: no limit.
+            (ImageTooLargeError).  Default: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's
+            decompression-bomb ceiling, 178,956,970 pixels unless changed).  None: no limit of
+            ours; Pillow's ceiling still applies, on both backends alike (set
+            ``PIL.Image.MAX_IMAGE_PIXELS = None`` to lift it: then there is no limit).  A value
+            above Pillow's ceiling is cut to it, for the same reason (``images.effective_pixel_limit``).
         on_error: ``"raise"`` (the first bad image's error is raised) or ``"skip"`` (bad images
             are reported in place with an :class:`ImageSkippedWarning` each); the per-call
             ``on_error`` arguments override it.
@@ -247,7 +271,7 @@ class Classifier:
             threads=threads,
             labels=list(labels) if labels is not None else None,
             preprocess=spec,
-            max_image_pixels=max_image_pixels,
+            max_image_pixels=effective_pixel_limit(max_image_pixels),
             jpeg_draft=jpeg_draft,
             providers=requested,
         )
@@ -345,6 +369,7 @@ class Classifier:
         start = 0
         for out, errors in self._backend.iter_logits(items, batch_size):
             stop = min(start + batch_size, len(items))
+            out, errors = _split_non_finite(out, errors, start, stop, items)
             if errors and mode == "raise":
                 first = min(errors)
                 if first > start:

@@ -62,6 +62,31 @@ def _positive(name: str):
     return parse
 
 
+def _pixel_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--max-image-pixels must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _max_image_pixels(option: int | None) -> Any:
+    """``--max-image-pixels`` as ``Classifier(max_image_pixels=...)``: absent = the default;
+    N = exactly N and 0 = no limit, on both backends, as the Rust CLI.  This process is the
+    command's own, so Pillow's ceiling is lifted for it (the python backend decodes with
+    Pillow, which would otherwise cut a larger limit short)."""
+    from .classifier import DEFAULT
+
+    if option is None:
+        return DEFAULT
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return option or None
+
+
 # --- predict ------------------------------------------------------------------------------
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
@@ -89,6 +114,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
         jpeg_draft=args.jpeg_draft,
+        max_image_pixels=_max_image_pixels(args.max_image_pixels),
         **provider_arguments(args),
     )
     counts = {"ok": 0, "failed": 0}
@@ -341,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust")
     add_provider_arguments(p)
+    p.add_argument(
+        "--max-image-pixels",
+        type=_pixel_limit,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, from the header, before decoding (0 = no limit; "
+        "default: Pillow's decompression-bomb ceiling, 2 * PIL.Image.MAX_IMAGE_PIXELS)",
+    )
     p.add_argument(
         "--jpeg-draft",
         action="store_true",

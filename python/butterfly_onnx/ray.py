@@ -540,6 +540,9 @@ def _cli_run(
     for name in ("batch_size", "threads", "backend", "jpeg_draft"):  # absent: predict_dataset's defaults
         if getattr(args, name, None):
             options[name] = getattr(args, name)
+    if getattr(args, "max_image_pixels", None) is not None:
+        # 0 = no limit of ours; the workers' Pillow keeps its ceiling (Classifier's rule there).
+        options["max_image_pixels"] = args.max_image_pixels or None
     options.update(provider_arguments(args))
     ds = predict_dataset(inputs, args.model, top_k=top_k, **options)
 

@@ -22,6 +22,7 @@ mod errors {
     pyo3::import_exception!(butterfly_onnx.errors, ImageNotFoundError);
     pyo3::import_exception!(butterfly_onnx.errors, ImageDecodeError);
     pyo3::import_exception!(butterfly_onnx.errors, ImageTooLargeError);
+    pyo3::import_exception!(butterfly_onnx.errors, NonFiniteOutputError);
     pyo3::import_exception!(butterfly_onnx.errors, ModelNotFoundError);
     pyo3::import_exception!(butterfly_onnx.errors, InvalidModelError);
     pyo3::import_exception!(butterfly_onnx.errors, ContractError);
@@ -48,6 +49,7 @@ fn to_py_err(error: &Error) -> PyErr {
         }
         ErrorKind::InvalidArgument => errors::InvalidArgumentError::new_err(message),
         ErrorKind::Inference => errors::ButterflyError::new_err(message),
+        ErrorKind::NonFiniteOutput => errors::NonFiniteOutputError::new_err((message, source)),
     }
 }
 
@@ -91,7 +93,7 @@ fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>
             pair.len()
         )));
     }
-    let source: String = pair.get_item(0)?.str()?.extract()?;
+    let source = source_name(&pair.get_item(0)?)?;
     let payload = pair.get_item(1)?;
     let input = if let Ok(bytes) = payload.cast::<PyBytes>() {
         ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() }
@@ -122,6 +124,18 @@ fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>
     converted.positions.push(index);
     converted.inputs.push(input);
     Ok(())
+}
+
+/// An item's source as text for messages. A file name that is not UTF-8 comes from Python
+/// as a str with lone surrogates (os.fsdecode's surrogateescape), which is no Rust `String`:
+/// it is taken as the OS bytes it stands for (lossily shown, as `Path::display` shows the
+/// path itself); the Python adapter puts the caller's str back into the errors.
+fn source_name(source: &Bound<'_, PyAny>) -> PyResult<String> {
+    let text = source.str()?;
+    match text.extract::<String>() {
+        Ok(source) => Ok(source),
+        Err(_) => Ok(text.extract::<PathBuf>()?.to_string_lossy().into_owned()),
+    }
 }
 
 /// Preprocess the convertible items; failures by position in the caller's list, conversion
@@ -449,11 +463,19 @@ fn loaded_ort_library() -> Option<PathBuf> {
     butterfly_onnx::runtime::loaded_library()
 }
 
+/// Why a libonnxruntime file is not to be loaded unasked (writable by others, or owned by
+/// someone else: `runtime::untrusted_reason`), or None when it is safe.
+#[pyfunction]
+fn ort_library_problem(path: PathBuf) -> Option<String> {
+    butterfly_onnx::runtime::untrusted_reason(&path)
+}
+
 #[pymodule(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Classifier>()?;
     m.add_class::<LogitsIter>()?;
     m.add_function(wrap_pyfunction!(loaded_ort_library, m)?)?;
+    m.add_function(wrap_pyfunction!(ort_library_problem, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

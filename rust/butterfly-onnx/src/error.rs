@@ -48,6 +48,11 @@ pub enum Error {
     #[error("{path}: inference failed: {reason}")]
     Inference { path: PathBuf, reason: String },
 
+    /// The model's output row for this image holds NaN or infinity: no prediction is made
+    /// from it (a per-image failure, like a bad image).
+    #[error("{source_name}: the model's output is not finite (NaN or infinity), no prediction")]
+    NonFiniteOutput { source_name: String },
+
     /// A caller-side argument is out of range (batch shape, thread count, ...).
     #[error("invalid argument: {reason}")]
     InvalidArgument { reason: String },
@@ -65,6 +70,7 @@ pub enum ErrorKind {
     RuntimeUnavailable,
     ProviderUnavailable,
     Inference,
+    NonFiniteOutput,
     InvalidArgument,
 }
 
@@ -80,6 +86,7 @@ impl Error {
             Error::RuntimeUnavailable { .. } => ErrorKind::RuntimeUnavailable,
             Error::ProviderUnavailable { .. } => ErrorKind::ProviderUnavailable,
             Error::Inference { .. } => ErrorKind::Inference,
+            Error::NonFiniteOutput { .. } => ErrorKind::NonFiniteOutput,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
         }
     }
@@ -90,7 +97,8 @@ impl Error {
             Error::ImageNotFound { source_name }
             | Error::ImageDecode { source_name, .. }
             | Error::ImageTooLarge { source_name, .. }
-            | Error::Contract { source_name, .. } => Some(source_name.clone()),
+            | Error::Contract { source_name, .. }
+            | Error::NonFiniteOutput { source_name } => Some(source_name.clone()),
             Error::ModelNotFound { path } | Error::InvalidModel { path, .. } | Error::Inference { path, .. } => {
                 Some(path.display().to_string())
             }

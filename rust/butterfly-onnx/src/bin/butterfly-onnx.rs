@@ -40,7 +40,7 @@ struct Cli {
 #[derive(clap::Args)]
 struct RuntimeArgs {
     /// The libonnxruntime shared library. Default: $BUTTERFLY_ONNX_ORT_LIB, $ORT_DYLIB_PATH,
-    /// else the onnxruntime wheel's library in a virtualenv, ./.venv, ~/.local or the system
+    /// else the onnxruntime wheel's library in the active virtualenv, ~/.local or the system
     /// site-packages.
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
@@ -111,7 +111,8 @@ enum Command {
         progress: bool,
         #[arg(long, overrides_with = "progress")]
         no_progress: bool,
-        /// Refuse images with more pixels (0 = no limit); Pillow's bomb limit by default.
+        /// Refuse images with more pixels than this, from the header, before decoding
+        /// (0 = no limit). Default: Pillow's decompression-bomb ceiling, as the Python CLI.
         #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
         max_image_pixels: u64,
         /// JPEG draft mode: decode JPEGs at a reduced DCT scale as Pillow's draft() does
@@ -197,7 +198,10 @@ fn main() -> ExitCode {
             let options = match runtime.options() {
                 Ok(options) => ClassifierOptions {
                     threads: threads.map(|t| t as usize),
-                    max_image_pixels: (max_image_pixels > 0).then_some(max_image_pixels),
+                    max_image_pixels: Some(match max_image_pixels {
+                        0 => butterfly_onnx::classifier::NO_PIXEL_LIMIT,
+                        n => n,
+                    }),
                     jpeg_draft,
                     ..options
                 },
@@ -230,9 +234,17 @@ fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fata
         // Before looking for ONNX Runtime: the missing model is the first thing to fix.
         return Err(Fatal::new(format!("{}: model file not found", model.display())));
     }
-    if runtime::configured_library(options.ort_library.as_deref()).is_none() {
-        options.ort_library =
-            Some(runtime::find_wheel_library().ok_or_else(|| Fatal::new(runtime::how_to_get_a_library()))?);
+    match runtime::configured_library(options.ort_library.as_deref()) {
+        None => {
+            options.ort_library =
+                Some(runtime::find_wheel_library()?.ok_or_else(|| Fatal::new(runtime::how_to_get_a_library()))?);
+        }
+        // Named by the user: loaded, but a library others could have written is worth a word.
+        Some(named) => {
+            if let Some(reason) = runtime::untrusted_reason(&named) {
+                let _ = writeln!(std::io::stderr().lock(), "butterfly-onnx: warning: {reason}");
+            }
+        }
     }
     Ok(Classifier::open(model, options)?)
 }

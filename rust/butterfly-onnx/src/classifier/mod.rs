@@ -52,6 +52,10 @@ pub use providers::Provider;
 /// (above it `Image.open` raises `DecompressionBombError`); the default limit.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 178_956_970;
 
+/// `max_image_pixels` meaning "no limit" (the CLI's `--max-image-pixels 0`; Python's
+/// `max_image_pixels=None` with `PIL.Image.MAX_IMAGE_PIXELS = None`).
+pub const NO_PIXEL_LIMIT: u64 = u64::MAX;
+
 /// How to open a [`Classifier`]. `Default` = all cores, the model's own contract, Pillow's
 /// pixel limit, and the ONNX Runtime library from the environment (see [`crate::runtime`]).
 #[derive(Debug, Clone)]
@@ -65,7 +69,8 @@ pub struct ClassifierOptions {
     /// Replace the contract's preprocessing.
     pub preprocess: Option<PreprocessSpec>,
     /// `width * height` above this is an `ImageTooLarge` error, checked from the header
-    /// before decoding; `None` = unlimited.
+    /// before decoding; `None` = Pillow's default ceiling ([`crate::decode::PILLOW_BOMB_PIXELS`],
+    /// as the python backend's Pillow), [`NO_PIXEL_LIMIT`] = no limit at all.
     pub max_image_pixels: Option<u64>,
     /// The libonnxruntime file to load (else `BUTTERFLY_ONNX_ORT_LIB` / `ORT_DYLIB_PATH`).
     pub ort_library: Option<PathBuf>,
@@ -341,11 +346,12 @@ impl Classifier {
         top_k_of(&self.probabilities(row), &self.contract.labels, k)
     }
 
-    /// [`Self::preprocess`] then [`Self::run`] on the images that decoded.
+    /// [`Self::preprocess`] then [`Self::run`] on the images that decoded; a row holding NaN
+    /// or infinity is that image's [`Error::NonFiniteOutput`], not a row.
     pub fn logits(&self, items: &[ImageInput]) -> Result<(Array2<f32>, ImageErrors)> {
         let (batch, errors) = self.preprocess(items)?;
         let logits = self.run(batch.view())?;
-        Ok((logits, errors))
+        Ok(split_non_finite(logits, errors, 0, items.len(), |i| items[i].source()))
     }
 
     /// The top-k classes of each image that decoded, best first, as (input index,
@@ -386,6 +392,35 @@ impl Classifier {
     }
 }
 
+/// Moves the rows of `logits` that hold NaN or infinity into `errors` as
+/// [`Error::NonFiniteOutput`]: `logits` has one row per input of `start..start + count` not
+/// in `errors` (indices in the caller's numbering), `source(i)` names input `i`. Errors
+/// come back sorted by index.
+pub(crate) fn split_non_finite(
+    logits: Array2<f32>,
+    mut errors: ImageErrors,
+    start: usize,
+    count: usize,
+    source: impl Fn(usize) -> String,
+) -> (Array2<f32>, ImageErrors) {
+    let finite: Vec<bool> = logits.outer_iter().map(|row| row.iter().all(|v| v.is_finite())).collect();
+    if finite.iter().all(|&ok| ok) {
+        return (logits, errors);
+    }
+    let failed: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
+    let decoded: Vec<usize> = (start..start + count).filter(|i| !failed.contains(i)).collect();
+    let mut keep = Vec::new();
+    for (row, (&index, &ok)) in decoded.iter().zip(&finite).enumerate() {
+        if ok {
+            keep.push(row);
+        } else {
+            errors.push((index, Error::NonFiniteOutput { source_name: source(index) }));
+        }
+    }
+    errors.sort_by_key(|(i, _)| *i);
+    (logits.select(ndarray::Axis(0), &keep), errors)
+}
+
 /// Numerically stable softmax, accumulated in f64.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -403,4 +438,40 @@ pub fn top_k_of(probabilities: &[f32], labels: &[String], k: usize) -> Vec<Predi
         .take(k)
         .map(|index| Prediction { label: labels[index].clone(), index, probability: probabilities[index] })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_rows_become_errors_in_place() {
+        // Inputs 10..16 of a stream; 11 and 14 failed to decode, so the 4 rows are 10, 12, 13, 15.
+        let logits = ndarray::array![[1.0, 2.0], [f32::NAN, 0.0], [3.0, 4.0], [f32::NEG_INFINITY, 1.0]];
+        let errors = vec![
+            (11, Error::ImageNotFound { source_name: "i11".into() }),
+            (14, Error::ImageNotFound { source_name: "i14".into() }),
+        ];
+        let (kept, errors) = split_non_finite(logits, errors, 10, 6, |i| format!("i{i}"));
+        assert_eq!(kept, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
+        let found: Vec<(usize, ErrorKindName)> = errors.iter().map(|(i, e)| (*i, name(e))).collect();
+        assert_eq!(
+            found,
+            [(11, "ImageNotFound"), (12, "NonFiniteOutput"), (14, "ImageNotFound"), (15, "NonFiniteOutput")]
+        );
+        assert_eq!(errors[1].1.to_string(), "i12: the model's output is not finite (NaN or infinity), no prediction");
+        // All finite: untouched.
+        let (kept, errors) = split_non_finite(ndarray::array![[0.5f32]], Vec::new(), 0, 1, |i| format!("i{i}"));
+        assert_eq!((kept, errors.len()), (ndarray::array![[0.5f32]], 0));
+    }
+
+    type ErrorKindName = &'static str;
+
+    fn name(error: &Error) -> ErrorKindName {
+        match error.kind() {
+            crate::ErrorKind::ImageNotFound => "ImageNotFound",
+            crate::ErrorKind::NonFiniteOutput => "NonFiniteOutput",
+            _ => "other",
+        }
+    }
 }
