@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backends", ("_backends", "_native")),
     ("inference", ("classifier", "results", "evaluate")),
     ("training and export", ("train", "export", "variants", "catalog", "sample_data")),
-    ("CLI and tools", ("cli", "demo", "ray", "bench", "parity")),
+    ("CLI and tools", ("cli", "demo", "ray", "bench", "parity", "serving")),
 )
 OUTSIDE = {"butterfly_onnx", "butterfly_onnx.__main__"}
 

@@ -390,6 +390,7 @@ def run_bench(
     torch_module: Any = None,
     limit: int | None = None,
     jpeg_draft: bool = False,
+    variants: Sequence[str | os.PathLike[str]] = (),
     providers: Any = None,
     device: str | None = None,
 ) -> BenchResult:
@@ -399,7 +400,9 @@ def run_bench(
     reference, stays exact).  ``providers``/``device``: the execution providers of the python
     and rust contenders (as ``Classifier`` takes them); the reference stays on the CPU, so
     their "top-1" and "max dlogit" are the providers' difference, and each row names its
-    providers."""
+    providers.  ``variants``: reduced-precision files of the same model (e.g.
+    ``model.int8.onnx``), run side by side as ``<backend>:<variant>`` contenders whose top-1
+    agreement and max logit difference are against the same backend on ``model``."""
     import numpy as np
 
     from . import Classifier
@@ -455,6 +458,12 @@ def run_bench(
                 if "execution provider" in str(exc):
                     raise  # what was asked for cannot run: no figures without it
                 skipped[name] = f"{type(exc).__name__}: {exc}"
+        for variant in variants:  # "model.int8.onnx" -> "rust:int8", beside "rust"
+            label = Path(variant).stem.rpartition(".")[2]
+            for name in [c for c in ("python", "rust") if c in made]:
+                made[f"{name}:{label}"] = _Backend(
+                    str(variant), name, n_threads, jpeg_draft, {"providers": providers, "device": device}
+                )
         if not made:
             break
         floor_session = _ort_session(model, n_threads)
@@ -509,9 +518,11 @@ def run_bench(
                     e2e = min(s["e2e"]) * 1e3
                     ms = [v * 1e3 for v in s["e2e"]]
                     agree = diff = None
-                    if name != reference and logits[name].shape == ref_logits.shape:
-                        agree = float(np.mean(logits[name].argmax(1) == ref_logits.argmax(1)))
-                        diff = float(np.max(np.abs(logits[name].astype(np.float64) - ref_logits)))
+                    # a variant ("rust:int8") is compared with its backend on the fp32 model
+                    base = logits[name.partition(":")[0]] if ":" in name else ref_logits
+                    if name != reference and logits[name].shape == base.shape:
+                        agree = float(np.mean(logits[name].argmax(1) == base.argmax(1)))
+                        diff = float(np.max(np.abs(logits[name].astype(np.float64) - base)))
                     rows.append(
                         BenchRow(
                             contender=name,
@@ -579,6 +590,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jpeg-draft", action="store_true", help="python and rust in JPEG draft mode (torchvision stays exact)"
     )
+    parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a variant of the model (e.g. model.int8.onnx) to run beside it on each backend (repeatable)",
+    )
     add_provider_arguments(parser)
 
 
@@ -592,6 +611,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         limit=args.limit,
         jpeg_draft=args.jpeg_draft,
+        variants=args.variants,
         **provider_arguments(args),
     )
     print(result.format_table())

@@ -144,6 +144,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
 
+# --- serve --------------------------------------------------------------------------------
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import serve
+
+    pixels: dict[str, Any] = (
+        {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        **pixels,
+    )
+    return EXIT_OK
+
+
 # --- val ----------------------------------------------------------------------------------
 def _cmd_val(args: argparse.Namespace) -> int:
     from .classifier import Classifier
@@ -305,8 +327,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         kwargs["verify_images"] = verify_images
     if calibration:
         kwargs["calibration_images"] = calibration
+    if args.min_agreement is not None:
+        kwargs["min_agreement"] = args.min_agreement
     path = export_onnx(args.checkpoint, args.output, **kwargs)
     print(f"exported: {path}")
+    if variants:  # each variant against fp32: agreement with its interval, accuracy, diff, speed
+        from .export import ExportReport
+
+        for variant in ExportReport.load(path).variants:
+            print(f"variant {variant.summary()}")
     return EXIT_OK
 
 
@@ -392,6 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.set_defaults(run=_cmd_predict)
 
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve a model over HTTP (Open Inference Protocol v2, /v1/classify, /metrics)"
+    )
+    p.add_argument("model", help="an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="the port (0: any free one, printed on start; default 8000)")
+    p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the file's stem)")
+    p.add_argument("--max-batch", type=_positive("max-batch"), help="images per model batch across requests")
+    p.add_argument("--max-wait-ms", type=int, help="how long a batch waits to fill, in milliseconds")
+    p.add_argument("--max-queue", type=_positive("max-queue"), help="requests admitted at once; past it, 503")
+    p.add_argument("--max-body-bytes", type=_positive("max-body-bytes"), help="largest request body; past it, 413")
+    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
+    p.set_defaults(run=_cmd_serve)
+
     p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("data", help="a Kaggle folder/CSV (filename,label) or a class-per-folder tree")
@@ -452,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
     p.add_argument("checkpoint")
     p.add_argument("output", type=Path)
-    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"))
+    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8", "bf16"))
     verify = p.add_mutually_exclusive_group()
     verify.add_argument(
         "--verify-images",
@@ -465,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-images",
         nargs="+",
         help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="refuse to write a variant whose top-1 agreement with fp32 is below this "
+        "(default: export_onnx's min_agreement, 0.99; 0 turns the gate off)",
     )
     p.set_defaults(run=_cmd_export)
 

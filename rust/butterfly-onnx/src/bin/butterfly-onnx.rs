@@ -4,7 +4,9 @@
 //! butterfly-onnx predict MODEL INPUTS... [--top-k 5] [--batch-size 32] [--threads N] [--json]
 //!                        [-o FILE.csv|FILE.jsonl] [--progress|--no-progress] [--ort-lib PATH]
 //! butterfly-onnx info MODEL [--json] [--ort-lib PATH]
-//! (both: [--device cpu|cuda[:N]|... | --provider NAME[:KEY=VALUE,...]...])
+//! butterfly-onnx serve MODEL [--host 127.0.0.1] [--port 8000] [--name NAME] [--max-batch 16]
+//!                      [--max-wait-ms 2] [--max-queue 64] [--max-body-bytes N] [--threads N]
+//! (all: [--device cpu|cuda[:N]|... | --provider NAME[:KEY=VALUE,...]...])
 //! ```
 //! `predict` agrees with the Python command's `predict` (docs/inference.md, "Command line";
 //! both are tested on tests/fixtures/cli/predict_cases.json). Exit status: 0 all done; 1 some
@@ -122,6 +124,9 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Serve the model over HTTP (Open Inference Protocol v2, /v1/classify, /metrics;
+    /// docs/serving.md) until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
     /// Summarise the model and its contract.
     Info {
         model: PathBuf,
@@ -130,6 +135,65 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The exported .onnx model.
+    model: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port (0: any free one; the line printed on start says which).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model's name in /v2/models/NAME (default: the file's stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// Images per model batch across requests (and per request).
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+    /// How long a batch waits to fill, in milliseconds.
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_WAIT_MS)]
+    max_wait_ms: u64,
+    /// Requests admitted at once; past it, 503 with Retry-After.
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_QUEUE as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// Largest request body, in bytes; past it, 413.
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_BODY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: u64,
+    /// Threads for decoding and for ONNX Runtime (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+    /// Refuse images with more pixels (0 = no limit); Pillow's bomb limit by default.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// `serve`: open the model, serve until SIGTERM / Ctrl-C.
+fn serve(args: ServeArgs) -> Result<bool, Fatal> {
+    let options = ClassifierOptions {
+        threads: args.threads.map(|t| t as usize),
+        max_image_pixels: Some(match args.max_image_pixels {
+            0 => butterfly_onnx::classifier::NO_PIXEL_LIMIT,
+            n => n,
+        }),
+        ..args.runtime.options()?
+    };
+    let classifier = std::sync::Arc::new(Classifier::open(&args.model, options)?);
+    let settings = butterfly_onnx::serve::ServeOptions {
+        host: args.host,
+        port: args.port,
+        name: args.name,
+        max_batch: args.max_batch as usize,
+        max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+        max_queue: args.max_queue as usize,
+        max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+    };
+    butterfly_onnx::serve::serve(classifier, settings)?;
+    Ok(true)
 }
 
 /// Why nothing was done (exit status 2): one line on stderr. A write to stdout whose reader
@@ -215,6 +279,7 @@ fn main() -> ExitCode {
                 PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
             predict(&model, &inputs, &settings, options)
         }
+        Command::Serve(args) => serve(args),
         Command::Info { model, json, runtime } => runtime.options().and_then(|options| info(&model, json, options)),
     };
     match outcome {
