@@ -15,8 +15,8 @@ from pathlib import Path
 
 #: The core crate's modules, bottom layer first (docs/architecture.md, "The Rust workspace").
 #: A module may use the modules of the layers below its own, never its own layer or above.
-#: (A name without a file is skipped: `atomic` and `serve` are the atomic output files and the
-#: HTTP server, being written on other branches.)
+#: (A name without a file is skipped: `atomic`, the command's atomic output files, is being
+#: written on another branch.)
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors and files", {"error", "atomic"}),
     ("the preprocessing spec", {"spec"}),
