@@ -4,7 +4,8 @@
 # tool versions: ruff and mypy pinned in pyproject's dev extra, rustfmt/clippy from the toolchain.
 #   scripts/lint.sh          check everything
 #   scripts/lint.sh --fix    apply ruff's safe fixes, ruff format and cargo fmt first, then check
-# Import hygiene (no cycles, no private cross-module imports): scripts/check_imports.py.
+# Import hygiene (no cycles, no private cross-module imports): scripts/check_imports.py, and
+# scripts/check_rust_layers.py for the Rust core's modules.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${BUTTERFLY_ONNX_PYTHON:-$PWD/.venv/bin/python}"
@@ -31,6 +32,7 @@ run "mypy" "$PY" -m mypy
 run "cargo fmt" cargo fmt --all --check
 run "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 run "imports" "$PY" scripts/check_imports.py
+run "rust layers" "$PY" scripts/check_rust_layers.py
 
 if ((${#failed[@]})); then
     echo "lint: FAILED: ${failed[*]}" >&2

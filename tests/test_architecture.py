@@ -49,3 +49,24 @@ def test_the_checker_finds_cycles_and_private_imports(tmp_path):
         "butterfly_onnx.contract (contract and errors) imports butterfly_onnx.cli (CLI and tools)"
     ]
     assert "butterfly_onnx.a" in checker.upward(edges)[1]  # in no layer: listed
+
+
+def test_the_rust_core_uses_only_lower_layers(tmp_path):
+    """scripts/check_rust_layers.py: the crate's modules pass, and a circle is found."""
+    script = ROOT / "scripts" / "check_rust_layers.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "rust layers: 0 upward or same-layer uses"
+    # contract.rs and preprocess/ using each other (as before spec.rs existed) is two findings.
+    (tmp_path / "preprocess").mkdir()
+    (tmp_path / "lib.rs").write_text("pub mod contract;\npub mod preprocess;\n")
+    (tmp_path / "spec.rs").write_text("use crate::{Error, Result};\n")
+    (tmp_path / "contract.rs").write_text("use crate::preprocess::PreprocessSpec; // crate::classifier\n")
+    (tmp_path / "preprocess" / "mod.rs").write_text("use crate::{contract::check_spec, Error};\n")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "contract.rs: contract (contract, pixels, runtime) uses preprocess (its own layer: contract, pixels, runtime)",
+        "preprocess/mod.rs: preprocess (contract, pixels, runtime) uses contract (its own layer: contract, pixels, runtime)",
+        "rust layers: 2 upward or same-layer uses",
+    ]

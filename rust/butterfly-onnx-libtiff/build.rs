@@ -1,5 +1,6 @@
-//! Builds the vendored libtiff 4.7.2 with `cc` (hand-written tif_config.h / tiffconf.h for
-//! Linux and macOS on x86-64 and aarch64): codecs none, LZW, PackBits, Deflate, JPEG and
+//! Builds the vendored libtiff 4.7.2 with `cc`: the pristine upstream sources under vendor/,
+//! our hand-written tif_config.h / tiffconf.h (Linux and macOS on x86-64 and aarch64) under
+//! config/, found first on the include path. Codecs: none, LZW, PackBits, Deflate, JPEG and
 //! old-style JPEG (libjpeg-turbo from mozjpeg-sys), CCITT G3/G4, NeXT, ThunderScan, LogLuv,
 //! PixarLog; no LZMA, ZSTD, WebP, JBIG or LERC.
 use std::env;
@@ -53,10 +54,12 @@ fn main() {
     if width != "64" || !matches!(os.as_str(), "linux" | "macos") {
         panic!("butterfly-onnx-libtiff: the vendored libtiff is configured for 64-bit Linux and macOS only, not {os} ({width}-bit)");
     }
-    let dir = PathBuf::from("libtiff/libtiff");
-    println!("cargo:rerun-if-changed=libtiff");
+    let dir = PathBuf::from("vendor/libtiff");
+    let config = PathBuf::from("config");
+    println!("cargo:rerun-if-changed=vendor");
+    println!("cargo:rerun-if-changed=config");
     let mut build = cc::Build::new();
-    build.include(&dir).warnings(false).define("HAVE_CONFIG_H", None);
+    build.include(&config).include(&dir).warnings(false).define("HAVE_CONFIG_H", None);
     for path in env::split_paths(&env::var_os("DEP_JPEG_INCLUDE").expect("mozjpeg-sys exports DEP_JPEG_INCLUDE")) {
         build.include(path);
     }
@@ -69,5 +72,7 @@ fn main() {
     build.file("src/shim.c");
     println!("cargo:rerun-if-changed=src/shim.c");
     build.compile("tiff");
-    println!("cargo:include={}", std::fs::canonicalize(&dir).unwrap().display());
+    // DEP_TIFF_INCLUDE for dependents: tiffio.h needs tiffconf.h, so both folders.
+    let include = [config, dir].map(|d| std::fs::canonicalize(d).expect("the crate's own folders exist"));
+    println!("cargo:include={}", env::join_paths(include).expect("paths without separators").to_string_lossy());
 }

@@ -1,11 +1,11 @@
 //! `cfg(butterfly_avx512)` when the compiler has the AVX-512 target features and intrinsics
 //! (stable since Rust 1.89; the crate's floor is 1.88): the resampler's VNNI kernel
-//! (src/preprocess/resize.rs) is compiled only then, and chosen at run time by CPU detection.
+//! (src/preprocess/resize/avx512.rs) is compiled only then, and chosen at run time by CPU
+//! detection. The cfg is declared in the workspace's `[lints]` (Cargo.toml).
 
 use std::process::Command;
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(butterfly_avx512)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=RUSTC");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());

@@ -11,28 +11,19 @@
 
 use serde_json::{Map, Value};
 
-use crate::preprocess::{Interpolation, PreprocessSpec, ResampleOrder};
+use crate::spec::{check_max_size, Interpolation, Named, PreprocessSpec, ResampleOrder};
+pub use crate::spec::{check_spec, MAX_SIZE, MEAN_RANGE, STD_RANGE};
 use crate::{Error, Result};
 
 /// The only schema version this reader understands.
 pub const SCHEMA_VERSION: u32 = 1;
 /// The ONNX `metadata_props` key that holds the contract JSON.
 pub const METADATA_KEY: &str = "butterfly_onnx";
-/// Interpolation names (torchvision `InterpolationMode` values).
-pub const INTERPOLATIONS: [&str; 2] = ["bilinear", "bicubic"];
-/// Pillow pass-order rules (see contract.py `RESAMPLE_ORDERS`).
-pub const RESAMPLE_ORDERS: [&str; 3] = ["pillow_12_1", "pillow_12_2", "pillow_13"];
 
-// Limits: the same constants as contract.py (MAX_SIZE, MEAN_RANGE, STD_RANGE, MAX_DEPTH,
-// MAX_DOCUMENT_BYTES); the shared fixtures pin them. docs/contract.md#limits.
+// Limits: the same constants as contract.py (MAX_DEPTH, MAX_DOCUMENT_BYTES; the spec's own,
+// MAX_SIZE, MEAN_RANGE and STD_RANGE, are in `spec`); the shared fixtures pin them.
+// docs/contract.md#limits.
 
-/// `resize_size`, `crop_size` and `max_size` are integers in `1..=MAX_SIZE` (a crop of 8192
-/// is already 805 MB of float32 per image).
-pub const MAX_SIZE: u32 = 8192;
-/// Each `mean` entry lies in this closed range, each `std` entry in [`STD_RANGE`], so that
-/// `(pixel - mean) / std` stays within +-1e6 for pixels in [0, 1]: never inf or NaN.
-pub const MEAN_RANGE: (f64, f64) = (-1000.0, 1000.0);
-pub const STD_RANGE: (f64, f64) = (1e-3, 1000.0);
 /// The contract JSON nests at most this many arrays/objects (the top-level object is 1);
 /// checked by a scan before parsing, so serde_json's own recursion limit (128) is never hit.
 pub const MAX_DEPTH: usize = 64;
@@ -367,8 +358,9 @@ fn show_dims(dims: Option<&[i64]>) -> String {
     }
 }
 
-/// The JSON table `python/butterfly_onnx/data/resample_orders.json` (also read by contract.py).
-pub const RESAMPLE_ORDERS_JSON: &str = include_str!("../../../python/butterfly_onnx/data/resample_orders.json");
+/// The JSON table `data/resample_orders.json` (the crate's `data/`, in the repository a link to
+/// `python/butterfly_onnx/data/`: one copy, also read by contract.py).
+pub const RESAMPLE_ORDERS_JSON: &str = include_str!("../data/resample_orders.json");
 
 /// The `resample_order` rule of a Pillow version (`"13.0.0"`), from [`RESAMPLE_ORDERS_JSON`]:
 /// the first entry whose `from` `[major, minor]` is at most the version's (contract.py
@@ -384,12 +376,8 @@ pub fn resample_order_for_pillow(version: &str) -> ResampleOrder {
     for entry in table["orders"].as_array().expect("resample_orders.json has orders") {
         let since = (entry["from"][0].as_u64().unwrap_or(0), entry["from"][1].as_u64().unwrap_or(0));
         if have >= since {
-            return match entry["order"].as_str() {
-                Some("pillow_12_1") => ResampleOrder::Pillow12_1,
-                Some("pillow_12_2") => ResampleOrder::Pillow12_2,
-                Some("pillow_13") => ResampleOrder::Pillow13,
-                other => panic!("resample_orders.json: unknown order {other:?}"),
-            };
+            let name = entry["order"].as_str().unwrap_or_default();
+            return ResampleOrder::find(name).unwrap_or_else(|| panic!("resample_orders.json: unknown order {name:?}"));
         }
     }
     ResampleOrder::Pillow12_1
@@ -405,27 +393,12 @@ pub fn preprocess_to_value(spec: &PreprocessSpec) -> Value {
     serde_json::json!({
         "resize_size": spec.resize_size,
         "crop_size": spec.crop_size,
-        "interpolation": interpolation_name(spec.interpolation),
+        "interpolation": spec.interpolation.as_str(),
         "max_size": spec.max_size,
         "mean": spec.mean.map(f32_to_json),
         "std": spec.std.map(f32_to_json),
-        "resample_order": resample_order_name(spec.resample_order),
+        "resample_order": spec.resample_order.as_str(),
     })
-}
-
-pub fn interpolation_name(interpolation: Interpolation) -> &'static str {
-    match interpolation {
-        Interpolation::Bilinear => "bilinear",
-        Interpolation::Bicubic => "bicubic",
-    }
-}
-
-pub fn resample_order_name(order: ResampleOrder) -> &'static str {
-    match order {
-        ResampleOrder::Pillow12_1 => "pillow_12_1",
-        ResampleOrder::Pillow12_2 => "pillow_12_2",
-        ResampleOrder::Pillow13 => "pillow_13",
-    }
 }
 
 /// mean/std are float32 in the pipeline (torchvision converts them first); write the
@@ -617,62 +590,19 @@ fn spec_from_value(data: &Value) -> Check<PreprocessSpec> {
     check_max_size(max_size, resize_size)?;
     let mean = triple(&data["mean"], "mean", MEAN_RANGE)?;
     let std = triple(&data["std"], "std", STD_RANGE)?;
-    let interpolation = match data["interpolation"].as_str() {
-        Some("bilinear") => Interpolation::Bilinear,
-        Some("bicubic") => Interpolation::Bicubic,
-        _ => {
-            return Err(format!(
-                "preprocess.interpolation must be one of ('bilinear', 'bicubic'), got {}",
-                show(&data["interpolation"])
-            ))
-        }
-    };
-    let resample_order = match data["resample_order"].as_str() {
-        Some("pillow_12_1") => ResampleOrder::Pillow12_1,
-        Some("pillow_12_2") => ResampleOrder::Pillow12_2,
-        Some("pillow_13") => ResampleOrder::Pillow13,
-        _ => {
-            return Err(format!(
-                "preprocess.resample_order must be one of ('pillow_12_1', 'pillow_12_2', 'pillow_13'), got {}",
-                show(&data["resample_order"])
-            ))
-        }
-    };
+    let interpolation: Interpolation = named(&data["interpolation"])?;
+    let resample_order: ResampleOrder = named(&data["resample_order"])?;
     let spec = PreprocessSpec { resize_size, crop_size, interpolation, max_size, mean, std, resample_order };
     check_spec(&spec)?;
     Ok(spec)
 }
 
-fn check_max_size(max_size: Option<u32>, resize_size: u32) -> Check<()> {
-    match max_size {
-        Some(max_size) if max_size <= resize_size => Err(format!(
-            "preprocess.max_size ({max_size}) must be greater than resize_size ({resize_size}), as torchvision requires"
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The one validator of a [`PreprocessSpec`] built in Rust (the JSON reader checks the same
-/// rules on the document, before the float32 conversion): sizes in `1..=MAX_SIZE`,
-/// `max_size > resize_size`, `mean` in [`MEAN_RANGE`], `std` in [`STD_RANGE`]. The message
-/// says what is wrong, without a source; `preprocess::preprocess_into` uses it too.
-pub fn check_spec(spec: &PreprocessSpec) -> std::result::Result<(), String> {
-    let sizes =
-        [("resize_size", Some(spec.resize_size)), ("crop_size", Some(spec.crop_size)), ("max_size", spec.max_size)];
-    for (name, value) in sizes {
-        if let Some(value) = value {
-            if !(1..=MAX_SIZE).contains(&value) {
-                return Err(format!("preprocess.{name} must be a positive integer <= {MAX_SIZE}, got {value}"));
-            }
-        }
-    }
-    check_max_size(spec.max_size, spec.resize_size)?;
-    for (name, values, (low, high)) in [("mean", spec.mean, MEAN_RANGE), ("std", spec.std, STD_RANGE)] {
-        if !values.iter().all(|&v| (v as f64).is_finite() && low <= v as f64 && v as f64 <= high) {
-            return Err(format!("preprocess.{name} must be 3 finite numbers in [{low}, {high}], got {values:?}"));
-        }
-    }
-    Ok(())
+/// A contract name (`preprocess.interpolation`, `preprocess.resample_order`): one of the
+/// enum's names, in contract.py's message when it is not.
+fn named<T: Named>(value: &Value) -> Check<T> {
+    value.as_str().and_then(T::find).ok_or_else(|| {
+        format!("preprocess.{} must be one of {}, got {}", T::WHAT, T::names('\'', "(", ")"), show(value))
+    })
 }
 
 /// A JSON integer in `1..=MAX_SIZE` (`true`, `224.0` and `"224"` are not integers).

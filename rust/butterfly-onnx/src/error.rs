@@ -114,7 +114,7 @@ impl Error {
 /// image's `ImageDecode` error, `"{what}: {panic message}"`. Nothing is printed for a caught
 /// panic: the process's panic hook is wrapped once and stays quiet while a guarded call runs
 /// on the thread; every other panic still reaches the hook installed before. Guards nest.
-pub fn guard<T>(source_name: &str, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guard<T>(source_name: &str, what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     install_quiet_panic_hook();
     let was_quiet = QUIET_PANICS.with(|q| q.replace(true));
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));

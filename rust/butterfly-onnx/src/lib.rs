@@ -1,5 +1,7 @@
 //! butterfly-onnx: run an exported butterfly_onnx classifier without Python or torch.
 //!
+//! * [`spec`]: the preprocessing a contract records ([`spec::PreprocessSpec`]), its names,
+//!   limits and validator; below both `contract` and `preprocess`.
 //! * [`decode`]: encoded bytes or a path -> RGB8, exactly as `PIL.Image.open(f).convert("RGB")`.
 //! * [`preprocess`]: torchvision's eval preprocessing (Pillow's fixed-point resampling, center
 //!   crop, normalize), bit-exact, written straight into the batch tensor.
@@ -19,5 +21,6 @@ pub mod preprocess;
 pub mod runtime;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod spec;
 
 pub use error::{Error, ErrorKind, Result};

@@ -21,12 +21,11 @@ use butterfly_onnx::atomic::AtomicFile;
 use butterfly_onnx::classifier::{
     providers, Classifier, ClassifierOptions, ImageInput, ImageResult, Provider, DEFAULT_MAX_IMAGE_PIXELS,
 };
-use butterfly_onnx::contract::{interpolation_name, resample_order_name};
 use butterfly_onnx::runtime;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// The one list of image extensions (lowercase, no dot), shared with the Python package.
-const IMAGE_EXTENSIONS: &str = include_str!("../../../../python/butterfly_onnx/data/image_extensions.txt");
+const IMAGE_EXTENSIONS: &str = include_str!("../../data/image_extensions.txt");
 
 #[derive(Parser)]
 #[command(
@@ -1107,9 +1106,9 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<u8, F
         out,
         "preprocess:     Resize({}, {}{}, {}) -> CenterCrop({crop}) -> ToTensor -> Normalize(mean={:?}, std={:?})",
         spec.resize_size,
-        interpolation_name(spec.interpolation),
+        spec.interpolation,
         spec.max_size.map_or(String::new(), |m| format!(", max_size={m}")),
-        resample_order_name(spec.resample_order),
+        spec.resample_order,
         spec.mean,
         spec.std
     )?;

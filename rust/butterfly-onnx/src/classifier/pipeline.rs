@@ -90,8 +90,8 @@ use super::{batch::Preprocessor, Classifier, ImageErrors, ImageInput, Prediction
 use crate::{Error, Result};
 
 /// The constants of the thread rule and the model-batch rule, one file for both backends:
-/// `python/butterfly_onnx/data/thread_rule.json` (also read by `butterfly_onnx._backends`).
-pub const THREAD_RULE_JSON: &str = include_str!("../../../../python/butterfly_onnx/data/thread_rule.json");
+/// `data/thread_rule.json` (`python/butterfly_onnx/data/`, also read by `butterfly_onnx._backends`).
+pub const THREAD_RULE_JSON: &str = include_str!("../../data/thread_rule.json");
 
 /// The fields of [`THREAD_RULE_JSON`].
 #[derive(Debug, serde::Deserialize)]

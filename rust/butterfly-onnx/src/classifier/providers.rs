@@ -20,7 +20,7 @@ use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProviderDispatc
 use crate::{Error, Result};
 
 /// The table both languages read.
-pub const PROVIDERS_JSON: &str = include_str!("../../../../python/butterfly_onnx/data/providers.json");
+pub const PROVIDERS_JSON: &str = include_str!("../../data/providers.json");
 
 /// One provider to register: ONNX Runtime's name and its options (strings, as onnxruntime's
 /// Python API turns them into).

@@ -14,140 +14,19 @@ pub mod normalize;
 pub mod resize;
 
 use std::borrow::Cow;
-use std::fmt;
 use std::ops::Range;
-use std::str::FromStr;
 
 use crate::{Error, Result};
 
+pub use crate::spec::{Interpolation, PreprocessSpec, ResampleOrder};
 pub use crop::{center_crop_axis, AxisCrop};
 pub use normalize::{normalize_level, NormalizeTable};
 use resize::Scratch;
 pub use resize::{AxisCoefficients, Plane};
 
-/// The Pillow filter used by `Resize` (torchvision `InterpolationMode` names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Interpolation {
-    Bilinear,
-    Bicubic,
-}
-
-impl Interpolation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Interpolation::Bilinear => "bilinear",
-            Interpolation::Bicubic => "bicubic",
-        }
-    }
-}
-
-impl FromStr for Interpolation {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "bilinear" => Ok(Interpolation::Bilinear),
-            "bicubic" => Ok(Interpolation::Bicubic),
-            other => Err(Error::InvalidArgument {
-                reason: format!("interpolation must be \"bilinear\" or \"bicubic\", got {other:?}"),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Interpolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Pillow's rule for the order of the two resampling passes; the order changes results by 1
-/// on many pixels, so the contract records the rule the model was validated with
-/// (`contract.py::RESAMPLE_ORDERS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResampleOrder {
-    /// Pillow <= 12.1: horizontal pass first, always.
-    Pillow12_1,
-    /// Pillow 12.2-12.3: horizontal first, except when `H > 100 * W` and the height shrinks.
-    Pillow12_2,
-    /// Pillow >= 13.0: vertical first when `(H - h) > 0` and `(H - h) > 2 * (W - w)`.
-    Pillow13,
-}
-
-impl ResampleOrder {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResampleOrder::Pillow12_1 => "pillow_12_1",
-            ResampleOrder::Pillow12_2 => "pillow_12_2",
-            ResampleOrder::Pillow13 => "pillow_13",
-        }
-    }
-
-    /// Whether Pillow resizes `in_w x in_h` to `out_w x out_h` with the vertical pass first.
-    /// Only meaningful when both axes change (otherwise there is one pass).
-    pub fn vertical_first(self, in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
-        let (in_w, in_h, out_w, out_h) = (in_w as i64, in_h as i64, out_w as i64, out_h as i64);
-        match self {
-            ResampleOrder::Pillow12_1 => false,
-            ResampleOrder::Pillow12_2 => in_h > 100 * in_w && out_h < in_h,
-            ResampleOrder::Pillow13 => {
-                let shrink_h = in_h - out_h;
-                shrink_h > 0 && shrink_h > 2 * (in_w - out_w)
-            }
-        }
-    }
-}
-
-impl FromStr for ResampleOrder {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "pillow_12_1" => Ok(ResampleOrder::Pillow12_1),
-            "pillow_12_2" => Ok(ResampleOrder::Pillow12_2),
-            "pillow_13" => Ok(ResampleOrder::Pillow13),
-            other => Err(Error::InvalidArgument {
-                reason: format!(
-                    "resample_order must be one of \"pillow_12_1\", \"pillow_12_2\", \"pillow_13\", got {other:?}"
-                ),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for ResampleOrder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The preprocessing of a model contract (`contract.py::PreprocessSpec`). `mean` and `std` are
-/// float32 because torchvision casts them to the tensor's dtype before normalizing.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PreprocessSpec {
-    pub resize_size: u32,
-    pub crop_size: u32,
-    pub interpolation: Interpolation,
-    pub max_size: Option<u32>,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub resample_order: ResampleOrder,
-}
-
-impl PreprocessSpec {
-    /// Floats in one image's CHW tensor: `3 * crop_size * crop_size`.
-    pub fn output_len(&self) -> usize {
-        output_len(self)
-    }
-
-    /// The contract's rules for a spec (`contract::check_spec`: sizes 1..=8192, `max_size` >
-    /// `resize_size`, mean and std finite and in range), so a crop can never ask for more.
-    fn validate(&self) -> Result<()> {
-        crate::contract::check_spec(self).map_err(|reason| Error::InvalidArgument { reason })
-    }
-}
-
 /// Floats in one image's CHW tensor: `3 * crop_size * crop_size`.
 pub fn output_len(spec: &PreprocessSpec) -> usize {
-    3 * spec.crop_size as usize * spec.crop_size as usize
+    spec.output_len()
 }
 
 /// A borrowed HWC RGB8 image (`data.len() == width * height * 3`).

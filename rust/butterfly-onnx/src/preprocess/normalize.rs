@@ -37,7 +37,7 @@ thread_local! {
 impl NormalizeTable {
     /// [`NormalizeTable::new`], reusing this thread's previous table when mean and std are the
     /// same (every image of a model): 768 divisions saved per image.
-    pub fn cached(mean: [f32; 3], std: [f32; 3]) -> Rc<NormalizeTable> {
+    pub(crate) fn cached(mean: [f32; 3], std: [f32; 3]) -> Rc<NormalizeTable> {
         let key = [mean[0], mean[1], mean[2], std[0], std[1], std[2]].map(f32::to_bits);
         LAST.with(|last| {
             let mut last = last.borrow_mut();
