@@ -129,7 +129,7 @@ class FinetuneSettings:
     threads: int | None = knob(None, "torch threads (none: the cores this process may use, affinity/cgroup-aware)")
     patience: int | None = knob(5, "stop after this many epochs without a better val top-1 (none: never)")
     preprocess: PreprocessSpec | None = knob(
-        None, "override the weights' eval preprocessing (a JSON object: resize_size, crop_size, ...)"
+        None, "override the weights' eval preprocessing (JSON: resize_size, crop_size, mean, std[, interpolation])"
     )
     max_steps_per_epoch: int | None = knob(None, "cap on optimizer steps per uncached epoch (quick trials)")
     filename_column: str = knob("filename", "CSV column holding the image file names")

@@ -213,7 +213,7 @@ def build(run: Run) -> None:
     random.seed(settings.seed)
     net = build_model(settings.model, weights=settings.weights, num_classes=data.num_classes).to(run.device)
     if run.channels_last:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = net.to(memory_format=torch.channels_last)
     run.net, run.head, run.head_layer = net, head_parameters(net), cacheable_head(net)
     head_ids = {id(p) for p in run.head}
     run.optimizer = torch.optim.AdamW(

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["LOGGER", "bars_enabled", "bar", "run_logging", "epoch_line"]
+__all__ = ["LOGGER", "bars_enabled", "bar", "log_to_stderr", "run_logging", "epoch_line"]
 
 LOGGER = logging.getLogger("butterfly_onnx.train")
 
@@ -40,24 +40,28 @@ def bar(enabled: bool, total: int, desc: str | None, leave: bool = True) -> Any:
 
 
 @contextlib.contextmanager
+def log_to_stderr() -> Iterator[None]:
+    """The training log lines (INFO) as plain lines on stderr, until the block ends."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(previous)
+
+
+@contextlib.contextmanager
 def run_logging(progress: bool | None, bars: bool) -> Iterator[None]:
     """During a run: when logging is not configured and output is wanted (``progress`` is not
-    False), a plain stderr handler for this package's INFO lines; with bars on, every line is
-    written above the bars (tqdm's ``logging_redirect_tqdm``)."""
-    stack = contextlib.ExitStack()
-    with stack:
+    False), :func:`log_to_stderr`; with bars on, every line is written above the bars (tqdm's
+    ``logging_redirect_tqdm``)."""
+    with contextlib.ExitStack() as stack:
         if progress is not False and not LOGGER.hasHandlers():
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            previous = LOGGER.level
-            LOGGER.addHandler(handler)
-            LOGGER.setLevel(logging.INFO)
-
-            def restore() -> None:
-                LOGGER.removeHandler(handler)
-                LOGGER.setLevel(previous)
-
-            stack.callback(restore)
+            stack.enter_context(log_to_stderr())
         if bars:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
