@@ -105,6 +105,7 @@ def run_steps(args: argparse.Namespace) -> dict:
                         fn()
                     ms = (time.perf_counter() - started) / (args.repeats * len(targets)) * 1000
                     best[name][kind] = min(best[name][kind], ms)
+            print(json.dumps({"arch": arch, "round_best": best}), flush=True)  # partial results survive a kill
         base = best["fp32 NCHW"]
         results[arch] = {
             name: {

@@ -51,6 +51,37 @@ def test_auto_precision_follows_the_cpu_flags(text, native, tmp_path, monkeypatc
     assert resolve_precision("auto", torch.device("mps")).name == "fp32"
 
 
+@pytest.mark.parametrize("text, expected", [(CPUINFO_AVX2, "fp32"), (CPUINFO_ZEN4, "bf16")])
+def test_finetune_runs_in_the_precision_the_cpu_flags_give(text, expected, tmp_path, monkeypatch):
+    """The wiring, end to end: a real (tiny) finetune records and uses what the flags give."""
+    from PIL import Image
+
+    from butterfly_onnx.train import finetune
+
+    _fake_cpuinfo(tmp_path, monkeypatch, text)
+    rng = np.random.default_rng(0)
+    for label, colour in {"red": (200, 40, 40), "blue": (40, 40, 200)}.items():
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.png")
+    result = finetune(
+        tmp_path / "data",
+        model="mobilenet_v3_small",
+        weights=None,
+        epochs=2,
+        batch_size=4,
+        head_steps=4,
+        preprocess=PreprocessSpec(resize_size=40, crop_size=32),
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    config = torch.load(result.checkpoint, weights_only=True)["config"]
+    assert config["train_config"]["precision"] == expected and config["settings"]["precision"] == "auto"
+    assert result.metrics["features"]["precision"] == expected
+    assert config["train_config"]["channels_last"] is True
+
+
 def test_the_real_cpuinfo_is_read(tmp_path, monkeypatch):
     real = Path("/proc/cpuinfo")
     if not real.is_file():
