@@ -31,11 +31,11 @@ def test_kaggle_scale_smoke(tmp_path):
             "--work",
             str(tmp_path),
             "--train",
-            "40",
+            "24",
             "--test",
-            "12",
+            "6",
             "--classes",
-            "4",
+            "3",
             "--epochs",
             "1",
             "--",
@@ -43,13 +43,15 @@ def test_kaggle_scale_smoke(tmp_path):
             "8",
             "--head-steps",
             "5",
+            "--preprocess",  # a smaller crop keeps the CI run short
+            '{"resize_size": 128, "crop_size": 112, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}',
         ]
     )
     data = tmp_path / "data"
     with open(data / "Training_set.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["filename", "label"] and len(rows) == 41
-    assert len({r[1] for r in rows[1:]}) == 4 and all((data / "train" / r[0]).is_file() for r in rows[1:])
+    assert rows[0] == ["filename", "label"] and len(rows) == 25
+    assert len({r[1] for r in rows[1:]}) == 3 and all((data / "train" / r[0]).is_file() for r in rows[1:])
     from PIL import Image
 
     with Image.open(data / "train" / rows[1][0]) as image:
@@ -58,5 +60,5 @@ def test_kaggle_scale_smoke(tmp_path):
     assert all(step["seconds"] > 0 and step["peak_rss_mib"] > 0 for step in result["steps"].values())
     with open(tmp_path / "submission.csv", newline="") as handle:
         submission = list(csv.reader(handle))
-    assert len(submission) == 13 and {r[1] for r in submission[1:]} <= {r[1] for r in rows[1:]}
+    assert len(submission) == 7 and {r[1] for r in submission[1:]} <= {r[1] for r in rows[1:]}
     assert result["epochs_run"] == 1
