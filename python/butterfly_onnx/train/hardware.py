@@ -8,8 +8,8 @@ the memory format.
   AMX, read from ``/proc/cpuinfo``'s flags) and on a CUDA GPU that supports bf16, fp16 autocast
   with a GradScaler on other CUDA GPUs, fp32 otherwise.  Weights stay fp32 (autocast casts per
   operation), so checkpoints and the exported ONNX are fp32 either way.
-- **channels_last** ``None``: on for the families where it was measured faster
-  (:data:`CHANNELS_LAST_FAMILIES`, docs/training.md), off for the others.
+- **channels_last** ``None``: on for the convolutional families (:data:`CHANNELS_LAST_FAMILIES`;
+  measured on EfficientNet, docs/benchmarks.md), off for the others.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/c
 #: The CPU flags that mean native bf16 arithmetic (AVX-512 BF16 dot products, AMX tiles).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
-#: Architecture name prefixes whose training step was measured faster in channels_last on a CPU
-#: (docs/training.md, "Hardware"): convolutional families.  Transformers (vit_, swin_, maxvit_)
-#: and the rest keep the default layout.
+#: Architecture name prefixes trained in channels_last by default: convolutional families, whose
+#: oneDNN convolutions run NHWC natively.  Measured (docs/benchmarks.md, "Training"): EfficientNet
+#: (Lite0: 1.8x per training step on the 2-core EPYC); the others are on by the same reasoning and
+#: still to be measured (benchmarks/train_hardware.py step --models ...).  Transformers (vit_,
+#: swin_, maxvit_) and the rest keep the default layout.
 CHANNELS_LAST_FAMILIES = (
     "efficientnet",
     "mobilenet",
