@@ -33,4 +33,8 @@ python=${PYTHON:-python3}
 # sha256-checked; read at run time by tests/test_real_world_images.py, never copied into the repo).
 .venv/bin/python scripts/fetch_test_images.py >/dev/null ||
     echo "setup: warning: the real-world image corpus could not be fetched (scripts/fetch_test_images.py)" >&2
+# The onnxruntime-openvino venv of tests/test_providers.py (cached in .venv-openvino; the tests
+# make it themselves when missing).
+.venv/bin/python tests/provider_envs.py >/dev/null ||
+    echo "setup: warning: the onnxruntime-openvino venv could not be made (tests/provider_envs.py)" >&2
 echo "setup: ok ($(.venv/bin/python -c 'import butterfly_onnx, butterfly_onnx._native; print("butterfly_onnx", butterfly_onnx.__version__, "with the Rust backend")'))"

@@ -14,3 +14,9 @@ if [[ "${BUTTERFLY_ONNX_LINT:-1}" == 1 ]]; then
 fi
 cargo test -p butterfly-onnx --release
 python -m pytest tests benchmarks "$@"
+# The manylinux wheel, installed into a fresh venv of another Python minor with no compiler on
+# PATH, must predict bit for bit like this install (scripts/wheel_smoke.sh; dist/ is rebuilt only
+# when the sources changed). BUTTERFLY_ONNX_WHEEL=0 skips it.
+if [[ "${BUTTERFLY_ONNX_WHEEL:-1}" == 1 ]]; then
+    scripts/wheel_smoke.sh
+fi

@@ -99,3 +99,62 @@ def export_contract_model(
     contract = ModelContract(labels=LABELS, preprocess=spec, provenance={"arch": "test"})
     write_contract(path, contract)
     return contract
+
+
+def tiny_model(
+    path: Path,
+    *,
+    labels: tuple[str, ...] = ("admiral", "monarch", "swallowtail"),
+    spec: PreprocessSpec | None = None,
+    pooled_op: str | None = None,
+) -> Path:
+    """A small contract model built with ``onnx.helper``: the channel means of the 32x32 crop
+    (``pooled_op`` applied to them, e.g. ``"Reciprocal"``, which makes a black image's output
+    non-finite), times a fixed 3 x classes matrix."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from butterfly_onnx.contract import write_contract
+
+    weights = np.linspace(-1, 1, 3 * len(labels), dtype=np.float32).reshape(3, len(labels))
+    nodes = [helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0)]
+    if pooled_op is not None:
+        nodes.append(helper.make_node(pooled_op, ["pooled"], ["features"]))
+    nodes.append(helper.make_node("MatMul", ["features" if pooled_op else "pooled", "w"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(labels)])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_contract(model, ModelContract(labels=tuple(labels), preprocess=spec or PreprocessSpec(40, 32)))
+    onnx.save(model, str(path))
+    return path
+
+
+def rust_cli() -> Path | None:
+    """The Rust command (``$BUTTERFLY_ONNX_RUST_CLI``, else target/release/butterfly-onnx), or
+    None when it is not built."""
+    candidate = Path(
+        os.environ.get("BUTTERFLY_ONNX_RUST_CLI", Path(__file__).parents[1] / "target/release/butterfly-onnx")
+    )
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def run_rust_cli(*args: str | bytes | os.PathLike[str], cwd: Path | None = None) -> tuple[int, bytes, str]:
+    """(exit status, stdout bytes, stderr) of the Rust command, ONNX Runtime given by
+    ``$ORT_DYLIB_PATH`` (the Python package's library); skips the test when it is not built."""
+    import subprocess
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+
+    cli = rust_cli()
+    if cli is None:
+        pytest.skip("the Rust CLI is not built (target/release/butterfly-onnx)")
+    env = {**os.environ, "ORT_DYLIB_PATH": str(find_onnxruntime_library())}
+    done = subprocess.run([str(cli), *map(os.fspath, args)], capture_output=True, env=env, cwd=cwd, timeout=300)
+    return done.returncode, done.stdout, done.stderr.decode("utf-8", "replace")

@@ -189,3 +189,41 @@ def test_bad_images_are_clear_errors(small_model, tmp_path):
         parity.run_parity(small_model[0], [str(broken)], backends=["python"])
     with pytest.raises(ImageNotFoundError, match="missing.jpg"):
         bench.run_bench(small_model[0], [str(tmp_path / "missing.jpg")], contenders=["python"])
+
+
+@pytest.fixture(scope="module")
+def small_int8(small_model, photos, tmp_path_factory):
+    """The small model's int8 variant (export's recipe, calibrated on the photos) with its contract."""
+    from butterfly_onnx import Classifier
+    from butterfly_onnx.export.variants import build_variant
+
+    path, _ = small_model
+    out = tmp_path_factory.mktemp("int8") / "small.int8.onnx"
+    contract = Classifier(path).contract
+    build_variant("int8", path, out, spec=contract.preprocess, calibration=[Path(p) for p in photos], batch_size=2)
+    write_contract(out, contract)
+    return out
+
+
+def test_bench_and_parity_put_a_variant_beside_the_model(small_model, small_int8, photos, capsys):
+    from butterfly_onnx import Classifier
+
+    path, _ = small_model
+    result = bench.run_bench(path, photos, threads=[1], rounds=1, contenders=BACKENDS, variants=[small_int8])
+    rows = {r.contender: r for r in result.rows}
+    assert set(rows) == {*BACKENDS, *(f"{b}:int8" for b in BACKENDS)}
+    parity_result = parity.run_parity(path, photos, backends=BACKENDS, variants=[small_int8])
+    for backend in BACKENDS:
+        # against the same backend on the fp32 file, computed here independently
+        fp32 = Classifier(path, backend=backend, threads=1).logits(photos)
+        int8 = Classifier(small_int8, backend=backend, threads=1).logits(photos)
+        agreement = float((fp32.argmax(1) == int8.argmax(1)).mean())
+        diff = float(np.abs(fp32.astype(np.float64) - int8).max())
+        assert 0 < diff < 1  # a real variant: close, not identical
+        row = rows[f"{backend}:int8"]
+        assert row.top1_agreement == agreement and row.max_logit_diff == pytest.approx(diff, rel=1e-6)
+        assert row.end_to_end_ms > 0
+        figures = parity_result.variants["int8"][backend]
+        assert figures["top1_agreement"] == agreement and figures["max_logit_diff"] == pytest.approx(diff, rel=1e-6)
+        assert figures["ms_per_image"] > 0 and figures["fp32_ms_per_image"] > 0
+    assert "python:int8" in result.format_table() and "int8" in parity_result.format_table()

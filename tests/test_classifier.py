@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -609,3 +610,93 @@ def test_pil_inputs_are_converted_a_chunk_at_a_time(backend, classifiers):
     finally:
         tracemalloc.stop()
     assert peak < 12 * 600_000, f"peak {peak / 1e6:.1f} MB for 48 PIL images at batch_size=2"
+
+
+# -- non-finite model outputs ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def non_finite_model(tmp_path_factory):
+    """A model whose output is infinite/NaN for a black image (1 / channel mean, no
+    normalisation: the mean is 0) and finite for any other, and three images."""
+    from butterfly_onnx.errors import NonFiniteOutputError  # noqa: F401  (public name)
+    from contract_models import tiny_model
+
+    root = tmp_path_factory.mktemp("non_finite")
+    spec = PreprocessSpec(40, 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    model = tiny_model(root / "model.onnx", spec=spec, pooled_op="Reciprocal")
+    for name, colour in (("white", (255, 255, 255)), ("black", (0, 0, 0)), ("violet", (128, 64, 200))):
+        Image.new("RGB", (48, 40), colour).save(root / f"{name}.png")
+    return model, [root / "white.png", root / "black.png", root / "violet.png"]
+
+
+def test_non_finite_logits_are_a_per_image_error_never_a_prediction(backend, non_finite_model):
+    """ONNX Runtime itself gives the black image a non-finite row; both backends make it that
+    image's NonFiniteOutputError, which follows on_error like a bad image."""
+    import onnxruntime as ort
+
+    from butterfly_onnx.errors import NonFiniteOutputError
+
+    model, images = non_finite_model
+    classifier = Classifier(model, backend=backend)
+    raw = ort.InferenceSession(str(model)).run(None, {"input": classifier.preprocess(images)})[0]
+    assert [bool(np.isfinite(row).all()) for row in raw] == [True, False, True]
+
+    with pytest.warns(ImageSkippedWarning, match="black.png: the model's output is not finite"):
+        predictions = classifier.predict(images, top_k=2, on_error="skip")
+    assert [p.ok for p in predictions] == [True, False, True]
+    assert isinstance(predictions[1].error, NonFiniteOutputError) and predictions[1].error.source == str(images[1])
+    assert all(np.isfinite(c.probability) for p in predictions for c in p.top_k)
+    with pytest.warns(ImageSkippedWarning):
+        logits = classifier.logits(images, on_error="skip", batch_size=1)
+    np.testing.assert_allclose(logits, raw[[0, 2]], rtol=1e-6)
+    with pytest.raises(NonFiniteOutputError, match="black.png"):
+        classifier.predict(images)
+    # Out of a whole chunk too (the error is in place whatever the chunk size).
+    with pytest.warns(ImageSkippedWarning):
+        assert [p.ok for p in classifier.predict(images * 3, batch_size=4, on_error="skip")] == [True, False, True] * 3
+
+
+def test_non_finite_logits_in_both_clis(non_finite_model, capsys):
+    """Both commands: the black image is one error line naming it, the others are predicted,
+    exit status 1 (some inputs failed); the JSON Lines output holds no NaN."""
+    from butterfly_onnx.cli import main
+    from contract_models import run_rust_cli
+
+    model, images = non_finite_model
+    code = main(["predict", str(model), *map(str, images), "--json", "--no-progress", "--backend", "python"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "black.png: the model's output is not finite" in err, err
+
+    def bare_constant(name):
+        raise AssertionError(f"bare {name} in the JSON Lines output")
+
+    rows = [json.loads(line, parse_constant=bare_constant) for line in out.splitlines()]
+    assert [row["source"] for row in rows if not row.get("error")] == [str(images[0]), str(images[2])]
+    code, stdout, stderr = run_rust_cli("predict", model, *images, "--no-progress")
+    assert code == 1 and "black.png: the model's output is not finite" in stderr, stderr
+    assert [line.split()[0] for line in stdout.decode().splitlines()] == [str(images[0]), str(images[2])]
+
+
+# -- file names that are not UTF-8 -------------------------------------------------------
+def test_a_file_name_that_is_not_utf8_is_predicted_like_any_other(backend, non_finite_model, tmp_path):
+    """Linux allows any bytes but '/' and NUL in a name.  Both backends predict such a file (by
+    path, in a folder, and when it fails) with the source Python's os.fsdecode gives, which
+    os.fsencode turns back into the file's bytes."""
+    model, images = non_finite_model
+    raw_name = b"caf\xe9 \xff.png"  # Latin-1, not UTF-8
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    path = Path(os.fsdecode(os.path.join(os.fsencode(folder), raw_name)))
+    path.write_bytes(images[0].read_bytes())
+    bad = Path(os.fsdecode(os.path.join(os.fsencode(folder), b"\xfe broken.png")))
+    bad.write_bytes(b"not an image")
+    classifier = Classifier(model, backend=backend)
+    reference = classifier.predict(images[0], top_k=3)[0]
+    for given in ([path, bad], [str(path), str(bad)], folder):
+        with pytest.warns(ImageSkippedWarning, match="broken.png"):
+            predictions = classifier.predict(given, top_k=3, on_error="skip")
+        by_name = {os.fsencode(p.source): p for p in predictions}
+        good = by_name[os.fsencode(path)]
+        assert good.ok and good.top_k == reference.top_k
+        failed = by_name[os.fsencode(bad)]
+        assert isinstance(failed.error, ImageDecodeError)
+        assert failed.error.source == str(bad) and str(bad) in str(failed.error)

@@ -451,3 +451,20 @@ def test_labels_must_match_a_dynamic_class_axis_at_run_time(backend, tmp_path):
             match=r"dynamic_classes.onnx: the model output has shape \[1, 3072\], but the contract has 3 labels",
         ):
             call([image])
+
+
+@pytest.mark.parametrize(
+    "label", ["two\nlines", "tab\there", "bell\a", "esc\x1b[31m", "nel\x85", "ls\u2028", "del\x7f"]
+)
+def test_labels_with_control_characters_are_refused_at_export(label):
+    """Export writes the contract through ModelContract and write_contract: a label holding a
+    control character (Unicode Cc, or a line/paragraph separator) never gets into a model,
+    as no reader accepts one (the shared fixtures invalid_label_control_*.json)."""
+    with pytest.raises(ContractError, match="control characters"):
+        ModelContract(labels=("admiral", label), preprocess=PreprocessSpec(256, 224))
+    with pytest.raises(ContractError, match="control characters"):
+        resolve_contract(
+            {}, labels=["admiral", label], preprocess=PreprocessSpec(256, 224), inputs=[], outputs=[], source="m.onnx"
+        )
+    # Other unusual text is fine: accents, emoji, quotes, a leading '=' (written safely by the CSV writers).
+    ModelContract(labels=("café", "🦋", 'say "hi"', "=1+1"), preprocess=PreprocessSpec(256, 224))

@@ -183,3 +183,66 @@ def test_readers_import_no_torch():
     code = "import sys, butterfly_onnx.datasets\nassert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# -- a file listed twice -----------------------------------------------------------------
+def _listing(root: Path, rows: list[str]) -> Path:
+    for i in range(8):
+        _photo(root / "train" / f"img_{i}.png", i)
+    (root / "train" / "alias.png").symlink_to("img_0.png")
+    csv = root / "Training_set.csv"
+    csv.write_text("filename,label\n" + "".join(f"{row}\n" for row in rows))
+    return csv
+
+
+@pytest.mark.parametrize(
+    ("rows", "lines"),
+    [
+        # the same row twice, the same file under two labels, ./name and a symlink to it
+        (["img_0.png,a", "img_1.png,b", "img_0.png,a", "img_2.png,b"], "lines 2, 4"),
+        (["img_0.png,a", "img_1.png,b", "img_2.png,a", "img_1.png,a"], "lines 3, 5"),
+        (["img_0.png,a", "img_1.png,b", "./img_0.png,a", "alias.png,a"], "lines 2, 4, 5"),
+    ],
+)
+def test_a_labelled_csv_listing_a_file_twice_is_refused_naming_the_lines(tmp_path, rows, lines):
+    """Refused, not deduplicated: a repeated row is counted twice in training and can land on
+    both sides of the split (validation accuracy inflated silently); the error names the file
+    and every line that lists it."""
+    csv = _listing(tmp_path, rows)
+    with pytest.raises(
+        DatasetError, match=rf"Training_set.csv: 1 file\(s\) listed more than once: .*img_\d.png \({lines}\)"
+    ):
+        load_dataset(csv, check=False)
+    with pytest.raises(DatasetError, match="listed more than once"):
+        load_dataset(tmp_path)  # the folder holding Training_set.csv
+
+
+def test_explicit_pairs_listing_a_file_twice_are_refused(tmp_path):
+    a, b = _photo(tmp_path / "a.png", 0), _photo(tmp_path / "b.png", 1)
+    with pytest.raises(
+        DatasetError, match=r"explicit dataset: 1 file\(s\) listed more than once: .*a.png \(items 0, 2\)"
+    ):
+        load_dataset([(a, "x"), (b, "y"), (a, "y")], check=False)
+
+
+def test_the_split_never_puts_one_file_on_both_sides(tmp_path):
+    """Samples that list a file several times (under one label or two, as written or through
+    './'): whatever the seed and fraction, each file's listings all go to one side."""
+    from butterfly_onnx.datasets import split_dataset
+
+    files = [_photo(tmp_path / f"{i}.png", i) for i in range(12)]
+    repeated = [(f, i % 2) for i, f in enumerate(files)] + [
+        (files[0], 0),
+        (files[0], 1),
+        (tmp_path / "." / "3.png", 1),
+        (files[5], 1),
+    ] * 2
+    for seed in range(20):
+        for fraction in (0.2, 0.5, 0.8):
+            train, val = split_dataset(repeated, fraction, seed=seed)
+            assert sorted(map(str, train + val)) == sorted(map(str, repeated))
+            sides = {}
+            for side, part in (("train", train), ("val", val)):
+                for path, _ in part:
+                    sides.setdefault(path.resolve(), set()).add(side)
+            assert all(len(s) == 1 for s in sides.values()), seed

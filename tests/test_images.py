@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +142,117 @@ def test_pixel_limit_reads_only_the_header(tmp_path):
     with pytest.raises(ImageTooLargeError, match="header_only.png"):
         decode_rgb((str(path), path), 1_000_000)
     assert decode_rgb((str(path), path), None).size == (3000, 3000)
+
+
+# -- one pixel limit, every way to set it -----------------------------------------------
+BOMB = (14_000, 13_000)  # 182,000,000 pixels: just above Pillow's default ceiling
+PILLOW_CEILING = 2 * 89_478_485  # 178,956,970
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` grey pixels and whose data stops after a
+    few: refused from the header when over the limit, else a decode error (truncated)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def limit_images(tmp_path_factory):
+    """(a small real photo of 40x30 = 1,200 pixels, a header-only bomb), and a model."""
+    from contract_models import tiny_model
+
+    root = tmp_path_factory.mktemp("pixel_limit")
+    Image.fromarray(natural_rgb(30, 40, seed=2)).save(root / "small.png")
+    (root / "bomb.png").write_bytes(_png_claiming(*BOMB))
+    return tiny_model(root / "model.onnx"), root / "small.png", root / "bomb.png"
+
+
+NO_LIMIT = None
+#: (how it is set, the Classifier keyword or CLI option, PIL.Image.MAX_IMAGE_PIXELS, the limit
+#: that must result).  API: both backends apply the lower of the argument and Pillow's ceiling
+#: (the python backend decodes with Pillow); CLI: the option is exact, 0 = no limit.
+PIXEL_LIMIT_CASES = [
+    ("api", "default", 89_478_485, PILLOW_CEILING),
+    ("api", None, 89_478_485, PILLOW_CEILING),
+    ("api", 1_000, 89_478_485, 1_000),
+    ("api", 10**9, 89_478_485, PILLOW_CEILING),
+    ("api", "default", 1_000, 2_000),
+    ("api", None, 1_000, 2_000),
+    ("api", 1_500, 1_000, 1_500),
+    ("api", "default", None, NO_LIMIT),
+    ("api", None, None, NO_LIMIT),
+    ("api", 1_000, None, 1_000),
+    ("api", 10**9, None, 10**9),
+    ("cli", "default", 89_478_485, PILLOW_CEILING),
+    ("cli", 1_000, 89_478_485, 1_000),
+    ("cli", 0, 89_478_485, NO_LIMIT),
+    ("cli", 10**9, 89_478_485, 10**9),
+]
+
+
+@pytest.mark.parametrize(("way", "setting", "pillow", "limit"), PIXEL_LIMIT_CASES)
+@pytest.mark.parametrize("backend", ["python", "rust"])
+def test_one_pixel_limit_whatever_the_way_and_the_backend(
+    way, setting, pillow, limit, backend, limit_images, monkeypatch, capsys
+):
+    """Every way to set the decompression-bomb limit means the same on both backends and in
+    both commands: the 1,200-pixel photo and the 182,000,000-pixel header are refused
+    (ImageTooLargeError, "exceeds" in the message) exactly when above the resulting limit."""
+    from butterfly_onnx import Classifier
+    from butterfly_onnx.cli import main
+    from contract_models import require_backend, run_rust_cli
+
+    require_backend(backend)
+    model, small, bomb = limit_images
+    expected = {
+        small: limit is not None and 1_200 > limit,
+        bomb: limit is not None and BOMB[0] * BOMB[1] > limit,
+    }
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow)  # restored after the test (the CLI sets it)
+    refused: dict[Path, bool] = {}
+    if way == "api":
+        kwargs = {} if setting == "default" else {"max_image_pixels": setting}
+        classifier = Classifier(model, backend=backend, on_error="skip", **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for prediction in classifier.predict([small, bomb]):
+                refused[Path(prediction.source)] = isinstance(prediction.error, ImageTooLargeError)
+                assert prediction.ok or isinstance(prediction.error, (ImageTooLargeError, ImageDecodeError))
+    else:
+        option = [] if setting == "default" else ["--max-image-pixels", str(setting)]
+        if backend == "python":  # the Python command, on the rust backend too: that is its default
+            for command_backend in ("python", "rust"):
+                main(
+                    [
+                        "predict",
+                        str(model),
+                        str(small),
+                        str(bomb),
+                        "--json",
+                        "--no-progress",
+                        "--backend",
+                        command_backend,
+                        *option,
+                    ]
+                )
+                rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+                got = {Path(r["source"]): "exceeds" in (r["error"] or "") for r in rows}
+                refused = refused or got
+                assert got == refused, command_backend
+        else:
+            monkeypatch.undo()  # the Rust command has no Pillow: only the default ceiling
+            if pillow != 89_478_485:
+                pytest.skip("PIL.Image.MAX_IMAGE_PIXELS does not reach the Rust command")
+            code, stdout, stderr = run_rust_cli("predict", model, small, bomb, "--no-progress", *option)
+            lines = stderr.splitlines()
+            refused = {
+                image: any(f"{image}:" in line and "exceeds" in line for line in lines) for image in (small, bomb)
+            }
+            assert code in (0, 1) and "panicked" not in stderr, stderr
+    assert refused == expected

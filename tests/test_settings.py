@@ -149,3 +149,11 @@ def test_unknown_or_bad_settings_are_clear_errors():
         with pytest.raises(ExportError, match=match):
             ExportSettings(**bad)
     assert ExportSettings(variants=["fp16"]).variants == ("fp16",)
+
+
+def test_export_defaults_match_the_calibration_module():
+    pytest.importorskip("torch")
+    from butterfly_onnx.export.calibration import DEFAULT_CALIBRATION_SIZE, DEFAULT_INT8_FORMAT
+
+    assert ExportSettings().calibration_size == DEFAULT_CALIBRATION_SIZE
+    assert ExportSettings().int8_format == DEFAULT_INT8_FORMAT

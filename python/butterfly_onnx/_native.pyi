@@ -31,12 +31,14 @@ class Classifier:
         max_image_pixels: int | None = None,
         ort_library: str | PathLike[str] | None = None,
         jpeg_draft: bool = False,
+        providers: Sequence[tuple[str, dict[str, str]]] | None = None,
     ) -> None:
         """Open a model: ``model_path``, or the .onnx file's bytes as ``model_bytes``
         (exactly one; InvalidArgumentError otherwise). ``preprocess_json``: ``json.dumps(PreprocessSpec.to_dict())``;
         ``ort_library``: the libonnxruntime file (else $BUTTERFLY_ONNX_ORT_LIB /
         $ORT_DYLIB_PATH); ``jpeg_draft``: decode JPEGs at a reduced DCT scale as Pillow's
-        ``draft("RGB", request)`` does (not torchvision-exact). Raises ModelNotFoundError, InvalidModelError, ContractError,
+        ``draft("RGB", request)`` does (not torchvision-exact); ``providers``: (name, options)
+        pairs in priority order (None: the CPU provider). Raises ModelNotFoundError, InvalidModelError, ContractError,
         BackendUnavailableError, ValueError (threads < 1)."""
     @property
     def contract_json(self) -> str:
@@ -46,6 +48,9 @@ class Classifier:
         """The contract JSON stored in the model, verbatim (None when absent)."""
     @property
     def threads(self) -> int: ...
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the sessions use, the CPU provider last."""
     @property
     def thread_split(self) -> tuple[int, int]:
         """How ``threads`` is shared out: (concurrent ONNX Runtime runs, intra-op threads per
@@ -87,3 +92,7 @@ class LogitsIter(Iterator[tuple[npt.NDArray[np.float32], dict[int, ImageError]]]
 
 def loaded_ort_library() -> Path | None:
     """The libonnxruntime file this process loaded, or None before the first Classifier."""
+
+def ort_library_problem(path: str | PathLike[str]) -> str | None:
+    """Why this libonnxruntime is not to be loaded unasked (group/world-writable, or owned by
+    neither the user nor root; the file or its folder), or None when it is safe."""

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._backends.providers import add_provider_arguments, provider_arguments
+
 __all__ = ["CONTENDERS", "BenchRow", "BenchResult", "run_bench", "add_arguments", "run"]
 
 CONTENDERS = ("torchvision", "handwritten", "python", "rust")
@@ -72,6 +74,9 @@ class BenchRow:
     vs_handwritten: float | None
     top1_agreement: float | None
     max_logit_diff: float | None
+    #: The execution providers the model ran on (``Classifier.providers`` joined by "+";
+    #: torchvision and handwritten: ONNX Runtime's CPU provider, or torch).
+    providers: str = "CPUExecutionProvider"
 
 
 @dataclass
@@ -115,6 +120,7 @@ class BenchResult:
             "x hand",
             "top-1",
             "max dlogit",
+            "providers",
         )
         lines = [
             f"{self.model}: {self.images} image(s), best of {self.rounds} interleaved rounds, ms per image "
@@ -140,6 +146,7 @@ class BenchResult:
                 cell(r.vs_handwritten, ".2f"),
                 "-" if r.top1_agreement is None else f"{r.top1_agreement:.0%}",
                 cell(r.max_logit_diff, ".3g"),
+                r.providers.replace("ExecutionProvider", ""),
             )
             lines.append("  ".join(f"{v:>10}" for v in values))
         for key, value in self.floor_ms.items():
@@ -328,12 +335,17 @@ class _Handwritten(_Contender):
 
 
 class _Backend(_Contender):
-    def __init__(self, model: str, backend: str, threads: int, jpeg_draft: bool = False) -> None:
+    def __init__(
+        self, model: str, backend: str, threads: int, jpeg_draft: bool = False, providers: dict[str, Any] | None = None
+    ) -> None:
         from . import Classifier
         from .images import decode_rgb
 
         self.name = backend
-        self.clf = Classifier(model, backend=backend, threads=threads, max_image_pixels=None, jpeg_draft=jpeg_draft)
+        self.clf = Classifier(
+            model, backend=backend, threads=threads, max_image_pixels=None, jpeg_draft=jpeg_draft, **(providers or {})
+        )
+        self.providers = "+".join(self.clf.providers)
         self.separate_decode = backend == "python"
         self._decode_rgb = decode_rgb
         self._draft = self.clf.contract.preprocess if jpeg_draft else None
@@ -378,11 +390,19 @@ def run_bench(
     torch_module: Any = None,
     limit: int | None = None,
     jpeg_draft: bool = False,
+    variants: Sequence[str | os.PathLike[str]] = (),
+    providers: Any = None,
+    device: str | None = None,
 ) -> BenchResult:
     """Measure ``contenders`` on ``images`` (files or folders, expanded as ``predict`` does) at
     each batch size and thread count; see the module docstring for the figures.
     ``jpeg_draft``: the python and rust contenders use JPEG draft mode (torchvision, the
-    reference, stays exact)."""
+    reference, stays exact).  ``providers``/``device``: the execution providers of the python
+    and rust contenders (as ``Classifier`` takes them); the reference stays on the CPU, so
+    their "top-1" and "max dlogit" are the providers' difference, and each row names its
+    providers.  ``variants``: reduced-precision files of the same model (e.g.
+    ``model.int8.onnx``), run side by side as ``<backend>:<variant>`` contenders whose top-1
+    agreement and max logit difference are against the same backend on ``model``."""
     import numpy as np
 
     from . import Classifier
@@ -431,9 +451,19 @@ def run_bench(
                 elif name == "handwritten":
                     made[name] = _Handwritten(model, spec, n_threads)
                 else:
-                    made[name] = _Backend(model, name, n_threads, jpeg_draft)
+                    made[name] = _Backend(
+                        model, name, n_threads, jpeg_draft, {"providers": providers, "device": device}
+                    )
             except Exception as exc:  # a backend that is not built here is reported, not fatal
+                if "execution provider" in str(exc):
+                    raise  # what was asked for cannot run: no figures without it
                 skipped[name] = f"{type(exc).__name__}: {exc}"
+        for variant in variants:  # "model.int8.onnx" -> "rust:int8", beside "rust"
+            label = Path(variant).stem.rpartition(".")[2]
+            for name in [c for c in ("python", "rust") if c in made]:
+                made[f"{name}:{label}"] = _Backend(
+                    str(variant), name, n_threads, jpeg_draft, {"providers": providers, "device": device}
+                )
         if not made:
             break
         floor_session = _ort_session(model, n_threads)
@@ -488,9 +518,11 @@ def run_bench(
                     e2e = min(s["e2e"]) * 1e3
                     ms = [v * 1e3 for v in s["e2e"]]
                     agree = diff = None
-                    if name != reference and logits[name].shape == ref_logits.shape:
-                        agree = float(np.mean(logits[name].argmax(1) == ref_logits.argmax(1)))
-                        diff = float(np.max(np.abs(logits[name].astype(np.float64) - ref_logits)))
+                    # a variant ("rust:int8") is compared with its backend on the fp32 model
+                    base = logits[name.partition(":")[0]] if ":" in name else ref_logits
+                    if name != reference and logits[name].shape == base.shape:
+                        agree = float(np.mean(logits[name].argmax(1) == base.argmax(1)))
+                        diff = float(np.max(np.abs(logits[name].astype(np.float64) - base)))
                     rows.append(
                         BenchRow(
                             contender=name,
@@ -509,6 +541,7 @@ def run_bench(
                             vs_handwritten=None if hand_e2e is None else hand_e2e / e2e,
                             top1_agreement=agree,
                             max_logit_diff=diff,
+                            providers=getattr(made[name], "providers", "CPUExecutionProvider"),
                         )
                     )
         finally:
@@ -557,6 +590,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jpeg-draft", action="store_true", help="python and rust in JPEG draft mode (torchvision stays exact)"
     )
+    parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a variant of the model (e.g. model.int8.onnx) to run beside it on each backend (repeatable)",
+    )
+    add_provider_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -569,6 +611,8 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         limit=args.limit,
         jpeg_draft=args.jpeg_draft,
+        variants=args.variants,
+        **provider_arguments(args),
     )
     print(result.format_table())
     if args.json_path:

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backends import load_backend
+from ._backends import load_backend, resolve_threads
+from ._backends.providers import describe, resolve_providers
 from .contract import ModelContract, PreprocessSpec
 from .errors import (
     ContractError,
@@ -35,8 +36,9 @@ from .errors import (
     InvalidArgumentTypeError,
     InvalidModelError,
     ModelNotFoundError,
+    NonFiniteOutputError,
 )
-from .images import expand_images, pixel_limit_default
+from .images import effective_pixel_limit, expand_images, pixel_limit_default
 
 __all__ = [
     "Classifier",
@@ -155,6 +157,25 @@ def _progress_bar(progress: Any, total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def _split_non_finite(
+    out: np.ndarray, errors: dict[int, ImageError], start: int, stop: int, items: list
+) -> tuple[np.ndarray, dict[int, ImageError]]:
+    """A row of ``out`` (one per item of ``items[start:stop]`` not in ``errors``) holding NaN or
+    infinity becomes that item's NonFiniteOutputError: never a prediction.  The rust backend's
+    core does the same (``classifier::split_non_finite``), so this finds nothing there."""
+    bad = ~np.isfinite(out).all(axis=1)
+    if not bad.any():
+        return out, errors
+    decoded = [i for i in range(start, stop) if i not in errors]
+    errors = dict(errors)
+    for row in np.flatnonzero(bad):
+        source = items[decoded[row]][0]
+        errors[decoded[row]] = NonFiniteOutputError(
+            f"{source}: the model's output is not finite (NaN or infinity), no prediction", source=source
+        )
+    return out[~bad], dict(sorted(errors.items()))
+
+
 class Classifier:
     """An exported classifier on one backend.
 
@@ -167,7 +188,11 @@ class Classifier:
             without a contract).  ``preprocess`` is a PreprocessSpec, its dict form, or a
             torchvision ``weights.transforms()`` preset / ``Compose``.
         max_image_pixels: width * height above which an image is refused before decoding
-            (ImageTooLargeError); None: no limit.
+            (ImageTooLargeError).  Default: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's
+            decompression-bomb ceiling, 178,956,970 pixels unless changed).  None: no limit of
+            ours; Pillow's ceiling still applies, on both backends alike (set
+            ``PIL.Image.MAX_IMAGE_PIXELS = None`` to lift it: then there is no limit).  A value
+            above Pillow's ceiling is cut to it, for the same reason (``images.effective_pixel_limit``).
         on_error: ``"raise"`` (the first bad image's error is raised) or ``"skip"`` (bad images
             are reported in place with an :class:`ImageSkippedWarning` each); the per-call
             ``on_error`` arguments override it.
@@ -177,6 +202,15 @@ class Classifier:
             the full image, then preprocessed as usual -- both backends give the same tensor,
             bit for bit.  Much faster on large photos.  Other formats, PIL images and arrays
             are unaffected (docs/preprocessing.md, "JPEG draft mode").
+        providers: the ONNX Runtime execution providers to run the model on, in priority
+            order, as onnxruntime takes them: names or ``(name, options)`` pairs, e.g.
+            ``["CUDAExecutionProvider"]`` or ``[("OpenVINOExecutionProvider", {"device_type":
+            "GPU"})]`` (None: the CPU provider).  Preprocessing stays on the CPU, exact.
+        device: shorthand for ``providers``: ``"cpu"``, ``"cuda"``/``"cuda:1"``,
+            ``"tensorrt[:N]"``, ``"openvino[:CPU|GPU|NPU]"``, ``"coreml"``, ``"directml[:N]"``
+            (data/providers.json).  Nothing falls back: a provider the loaded ONNX Runtime
+            lacks, or that fails to initialise, is a BackendUnavailableError naming it and
+            what to install (docs/inference.md, "Execution providers").
 
     Safe to call from several threads at once.
     """
@@ -191,11 +225,13 @@ class Classifier:
         max_image_pixels: int | None = DEFAULT,
         on_error: str = "raise",
         jpeg_draft: bool = False,
+        providers: Sequence[Any] | None = None,
+        device: str | None = None,
     ) -> None:
         if isinstance(labels, str):
             raise InvalidArgumentTypeError("labels must be a sequence of strings, not one string")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
+        resolve_threads(threads)  # the one check, before anything loads (the backend resolves it)
+        requested = resolve_providers(providers, device)
         self._on_error = self._check_on_error(on_error)
         if not isinstance(jpeg_draft, bool):
             raise InvalidArgumentTypeError(f"jpeg_draft must be True or False, got {jpeg_draft!r}")
@@ -226,17 +262,17 @@ class Classifier:
             raise ContractError(f"{source}: preprocess: {exc}") from None
         backend_class = load_backend(backend)
         self._backend = backend_class(
-            model if path is None else path,
+            path if path is not None else bytes(model),  # type: ignore[arg-type]  # bytes when no path
             threads=threads,
             labels=list(labels) if labels is not None else None,
             preprocess=spec,
-            max_image_pixels=max_image_pixels,
+            max_image_pixels=effective_pixel_limit(max_image_pixels),
             jpeg_draft=jpeg_draft,
+            providers=requested,
         )
         #: The model file (None when the model was given as bytes).
         self.model_path = path
         self._source = source
-        self._threads = threads if threads is not None else (os.cpu_count() or 1)
 
     # -- properties ----------------------------------------------------------------------
     @property
@@ -270,7 +306,15 @@ class Classifier:
 
     @property
     def threads(self) -> int:
-        return self._threads
+        """The threads the backend uses: ``threads``, or the CPUs this process may use (its
+        affinity and cgroup quota, not ``os.cpu_count()``)."""
+        return self._backend.threads
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The execution providers the model runs on, in priority order; ONNX Runtime's CPU
+        provider comes last (it takes the nodes no other provider does)."""
+        return self._backend.providers
 
     @property
     def jpeg_draft(self) -> bool:
@@ -282,8 +326,8 @@ class Classifier:
         name = self.model_path.name if self.model_path is not None else self._source
         return (
             f"Classifier(backend={self.backend!r}, model={name!r}, "
-            f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads}"
-            f"{', jpeg_draft=True' if self.jpeg_draft else ''})"
+            f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads}, "
+            f"providers={describe(self.providers)}{', jpeg_draft=True' if self.jpeg_draft else ''})"
         )
 
     # -- helpers -------------------------------------------------------------------------
@@ -314,6 +358,7 @@ class Classifier:
         start = 0
         for out, errors in self._backend.iter_logits(items, batch_size):
             stop = min(start + batch_size, len(items))
+            out, errors = _split_non_finite(out, errors, start, stop, items)
             if errors and mode == "raise":
                 first = min(errors)
                 if first > start:

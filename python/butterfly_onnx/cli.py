@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._backends.providers import add_provider_arguments, provider_arguments
 from .errors import ButterflyError
 from .results import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PROG, kaggle_csv_input, report_failures, text_line
 from .results import print_error as _error
@@ -61,6 +62,31 @@ def _positive(name: str):
     return parse
 
 
+def _pixel_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--max-image-pixels must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _max_image_pixels(option: int | None) -> Any:
+    """``--max-image-pixels`` as ``Classifier(max_image_pixels=...)``: absent = the default;
+    N = exactly N and 0 = no limit, on both backends, as the Rust CLI.  This process is the
+    command's own, so Pillow's ceiling is lifted for it (the python backend decodes with
+    Pillow, which would otherwise cut a larger limit short)."""
+    from .classifier import DEFAULT
+
+    if option is None:
+        return DEFAULT
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return option or None
+
+
 # --- predict ------------------------------------------------------------------------------
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
@@ -83,7 +109,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         filenames = [item.filename for item in listed]
     else:
         images = expand_images(list(args.inputs))  # empty folders / unmatched globs: exit 2 here
-    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, jpeg_draft=args.jpeg_draft)
+    classifier = Classifier(
+        args.model,
+        backend=args.backend,
+        threads=args.threads,
+        jpeg_draft=args.jpeg_draft,
+        max_image_pixels=_max_image_pixels(args.max_image_pixels),
+        **provider_arguments(args),
+    )
     counts = {"ok": 0, "failed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # each failure is printed once
@@ -113,12 +146,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 # --- val ----------------------------------------------------------------------------------
 def _cmd_val(args: argparse.Namespace) -> int:
+    from .classifier import Classifier
     from .evaluate import evaluate
 
     if args.plot is not None:  # before scoring a single image
         _writable_file(args.plot, "confusion-matrix plot")
+    classifier = Classifier(args.model, backend=args.backend, threads=args.threads, **provider_arguments(args))
     report = evaluate(
-        args.model,
+        classifier,
         args.data,
         backend=args.backend,
         threads=args.threads,
@@ -132,7 +167,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     if args.plot is not None:
         report.plot_confusion(args.plot)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "backend": classifier.backend, "providers": list(classifier.providers)}))
     else:
         print(report.summary())
         if args.plot is not None:
@@ -144,7 +179,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .classifier import Classifier
 
-    classifier = Classifier(args.model, backend="python", threads=1)
+    classifier = Classifier(args.model, backend="python", threads=1, **provider_arguments(args))
     contract = classifier.contract
     if args.json:
         print(contract.to_json())
@@ -333,6 +368,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     settings = ExportSettings(**values, variants=variants, verify=not args.no_verify)
     path = export_onnx(args.checkpoint, args.output, settings=settings, **kwargs)
     print(f"exported: {path}")
+    if variants:  # each variant against fp32: agreement with its interval, accuracy, diff, speed
+        from .export import ExportReport
+
+        for variant in ExportReport.load(path).variants:
+            print(f"variant {variant.summary()}")
     return EXIT_OK
 
 
@@ -392,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
     progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust")
+    add_provider_arguments(p)
+    p.add_argument(
+        "--max-image-pixels",
+        type=_pixel_limit,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, from the header, before decoding (0 = no limit; "
+        "default: Pillow's decompression-bomb ceiling, 2 * PIL.Image.MAX_IMAGE_PIXELS)",
+    )
     p.add_argument(
         "--jpeg-draft",
         action="store_true",
@@ -418,11 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (top1, top5, count, per_class, ...)")
     p.add_argument("--plot", type=Path, help="write the confusion matrix PNG here (needs matplotlib)")
     progress_flags(p)
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_val)
 
     p = sub.add_parser("info", parents=[common], help="show a model's contract")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_info)
 
     p = sub.add_parser("models", parents=[common], help="torchvision's classification weights: table and plot")
@@ -494,7 +545,7 @@ def _export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
     p.add_argument("checkpoint")
     p.add_argument("output", type=Path)
-    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8"), help="(default: none)")
+    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8", "bf16"), help="(default: none)")
     verify = p.add_mutually_exclusive_group()
     verify.add_argument(
         "--verify-images",

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,6 +437,12 @@ def _check_labels(value: Any) -> tuple[str, ...]:
         raise ContractError("labels must be non-empty strings")
     if _lone_surrogate(list(labels)):
         raise ContractError("labels must be valid Unicode text (a label holds a lone surrogate)")
+    # A newline or escape code in a label would break every text output (one line per image)
+    # and could drive a terminal: Unicode's Cc (Rust's char::is_control) and the line/paragraph
+    # separators, as contract.rs checks.
+    for label in labels:
+        if any(unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029" for ch in label):
+            raise ContractError(f"labels must not contain control characters (newline, tab, escape...); got {label!r}")
     if len(set(labels)) != len(labels):
         counts: dict[str, int] = {}
         for label in labels:

@@ -432,6 +432,7 @@ def _csv_dataset(
     folder = _image_dir_for(csv_path, names, image_dir)
     root = folder.resolve()
     pairs, missing = [], []
+    lines_of: dict[str, list[int]] = defaultdict(list)
     for (line, row), name in zip(rows, names, strict=False):
         label = (row[label_column] or "").strip()
         if not label:
@@ -444,13 +445,35 @@ def _csv_dataset(
             missing.append((line, str(name), label))
             continue
         pairs.append((path, label))
+        lines_of[_file_key(path)].append(line)
     if missing:
         shown = "; ".join(f"line {ln}: {n} ({lab})" for ln, n, lab in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise DatasetError(
             f"{csv_path}: {len(missing)} of {len(rows)} labelled rows have no image file in {folder}: {shown}{more}"
         )
+    _refuse_duplicates(lines_of, f"{csv_path}: ", "lines")
     return _from_pairs(pairs, str(csv_path), folder)
+
+
+def _file_key(path: Path) -> str:
+    """What makes two listed paths one file: the resolved path (``a.jpg``, ``./a.jpg`` and a
+    symlink to it are the same image)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: its own name then
+        return str(path.absolute())
+
+
+def _refuse_duplicates(lines_of: dict[str, list[int]], where: str, unit: str) -> None:
+    """DatasetError naming every file listed more than once and where (lines of a CSV, items
+    of a list): a file twice would be counted twice, and could land on both sides of the
+    train/validation split."""
+    repeated = [(key, found) for key, found in lines_of.items() if len(found) > 1]
+    if repeated:
+        shown = "; ".join(f"{key} ({unit} {', '.join(map(str, found))})" for key, found in repeated[:10])
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        raise DatasetError(f"{where}{len(repeated)} file(s) listed more than once: {shown}{more}; list each image once")
 
 
 def read_labelled(
@@ -468,6 +491,7 @@ def read_labelled(
         dataset = data
     elif isinstance(data, (list, tuple)):
         pairs = []
+        items_of: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(data):
             if not (isinstance(item, (list, tuple)) and len(item) == 2):
                 raise DatasetError(f"explicit dataset item {i} must be a (path, label) pair, got {item!r}")
@@ -475,8 +499,10 @@ def read_labelled(
             if not Path(path).is_file():
                 raise DatasetError(f"explicit dataset item {i}: image file not found: {path} (label {label!r})")
             pairs.append((Path(path), label))
+            items_of[_file_key(Path(path))].append(i)
         if not pairs:
             raise DatasetError("explicit dataset: the list of (path, label) pairs is empty")
+        _refuse_duplicates(items_of, "explicit dataset: ", "items")
         dataset = _from_pairs(pairs, f"<{len(pairs)} (path, label) pairs>", None)
     elif isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -595,21 +621,28 @@ def split_dataset(
     """Stratified, seeded train/val split of the samples (no files are copied).
 
     Each class puts ``round(n * val_fraction)`` images in validation, at least 1 when it has
-    2 or more images and at most ``n - 1``.  Same seed and samples -> same split."""
+    2 or more images and at most ``n - 1``.  Same seed and samples -> same split.  A file
+    listed more than once (its resolved path; under any labels) is one unit that goes wholly
+    to one side, so no image is ever in both train and validation (it counts in the class of
+    its first listing)."""
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
-    by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+    groups: dict[str, list[tuple[Path, int]]] = {}
     for sample in samples:
-        by_class[sample[1]].append(sample)
+        groups.setdefault(_file_key(Path(sample[0])), []).append(sample)
+    by_class: dict[int, list[list[tuple[Path, int]]]] = defaultdict(list)
+    for group in groups.values():
+        by_class[group[0][1]].append(group)
     rng = random.Random(seed)
-    train, val = [], []
+    train: list[tuple[Path, int]] = []
+    val: list[tuple[Path, int]] = []
     for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda s: str(s[0]))
-        rng.shuffle(items)
-        n = len(items)
+        units = sorted(by_class[label], key=lambda g: str(g[0][0]))
+        rng.shuffle(units)
+        n = len(units)
         n_val = min(max(round(n * val_fraction), 1 if n >= 2 else 0), n - 1)
-        val += items[:n_val]
-        train += items[n_val:]
+        val += [sample for unit in units[:n_val] for sample in unit]
+        train += [sample for unit in units[n_val:] for sample in unit]
     if not val:
         raise DatasetError("the validation split is empty: every class has a single image")
     train.sort(key=lambda s: (s[1], str(s[0])))

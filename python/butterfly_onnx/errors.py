@@ -17,6 +17,7 @@ __all__ = [
     "ImageNotFoundError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "NonFiniteOutputError",
     "ModelError",
     "ModelNotFoundError",
     "InvalidModelError",
@@ -64,6 +65,11 @@ class ImageDecodeError(ImageError):
 
 class ImageTooLargeError(ImageError):
     """The image has more pixels than the decompression-bomb limit allows."""
+
+
+class NonFiniteOutputError(ImageError):
+    """The model's output for this image holds NaN or infinity, so no class can be named:
+    a per-image failure (it follows ``on_error``), never a prediction."""
 
 
 # --- models -------------------------------------------------------------------------

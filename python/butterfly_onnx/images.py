@@ -33,6 +33,7 @@ __all__ = [
     "jpeg_draft_request",
     "parse_extensions",
     "pixel_limit_default",
+    "effective_pixel_limit",
 ]
 
 
@@ -57,9 +58,18 @@ ImageItem = tuple[str, Payload]
 
 def pixel_limit_default() -> int | None:
     """Twice ``PIL.Image.MAX_IMAGE_PIXELS``: where Pillow itself raises DecompressionBombError
-    (178,956,970 pixels with Pillow's default)."""
+    (178,956,970 pixels with Pillow's default); None when it is set to None."""
     limit = Image.MAX_IMAGE_PIXELS
     return None if limit is None else 2 * int(limit)
+
+
+def effective_pixel_limit(max_image_pixels: int | None) -> int | None:
+    """The pixel limit both backends apply for ``Classifier(max_image_pixels=...)``: the lower
+    of it and Pillow's own ceiling (:func:`pixel_limit_default`, read now), because the python
+    backend decodes with Pillow, which refuses above its ceiling whatever we allow.  None: no
+    limit at all (``max_image_pixels=None`` with ``PIL.Image.MAX_IMAGE_PIXELS = None``)."""
+    limits = [limit for limit in (max_image_pixels, pixel_limit_default()) if limit is not None]
+    return min(limits) if limits else None
 
 
 def _is_glob(text: str) -> bool:

@@ -12,7 +12,11 @@ For each image, the maximum absolute difference between torchvision (the referen
   given, else from ONNX Runtime on torchvision's tensor: the same model, so any difference is
   preprocessing);
 
-and the top-1 agreement with the reference.
+and the top-1 agreement with the reference.  With ``providers``/``device`` (``--device``,
+``--provider``) the backends run the model on those execution providers while the reference
+logits stay ONNX Runtime's CPU provider's (or torch's): the ``logits`` row and the top-1
+agreement are then the provider's difference (preprocessing stays on the CPU, exact), and
+``providers`` names what each backend ran on.
 
 With ``jpeg_draft=True`` (``--jpeg-draft``) the backends run in JPEG draft mode and the
 reference is torchvision on Pillow's drafted image (``im.draft("RGB", request)`` before
@@ -37,10 +41,13 @@ import argparse
 import base64
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ._backends.providers import add_provider_arguments, provider_arguments
 
 __all__ = ["STAGES", "ParityResult", "run_parity", "add_arguments", "run"]
 
@@ -71,6 +78,12 @@ class ParityResult:
     skipped: dict[str, str] = field(default_factory=dict)
     #: Backends in JPEG draft mode, against torchvision on Pillow's drafted JPEGs.
     jpeg_draft: bool = False
+    #: ``variants[label][backend]``: a variant file (``model.int8.onnx`` -> ``int8``) against the
+    #: same backend on the model: ``top1_agreement``, ``max_logit_diff``, ``ms_per_image`` and
+    #: ``fp32_ms_per_image`` (logits of all images in one call each, side by side).
+    variants: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: The execution providers each backend ran the model on (``Classifier.providers``).
+    providers: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,8 +102,19 @@ class ParityResult:
             lines.append(f"{stage + unit:<{width}}  " + "  ".join(cells))
         agreement = [f"{self.top1_agreement.get(b, float('nan')):>10.2%}" for b in self.backends]
         lines.append(f"{'top-1 agreement':<{width}}  " + "  ".join(agreement))
+        for backend, names in self.providers.items():
+            lines.append(f"{backend}: model on {'+'.join(names)}")
         for backend, why in self.skipped.items():
             lines.append(f"{backend}: not compared ({why})")
+        if self.variants:
+            lines.append("variants against the model on the same backend (not bit-exact by design):")
+            lines.append(f"{'variant':<12}{'backend':>10}{'top-1':>10}{'max dlogit':>12}{'ms/img':>10}{'fp32 ms':>10}")
+            for label, by_backend in self.variants.items():
+                for backend, f in by_backend.items():
+                    lines.append(
+                        f"{label:<12}{backend:>10}{f['top1_agreement']:>10.2%}{f['max_logit_diff']:>12.4g}"
+                        f"{f['ms_per_image']:>10.2f}{f['fp32_ms_per_image']:>10.2f}"
+                    )
         return "\n".join(lines)
 
 
@@ -233,16 +257,22 @@ def run_parity(
     torch_module: Any = None,
     threads: int | None = 1,
     jpeg_draft: bool = False,
+    variants: Sequence[str | os.PathLike[str]] = (),
+    providers: Any = None,
+    device: str | None = None,
 ) -> ParityResult:
     """Compare each backend with torchvision at every stage on ``images`` (file paths or
     folders, expanded as ``predict`` does). ``torch_module``: the torch model the ONNX file was
     exported from, for reference logits from torch itself; else the reference logits are ONNX
     Runtime's on torchvision's tensor. A backend that cannot be loaded (e.g. the rust backend
     not built) is reported in ``skipped``. ``jpeg_draft``: compare the backends' JPEG draft
-    mode with torchvision on Pillow's drafted JPEGs (module docstring)."""
+    mode with torchvision on Pillow's drafted JPEGs (module docstring).  ``variants``: files of
+    the same model in reduced precision (``model.int8.onnx``), compared with ``model`` on each
+    backend (``ParityResult.variants``)."""
     import numpy as np
 
     from . import Classifier
+    from .errors import BackendUnavailableError
     from .images import expand_images
 
     model = str(model)
@@ -261,16 +291,25 @@ def run_parity(
     for backend in backends:
         try:
             full[backend] = Classifier(
-                model, backend=backend, threads=threads, max_image_pixels=None, jpeg_draft=jpeg_draft
+                model,
+                backend=backend,
+                threads=threads,
+                max_image_pixels=None,
+                jpeg_draft=jpeg_draft,
+                providers=providers,
+                device=device,
             )
+        except BackendUnavailableError as exc:
+            if "execution provider" in str(exc):
+                raise  # the providers asked for are missing: nothing to compare them on
+            skipped[backend] = f"{type(exc).__name__}: {exc}"
+            continue
         except Exception as exc:  # reported, not fatal: parity of the other backends still holds
             skipped[backend] = f"{type(exc).__name__}: {exc}"
             continue
         readers[backend] = _StageReader(backend, threads, jpeg_draft)
     spec = next(iter(full.values())).contract.preprocess if full else None
     if spec is None:
-        from .errors import BackendUnavailableError
-
         raise BackendUnavailableError("parity: no backend could load the model: " + "; ".join(skipped.values()))
     compared = list(full)
     max_diff: dict[str, dict[str, float | None]] = {stage: {b: None for b in compared} for stage in STAGES}
@@ -312,6 +351,31 @@ def run_parity(
             row[backend] = {**diffs, "top1_agrees": bool(same)}
         per_image.append(row)
     reference = "torchvision + " + ("torch" if torch_module is not None else "onnxruntime")
+    compared_variants: dict[str, dict[str, dict[str, float]]] = {}
+    for variant in variants:
+        label = Path(variant).stem.rpartition(".")[2]
+        for backend in compared:
+            other = Classifier(
+                variant,
+                backend=backend,
+                threads=threads,
+                max_image_pixels=None,
+                jpeg_draft=jpeg_draft,
+                providers=providers,
+                device=device,
+            )
+            other.logits(paths[:1])  # warm-up: the first run sets up ONNX Runtime's arena
+            timed = {}
+            for name, clf in (("fp32", full[backend]), ("variant", other)):
+                start = time.perf_counter()
+                timed[name] = (clf.logits(paths), (time.perf_counter() - start) * 1e3 / len(paths))
+            (base, base_ms), (got, got_ms) = timed["fp32"], timed["variant"]
+            compared_variants.setdefault(label, {})[backend] = {
+                "top1_agreement": float(np.mean(base.argmax(1) == got.argmax(1))),
+                "max_logit_diff": _max_abs(got, base),
+                "ms_per_image": got_ms,
+                "fp32_ms_per_image": base_ms,
+            }
     return ParityResult(
         model=model,
         images=paths,
@@ -322,6 +386,8 @@ def run_parity(
         per_image=per_image,
         skipped=skipped,
         jpeg_draft=jpeg_draft,
+        variants=compared_variants,
+        providers={b: list(full[b].providers) for b in compared},
     )
 
 
@@ -341,6 +407,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", dest="json_path", metavar="FILE", help="also write the result (per image too) as JSON"
     )
+    parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a variant of the model (e.g. model.int8.onnx) to compare with it on each backend (repeatable)",
+    )
+    add_provider_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -352,6 +427,8 @@ def run(args: argparse.Namespace) -> int:
         backends=[b for b in args.backends.split(",") if b],
         threads=args.threads,
         jpeg_draft=args.jpeg_draft,
+        variants=args.variants,
+        **provider_arguments(args),
     )
     print(result.format_table())
     if args.json_path:

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._backends import resolve_threads
+from ._backends.providers import provider_arguments, resolve_providers
 from .errors import (
     BackendUnavailableError,
     ButterflyError,
@@ -287,6 +289,8 @@ def predict_dataset(
     model_transfer: str = "bytes",
     max_image_pixels: int | None = _DEFAULT,
     jpeg_draft: bool = False,
+    providers: Sequence[Any] | None = None,
+    device: str | None = None,
     address: str | None = None,
     ray_remote_args: Mapping[str, Any] | None = None,
     check_model: bool = True,
@@ -317,6 +321,10 @@ def predict_dataset(
         max_image_pixels: the Classifier's pixel limit (default: the Classifier's default).
         jpeg_draft: decode JPEGs at a reduced DCT scale as Pillow's ``draft`` does (the
             Classifier's ``jpeg_draft``; faster, not torchvision-exact: docs/inference.md).
+        providers, device: the execution providers each actor's Classifier runs on (as
+            ``Classifier`` takes them; docs/inference.md, "Execution providers"); an actor whose
+            ONNX Runtime lacks one fails with BackendUnavailableError, never falls back.  Give
+            GPU actors their GPU with ``ray_remote_args={"num_gpus": 1}``.
         address: ``ray.init(address)`` when no Ray session is running (None: an existing
             cluster if one is found, else a local one).
         ray_remote_args: more ``map_batches`` arguments for the actors (``max_restarts``,
@@ -330,8 +338,8 @@ def predict_dataset(
     for name, value in (("top_k", top_k), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
+    if threads is not None:
+        resolve_threads(threads)  # the Classifier's one check, before any actor starts
     if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0):
         raise InvalidArgumentError(f"num_cpus must be a non-negative number or None, got {num_cpus!r}")
     if on_error not in ON_ERROR:
@@ -357,11 +365,15 @@ def predict_dataset(
         raise InvalidArgumentError(f"jpeg_draft must be True or False, got {jpeg_draft!r}")
     if jpeg_draft:
         classifier_kwargs["jpeg_draft"] = True
+    # Checked here, once (an unknown name or device); each actor's Classifier registers them and
+    # refuses what its node's ONNX Runtime lacks.
+    classifier_kwargs["providers"] = list(resolve_providers(providers, device))
 
     if check_model:  # a bad model or a missing backend: one clear error here, not in every actor
         from .classifier import Classifier
 
-        Classifier(target, backend=backend, threads=1, **classifier_kwargs)
+        # On the CPU provider: the driver need not have the actors' accelerator.
+        Classifier(target, backend=backend, threads=1, **{**classifier_kwargs, "providers": None})
 
     ray = _import_ray()
     _ensure_ray(ray, address)
@@ -528,6 +540,10 @@ def _cli_run(
     for name in ("batch_size", "threads", "backend", "jpeg_draft"):  # absent: predict_dataset's defaults
         if getattr(args, name, None):
             options[name] = getattr(args, name)
+    if getattr(args, "max_image_pixels", None) is not None:
+        # 0 = no limit of ours; the workers' Pillow keeps its ceiling (Classifier's rule there).
+        options["max_image_pixels"] = args.max_image_pixels or None
+    options.update(provider_arguments(args))
     ds = predict_dataset(inputs, args.model, top_k=top_k, **options)
 
     counts = {"ok": 0, "failed": 0}

@@ -253,9 +253,15 @@ class ExportSettings:
     max_verify_images: int | None = knob(256, "verify on a seeded sample of at most this many images (none: all)")
     max_abs_diff: float = knob(1e-4, "largest output difference verification accepts")
     min_top1_agreement: float = knob(1.0, "smallest top-1 agreement verification accepts")
-    variants: tuple[str, ...] = knob((), "optional variants beside the model: optimized, fp16, int8", cli=False)
-    calibration_size: int = knob(64, "training images the int8 variant calibrates on")
+    variants: tuple[str, ...] = knob((), "optional variants beside the model: optimized, fp16, int8, bf16", cli=False)
+    # calibration_size and int8_format defaults: export/calibration.py's DEFAULT_* (pinned by
+    # tests/test_settings.py; importing it here would make settings depend on the export package)
+    calibration_size: int = knob(300, "training images the int8 variant calibrates on (every class represented)")
     int8_method: str = knob("minmax", "int8 calibration: minmax, percentile or entropy")
+    int8_format: str = knob("u8s8", "int8 activation/weight types: s8s8 or u8s8")
+    min_agreement: float = knob(
+        0.99, "a variant whose top-1 agreement with fp32 is below this is not written (0: no gate)"
+    )
     benchmark_threads: int | None = knob(None, "threads when timing the variants (none: ONNX Runtime's default)")
     benchmark_rounds: int = knob(7, "timing rounds per variant (the best counts)")
     provenance: Mapping[str, Any] | None = knob(None, "extra provenance entries (JSON object)")
@@ -275,6 +281,7 @@ class ExportSettings:
             raise ExportError(f"variants must be a sequence of names, got the string {self.variants!r}")
         object.__setattr__(self, "variants", tuple(self.variants))
         _number("calibration_size", self.calibration_size, minimum=1, integer=True, error=ExportError)
+        _number("min_agreement", self.min_agreement, minimum=0, maximum=1, error=ExportError)
         _optional("benchmark_threads", self.benchmark_threads, minimum=1, integer=True, error=ExportError)
         _number("benchmark_rounds", self.benchmark_rounds, minimum=1, integer=True, error=ExportError)
         _number("batch_size", self.batch_size, minimum=1, integer=True, error=ExportError)

@@ -1,35 +1,147 @@
 """Inference backends: ``python`` (onnxruntime + Pillow + NumPy) and ``rust`` (the native
-module).  Each is ``class Backend`` in ``_backends/<name>.py`` with the same protocol (see
-``docs/inference.md``); this module picks one and holds the decode-ahead pipeline both use
-(the contract both resolve is :func:`butterfly_onnx.contract.resolve_contract`)."""
+module).  Each is ``class Backend`` in ``_backends/<name>.py``, both satisfying the
+:class:`Backend` protocol here (docs/inference.md); this module picks one and holds what both
+share: the thread count (:func:`resolve_threads`), the thread and model-batch rules, and the
+decode-ahead pipeline (the contract both resolve is
+:func:`butterfly_onnx.contract.resolve_contract`; the providers rule is in ``providers.py``)."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ..contract import ModelContract, PreprocessSpec
+    from ..errors import ImageError
+    from .providers import Provider
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "MAX_CONCURRENT_RUNS",
     "MAX_MODEL_BATCH",
     "RUN_TARGET",
     "SESSION_MEMORY_BUDGET",
     "THREAD_RULE_FILE",
+    "available_cpus",
     "load_backend",
     "model_batch_for",
     "pipelined_logits",
+    "resolve_threads",
     "thread_split",
 ]
 
 BACKENDS = ("python", "rust")
+
+#: (source, payload) items, as :func:`butterfly_onnx.images.expand_images` makes them.
+Items = Sequence[tuple[str, Any]]
+Errors = dict  # {item index: ImageError}
+
+
+class Backend(Protocol):
+    """What :class:`butterfly_onnx.Classifier` needs of a backend; ``_backends/python.py``
+    and ``_backends/rust.py`` both satisfy it (mypy checks each against it)."""
+
+    name: str
+    #: The threads the backend really uses (:func:`resolve_threads`).
+    threads: int
+    #: The execution providers the sessions use, in priority order, ONNX Runtime's CPU
+    #: provider last (``providers.py``).
+    providers: tuple[str, ...]
+    model_path: Path | None
+    contract: ModelContract
+
+    def __init__(
+        self,
+        model: Path | bytes,
+        *,
+        threads: int | None,
+        labels: Sequence[str] | None,
+        preprocess: PreprocessSpec | None,
+        max_image_pixels: int | None,
+        jpeg_draft: bool = ...,
+        providers: Sequence[Provider] = ...,
+    ) -> None: ...
+
+    @property
+    def jpeg_draft(self) -> bool: ...
+
+    @property
+    def model_batch(self) -> int: ...
+
+    def preprocess(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]: ...
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def logits(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]: ...
+
+    def iter_logits(self, items: Items, batch_size: int) -> Iterator[tuple[np.ndarray, dict[int, ImageError]]]: ...
+
+
+def _cgroup_cpu_limit() -> int | None:
+    """The CPU quota of this process's cgroup (v2 ``cpu.max``, the tightest along its path; v1
+    ``cpu.cfs_quota_us``), in whole CPUs (at least 1), as Rust's
+    ``std::thread::available_parallelism`` counts it; None without a quota."""
+    limits = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: walk up from the process's group to the root
+            group = Path("/sys/fs/cgroup" + path)
+            for folder in [group, *group.parents]:
+                if not str(folder).startswith("/sys/fs/cgroup"):
+                    break
+                try:
+                    quota, period = (folder / "cpu.max").read_text(encoding="utf-8").split()[:2]
+                except (OSError, ValueError):
+                    continue
+                if quota != "max" and int(period) > 0:
+                    limits.append(max(1, int(quota) // int(period)))
+        elif "cpu" in controllers.split(","):  # v1
+            base = Path("/sys/fs/cgroup/cpu,cpuacct")
+            base = base if base.exists() else Path("/sys/fs/cgroup/cpu")
+            try:
+                quota_us = int((base / "cpu.cfs_quota_us").read_text(encoding="utf-8"))
+                period_us = int((base / "cpu.cfs_period_us").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if quota_us > 0 and period_us > 0:
+                limits.append(max(1, quota_us // period_us))
+    return min(limits) if limits else None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its CPU affinity, bounded by its cgroup's quota (what
+    the Rust core's ``std::thread::available_parallelism`` reports), not ``os.cpu_count()``."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows: no affinity call
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(count, limit) if limit else count)
+
+
+def resolve_threads(threads: Any) -> int:
+    """The one check of a ``threads`` argument (both backends call it): a positive int, or
+    None for :func:`available_cpus`."""
+    if threads is None:
+        return available_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidArgumentError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
+
 
 #: The constants of the two rules below are data, read by both backends (the Rust core
 #: includes the same file): ``data/thread_rule.json``.
@@ -84,7 +196,7 @@ def piece_rows(rows: int, size: int, runs: int) -> int:
     return max(1, min(size, -(-rows // runs)))
 
 
-def load_backend(name: str) -> type:
+def load_backend(name: str) -> type[Backend]:
     """The ``Backend`` class of backend ``name`` (its module is imported on first use)."""
     if name not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {BACKENDS}")
@@ -94,10 +206,8 @@ def load_backend(name: str) -> type:
         raise
     except ImportError as exc:
         raise BackendUnavailableError(f"the {name} backend cannot be loaded: {exc}") from exc
-    return module.Backend
-
-
-Errors = dict  # {item index: ImageError}
+    backend: type[Backend] = module.Backend
+    return backend
 
 
 def pipelined_logits(

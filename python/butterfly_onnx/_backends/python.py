@@ -11,22 +11,30 @@ session when each run has one intra-op thread.
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from .. import preprocess as _pre
 from ..contract import ModelContract, PreprocessSpec, check_output, resolve_contract
-from ..errors import ButterflyError, ImageError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
+from ..errors import (
+    BackendUnavailableError,
+    ButterflyError,
+    ImageError,
+    InvalidArgumentError,
+    InvalidModelError,
+    ModelNotFoundError,
+)
 from ..images import ImageItem, decode_rgb
-from . import model_batch_for, piece_rows, pipelined_logits, thread_split
+from . import model_batch_for, piece_rows, pipelined_logits, resolve_threads, thread_split
+from .providers import CPU, Provider, check_available, check_in_use, init_failed_message
 
 __all__ = ["Backend"]
 
@@ -48,6 +56,7 @@ class Backend:
         preprocess: PreprocessSpec | None,
         max_image_pixels: int | None,
         jpeg_draft: bool = False,
+        providers: Sequence[Provider] = ((CPU, {}),),
     ) -> None:
         if isinstance(model, bytes):
             model_path = None
@@ -59,9 +68,7 @@ class Backend:
                 raise ModelNotFoundError(f"{source}: no such model file")
             if not model_path.is_file():
                 raise InvalidModelError(f"{source}: not a file")
-        self.threads = threads if threads is not None else (os.cpu_count() or 1)
-        if self.threads < 1:
-            raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
+        self.threads = resolve_threads(threads)
         self.model_path = model_path
         self._source = source
         self.max_image_pixels = max_image_pixels
@@ -78,20 +85,16 @@ class Backend:
         # cores while the model runs (measured, 2-core VM, Lite0, threads=2, interleaved
         # rounds: 43-90 images/s without spinning against 29-48 with it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            # Runs of one intra-op thread compute on their caller's thread: one session serves
-            # them all (onnxruntime's Run is thread-safe), one copy of the model.  Runs of
-            # several threads get a session each (one would share one intra-op pool).
-            copies = 1 if intra == 1 else self._runs
-            sessions = [
-                ort.InferenceSession(
-                    model if model_path is None else source, sess_options=options, providers=["CPUExecutionProvider"]
-                )
-                for _ in range(copies)
-            ]
-        except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidModelError(f"{source}: not a loadable ONNX model: {message}") from None
+        check_available(providers, ort.get_available_providers())
+        # Runs of one intra-op thread compute on their caller's thread: one session serves
+        # them all (onnxruntime's Run is thread-safe), one copy of the model.  Runs of
+        # several threads get a session each (one would share one intra-op pool).
+        copies = 1 if intra == 1 else self._runs
+        loadable: str | bytes = source if model_path is not None else bytes(model)  # bytes when no path
+        sessions = [self._session_for(loadable, options, providers) for _ in range(copies)]
+        #: The providers the session uses, ONNX Runtime's CPU provider last (it takes the
+        #: nodes no other provider does): the same list the rust backend reports.
+        self.providers: tuple[str, ...] = tuple(sessions[0].get_providers())
         self._session = sessions[0]
         # The free run slots (``runs`` of them, each a session): a run takes one and gives it
         # back, so at most ``runs`` run at once, however many callers share the classifier.
@@ -117,6 +120,34 @@ class Backend:
         self._pool_lock = Lock()
         self._model_batch: int | None = self._batch_limit
         self._model_batch_lock = Lock()
+
+    def _session_for(
+        self, model: str | bytes, options: ort.SessionOptions, providers: Sequence[Provider]
+    ) -> ort.InferenceSession:
+        """One session on ``providers``, or the error: an unloadable model is InvalidModelError;
+        a provider that fails to initialise (the model loads on the CPU provider alone), or
+        that the session dropped (onnxruntime's own fallback), BackendUnavailableError."""
+        try:
+            # enable_fallback=0: onnxruntime would otherwise retry on the CPU provider after
+            # a provider error (and again on a failed run), printing to stdout.
+            session = ort.InferenceSession(model, sess_options=options, providers=list(providers), enable_fallback=0)
+        except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile, EP errors...
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            accelerated = [name for name, _ in providers if name != CPU]
+            if accelerated and self._loads_on_cpu(model, options):
+                raise BackendUnavailableError(init_failed_message(accelerated[0], message)) from None
+            raise InvalidModelError(f"{self._source}: not a loadable ONNX model: {message}") from None
+        session.disable_fallback()
+        check_in_use(providers, session.get_providers())
+        return session
+
+    @staticmethod
+    def _loads_on_cpu(model: str | bytes, options: ort.SessionOptions) -> bool:
+        try:
+            ort.InferenceSession(model, sess_options=options, providers=[CPU])
+        except Exception:
+            return False
+        return True
 
     # -- preprocessing -------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -245,3 +276,9 @@ class Backend:
             self.close()
         except Exception:
             pass
+
+
+if TYPE_CHECKING:  # mypy: this class satisfies the one Backend protocol
+    from . import Backend as _Protocol
+
+    _checked: type[_Protocol] = Backend

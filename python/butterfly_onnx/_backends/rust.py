@@ -7,19 +7,26 @@ without importing onnxruntime.
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.machinery
 import json
 import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..contract import ModelContract, PreprocessSpec
 from ..errors import BackendUnavailableError, ImageDecodeError, ImageError
+from . import resolve_threads
+from .providers import CPU, Provider
 
 __all__ = ["Backend", "find_onnxruntime_library"]
+
+#: The core's "no pixel limit" (``classifier::NO_PIXEL_LIMIT``, u64::MAX).
+NO_PIXEL_LIMIT = 2**64 - 1
 
 #: Environment variables naming the libonnxruntime file (the Rust crate reads the same ones).
 ORT_LIBRARY_ENV = ("BUTTERFLY_ONNX_ORT_LIB", "ORT_DYLIB_PATH")
@@ -36,15 +43,38 @@ def _native() -> Any:
         ) from exc
 
 
+def _library_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not to be loaded unasked: the Rust core's rule
+    (``runtime::untrusted_reason``), asked through the native module.  Without it there is no
+    rule to ask, and nothing that could load the library either (only the native module
+    does): None (callers such as test fixtures only want the path)."""
+    try:
+        native = importlib.import_module("butterfly_onnx._native")
+    except ImportError:
+        return None
+    return native.ort_library_problem(path)
+
+
 def find_onnxruntime_library() -> Path:
     """The libonnxruntime shared library for Rust: ``$BUTTERFLY_ONNX_ORT_LIB``,
-    ``$ORT_DYLIB_PATH``, else the onnxruntime wheel's ``capi/libonnxruntime.so.*``, located
-    with ``importlib.util.find_spec`` (which does not import onnxruntime)."""
+    ``$ORT_DYLIB_PATH`` (loaded with a warning if others could have written it), else the
+    onnxruntime wheel's ``capi/libonnxruntime.so.*`` in this interpreter's environment: its
+    ``sys.path`` without the working directory (the active venv, the user's and the system's
+    site-packages), located with ``importlib`` without importing onnxruntime.  A found library
+    that is group/world-writable or owned by neither the user nor root (the file or its
+    folder) is refused (``runtime::untrusted_reason``, the Rust CLI's rule)."""
     for name in ORT_LIBRARY_ENV:
         value = os.environ.get(name)
         if value:
+            problem = _library_problem(value)
+            if problem:
+                warnings.warn(f"${name}: {problem}", UserWarning, stacklevel=2)
             return Path(value)
-    spec = importlib.util.find_spec("onnxruntime")
+    # Never the working directory: '' and '.' on sys.path (python -m, python -c) would let a
+    # planted ./onnxruntime/ run its code at dlopen.
+    cwd = os.getcwd()
+    search = [p for p in sys.path if p and os.path.isabs(p) and os.path.realpath(p) != os.path.realpath(cwd)]
+    spec = importlib.machinery.PathFinder.find_spec("onnxruntime", search)
     if spec is None:
         raise BackendUnavailableError(
             "the rust backend needs the onnxruntime wheel (its libonnxruntime), which is not "
@@ -56,6 +86,12 @@ def find_onnxruntime_library() -> Path:
         for pattern in patterns:
             found = sorted(capi.glob(pattern))
             if found:
+                problem = _library_problem(found[-1])
+                if problem:
+                    raise BackendUnavailableError(
+                        f"refusing to load {found[-1]}: {problem}; fix its permissions, or name it "
+                        f"in ${ORT_LIBRARY_ENV[0]} to load it anyway"
+                    )
                 return found[-1]
     raise BackendUnavailableError(
         f"no libonnxruntime shared library in the onnxruntime wheel at "
@@ -113,12 +149,29 @@ def _lazy_payloads(items: Sequence[tuple[str, Any]], failed: dict[int, ImageErro
             yield item[0], None
 
 
+def _shown(source: str) -> str:
+    """How Rust names ``source`` in its messages: a file name that is not UTF-8 (a str with
+    surrogateescape'd bytes) shown lossily, as ``Path::display`` shows it."""
+    return os.fsencode(source).decode("utf-8", "replace")
+
+
 def _with_failures(
-    result: tuple[np.ndarray, dict[int, ImageError]], failed: dict[int, ImageError]
+    result: tuple[np.ndarray, dict[int, ImageError]],
+    failed: dict[int, ImageError],
+    items: Sequence[tuple[str, Any]],
 ) -> tuple[np.ndarray, dict[int, ImageError]]:
+    """The native result with the errors raised in Python put back in place, and the
+    caller's exact source (a non-UTF-8 file name included) in every error's message and
+    ``source`` (error indices are indices into ``items``)."""
     logits, errors = result
     for index in [i for i in errors if i in failed]:
         errors[index] = failed.pop(index)
+    for index, error in errors.items():
+        source = items[index][0]
+        if error.source != source:
+            shown = _shown(source)
+            message = str(error).replace(shown, source, 1) if shown != source else str(error)
+            errors[index] = type(error)(message, source)
     return logits, errors
 
 
@@ -134,13 +187,17 @@ class Backend:
         preprocess: PreprocessSpec | None,
         max_image_pixels: int | None,
         jpeg_draft: bool = False,
+        providers: Sequence[Provider] = ((CPU, {}),),
     ) -> None:
         native = _native()
         options = dict(
-            threads=threads,
+            threads=resolve_threads(threads),
+            providers=[(name, dict(provider_options)) for name, provider_options in providers],
             labels=list(labels) if labels is not None else None,
             preprocess_json=json.dumps(preprocess.to_dict()) if preprocess is not None else None,
-            max_image_pixels=max_image_pixels,
+            # None is no limit at all here (Classifier resolved Pillow's ceiling already); the
+            # core's None would mean Pillow's default ceiling, so "none" is the largest u64.
+            max_image_pixels=NO_PIXEL_LIMIT if max_image_pixels is None else max_image_pixels,
             ort_library=os.fspath(find_onnxruntime_library()),
             jpeg_draft=jpeg_draft,
         )
@@ -152,7 +209,10 @@ class Backend:
             self.model_path = Path(model)
             self._source = str(self.model_path)
             self._native = native.Classifier(os.fspath(self.model_path), **options)
-        self.threads = self._native.threads
+        self.threads: int = self._native.threads
+        #: The providers the sessions use, the CPU provider last (as onnxruntime's
+        #: ``get_providers()`` lists them for the python backend).
+        self.providers: tuple[str, ...] = tuple(self._native.providers)
         self.contract = self._effective_contract()
 
     def _effective_contract(self) -> ModelContract:
@@ -162,14 +222,14 @@ class Backend:
 
     def preprocess(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
         payloads, failed = _payloads(items, {})
-        return _with_failures(self._native.preprocess(payloads), failed)
+        return _with_failures(self._native.preprocess(payloads), failed, items)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._native.run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def logits(self, items: list[tuple[str, Any]]) -> tuple[np.ndarray, dict[int, ImageError]]:
         payloads, failed = _payloads(items, {})
-        return _with_failures(self._native.logits(payloads), failed)
+        return _with_failures(self._native.logits(payloads), failed, items)
 
     @property
     def jpeg_draft(self) -> bool:
@@ -190,4 +250,10 @@ class Backend:
         grow with the number of in-memory images."""
         failed: dict[int, ImageError] = {}
         for result in self._native.iter_logits(_lazy_payloads(items, failed), batch_size):
-            yield _with_failures(result, failed)
+            yield _with_failures(result, failed, items)
+
+
+if TYPE_CHECKING:  # mypy: this class satisfies the one Backend protocol
+    from . import Backend as _Protocol
+
+    _checked: type[_Protocol] = Backend

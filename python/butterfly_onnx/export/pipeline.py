@@ -19,12 +19,21 @@ import numpy as np
 
 from .._version import __version__
 from ..contract import ModelContract, write_contract
-from ..errors import ContractError, ExportError
+from ..errors import ContractError, ExportError, ExportVerificationError
 from ..settings import ExportSettings, settings_with, signature_with
+from .calibration import INT8_FORMATS, calibration_draw
 from .inputs import Sample, normalise_samples, require_onnx, require_torch
 from .reports import ExportReport, VariantReport, VerificationReport
 from .source import Source, resolve_source
-from .variants import INT8_METHODS, VARIANTS, build_variant, measure_variants
+from .variants import (
+    INT8_METHODS,
+    RUNTIME_PRECISIONS,
+    VARIANTS,
+    build_variant,
+    measure_runtime_precision,
+    measure_variants,
+    require_openvino,
+)
 from .verify import verify_onnx
 
 __all__ = ["export_onnx"]
@@ -36,11 +45,15 @@ def _check(settings: ExportSettings, target: Path) -> None:
         raise ExportError(f"the export path must end with .onnx, got {target}")
     if not target.parent.is_dir():
         raise ExportError(f"the directory of the export path does not exist: {target.parent}")
-    unknown = [v for v in settings.variants if v not in VARIANTS]
+    unknown = [v for v in settings.variants if v not in VARIANTS + RUNTIME_PRECISIONS]
     if unknown:
-        raise ExportError(f"unknown variants {unknown}; choose from {VARIANTS}")
+        raise ExportError(f"unknown variants {unknown}; choose from {VARIANTS + RUNTIME_PRECISIONS}")
+    if "bf16" in settings.variants:
+        require_openvino()
     if "int8" in settings.variants and settings.int8_method not in INT8_METHODS:
         raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {settings.int8_method!r}")
+    if "int8" in settings.variants and settings.int8_format not in INT8_FORMATS:
+        raise ExportError(f"int8_format must be one of {INT8_FORMATS}, got {settings.int8_format!r}")
 
 
 # --------------------------------------------------------------------------- before tracing
@@ -88,7 +101,7 @@ def _calibration_samples(calibration_images: Any, src: Source, size: int, rng: n
             "the int8 variant needs calibration images (training images, preprocessed like the "
             "model's input): pass calibration_images=, or export from a FinetuneResult"
         )
-    return [p for p, _ in _sample(samples, size, rng)]
+    return [p for p, _ in calibration_draw(samples, size, rng)]
 
 
 # --------------------------------------------------------------------------- files
@@ -257,6 +270,8 @@ def _build_variants(
     spec, target = contract.preprocess, staging.target
     built = []
     for name in settings.variants:
+        if name in RUNTIME_PRECISIONS:  # measured on the fp32 file below; no file of its own
+            continue
         tmp, final = staging.variant(name)
         notes = build_variant(
             name,
@@ -266,19 +281,48 @@ def _build_variants(
             calibration=calibration if name == "int8" else None,
             batch_size=settings.batch_size,
             int8_method=settings.int8_method,
+            int8_format=settings.int8_format,
+            min_agreement=settings.min_agreement,
         )
         provenance = dict(contract.provenance, variant=name, variant_of=target.name, variant_notes=notes)
         write_contract(tmp, dataclasses.replace(contract, provenance=provenance), tmp)
         built.append((name, tmp, final, notes))
-    return measure_variants(
-        staging.model,
-        built,
-        samples,
-        spec=spec,
-        batch_size=settings.batch_size,
-        threads=settings.benchmark_threads,
-        rounds=settings.benchmark_rounds,
+    reports = (
+        measure_variants(
+            staging.model,
+            built,
+            samples,
+            spec=spec,
+            batch_size=settings.batch_size,
+            threads=settings.benchmark_threads,
+            rounds=settings.benchmark_rounds,
+        )
+        if built
+        else []
     )
+    # the gate: a variant that changes the answers is not written (the point estimate decides)
+    below = [r for r in reports if r.top1_agreement < settings.min_agreement]
+    if below:
+        error = ExportVerificationError(
+            f"{target}: variant {', '.join(r.name for r in below)} below min_agreement="
+            f"{settings.min_agreement:g}; nothing written: " + "; ".join(r.summary() for r in below)
+        )
+        error.reports = below  # type: ignore[attr-defined]
+        raise error
+    for name in settings.variants:  # reported, not gated: they write no file
+        if name in RUNTIME_PRECISIONS:
+            reports.append(
+                measure_runtime_precision(
+                    staging.model,
+                    target,
+                    samples,
+                    spec=spec,
+                    precision=name,
+                    batch_size=settings.batch_size,
+                    rounds=settings.benchmark_rounds,
+                )
+            )
+    return reports
 
 
 # --------------------------------------------------------------------------- export_onnx
@@ -314,8 +358,12 @@ def export_onnx(
     ``variants``: any of "optimized", "fp16", "int8", written beside the model as
     ``<stem>.<variant>.onnx`` with their accuracy and speed against fp32 in the report.
     "int8" calibrates on ``calibration_images`` (default: a seeded sample of
-    ``calibration_size`` training images of the FinetuneResult) with ``int8_method``
-    ("minmax", "percentile" or "entropy").
+    ``calibration_size`` training images of the FinetuneResult, every class represented) with
+    ``int8_method`` ("minmax", "percentile" or "entropy") and ``int8_format`` ("s8s8" or
+    "u8s8").  A variant whose top-1 agreement with fp32 on the verification images is below
+    ``min_agreement`` (0 turns the gate off) is not written: ExportVerificationError with the
+    figures; for int8 the most sensitive nodes are first kept in float (up to 4) to reach it on
+    the calibration images.
 
     The report is saved as JSON beside the model (:func:`report_path_for`); read it with
     ``ExportReport.load(path)``.
@@ -356,7 +404,9 @@ def export_onnx(
                 )
             contract = _contract(src, settings, verification)
             write_contract(proto, contract, staging.model)
-            variant_reports = _build_variants(staging, contract, settings, verify_samples, calibration)
+            # variants are measured on the whole validation split (ONNX Runtime only, no torch)
+            variant_samples = src.val_samples if verify_images is None and src.val_samples else verify_samples
+            variant_reports = _build_variants(staging, contract, settings, variant_samples, calibration)
             staging.publish()
     finally:
         src.model.train(src.was_training)

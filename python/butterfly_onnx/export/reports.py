@@ -12,7 +12,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ExportReport", "VariantReport", "VerificationReport", "report_path_for"]
+__all__ = ["ExportReport", "SpeedRow", "VariantReport", "VerificationReport", "report_path_for", "wilson_interval"]
+
+#: the normal quantile of a two-sided 95 % interval
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) of a proportion ``successes / n``; (0, 1)
+    when ``n`` is 0.  Unlike the normal approximation it stays inside [0, 1] and is not
+    degenerate at 0 or n successes, where agreement figures usually are."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # at 0 or n successes the bound is exactly 0 or 1 (rounding would put it a hair inside)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 @dataclass
@@ -44,6 +63,21 @@ class VerificationReport:
 
 
 @dataclass
+class SpeedRow:
+    """ms/image end to end (``Classifier.logits``) of a variant and of fp32 on one backend at
+    ``threads``, measured side by side (best of interleaved rounds)."""
+
+    backend: str
+    threads: int
+    ms_per_image: float
+    fp32_ms_per_image: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms_per_image / self.ms_per_image if self.ms_per_image > 0 else math.nan
+
+
+@dataclass
 class VariantReport:
     """One optional variant (optimized / fp16 / int8) measured against the fp32 ONNX model."""
 
@@ -64,19 +98,41 @@ class VariantReport:
     fp32_ms_per_batch: float
     threads: int | None
     notes: str = ""
+    #: 95 % Wilson interval of ``top1_agreement``
+    agreement_interval: tuple[float, float] = (0.0, 1.0)
+    #: share of images whose fp32 top-1 class is among the variant's top 5
+    fp32_top1_in_top5: float | None = None
+    #: end-to-end speed against fp32 per backend and thread count
+    speed: list[SpeedRow] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
         return self.fp32_ms_per_batch / self.ms_per_batch if self.ms_per_batch > 0 else math.nan
 
-    def summary(self) -> str:
-        text = (
-            f"{self.name}: top-1 agreement with fp32 {self.top1_agreement:.2%}, max diff "
-            f"{self.max_abs_diff:.3g}, {self.ms_per_batch:.1f} ms/batch of {self.batch_size} vs "
-            f"{self.fp32_ms_per_batch:.1f} ms fp32 (x{self.speedup:.2f}), {self.size_bytes / 1e6:.1f} MB"
+    def agreement_text(self) -> str:
+        low, high = self.agreement_interval
+        agreed = round(self.top1_agreement * self.num_images)
+        return (
+            f"top-1 agreement with fp32 {self.top1_agreement:.2%} ({agreed}/{self.num_images}, "
+            f"95% interval {low:.2%}-{high:.2%})"
         )
+
+    def summary(self) -> str:
+        text = f"{self.name}: {self.agreement_text()}"
+        if self.fp32_top1_in_top5 is not None:
+            text += f", fp32 top-1 in its top-5 {self.fp32_top1_in_top5:.2%}"
+        text += f", max logit diff {self.max_abs_diff:.3g}"
         if self.accuracy is not None:
             text += f", accuracy {self.accuracy:.2%} (fp32 {self.fp32_accuracy:.2%})"
+        text += (
+            f", {self.size_bytes / 1e6:.1f} MB; ONNX Runtime {self.ms_per_batch:.1f} ms/batch of "
+            f"{self.batch_size} vs {self.fp32_ms_per_batch:.1f} ms fp32 (x{self.speedup:.2f})"
+        )
+        for row in self.speed:
+            text += (
+                f"; {row.backend} threads={row.threads}: {row.ms_per_image:.2f} vs "
+                f"{row.fp32_ms_per_image:.2f} ms/image (x{row.speedup:.2f})"
+            )
         return text
 
 
@@ -100,6 +156,8 @@ class ExportReport:
         data = dataclasses.asdict(self)
         for variant, raw in zip(self.variants, data["variants"], strict=True):
             raw["speedup"] = variant.speedup
+            for row, raw_row in zip(variant.speed, raw["speed"], strict=True):
+                raw_row["speedup"] = row.speedup
         return data
 
     def to_json(self) -> str:
@@ -124,6 +182,10 @@ class ExportReport:
         variants = data.pop("variants")
         for raw in variants:
             raw.pop("speedup", None)
+            raw["agreement_interval"] = tuple(raw.get("agreement_interval", (0.0, 1.0)))
+            raw["speed"] = [
+                SpeedRow(**{k: v for k, v in row.items() if k != "speedup"}) for row in raw.get("speed", [])
+            ]
         if verification is not None:
             verification["disagreements"] = [tuple(d) for d in verification["disagreements"]]
             verification = VerificationReport(**verification)

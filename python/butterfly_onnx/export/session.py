@@ -1,4 +1,4 @@
-"""ONNX Runtime on the CPU for export's checks: a session, batched runs, and the comparison of two
+"""ONNX Runtime for export's checks (the CPU provider unless others are asked for): a session, batched runs, and the comparison of two
 models' outputs on the same images (verification and variants both use it)."""
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from .._backends.providers import Provider, check_available, check_in_use
 from .inputs import Sample
 
 __all__ = ["Comparison", "compare", "ort_run", "ort_session"]
 
 
-def ort_session(path: Path | bytes, threads: int | None = None, **options: Any) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU provider (``options``: SessionOptions fields)."""
+def ort_session(
+    path: Path | bytes, threads: int | None = None, providers: Sequence[Provider] | None = None, **options: Any
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on ``providers`` (resolved ones, as
+    ``_backends.providers.resolve_providers`` gives them; None: the CPU provider), refused as
+    the Classifier refuses a missing or dropped provider (``options``: SessionOptions fields)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -26,7 +31,13 @@ def ort_session(path: Path | bytes, threads: int | None = None, **options: Any) 
     for key, value in options.items():
         setattr(so, key, value)
     model = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    if providers is None:
+        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    check_available(providers, ort.get_available_providers())
+    session = ort.InferenceSession(model, sess_options=so, providers=list(providers), enable_fallback=0)
+    session.disable_fallback()
+    check_in_use(providers, session.get_providers())
+    return session
 
 
 def ort_run(session: Any, inputs: Iterable[np.ndarray]) -> np.ndarray:

@@ -9,29 +9,45 @@
   ``keep_io_types=True``, so the input stays float32 as the contract says.  On CPUs without
   fp16 arithmetic ONNX Runtime inserts casts; it mainly halves the file.
 - ``int8``: static quantization (``quantize_static``), QDQ format, per-channel weights,
-  calibrated on training images through the project's own preprocessing.
+  calibrated on training images through the project's own preprocessing; the recipe and the
+  search for nodes to keep in float are in :mod:`.calibration`.
 
 Used by :func:`butterfly_onnx.export.export_onnx`; every variant file gets the contract too.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import statistics
-import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..contract import PreprocessSpec
 from ..errors import BackendUnavailableError, ExportError
+from .calibration import DEFAULT_INT8_FORMAT, INT8_FORMATS, INT8_METHODS, Int8Recipe, preprocessed_batches, search_int8
 from .inputs import Sample, batches, preprocess_fn
-from .reports import VariantReport
+from .reports import SpeedRow, VariantReport, wilson_interval
 from .session import compare, ort_run, ort_session
 
-__all__ = ["INT8_METHODS", "VARIANTS", "build_variant", "measure_variants"]
+__all__ = [
+    "INT8_FORMATS",
+    "INT8_METHODS",
+    "RUNTIME_PRECISIONS",
+    "VARIANTS",
+    "build_variant",
+    "measure_runtime_precision",
+    "measure_speed",
+    "measure_variants",
+    "openvino_session",
+    "require_openvino",
+]
 
 #: The optional variants export_onnx can produce next to the fp32 model.
 VARIANTS = ("optimized", "fp16", "int8")
@@ -46,8 +62,13 @@ def build_variant(
     calibration: Sequence[Path] | None = None,
     batch_size: int = 16,
     int8_method: str = "minmax",
+    int8_format: str = DEFAULT_INT8_FORMAT,
+    min_agreement: float = 0.0,
 ) -> str:
-    """Write variant ``name`` of ``fp32_path`` to ``out_path``; returns a note for provenance."""
+    """Write variant ``name`` of ``fp32_path`` to ``out_path``; returns a note for provenance.
+
+    int8: ``min_agreement`` > 0 keeps the most sensitive nodes in float until the variant agrees
+    with fp32 on that share of the calibration images (:func:`.calibration.search_int8`)."""
     if name == "optimized":
         return _optimized(fp32_path, out_path)
     if name == "fp16":
@@ -55,7 +76,8 @@ def build_variant(
     if name == "int8":
         if not calibration:
             raise ExportError("the int8 variant needs calibration images")
-        return _int8(fp32_path, out_path, spec, calibration, batch_size, int8_method)
+        recipe = Int8Recipe(format=int8_format, method=int8_method)
+        return _int8(fp32_path, out_path, spec, calibration, batch_size, recipe, min_agreement)
     raise ExportError(f"unknown variant {name!r}")
 
 
@@ -88,86 +110,64 @@ def _fp16(fp32_path: Path, out_path: Path) -> str:
     return "float16 weights and activations, float32 input/output (keep_io_types)"
 
 
-class _CalibrationReader:
-    """onnxruntime.quantization.CalibrationDataReader over preprocessed image batches."""
-
-    def __init__(self, input_name: str, paths: Sequence[Path], spec: PreprocessSpec, batch_size: int):
-        self._input_name = input_name
-        self._preprocess = preprocess_fn(spec)
-        self._all_chunks = list(batches(list(paths), batch_size))
-        self._chunks = iter(self._all_chunks)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            return None
-        return {self._input_name: self._preprocess(chunk)}
-
-    def rewind(self) -> None:
-        """Start over (calibrators that read the data more than once call this)."""
-        self._chunks = iter(self._all_chunks)
-
-
-#: int8 calibration methods (onnxruntime.quantization.CalibrationMethod): MinMax is fast; Percentile
-#: and Entropy build histograms (about 3x slower) and can clip outliers better.
-INT8_METHODS = ("minmax", "percentile", "entropy")
-
-
 def _int8(
     fp32_path: Path,
     out_path: Path,
     spec: PreprocessSpec,
     calibration: Sequence[Path],
     batch_size: int,
-    method: str = "minmax",
+    recipe: Int8Recipe,
+    target: float,
 ) -> str:
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    recipe.check()
     graph_input = onnx.load(str(fp32_path), load_external_data=False).graph.input[0]
-    input_name = graph_input.name
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
-    if method not in methods:
-        raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {method!r}")
     fixed_batch = graph_input.type.tensor_type.shape.dim[0].dim_value
     if fixed_batch > 0:  # a dynamic_batch=False model takes batches of exactly that size
         batch_size = fixed_batch
+    inputs = preprocessed_batches(calibration, spec, batch_size)
+    search = search_int8(fp32_path, out_path, recipe, inputs, target=target)
+    return search.recipe.describe(len(calibration)) + f"; top-1 agreement on them {search.agreement:.2%}"
 
-    class Reader(_CalibrationReader, CalibrationDataReader):
-        pass
 
-    with tempfile.TemporaryDirectory(prefix="butterfly_int8_") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # ORT's recommended pre-processing: symbolic shape inference + graph optimisation,
-        # so that quantization sees fused Conv+BN and known shapes.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(
-                str(prepared),
-                str(out_path),
-                Reader(input_name, calibration, spec, batch_size),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-            )
-    return (
-        f"static int8 (QDQ, per-channel QInt8 weights, QUInt8 activations, {method}) calibrated on "
-        f"{len(calibration)} images"
-    )
+#: the backends and thread counts every variant's speed is measured on (None: all cores)
+SPEED_BACKENDS = ("python", "rust")
+SPEED_THREADS = (1, None)
+
+
+def measure_speed(
+    models: Mapping[str, Path],
+    images: Sequence[Path],
+    *,
+    batch_size: int,
+    rounds: int,
+    backends: Sequence[str] = SPEED_BACKENDS,
+    thread_counts: Sequence[int | None] = SPEED_THREADS,
+) -> dict[tuple[str, int], dict[str, float]]:
+    """Best ms/image end to end (``Classifier.logits`` on ``images``: decode, preprocess, model)
+    of each model, per (backend, threads), the models interleaved in every round so that a busy
+    machine slows them alike.  A backend that cannot load here (no rust extension) is left out."""
+    from ..classifier import Classifier
+
+    cores = os.cpu_count() or 1
+    result: dict[tuple[str, int], dict[str, float]] = {}
+    for backend in backends:
+        for threads in dict.fromkeys(t or cores for t in thread_counts):
+            try:
+                clfs = {name: Classifier(path, backend=backend, threads=threads) for name, path in models.items()}
+            except BackendUnavailableError:
+                break
+            best = dict.fromkeys(clfs, math.inf)
+            for clf in clfs.values():  # warm-up
+                clf.logits(images[:1])
+            for _ in range(max(rounds, 1)):
+                for name, clf in clfs.items():
+                    start = time.perf_counter()
+                    clf.logits(images, batch_size=batch_size)
+                    best[name] = min(best[name], (time.perf_counter() - start) * 1e3 / len(images))
+            result[(backend, threads)] = best
+    return result
 
 
 def measure_variants(
@@ -180,7 +180,10 @@ def measure_variants(
     threads: int | None = None,
     rounds: int = 7,
 ) -> list[VariantReport]:
-    """Accuracy against fp32 on ``samples`` and median CPU latency per batch for each variant.
+    """Each variant against fp32 on all of ``samples``: top-1 agreement with its 95 % Wilson
+    interval, fp32's top-1 inside the variant's top-5, max logit difference, accuracies; and speed:
+    the median ONNX Runtime latency of one batch (``threads``) and ms/image end to end on each
+    backend at one thread and all cores (:func:`measure_speed`).
 
     ``built``: (name, file to measure, final path to report, note).  Latency is measured in
     interleaved rounds (fp32, then each variant, repeated) so that load on a shared machine
@@ -207,11 +210,22 @@ def measure_variants(
             ort_run(session, [timing_batch])
             times[name].append((time.perf_counter() - start) * 1e3)
     fp32_ms = statistics.median(times["fp32"])
+    paths = [p for p, _ in samples]
+    speed_images = (paths * -(-batch_size // len(paths)))[:batch_size]
+    speed = measure_speed(
+        {"fp32": fp32_path, **{name: vpath for name, vpath, _, _ in built}},
+        speed_images,
+        batch_size=batch_size,
+        rounds=rounds,
+    )
 
     reports: list[VariantReport] = []
     for name, vpath, final_path, notes in built:
         out = ort_run(sessions[name], inputs)
         cmp = compare(fp32_out, out, samples)
+        fp32_top1 = fp32_out.argmax(axis=1)
+        agreed = int((out.argmax(axis=1) == fp32_top1).sum())
+        top5 = np.argsort(-out, axis=1)[:, :5]
         reports.append(
             VariantReport(
                 name=name,
@@ -227,6 +241,99 @@ def measure_variants(
                 fp32_ms_per_batch=fp32_ms,
                 threads=threads,
                 notes=notes,
+                agreement_interval=wilson_interval(agreed, len(samples)),
+                fp32_top1_in_top5=float((top5 == fp32_top1[:, None]).any(axis=1).mean()),
+                speed=[
+                    SpeedRow(backend, n_threads, ms[name], ms["fp32"]) for (backend, n_threads), ms in speed.items()
+                ],
             )
         )
     return reports
+
+
+# --------------------------------------------------------------------------- runtime precisions
+#: precisions a runtime applies to the fp32 file itself (no file written): ``bf16`` is OpenVINO's
+#: CPU plugin with INFERENCE_PRECISION_HINT=bf16 (native on CPUs with AVX512-BF16 or AMX).
+RUNTIME_PRECISIONS = ("bf16",)
+_OPENVINO = "OpenVINOExecutionProvider"
+
+
+def require_openvino() -> None:
+    """BackendUnavailableError unless ONNX Runtime here has the OpenVINO execution provider."""
+    import onnxruntime as ort
+
+    if _OPENVINO not in ort.get_available_providers():
+        raise BackendUnavailableError(
+            "the bf16 precision needs ONNX Runtime's OpenVINO execution provider: pip install "
+            "onnxruntime-openvino (in an environment of its own: it replaces the onnxruntime package)"
+        )
+
+
+def openvino_session(path: Path, threads: int, precision: str) -> Any:
+    """An ONNX Runtime session on OpenVINO's CPU plugin at ``precision`` ("bf16", "f32")."""
+    import onnxruntime as ort
+
+    require_openvino()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    config = {"CPU": {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": str(threads)}}
+    options = {"device_type": "CPU", "load_config": json.dumps(config)}
+    return ort.InferenceSession(str(path), sess_options=so, providers=[(_OPENVINO, options)])
+
+
+def measure_runtime_precision(
+    fp32_path: Path,
+    final_path: Path,
+    samples: Sequence[Sample],
+    *,
+    spec: PreprocessSpec,
+    precision: str = "bf16",
+    batch_size: int = 16,
+    rounds: int = 7,
+) -> VariantReport:
+    """``precision`` run by its runtime on the fp32 file against ONNX Runtime's CPU provider in
+    fp32, with the figures of :func:`measure_variants`; speed is the model alone on one ready batch
+    (OpenVINO is not one of the backends), at one thread and all cores, best of interleaved
+    rounds.  Not bit-exact by design: bf16 keeps 8 bits of mantissa."""
+    if precision not in RUNTIME_PRECISIONS:
+        raise ExportError(f"unknown runtime precision {precision!r}; choose from {RUNTIME_PRECISIONS}")
+    preprocess = preprocess_fn(spec)
+    inputs = [preprocess([p for p, _ in chunk]) for chunk in batches(list(samples), batch_size)]
+    cores = os.cpu_count() or 1
+    speed: list[SpeedRow] = []
+    out = fp32_out = np.empty(0)
+    for threads in dict.fromkeys((1, cores)):
+        sessions = {"fp32": ort_session(fp32_path, threads), precision: openvino_session(fp32_path, threads, precision)}
+        if threads == 1:
+            fp32_out, out = ort_run(sessions["fp32"], inputs), ort_run(sessions[precision], inputs)
+        best = dict.fromkeys(sessions, math.inf)
+        for session in sessions.values():  # warm-up
+            ort_run(session, inputs[:1])
+        for _ in range(max(rounds, 1)):
+            for name, session in sessions.items():
+                start = time.perf_counter()
+                ort_run(session, inputs[:1])
+                best[name] = min(best[name], (time.perf_counter() - start) * 1e3 / len(inputs[0]))
+        speed.append(SpeedRow("openvino", threads, best[precision], best["fp32"]))
+    cmp = compare(fp32_out, out, samples)
+    fp32_top1 = fp32_out.argmax(axis=1)
+    agreed = int((out.argmax(axis=1) == fp32_top1).sum())
+    top5 = np.argsort(-out, axis=1)[:, :5]
+    return VariantReport(
+        name=precision,
+        path=str(final_path),
+        size_bytes=fp32_path.stat().st_size,
+        num_images=len(samples),
+        top1_agreement=cmp.top1_agreement,
+        max_abs_diff=cmp.max_abs_diff,
+        accuracy=cmp.candidate_accuracy,
+        fp32_accuracy=cmp.reference_accuracy,
+        batch_size=len(inputs[0]),
+        ms_per_batch=speed[0].ms_per_image * len(inputs[0]),
+        fp32_ms_per_batch=speed[0].fp32_ms_per_image * len(inputs[0]),
+        threads=1,
+        notes=f"the fp32 file run by OpenVINO's CPU plugin with INFERENCE_PRECISION_HINT={precision} (not bit-exact)",
+        agreement_interval=wilson_interval(agreed, len(samples)),
+        fp32_top1_in_top5=float((top5 == fp32_top1[:, None]).any(axis=1).mean()),
+        speed=speed,
+    )

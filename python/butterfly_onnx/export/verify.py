@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._backends.providers import resolve_providers
 from ..contract import ModelContract, PreprocessSpec
 from ..errors import ExportError, ExportVerificationError
 from .inputs import batches, normalise_samples, preprocess_fn, require_torch
@@ -41,6 +42,8 @@ def verify_onnx(
     batch_size: int = 16,
     threads: int | None = None,
     enforce: bool = True,
+    providers: Any = None,
+    device: str | None = None,
 ) -> VerificationReport:
     """Compare ``model`` (torch, eager, eval mode) with the ONNX file on real images.
 
@@ -49,8 +52,12 @@ def verify_onnx(
     spec is ``preprocess`` or the file's contract).  ``probabilities``: apply softmax to the
     torch output first (default: when the contract's output kind says so).  With ``enforce``
     a result beyond the thresholds raises ExportVerificationError with the numbers.
+    ``providers``/``device``: the execution providers ONNX Runtime runs on, as ``Classifier``
+    takes them (default: the CPU provider; a GPU's TF32 or fp16 may need a looser
+    ``max_abs_diff``, docs/inference.md "Execution providers").
     """
     torch = require_torch()
+    requested = None if providers is None and device is None else resolve_providers(providers, device)
     onnx_path = Path(onnx_path)
     samples = normalise_samples(images, "verify images")
     if not samples:
@@ -72,7 +79,7 @@ def verify_onnx(
     model.eval()
     try:
         preprocess_batch = preprocess_fn(spec)
-        session = ort_session(onnx_path, threads)
+        session = ort_session(onnx_path, threads, requested)
         torch_out, onnx_out = [], []
         for chunk in batches(samples, batch_size):
             batch = preprocess_batch([p for p, _ in chunk])

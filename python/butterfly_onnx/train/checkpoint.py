@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from torch import nn
 from ..contract import PreprocessSpec
 from ..errors import ArchitectureError, ContractError, TrainingError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "remove_stale_temps",
+]
 
 CHECKPOINT_FORMAT = "butterfly_onnx.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -61,26 +69,82 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
 
 def atomic_save(payload: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsynced, then ``os.replace``d:
-    a crash never leaves a half-written file."""
+    a crash never leaves a half-written file.  The temporary file is removed when the save
+    fails or is interrupted (Ctrl-C); one left by a killed process is removed by the next
+    save into the folder (:func:`remove_stale_temps`).  A failed save is a TrainingError
+    naming the file and the cause ("No space left on device"), not torch's internal one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent)
+    # The writer's pid in the name tells a killed run's leftover from a save in progress.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        if isinstance(exc, Exception):
+            raise TrainingError(f"cannot save {path}: {_cause(exc)}") from exc
+        raise  # KeyboardInterrupt, SystemExit: as they are, the temporary file gone
+
+
+#: The suffix of :func:`atomic_save`'s temporary files (``.<name>.<pid>.<8 random>.butterfly.tmp``):
+#: distinctive, so that :func:`remove_stale_temps` never takes someone else's file for one.
+TEMP_SUFFIX = ".butterfly.tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def _cause(exc: BaseException) -> str:
+    """The operating system's reason behind a failed write: torch.save reports a full disk as
+    its own RuntimeError ("unexpected pos ...") with the OSError as its context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_save` processes no longer running left
+    in ``folder`` (a run killed mid-save); returns what was removed.  A save in progress (its
+    process alive) is left alone."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(os.fspath(folder)))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False) or _alive(int(match["pid"])):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict, validated; bad files raise TrainingError naming the path."""
     path = Path(path)
+    remove_stale_temps(path.parent)  # a resumed run starts here: a killed run's leftovers go
     if not path.is_file():
         raise TrainingError(f"checkpoint not found: {path}")
     try:

@@ -22,6 +22,7 @@ mod errors {
     pyo3::import_exception!(butterfly_onnx.errors, ImageNotFoundError);
     pyo3::import_exception!(butterfly_onnx.errors, ImageDecodeError);
     pyo3::import_exception!(butterfly_onnx.errors, ImageTooLargeError);
+    pyo3::import_exception!(butterfly_onnx.errors, NonFiniteOutputError);
     pyo3::import_exception!(butterfly_onnx.errors, ModelNotFoundError);
     pyo3::import_exception!(butterfly_onnx.errors, InvalidModelError);
     pyo3::import_exception!(butterfly_onnx.errors, ContractError);
@@ -43,9 +44,12 @@ fn to_py_err(error: &Error) -> PyErr {
         ErrorKind::ModelNotFound => errors::ModelNotFoundError::new_err(message),
         ErrorKind::InvalidModel => errors::InvalidModelError::new_err(message),
         ErrorKind::Contract => errors::ContractError::new_err(message),
-        ErrorKind::RuntimeUnavailable => errors::BackendUnavailableError::new_err(message),
+        ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => {
+            errors::BackendUnavailableError::new_err(message)
+        }
         ErrorKind::InvalidArgument => errors::InvalidArgumentError::new_err(message),
         ErrorKind::Inference => errors::ButterflyError::new_err(message),
+        ErrorKind::NonFiniteOutput => errors::NonFiniteOutputError::new_err((message, source)),
     }
 }
 
@@ -89,7 +93,7 @@ fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>
             pair.len()
         )));
     }
-    let source: String = pair.get_item(0)?.str()?.extract()?;
+    let source = source_name(&pair.get_item(0)?)?;
     let payload = pair.get_item(1)?;
     let input = if let Ok(bytes) = payload.cast::<PyBytes>() {
         ImageInput::Bytes { source, bytes: bytes.as_bytes().to_vec() }
@@ -122,6 +126,18 @@ fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>
     Ok(())
 }
 
+/// An item's source as text for messages. A file name that is not UTF-8 comes from Python
+/// as a str with lone surrogates (os.fsdecode's surrogateescape), which is no Rust `String`:
+/// it is taken as the OS bytes it stands for (lossily shown, as `Path::display` shows the
+/// path itself); the Python adapter puts the caller's str back into the errors.
+fn source_name(source: &Bound<'_, PyAny>) -> PyResult<String> {
+    let text = source.str()?;
+    match text.extract::<String>() {
+        Ok(source) => Ok(source),
+        Err(_) => Ok(text.extract::<PathBuf>()?.to_string_lossy().into_owned()),
+    }
+}
+
 /// Preprocess the convertible items; failures by position in the caller's list, conversion
 /// failures included. Pure Rust: callers run it inside `py.detach`.
 fn preprocess_items(
@@ -148,7 +164,8 @@ impl Classifier {
     /// replacing the contract's; `labels` replace the contract's labels; `jpeg_draft`: decode
     /// JPEGs at a reduced DCT scale as Pillow's `draft()` (core `ClassifierOptions::jpeg_draft`).
     #[new]
-    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false))]
+    /// `providers`: (name, {option: value}) pairs in priority order (None: the CPU provider).
+    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false, providers=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -160,6 +177,7 @@ impl Classifier {
         max_image_pixels: Option<u64>,
         ort_library: Option<PathBuf>,
         jpeg_draft: bool,
+        providers: Option<Vec<(String, std::collections::BTreeMap<String, String>)>>,
     ) -> PyResult<Self> {
         let threads = match threads {
             Some(n) if n < 1 => {
@@ -186,6 +204,16 @@ impl Classifier {
             ort_library,
             model_batch: None,
             jpeg_draft,
+            providers: match providers {
+                Some(list) => list
+                    .into_iter()
+                    .map(|(name, options)| butterfly_onnx::classifier::Provider {
+                        name,
+                        options: options.into_iter().collect(),
+                    })
+                    .collect(),
+                None => butterfly_onnx::classifier::providers::cpu(),
+            },
         };
         let inner = py
             .detach(|| match &model_bytes {
@@ -218,6 +246,13 @@ impl Classifier {
     #[getter]
     fn thread_split(&self) -> (usize, usize) {
         self.inner.thread_split()
+    }
+
+    /// The execution providers the sessions use, the CPU provider last (core
+    /// `Classifier::providers`).
+    #[getter]
+    fn providers(&self) -> Vec<String> {
+        self.inner.providers().to_vec()
     }
 
     /// Whether JPEGs are decoded in draft mode.
@@ -428,11 +463,19 @@ fn loaded_ort_library() -> Option<PathBuf> {
     butterfly_onnx::runtime::loaded_library()
 }
 
+/// Why a libonnxruntime file is not to be loaded unasked (writable by others, or owned by
+/// someone else: `runtime::untrusted_reason`), or None when it is safe.
+#[pyfunction]
+fn ort_library_problem(path: PathBuf) -> Option<String> {
+    butterfly_onnx::runtime::untrusted_reason(&path)
+}
+
 #[pymodule(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Classifier>()?;
     m.add_class::<LogitsIter>()?;
     m.add_function(wrap_pyfunction!(loaded_ort_library, m)?)?;
+    m.add_function(wrap_pyfunction!(ort_library_problem, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -564,6 +564,12 @@ fn check_labels(labels: &[String]) -> Check<()> {
     if labels.iter().any(String::is_empty) {
         return Err("labels must be non-empty strings".into());
     }
+    // A newline or escape code in a label would break every text output (one line per
+    // image) and could drive a terminal; is_control is Unicode's Cc, as Python's check.
+    if let Some(label) = labels.iter().find(|l| l.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'))
+    {
+        return Err(format!("labels must not contain control characters (newline, tab, escape...); got {label:?}"));
+    }
     let mut seen = std::collections::BTreeMap::<&str, usize>::new();
     for label in labels {
         *seen.entry(label).or_default() += 1;

@@ -38,9 +38,20 @@ pub enum Error {
     #[error("ONNX Runtime unavailable: {reason}")]
     RuntimeUnavailable { reason: String },
 
+    /// An execution provider that was asked for cannot run the model: the loaded ONNX
+    /// Runtime lacks it, or it failed to initialise (`classifier::providers`; never a
+    /// fallback). `message` names it, what the runtime has and what to install.
+    #[error("{message}")]
+    ProviderUnavailable { provider: String, message: String },
+
     /// ONNX Runtime failed while running a model.
     #[error("{path}: inference failed: {reason}")]
     Inference { path: PathBuf, reason: String },
+
+    /// The model's output row for this image holds NaN or infinity: no prediction is made
+    /// from it (a per-image failure, like a bad image).
+    #[error("{source_name}: the model's output is not finite (NaN or infinity), no prediction")]
+    NonFiniteOutput { source_name: String },
 
     /// A caller-side argument is out of range (batch shape, thread count, ...).
     #[error("invalid argument: {reason}")]
@@ -57,7 +68,9 @@ pub enum ErrorKind {
     InvalidModel,
     Contract,
     RuntimeUnavailable,
+    ProviderUnavailable,
     Inference,
+    NonFiniteOutput,
     InvalidArgument,
 }
 
@@ -71,7 +84,9 @@ impl Error {
             Error::InvalidModel { .. } => ErrorKind::InvalidModel,
             Error::Contract { .. } => ErrorKind::Contract,
             Error::RuntimeUnavailable { .. } => ErrorKind::RuntimeUnavailable,
+            Error::ProviderUnavailable { .. } => ErrorKind::ProviderUnavailable,
             Error::Inference { .. } => ErrorKind::Inference,
+            Error::NonFiniteOutput { .. } => ErrorKind::NonFiniteOutput,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
         }
     }
@@ -82,11 +97,14 @@ impl Error {
             Error::ImageNotFound { source_name }
             | Error::ImageDecode { source_name, .. }
             | Error::ImageTooLarge { source_name, .. }
-            | Error::Contract { source_name, .. } => Some(source_name.clone()),
+            | Error::Contract { source_name, .. }
+            | Error::NonFiniteOutput { source_name } => Some(source_name.clone()),
             Error::ModelNotFound { path } | Error::InvalidModel { path, .. } | Error::Inference { path, .. } => {
                 Some(path.display().to_string())
             }
-            Error::RuntimeUnavailable { .. } | Error::InvalidArgument { .. } => None,
+            Error::RuntimeUnavailable { .. } | Error::ProviderUnavailable { .. } | Error::InvalidArgument { .. } => {
+                None
+            }
         }
     }
 }

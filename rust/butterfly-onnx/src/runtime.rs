@@ -11,7 +11,14 @@
 //! 2. the environment: `BUTTERFLY_ONNX_ORT_LIB`, then `ORT_DYLIB_PATH`;
 //! 3. (the CLI only; the Python package finds the wheel itself, in `_backends/rust.py`) the
 //!    onnxruntime wheel in the usual site-packages folders, found by [`find_wheel_library`]
-//!    by looking at files (no Python is run).
+//!    by looking at files (no Python is run): the active environment, then the user's, then
+//!    the system's. Never the working directory or a folder above it: a `.venv/` planted
+//!    there (or shipped in a cloned repository) would run its code at `dlopen`.
+//!
+//! A library is trusted as OpenSSH trusts a key file ([`untrusted_reason`]): neither it nor its
+//! folder may be writable by group or others, and both must belong to the user or root. A
+//! found library that fails is refused; an explicitly named one (steps 1-2) is loaded with a
+//! warning, since the user chose it.
 //!
 //! A process holds one ONNX Runtime: once loaded, asking for a *different* library file is
 //! an [`Error::RuntimeUnavailable`] (ort would silently keep the first one). A library that
@@ -54,19 +61,15 @@ pub fn configured_library(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// The site-packages folders [`find_wheel_library`] looks in, in order: the active
-/// environment (`$VIRTUAL_ENV`, `$CONDA_PREFIX`), a `.venv` or `venv` in the current folder or
-/// one above it, the user's (`~/.local`, pyenv's versions), then the system's
-/// (`/usr/local/lib/python3*`, `/usr/lib/python3*`, and the macOS framework / Homebrew ones).
+/// environment (`$VIRTUAL_ENV`, `$CONDA_PREFIX`, absolute paths only), the user's
+/// (`~/.local`, pyenv's versions), then the system's (`/usr/local/lib/python3*`,
+/// `/usr/lib/python3*`, and the macOS framework / Homebrew ones). Nothing relative to the
+/// working directory (see the module docs).
 pub fn wheel_search_dirs() -> Vec<PathBuf> {
     let mut prefixes: Vec<PathBuf> = Vec::new();
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
         if let Some(prefix) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             prefixes.push(PathBuf::from(prefix));
-        }
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            prefixes.extend([dir.join(".venv"), dir.join("venv")]);
         }
     }
     let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -88,7 +91,8 @@ pub fn wheel_search_dirs() -> Vec<PathBuf> {
         }
         dirs.push(prefix.join("Lib").join("site-packages"));
     }
-    dirs.retain(|d| d.is_dir());
+    // A relative entry ($HOME or $VIRTUAL_ENV set to "venv", say) would be the working directory's.
+    dirs.retain(|d| d.is_absolute() && d.is_dir());
     dirs.dedup();
     dirs
 }
@@ -108,16 +112,73 @@ pub fn find_wheel_library_in(dirs: &[PathBuf]) -> Option<PathBuf> {
     })
 }
 
-/// [`find_wheel_library_in`] the [`wheel_search_dirs`].
-pub fn find_wheel_library() -> Option<PathBuf> {
-    find_wheel_library_in(&wheel_search_dirs())
+/// [`find_wheel_library_in`] the [`wheel_search_dirs`]; `Err` (a [`Error::RuntimeUnavailable`]
+/// naming the file and why) when the library found is not [trusted](untrusted_reason).
+pub fn find_wheel_library() -> Result<Option<PathBuf>> {
+    let Some(found) = find_wheel_library_in(&wheel_search_dirs()) else { return Ok(None) };
+    match untrusted_reason(&found) {
+        None => Ok(Some(found)),
+        Some(reason) => Err(Error::RuntimeUnavailable {
+            reason: format!(
+                "refusing to load {}: {reason}; fix its permissions, or name it explicitly with --ort-lib \
+                 or {} to load it anyway",
+                found.display(),
+                ENV_VARS[0]
+            ),
+        }),
+    }
+}
+
+/// Why `library` should not be loaded without being asked for by name, or `None` when it is
+/// safe: OpenSSH's rule for key files, applied to the file and to its folder (symlinks
+/// resolved) -- writable by group or others, or owned by someone other than the user and
+/// root, means another account could have put its code there. Always `None` off Unix.
+pub fn untrusted_reason(library: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let file = match library.canonicalize() {
+            Ok(file) => file,
+            Err(e) => return Some(format!("{}: cannot resolve the path: {e}", library.display())),
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let user = unsafe { libc::geteuid() };
+        let folder = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        for (what, path) in [("the library", &file), ("its folder", &folder)] {
+            let metadata = match std::fs::metadata(path) {
+                Ok(metadata) => metadata,
+                Err(e) => return Some(format!("{what} {}: cannot read its permissions: {e}", path.display())),
+            };
+            if metadata.mode() & 0o022 != 0 {
+                return Some(format!(
+                    "{what} {} is writable by {} (mode {:o})",
+                    path.display(),
+                    if metadata.mode() & 0o002 != 0 { "everyone" } else { "its group" },
+                    metadata.mode() & 0o7777
+                ));
+            }
+            if metadata.uid() != user && metadata.uid() != 0 {
+                return Some(format!(
+                    "{what} {} is owned by uid {}, neither you (uid {user}) nor root",
+                    path.display(),
+                    metadata.uid()
+                ));
+            }
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = library;
+        None
+    }
 }
 
 /// How to get a library when none was found (one line, for error messages).
 pub fn how_to_get_a_library() -> String {
     format!(
         "no ONNX Runtime library found: pass --ort-lib PATH, set {} (or {}) to a libonnxruntime shared library, \
-         or `pip install onnxruntime` (its capi/libonnxruntime is found in a virtualenv, ./.venv, ~/.local or the system site-packages)",
+         or `pip install onnxruntime` (its capi/libonnxruntime is found in the active virtualenv, ~/.local or the system site-packages)",
         ENV_VARS[0], ENV_VARS[1]
     )
 }

@@ -81,7 +81,7 @@ fn fatal_errors_exit_2_with_a_clear_message() {
 }
 
 #[test]
-fn onnxruntime_is_found_in_the_venv_without_flag_or_environment() {
+fn onnxruntime_is_found_in_the_active_venv_without_flag() {
     let Some(fx) = fixture() else { return };
     let venv = repo_root().join(".venv");
     let wheel_library = fx.ort_library.canonicalize().unwrap();
@@ -89,9 +89,11 @@ fn onnxruntime_is_found_in_the_venv_without_flag_or_environment() {
         eprintln!("SKIPPED: the fixture's onnxruntime is not the repository's .venv one");
         return;
     }
-    // From the repository root and from a folder below it: ./.venv, then the folders above.
-    for cwd in [repo_root(), repo_root().join("rust/butterfly-onnx/src")] {
-        let (code, stdout, stderr) = run(bare_cli().current_dir(&cwd).arg("info").arg(fx.path("model.onnx")));
+    // The active venv ($VIRTUAL_ENV), from wherever the command runs; the working directory
+    // and the folders above it are never searched (tests/runtime_search.rs).
+    for cwd in [repo_root(), std::env::temp_dir()] {
+        let (code, stdout, stderr) =
+            run(bare_cli().current_dir(&cwd).env("VIRTUAL_ENV", &venv).arg("info").arg(fx.path("model.onnx")));
         assert_eq!(code, 0, "{stderr}");
         let line = stdout.lines().find(|l| l.starts_with("onnxruntime:")).unwrap_or_else(|| panic!("{stdout}"));
         assert_eq!(Path::new(line.trim_start_matches("onnxruntime:").trim()), wheel_library);

@@ -4,6 +4,7 @@
 //! butterfly-onnx predict MODEL INPUTS... [--top-k 5] [--batch-size 32] [--threads N] [--json]
 //!                        [-o FILE.csv|FILE.jsonl] [--progress|--no-progress] [--ort-lib PATH]
 //! butterfly-onnx info MODEL [--json] [--ort-lib PATH]
+//! (both: [--device cpu|cuda[:N]|... | --provider NAME[:KEY=VALUE,...]...])
 //! ```
 //! `predict` agrees with the Python command's `predict` (docs/inference.md, "Command line";
 //! both are tested on tests/fixtures/cli/predict_cases.json). Exit status: 0 all done; 1 some
@@ -15,7 +16,9 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use butterfly_onnx::classifier::{Classifier, ClassifierOptions, ImageInput, ImageResult, DEFAULT_MAX_IMAGE_PIXELS};
+use butterfly_onnx::classifier::{
+    providers, Classifier, ClassifierOptions, ImageInput, ImageResult, Provider, DEFAULT_MAX_IMAGE_PIXELS,
+};
 use butterfly_onnx::contract::{interpolation_name, resample_order_name};
 use butterfly_onnx::runtime;
 use clap::{Parser, Subcommand};
@@ -38,10 +41,45 @@ struct Cli {
 #[derive(clap::Args)]
 struct RuntimeArgs {
     /// The libonnxruntime shared library. Default: $BUTTERFLY_ONNX_ORT_LIB, $ORT_DYLIB_PATH,
-    /// else the onnxruntime wheel's library in a virtualenv, ./.venv, ~/.local or the system
+    /// else the onnxruntime wheel's library in the active virtualenv, ~/.local or the system
     /// site-packages.
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda[:N], tensorrt[:N], openvino[:DEVICE_TYPE], coreml,
+    /// directml[:N] (default: cpu; python/butterfly_onnx/data/providers.json).
+    #[arg(long, conflicts_with = "provider")]
+    device: Option<String>,
+    /// An ONNX Runtime execution provider, in priority order (repeatable), e.g.
+    /// CUDAExecutionProvider:device_id=1. Never a fallback: a missing one is an error.
+    #[arg(long, value_name = "NAME[:KEY=VALUE,...]")]
+    provider: Vec<String>,
+}
+
+impl RuntimeArgs {
+    /// `ClassifierOptions` with this library and these providers (`--device` or `--provider`).
+    fn options(self) -> Result<ClassifierOptions, Fatal> {
+        let providers = match (&self.device, self.provider.is_empty()) {
+            (Some(device), _) => providers::from_device(device)?,
+            (None, false) => self.provider.iter().map(|text| parse_provider(text)).collect::<Result<_, _>>()?,
+            (None, true) => providers::cpu(),
+        };
+        Ok(ClassifierOptions { ort_library: self.ort_lib, providers, ..ClassifierOptions::default() })
+    }
+}
+
+/// `--provider NAME[:KEY=VALUE,...]` (as the Python command parses it).
+fn parse_provider(text: &str) -> Result<Provider, Fatal> {
+    let (name, rest) = text.split_once(':').map_or((text, None), |(n, r)| (n, Some(r)));
+    let mut options = Vec::new();
+    for pair in rest.map(|r| r.split(',').collect::<Vec<_>>()).unwrap_or_default() {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => options.push((key.to_string(), value.to_string())),
+            _ => {
+                return Err(Fatal::new(format!("--provider '{text}': options are KEY=VALUE pairs separated by commas")))
+            }
+        }
+    }
+    Ok(Provider { name: name.to_string(), options })
 }
 
 #[derive(Subcommand)]
@@ -74,7 +112,8 @@ enum Command {
         progress: bool,
         #[arg(long, overrides_with = "progress")]
         no_progress: bool,
-        /// Refuse images with more pixels (0 = no limit); Pillow's bomb limit by default.
+        /// Refuse images with more pixels than this, from the header, before decoding
+        /// (0 = no limit). Default: Pillow's decompression-bomb ceiling, as the Python CLI.
         #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
         max_image_pixels: u64,
         /// JPEG draft mode: decode JPEGs at a reduced DCT scale as Pillow's draft() does
@@ -157,21 +196,27 @@ fn main() -> ExitCode {
             jpeg_draft,
             runtime,
         } => {
-            let options = ClassifierOptions {
-                threads: threads.map(|t| t as usize),
-                max_image_pixels: (max_image_pixels > 0).then_some(max_image_pixels),
-                ort_library: runtime.ort_lib,
-                jpeg_draft,
-                ..ClassifierOptions::default()
+            let options = match runtime.options() {
+                Ok(options) => ClassifierOptions {
+                    threads: threads.map(|t| t as usize),
+                    max_image_pixels: Some(match max_image_pixels {
+                        0 => butterfly_onnx::classifier::NO_PIXEL_LIMIT,
+                        n => n,
+                    }),
+                    jpeg_draft,
+                    ..options
+                },
+                Err(Fatal(message, _)) => {
+                    report(&message);
+                    return ExitCode::from(2);
+                }
             };
             let show_progress = if progress || no_progress { progress } else { std::io::stderr().is_terminal() };
             let settings =
                 PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
             predict(&model, &inputs, &settings, options)
         }
-        Command::Info { model, json, runtime } => {
-            info(&model, json, ClassifierOptions { ort_library: runtime.ort_lib, ..ClassifierOptions::default() })
-        }
+        Command::Info { model, json, runtime } => runtime.options().and_then(|options| info(&model, json, options)),
     };
     match outcome {
         Ok(all_ok) => ExitCode::from(if all_ok { 0 } else { 1 }),
@@ -190,9 +235,17 @@ fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fata
         // Before looking for ONNX Runtime: the missing model is the first thing to fix.
         return Err(Fatal::new(format!("{}: model file not found", model.display())));
     }
-    if runtime::configured_library(options.ort_library.as_deref()).is_none() {
-        options.ort_library =
-            Some(runtime::find_wheel_library().ok_or_else(|| Fatal::new(runtime::how_to_get_a_library()))?);
+    match runtime::configured_library(options.ort_library.as_deref()) {
+        None => {
+            options.ort_library =
+                Some(runtime::find_wheel_library()?.ok_or_else(|| Fatal::new(runtime::how_to_get_a_library()))?);
+        }
+        // Named by the user: loaded, but a library others could have written is worth a word.
+        Some(named) => {
+            if let Some(reason) = runtime::untrusted_reason(&named) {
+                let _ = writeln!(std::io::stderr().lock(), "butterfly-onnx: warning: {reason}");
+            }
+        }
     }
     Ok(Classifier::open(model, options)?)
 }
@@ -647,6 +700,7 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         let mut document = contract.to_value();
         document["model"] = serde_json::json!(model.display().to_string());
         document["static_batch"] = serde_json::json!(classifier.static_batch());
+        document["providers"] = serde_json::json!(classifier.providers());
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
         out.flush()?;
         return Ok(true);
@@ -674,6 +728,7 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         spec.std
     )?;
     writeln!(out, "provenance:     {}", contract.provenance)?;
+    writeln!(out, "providers:      {}", classifier.providers().join("+"))?;
     if let Some(library) = runtime::loaded_library() {
         writeln!(out, "onnxruntime:    {}", library.display())?;
     }

@@ -25,10 +25,13 @@
 //!   not by the number of images. Results come in input order, failures in place.
 //!
 //! Layout: `session.rs` (ONNX Runtime: session, contract check, running batches),
-//! `batch.rs` (decode + preprocess into a batch tensor), `pipeline.rs` (streaming).
+//! `providers.rs` (the execution providers the sessions run on, from
+//! `python/butterfly_onnx/data/providers.json`; never a fallback), `batch.rs` (decode +
+//! preprocess into a batch tensor), `pipeline.rs` (streaming).
 
 mod batch;
 pub mod pipeline;
+pub mod providers;
 mod session;
 
 use std::path::{Path, PathBuf};
@@ -43,10 +46,15 @@ use crate::runtime;
 use crate::{Error, Result};
 
 pub use pipeline::{ImageResult, LogitsChunk, LogitsStream, Pipeline, PredictStream, MAX_MODEL_BATCH};
+pub use providers::Provider;
 
 /// Pillow's decompression-bomb error threshold, `2 * PIL.Image.MAX_IMAGE_PIXELS`
 /// (above it `Image.open` raises `DecompressionBombError`); the default limit.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+/// `max_image_pixels` meaning "no limit" (the CLI's `--max-image-pixels 0`; Python's
+/// `max_image_pixels=None` with `PIL.Image.MAX_IMAGE_PIXELS = None`).
+pub const NO_PIXEL_LIMIT: u64 = u64::MAX;
 
 /// How to open a [`Classifier`]. `Default` = all cores, the model's own contract, Pillow's
 /// pixel limit, and the ONNX Runtime library from the environment (see [`crate::runtime`]).
@@ -61,7 +69,8 @@ pub struct ClassifierOptions {
     /// Replace the contract's preprocessing.
     pub preprocess: Option<PreprocessSpec>,
     /// `width * height` above this is an `ImageTooLarge` error, checked from the header
-    /// before decoding; `None` = unlimited.
+    /// before decoding; `None` = Pillow's default ceiling ([`crate::decode::PILLOW_BOMB_PIXELS`],
+    /// as the python backend's Pillow), [`NO_PIXEL_LIMIT`] = no limit at all.
     pub max_image_pixels: Option<u64>,
     /// The libonnxruntime file to load (else `BUTTERFLY_ONNX_ORT_LIB` / `ORT_DYLIB_PATH`).
     pub ort_library: Option<PathBuf>,
@@ -73,6 +82,10 @@ pub struct ClassifierOptions {
     /// ([`crate::decode::JpegDraft`], `request` from the contract's resize), then
     /// preprocessed as usual. Other formats and decoded images are unaffected.
     pub jpeg_draft: bool,
+    /// The execution providers to run the model on, in priority order ([`providers`]; the
+    /// default: the CPU provider). One that the loaded ONNX Runtime lacks, or that fails to
+    /// initialise, is an [`Error::ProviderUnavailable`]: never a fallback.
+    pub providers: Vec<Provider>,
 }
 
 impl Default for ClassifierOptions {
@@ -85,6 +98,7 @@ impl Default for ClassifierOptions {
             ort_library: None,
             model_batch: None,
             jpeg_draft: false,
+            providers: providers::cpu(),
         }
     }
 }
@@ -141,6 +155,8 @@ pub struct Classifier {
     model_batch: OnceLock<usize>,
     /// Intra-op threads per concurrent run ([`pipeline::thread_split`]).
     split_intra: usize,
+    /// The providers the sessions use, the CPU provider last ([`providers::in_use`]).
+    providers: Vec<String>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -150,6 +166,7 @@ impl std::fmt::Debug for Classifier {
             .field("classes", &self.contract.labels.len())
             .field("crop_size", &self.contract.preprocess.crop_size)
             .field("threads", &self.threads)
+            .field("providers", &self.providers)
             .finish()
     }
 }
@@ -160,7 +177,9 @@ impl Classifier {
     ///
     /// Errors: `ModelNotFound`; `InvalidModel` (not ONNX, or no single NCHW float input /
     /// 2-D float output); `Contract` (missing, invalid, unknown version, or inconsistent
-    /// with the model); `RuntimeUnavailable`; `InvalidArgument` (threads == 0).
+    /// with the model); `RuntimeUnavailable`; `ProviderUnavailable` (a provider the runtime
+    /// lacks or that fails to initialise); `InvalidArgument` (threads == 0, an unknown
+    /// provider or option).
     pub fn open(model_path: impl AsRef<Path>, options: ClassifierOptions) -> Result<Self> {
         let model_path = model_path.as_ref().to_path_buf();
         if !model_path.exists() {
@@ -187,7 +206,9 @@ impl Classifier {
         if options.model_batch == Some(0) {
             return Err(Error::InvalidArgument { reason: "model_batch must be at least 1".into() });
         }
+        providers::check(&options.providers)?;
         runtime::ensure_loaded(options.ort_library.as_deref())?;
+        providers::check_available(&options.providers, &providers::available()?)?;
         let model_bytes = match &source {
             session::Source::File => std::fs::metadata(&model_path).map_or(0, |m| m.len()),
             session::Source::Bytes(bytes) => bytes.len() as u64,
@@ -219,6 +240,7 @@ impl Classifier {
             },
         });
         let split_intra = split.1;
+        let providers = providers::in_use(&options.providers);
         Ok(Classifier {
             model_path,
             contract,
@@ -229,6 +251,7 @@ impl Classifier {
             pool,
             model_batch,
             split_intra,
+            providers,
         })
     }
 
@@ -252,6 +275,13 @@ impl Classifier {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The execution providers the model runs on, in priority order, ONNX Runtime's CPU
+    /// provider last (it takes the nodes no other provider does), as onnxruntime's
+    /// `get_providers()` lists them.
+    pub fn providers(&self) -> &[String] {
+        &self.providers
     }
 
     /// How `threads` is shared out ([`pipeline::thread_split`], module docs "Threads"):
@@ -316,11 +346,12 @@ impl Classifier {
         top_k_of(&self.probabilities(row), &self.contract.labels, k)
     }
 
-    /// [`Self::preprocess`] then [`Self::run`] on the images that decoded.
+    /// [`Self::preprocess`] then [`Self::run`] on the images that decoded; a row holding NaN
+    /// or infinity is that image's [`Error::NonFiniteOutput`], not a row.
     pub fn logits(&self, items: &[ImageInput]) -> Result<(Array2<f32>, ImageErrors)> {
         let (batch, errors) = self.preprocess(items)?;
         let logits = self.run(batch.view())?;
-        Ok((logits, errors))
+        Ok(split_non_finite(logits, errors, 0, items.len(), |i| items[i].source()))
     }
 
     /// The top-k classes of each image that decoded, best first, as (input index,
@@ -361,6 +392,35 @@ impl Classifier {
     }
 }
 
+/// Moves the rows of `logits` that hold NaN or infinity into `errors` as
+/// [`Error::NonFiniteOutput`]: `logits` has one row per input of `start..start + count` not
+/// in `errors` (indices in the caller's numbering), `source(i)` names input `i`. Errors
+/// come back sorted by index.
+pub(crate) fn split_non_finite(
+    logits: Array2<f32>,
+    mut errors: ImageErrors,
+    start: usize,
+    count: usize,
+    source: impl Fn(usize) -> String,
+) -> (Array2<f32>, ImageErrors) {
+    let finite: Vec<bool> = logits.outer_iter().map(|row| row.iter().all(|v| v.is_finite())).collect();
+    if finite.iter().all(|&ok| ok) {
+        return (logits, errors);
+    }
+    let failed: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
+    let decoded: Vec<usize> = (start..start + count).filter(|i| !failed.contains(i)).collect();
+    let mut keep = Vec::new();
+    for (row, (&index, &ok)) in decoded.iter().zip(&finite).enumerate() {
+        if ok {
+            keep.push(row);
+        } else {
+            errors.push((index, Error::NonFiniteOutput { source_name: source(index) }));
+        }
+    }
+    errors.sort_by_key(|(i, _)| *i);
+    (logits.select(ndarray::Axis(0), &keep), errors)
+}
+
 /// Numerically stable softmax, accumulated in f64.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -378,4 +438,40 @@ pub fn top_k_of(probabilities: &[f32], labels: &[String], k: usize) -> Vec<Predi
         .take(k)
         .map(|index| Prediction { label: labels[index].clone(), index, probability: probabilities[index] })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_rows_become_errors_in_place() {
+        // Inputs 10..16 of a stream; 11 and 14 failed to decode, so the 4 rows are 10, 12, 13, 15.
+        let logits = ndarray::array![[1.0, 2.0], [f32::NAN, 0.0], [3.0, 4.0], [f32::NEG_INFINITY, 1.0]];
+        let errors = vec![
+            (11, Error::ImageNotFound { source_name: "i11".into() }),
+            (14, Error::ImageNotFound { source_name: "i14".into() }),
+        ];
+        let (kept, errors) = split_non_finite(logits, errors, 10, 6, |i| format!("i{i}"));
+        assert_eq!(kept, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
+        let found: Vec<(usize, ErrorKindName)> = errors.iter().map(|(i, e)| (*i, name(e))).collect();
+        assert_eq!(
+            found,
+            [(11, "ImageNotFound"), (12, "NonFiniteOutput"), (14, "ImageNotFound"), (15, "NonFiniteOutput")]
+        );
+        assert_eq!(errors[1].1.to_string(), "i12: the model's output is not finite (NaN or infinity), no prediction");
+        // All finite: untouched.
+        let (kept, errors) = split_non_finite(ndarray::array![[0.5f32]], Vec::new(), 0, 1, |i| format!("i{i}"));
+        assert_eq!((kept, errors.len()), (ndarray::array![[0.5f32]], 0));
+    }
+
+    type ErrorKindName = &'static str;
+
+    fn name(error: &Error) -> ErrorKindName {
+        match error.kind() {
+            crate::ErrorKind::ImageNotFound => "ImageNotFound",
+            crate::ErrorKind::NonFiniteOutput => "NonFiniteOutput",
+            _ => "other",
+        }
+    }
 }

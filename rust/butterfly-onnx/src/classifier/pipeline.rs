@@ -243,7 +243,10 @@ impl<C: Deref<Target = Classifier>> Pipeline<C> {
         };
         drop(batch);
         let errors = local_errors.into_iter().map(|(i, e)| (pending.start + i, e)).collect();
-        Some(Ok(LogitsChunk { start: pending.start, sources: pending.sources, logits, errors }))
+        let (start, sources) = (pending.start, pending.sources);
+        let (logits, errors) =
+            super::split_non_finite(logits, errors, start, sources.len(), |i| sources[i - start].clone());
+        Some(Ok(LogitsChunk { start, sources, logits, errors }))
     }
 }
 

@@ -12,6 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use super::providers::{self, Provider};
 use super::ClassifierOptions;
 use crate::contract::{self, ModelContract, TensorInfo, METADATA_KEY};
 use crate::{Error, Result};
@@ -56,7 +57,8 @@ pub(super) fn open(
     (runs, intra): (usize, usize),
     options: &ClassifierOptions,
 ) -> Result<Opened> {
-    let session = build_session(path, &source, intra)?;
+    let providers = &options.providers;
+    let session = build_session(path, &source, intra, providers)?;
     let unreadable =
         |e: ort::Error| Error::InvalidModel { path: path.to_path_buf(), reason: format!("cannot read metadata: {e}") };
     let metadata = session.metadata().map_err(unreadable)?;
@@ -80,7 +82,7 @@ pub(super) fn open(
     let static_batch = contract::static_batch(&inputs, &contract);
     let mut sessions = vec![session];
     for _ in 1..runs.max(1) {
-        sessions.push(build_session(path, &source, intra)?);
+        sessions.push(build_session(path, &source, intra, providers)?);
     }
     let sessions = SessionPool::new(sessions);
     let model = Model {
@@ -299,10 +301,10 @@ impl<T> Drop for Taken<'_, T> {
 
 // ort's builder errors carry the builder back (large); they are turned into strings at once.
 #[allow(clippy::result_large_err)]
-fn build_session(model_path: &Path, source: &Source<'_>, threads: usize) -> Result<Session> {
+fn build_session(model_path: &Path, source: &Source<'_>, threads: usize, providers: &[Provider]) -> Result<Session> {
     let invalid = |reason: String| Error::InvalidModel { path: model_path.to_path_buf(), reason };
     let runtime = |reason: String| Error::RuntimeUnavailable { reason };
-    let mut builder = Session::builder()
+    let builder = Session::builder()
         .map_err(|e| runtime(e.to_string()))?
         .with_intra_threads(threads)
         .and_then(|b| b.with_inter_threads(1))
@@ -311,13 +313,29 @@ fn build_session(model_path: &Path, source: &Source<'_>, threads: usize) -> Resu
         // decoding pool (which works on the next chunk while the model runs) and with the
         // other sessions' runs, so they sleep.
         .and_then(|b| b.with_intra_op_spinning(false))
-        .and_then(|b| b.with_execution_providers([ort::ep::CPU::default().with_arena_allocator(true).build()]))
         .map_err(|e| runtime(e.to_string()))?;
+    // One at a time, so a failure names its provider (each `error_on_failure`: no fallback).
+    let mut builder = builder;
+    for provider in providers {
+        builder = builder
+            .with_execution_providers([providers::dispatch(provider)?])
+            .map_err(|e| providers::init_failed(&provider.name, &e.to_string()))?;
+    }
     match source {
         Source::File => builder.commit_from_file(model_path),
         Source::Bytes(bytes) => builder.commit_from_memory(bytes),
     }
-    .map_err(|e| invalid(e.to_string()))
+    .map_err(|e| {
+        // A provider can also fail while the session initialises (TensorRT building its
+        // engine, say): when the model loads on the CPU provider alone, the provider is to blame.
+        let accelerated = providers.iter().find(|p| p.name != providers::cpu_name());
+        match accelerated {
+            Some(provider) if build_session(model_path, source, 1, &providers::cpu()).is_ok() => {
+                providers::init_failed(&provider.name, &e.to_string())
+            }
+            _ => invalid(e.to_string()),
+        }
+    })
 }
 
 /// What `contract::resolve` needs to know about one input or output of the graph.

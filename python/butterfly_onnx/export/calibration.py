@@ -1,0 +1,315 @@
+"""The int8 recipe: which images calibrate it (a seeded draw from the training split in which every
+class is represented), how it is quantized (QDQ, S8S8 or U8S8, per-channel weights, MinMax /
+Percentile / Entropy ranges), and which nodes stay in float (the most sensitive ones by ONNX
+Runtime's ``qdq_loss_debug`` per-tensor error, added until the quantized model agrees with fp32
+on the calibration images).  docs/export.md has the measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..contract import PreprocessSpec
+from ..errors import ExportError
+from .inputs import Sample, batches, preprocess_fn
+from .session import ort_run, ort_session
+
+__all__ = [
+    "DEFAULT_CALIBRATION_SIZE",
+    "DEFAULT_INT8_FORMAT",
+    "INT8_FORMATS",
+    "INT8_METHODS",
+    "Int8Recipe",
+    "Int8Search",
+    "calibration_draw",
+    "float_units",
+    "node_sensitivity",
+    "preprocessed_batches",
+    "prepare_for_quantization",
+    "quantize_int8",
+    "search_int8",
+]
+
+#: int8 activation/weight types: ``s8s8`` = signed activations and weights (ONNX Runtime's first
+#: choice for QDQ on x86), ``u8s8`` = unsigned activations, signed weights.
+INT8_FORMATS = ("s8s8", "u8s8")
+#: the default: as accurate as s8s8 and faster here (docs/export.md, "int8 recipes")
+DEFAULT_INT8_FORMAT = "u8s8"
+#: calibration methods (onnxruntime.quantization.CalibrationMethod): MinMax is fast; Percentile
+#: and Entropy build histograms (several times slower) and can clip outliers.
+INT8_METHODS = ("minmax", "percentile", "entropy")
+#: calibration images drawn from the training split by default: a few hundred, every class in.
+DEFAULT_CALIBRATION_SIZE = 300
+#: the most sensitive nodes the search leaves in float (each with its input's producers): each costs speed
+MAX_FLOAT_NODES = 4
+#: images the per-tensor error is measured on (every intermediate tensor is kept in memory)
+SENSITIVITY_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How an int8 variant is made (recorded in its provenance and the export report)."""
+
+    format: str = DEFAULT_INT8_FORMAT
+    method: str = "minmax"
+    per_channel: bool = True
+    #: nodes of the pre-processed graph kept in float
+    float_nodes: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if self.format not in INT8_FORMATS:
+            raise ExportError(f"int8_format must be one of {INT8_FORMATS}, got {self.format!r}")
+        if self.method not in INT8_METHODS:
+            raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {self.method!r}")
+
+    def describe(self, images: int) -> str:
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        text = (
+            f"static int8 (QDQ {self.format.upper()}, {weights} weights, {self.method}) calibrated on {images} images"
+        )
+        if self.float_nodes:
+            text += f", {len(self.float_nodes)} nodes in float ({', '.join(self.float_nodes)})"
+        return text
+
+
+# --------------------------------------------------------------------------- which images
+def calibration_draw(samples: Sequence[Sample], size: int, rng: np.random.Generator) -> list[Sample]:
+    """A seeded draw of ``size`` samples in which every class is represented.
+
+    Classes are visited round-robin (each class's images in a seeded order) so that the draw is
+    as balanced as the split allows; when ``size`` is below the number of classes it is raised to
+    one image per class.  Samples without class indices are drawn uniformly.  The original order
+    is kept.
+    """
+    if size <= 0 or size >= len(samples):
+        return list(samples)
+    by_class: dict[int | None, list[int]] = {}
+    for index, (_, target) in enumerate(samples):
+        by_class.setdefault(target, []).append(index)
+    if list(by_class) == [None]:
+        return [samples[i] for i in np.sort(rng.choice(len(samples), size=size, replace=False))]
+    queues = [list(rng.permutation(indices)) for _, indices in sorted(by_class.items(), key=lambda kv: str(kv[0]))]
+    size = max(size, len(queues))
+    picked: list[int] = []
+    while len(picked) < size:
+        for queue in queues:
+            if queue and len(picked) < size:
+                picked.append(int(queue.pop()))
+    return [samples[i] for i in sorted(picked)]
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed image batches."""
+
+    def __init__(self, input_name: str, inputs: Sequence[np.ndarray]):
+        self._input_name = input_name
+        self._inputs = list(inputs)
+        self._next = iter(self._inputs)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._next, None)
+        return None if batch is None else {self._input_name: batch}
+
+    def rewind(self) -> None:
+        """Start over (calibrators that read the data more than once call this)."""
+        self._next = iter(self._inputs)
+
+
+def _reader(input_name: str, inputs: Sequence[np.ndarray]) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    return Reader(input_name, inputs)
+
+
+def preprocessed_batches(paths: Sequence[Path], spec: PreprocessSpec, batch_size: int) -> list[np.ndarray]:
+    """The images through the project's preprocessing, in batches (what the backends feed)."""
+    preprocess: Callable[[Sequence[Path]], np.ndarray] = preprocess_fn(spec)
+    return [preprocess(chunk) for chunk in batches(list(paths), batch_size)]
+
+
+# --------------------------------------------------------------------------- quantization
+def prepare_for_quantization(fp32_path: Path, out_path: Path) -> None:
+    """ONNX Runtime's recommended pre-processing: symbolic shape inference and graph
+    optimisation, so that quantization sees fused Conv+BN and known shapes."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+
+
+def _input_name_and_batch(path: Path) -> tuple[str, int]:
+    import onnx
+
+    graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
+    return graph_input.name, graph_input.type.tensor_type.shape.dim[0].dim_value
+
+
+def quantize_int8(
+    prepared: Path, out_path: Path, recipe: Int8Recipe, inputs: Sequence[np.ndarray], cache: Path
+) -> None:
+    """Quantize ``prepared`` (see prepare_for_quantization) by ``recipe``.  The calibrated ranges
+    are kept in ``cache`` (a JSON file) so that re-quantizing with other float nodes or another
+    format does not calibrate again."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    recipe.check()
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    input_name, _ = _input_name_and_batch(prepared)
+    activation = QuantType.QInt8 if recipe.format == "s8s8" else QuantType.QUInt8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _reader(input_name, inputs),
+            quant_format=QuantFormat.QDQ,
+            per_channel=recipe.per_channel,
+            activation_type=activation,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[recipe.method],
+            nodes_to_exclude=list(recipe.float_nodes),
+            calibration_cache_path=cache,
+        )
+
+
+def node_sensitivity(prepared: Path, quantized: Path, inputs: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+    """Nodes of ``prepared`` ranked most sensitive first: each node by the signal-to-quantization-
+    noise ratio (dB) of its output in the quantized model against fp32 (ONNX Runtime's
+    ``qdq_loss_debug``: ``xmodel_err``), less the SQNR of its inputs, i.e. the noise the node's own
+    quantization adds.  Nodes whose outputs are not quantized are left out."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    input_name, _ = _input_name_and_batch(prepared)
+    with tempfile.TemporaryDirectory(prefix="butterfly_sqnr_") as tmp:
+        float_aug, qdq_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(prepared), str(float_aug))
+        modify_model_output_intermediate_tensors(str(quantized), str(qdq_aug))
+        float_acts = collect_activations(str(float_aug), _reader(input_name, inputs))
+        qdq_acts = collect_activations(str(qdq_aug), _reader(input_name, inputs))
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    sqnr = {name: err["xmodel_err"] for name, err in errors.items() if "xmodel_err" in err}
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    ranked = []
+    for node in graph.node:
+        outs = [sqnr[o] for o in node.output if o in sqnr]
+        if not outs or not node.name:
+            continue
+        ins = [sqnr[i] for i in node.input if i in sqnr]
+        # the SQNR lost in this node (inputs' SQNR minus its output's); the graph input has none
+        drop = (min(ins) if ins else max(outs)) - min(outs)
+        ranked.append((node.name, float(drop)))
+    ranked.sort(key=lambda item: -item[1])
+    return ranked
+
+
+# --------------------------------------------------------------------------- the search
+@dataclass
+class Int8Search:
+    """What :func:`search_int8` tried: (float nodes, agreement on the calibration images)."""
+
+    recipe: Int8Recipe
+    agreement: float
+    tried: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+
+def _agreement(session_path: Path, inputs: Sequence[np.ndarray], fp32_top1: np.ndarray) -> float:
+    out = ort_run(ort_session(session_path), inputs)
+    return float((out.argmax(axis=1) == fp32_top1).mean())
+
+
+def search_int8(
+    fp32_path: Path,
+    out_path: Path,
+    recipe: Int8Recipe,
+    inputs: Sequence[np.ndarray],
+    *,
+    target: float,
+    max_float_nodes: int = MAX_FLOAT_NODES,
+) -> Int8Search:
+    """Quantize ``fp32_path`` into ``out_path`` by ``recipe``; while its top-1 agreement with fp32
+    on the calibration batches ``inputs`` is below ``target``, keep the most sensitive nodes
+    (:func:`node_sensitivity`, each with its input's producers: :func:`float_units`) in float,
+    1, 2, 4, ... up to ``max_float_nodes`` of them, and keep the best try.  ``target`` 0
+    quantizes once."""
+    with tempfile.TemporaryDirectory(prefix="butterfly_int8_") as tmp:
+        prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
+        prepare_for_quantization(fp32_path, prepared)
+        fp32_top1 = ort_run(ort_session(prepared), inputs).argmax(axis=1)
+        quantize_int8(prepared, out_path, recipe, inputs, cache)
+        agreement = _agreement(out_path, inputs, fp32_top1)
+        search = Int8Search(recipe, agreement, [(recipe.float_nodes, agreement)])
+        if agreement >= target or max_float_nodes <= 0:
+            return search
+        ranked = float_units(
+            prepared, [name for name, _ in node_sensitivity(prepared, out_path, _first_images(inputs))]
+        )
+        best_path = Path(tmp) / "best.onnx"
+        out_path.replace(best_path)
+        count = 1
+        while True:
+            count = min(count, max_float_nodes, len(ranked))
+            kept = dict.fromkeys([*recipe.float_nodes, *(name for unit in ranked[:count] for name in unit)])
+            candidate = Int8Recipe(recipe.format, recipe.method, recipe.per_channel, tuple(kept))
+            quantize_int8(prepared, out_path, candidate, inputs, cache)
+            agreement = _agreement(out_path, inputs, fp32_top1)
+            search.tried.append((candidate.float_nodes, agreement))
+            if agreement > search.agreement:
+                search.recipe, search.agreement = candidate, agreement
+                out_path.replace(best_path)
+            if search.agreement >= target or count >= min(max_float_nodes, len(ranked)):
+                break
+            count *= 2
+        best_path.replace(out_path)
+    return search
+
+
+def float_units(prepared: Path, ranked: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each ranked node with the nodes that produce its activation input (back through a Clip or
+    Relu to a Conv): a node's input stays 8-bit unless its producer is in float too, and that
+    input's quantization is most of the error measured at the node."""
+    import onnx
+
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    by_name = {node.name: node for node in graph.node}
+    units = []
+    for name in ranked:
+        unit = [name]
+        for tensor in by_name[name].input:
+            node = producer.get(tensor)
+            if node is not None and node.op_type in ("Clip", "Relu"):
+                unit.append(node.name)
+                node = producer.get(node.input[0])
+            if node is not None and node.op_type == "Conv":
+                unit.append(node.name)
+        units.append(tuple(unit))
+    return units
+
+
+def _first_images(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The first batches of ``inputs`` that hold SENSITIVITY_IMAGES images."""
+    picked: list[np.ndarray] = []
+    for batch in inputs:
+        if sum(len(b) for b in picked) >= SENSITIVITY_IMAGES:
+            break
+        picked.append(batch)
+    return picked

