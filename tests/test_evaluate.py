@@ -53,6 +53,28 @@ def test_metrics_equal_scikit_learn(labelled, backend, classifiers):
     assert report.confusion_matrix == metrics.confusion_matrix(y_true, y_pred, labels=used).tolist()
 
 
+def test_val_lists_the_misclassified_files(labelled, contract_model, classifiers, capsys):
+    """``val --errors`` and ``--json``: each misclassified file with its true and predicted label."""
+    report = evaluate(classifiers("python"), labelled)
+    wrong = [
+        (s, LABELS[t], LABELS[p])
+        for s, t, p in zip(report.sources, report.targets, report.predicted, strict=True)
+        if t != p
+    ]
+    assert wrong and len(wrong) < report.count
+    assert [(m["source"], m["true"], m["predicted"]) for m in report.misclassified] == wrong
+    for source, true, _ in wrong:
+        assert f"/{true}/" in source  # the folder it was filed under is its true label
+    assert main(["val", str(contract_model.path), str(labelled), "--errors", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"misclassified: {len(wrong)} of {report.count}" in out
+    for source, true, predicted in wrong:
+        assert f"{source}\t{true} -> {predicted} (" in out
+    assert main(["val", str(contract_model.path), str(labelled), "--json", "--no-progress"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [(m["source"], m["true"], m["predicted"]) for m in document["misclassified"]] == wrong
+
+
 def test_classification_report_on_edge_cases():
     metrics = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)

@@ -309,3 +309,55 @@ def test_import_butterfly_onnx_does_not_import_ray():
     code = "import sys, butterfly_onnx, butterfly_onnx.ray; assert 'ray' not in sys.modules, 'ray imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_serve_deployment_answers_equal_classifier_predict(ray_cluster, contract_model, image_files, references):
+    """Ray Serve on the local cluster: 2 replicas (one Classifier each), @serve.batch batching;
+    every answer equals Classifier.predict on the same file, bad images answered alone, over
+    the deployment handle and over Serve's HTTP proxy (127.0.0.1)."""
+    import http.client
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    serve = pytest.importorskip("ray.serve")
+    from butterfly_onnx.ray import serve_deployment
+
+    reference = references("rust")
+    with socket.socket() as probe:  # a free port for Serve's HTTP proxy
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        app = serve_deployment(contract_model.path, num_replicas=2, top_k=TOP_K, num_cpus=0.5)
+        handle = serve.run(app, name="butterfly", route_prefix="/classify")
+        files = image_files  # sent at once: both replicas get batches of several
+        answers = [handle.classify.remote(Path(f).read_bytes()) for f in files]
+        for path, answer in zip(files, answers, strict=True):
+            got = answer.result(timeout_s=120)
+            expected = reference[path]
+            if expected.ok:
+                assert got["error"] is None
+                assert [(s["label"], s["index"], s["probability"]) for s in got["top_k"]] == [
+                    tuple(s) for s in expected.top_k
+                ], path
+            else:
+                assert got["top_k"] == [] and got["error_class"] == type(expected.error).__name__
+
+        def post(path: str):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            connection.request("POST", "/classify?top_k=2", body=Path(path).read_bytes())
+            response = connection.getresponse()
+            return path, response.status, json.loads(response.read())
+
+        with ThreadPoolExecutor(8) as pool:
+            for path, status, got in pool.map(post, image_files):
+                expected = reference[path]
+                assert status == (200 if expected.ok else 400)
+                if expected.ok:
+                    assert [(s["label"], s["index"], s["probability"]) for s in got["top_k"]] == [
+                        tuple(s) for s in expected.top_k[:2]
+                    ]
+        replicas = serve.status().applications["butterfly"].deployments["butterfly_onnx"].replica_states
+        assert replicas.get("RUNNING") == 2
+    finally:
+        serve.shutdown()

@@ -32,6 +32,7 @@ _LAZY = {
     "build_model": ".train",
     "load_dataset": ".train",
     "model_catalog": ".catalog",
+    "serve": ".serving",
 }
 
 __all__ = [
@@ -62,4 +63,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import evaluate
     from .export import ExportReport, export_onnx, verify_onnx
     from .results import write_predictions, write_submission
+    from .serving import serve
     from .train import FinetuneResult, build_model, finetune, load_dataset

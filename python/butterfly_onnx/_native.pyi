@@ -93,6 +93,21 @@ class LogitsIter(Iterator[tuple[npt.NDArray[np.float32], dict[int, ImageError]]]
 def loaded_ort_library() -> Path | None:
     """The libonnxruntime file this process loaded, or None before the first Classifier."""
 
+def serve(
+    classifier: Classifier,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    name: str | None = None,
+    max_batch: int | None = None,
+    max_wait_ms: int | None = None,
+    max_queue: int | None = None,
+    max_body_bytes: int | None = None,
+) -> None:
+    """Serve ``classifier`` over HTTP until SIGTERM or Ctrl-C (the GIL released); None
+    options take the server's defaults. Prints ``butterfly-onnx serve: listening on
+    http://HOST:PORT (model NAME)`` on stdout once listening."""
+
 def ort_library_problem(path: str | PathLike[str]) -> str | None:
     """Why this libonnxruntime is not to be loaded unasked (group/world-writable, or owned by
     neither the user nor root; the file or its folder), or None when it is safe."""

@@ -35,7 +35,6 @@ Python usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -47,9 +46,27 @@ from typing import Any
 
 from ._backends.providers import add_provider_arguments, provider_arguments
 
-__all__ = ["CONTENDERS", "BenchRow", "BenchResult", "run_bench", "add_arguments", "run"]
+__all__ = ["COLUMNS", "CONTENDERS", "BenchRow", "BenchResult", "run_bench", "add_arguments", "run"]
 
 CONTENDERS = ("torchvision", "handwritten", "python", "rust")
+
+
+#: What each column of :meth:`BenchResult.format_table` means (printed under the table).
+COLUMNS = {
+    "decode": "ms/image to decode the files (Pillow or the crate's decoder), alone",
+    "preproc": "ms/image to preprocess decoded images (resize, crop, normalize) into a batch, alone",
+    "dec+pre": "ms/image of one call that goes from files to the model's input batch (decode and preprocess "
+    "together, threaded or fused as the contender does it; so it can be less than decode + preproc)",
+    "infer": "ms/image of the model alone on a ready batch",
+    "e2e": "ms/image from files to logits (best round); p50/p90: median and 90th percentile of the rounds",
+    "img/s": "images per second end to end (1000 / e2e)",
+    "x tv": "speed-up over torch + torchvision end to end (> 1: faster)",
+    "x floor": "end-to-end speed relative to the floor (Pillow decode + ONNX Runtime alone, no preprocessing; "
+    "the best a Pillow-based loop could reach; > 1 beats it)",
+    "x hand": "speed-up over the hand-written onnxruntime + Pillow + NumPy loop",
+    "top-1": "share of images whose top-1 class equals the reference's (torchvision)",
+    "max dlogit": "largest absolute logit difference to the reference",
+}
 
 
 @dataclass
@@ -97,7 +114,11 @@ class BenchResult:
         return asdict(self)
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from .atomic import atomic_write
+        from .results import dumps
+
+        with atomic_write(path, encoding="utf-8") as handle:
+            handle.write(dumps(self.to_dict(), indent=2) + "\n")
 
     def format_table(self) -> str:
         def cell(value: float | None, fmt: str = ".3f") -> str:
@@ -151,6 +172,7 @@ class BenchResult:
             lines.append("  ".join(f"{v:>10}" for v in values))
         for key, value in self.floor_ms.items():
             lines.append(f"floor {key}: {value:.3f} ms per image (Pillow decode + ONNX Runtime alone)")
+        lines += ["columns:"] + [f"  {name:>10}: {meaning}" for name, meaning in COLUMNS.items()]
         for name, why in self.skipped.items():
             lines.append(f"{name}: skipped ({why})")
         return "\n".join(lines)
@@ -185,7 +207,10 @@ class BenchResult:
         ax.set_title(f"{Path(self.model).name}: {self.images} image(s), best of {self.rounds}")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        from .atomic import atomic_write
+
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, dpi=100, format="png")
         plt.close(fig)
 
 

@@ -23,9 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from ._backends.providers import add_provider_arguments, provider_arguments
+from ._version import __version__
 from .errors import ButterflyError
-from .results import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PROG, kaggle_csv_input, report_failures, text_line
-from .results import print_error as _error
+from .results import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    PROG,
+    console_logging,
+    dumps,
+    kaggle_csv_input,
+    print_error,
+    report_failures,
+    text_line,
+    writable_path,
+    write_line,
+)
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PARTIAL", "EXIT_FAILED"]
 
@@ -34,11 +47,32 @@ class UsageError(ButterflyError):
     """A command line that cannot run as given (exit status 2)."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and action.option_strings
+            and default not in (None, False, True, argparse.SUPPRESS)
+            and action.nargs != 0
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``butterfly-onnx: error: ...``, exit status 2)."""
+    """argparse with one-line errors (``butterfly-onnx: error: ...``, exit status 2) and
+    every option's default in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
-        _error(f"{message} (see '{self.prog} --help')")
+        print_error(f"{message} (see '{self.prog} --help')")
         raise SystemExit(EXIT_FAILED)
 
 
@@ -98,13 +132,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .classifier import Classifier, ImageSkippedWarning
     from .datasets import read_image_list
     from .images import expand_images
-    from .results import output_format, write_predictions, write_submission
+    from .results import output_format, write_predictions
 
     fmt = output_format(args.output) if args.output is not None else None  # before any work
+    if args.output is not None:
+        writable_path(args.output, "predictions")
     csv_input = kaggle_csv_input(args.inputs)
     filenames: list[str] | None = None
     if csv_input is not None:
-        listed = read_image_list(csv_input)
+        listed = read_image_list(csv_input, filename_column=args.filename_column)
         images: Any = [item.path for item in listed]
         filenames = [item.filename for item in listed]
     else:
@@ -131,17 +167,68 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             counts,
         )
         if args.output is not None and filenames is not None and fmt == "csv":
-            write_submission(stream, filenames, args.output)
+            return _submission(stream, filenames, args.output, args.fill_label, counts)
         elif args.output is not None:
-            write_predictions(stream, args.output, top_k=args.top_k)
+            write_predictions(stream, args.output, top_k=args.top_k, keep_empty=False)
         else:
             for prediction in stream:
                 if args.json:
-                    print(json.dumps(prediction.to_dict()), flush=False)
+                    write_line(dumps(prediction.to_dict()))
                 elif prediction.ok:
-                    print(text_line(prediction))
+                    write_line(text_line(prediction))
             sys.stdout.flush()
-    return EXIT_PARTIAL if counts["failed"] else EXIT_OK
+    return _exit_status(counts)
+
+
+def _exit_status(counts: dict[str, int]) -> int:
+    """0 all done; 1 some inputs failed (the rest written); 2 no input produced a result."""
+    if not counts["failed"]:
+        return EXIT_OK
+    return EXIT_PARTIAL if counts["ok"] else EXIT_FAILED
+
+
+def _submission(stream: Any, filenames: list[str], path: Path, fill: str | None, counts: dict[str, int]) -> int:
+    """A Kaggle submission with every row, or (some images failed, no --fill-label) the
+    predictions made in X.partial.csv and X.csv left alone."""
+    from .results import partial_path, write_submission
+
+    failed = write_submission(stream, filenames, path, fill=fill)
+    if not failed:
+        return EXIT_OK
+    if not counts["ok"]:
+        print_error(f"{path}: not written: none of the {len(filenames)} images could be predicted")
+        return EXIT_FAILED
+    if fill is None:
+        print_error(
+            f"{path}: not written: {len(failed)} of {len(filenames)} images have no prediction (named above) "
+            f"and Kaggle rejects a submission with rows missing; the {counts['ok']} predictions made are in "
+            f"{partial_path(path)} (--fill-label LABEL writes a complete submission with LABEL for those rows)"
+        )
+    else:
+        print_error(f"{path}: {len(failed)} of {len(filenames)} rows filled with {fill!r} (--fill-label)")
+    return EXIT_PARTIAL
+
+
+# --- serve --------------------------------------------------------------------------------
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import serve
+
+    pixels: dict[str, Any] = (
+        {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        **pixels,
+    )
+    return EXIT_OK
 
 
 # --- val ----------------------------------------------------------------------------------
@@ -150,7 +237,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     if args.plot is not None:  # before scoring a single image
-        _writable_file(args.plot, "confusion-matrix plot")
+        writable_path(args.plot, "confusion-matrix plot")
     classifier = Classifier(args.model, backend=args.backend, threads=args.threads, **provider_arguments(args))
     report = evaluate(
         classifier,
@@ -159,19 +246,23 @@ def _cmd_val(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         progress=args.progress,
+        filename_column=args.filename_column,
+        label_column=args.label_column,
     )
     for failure in report.failed:
-        _error(failure)
+        print_error(failure)
     if report.count == 0:
         raise UsageError(f"{report.data}: no image could be scored ({len(report.failed)} failed): nothing to report")
     if args.plot is not None:
         report.plot_confusion(args.plot)
     if args.json:
-        print(json.dumps({**report.to_dict(), "backend": classifier.backend, "providers": list(classifier.providers)}))
+        write_line(dumps({**report.to_dict(), "backend": classifier.backend, "providers": list(classifier.providers)}))
     else:
-        print(report.summary())
+        write_line(report.summary())
+        if args.errors:
+            write_line(report.errors_table())
         if args.plot is not None:
-            print(f"confusion matrix: {args.plot}")
+            write_line(f"confusion matrix: {args.plot}")
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 
@@ -196,19 +287,60 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- annotate -----------------------------------------------------------------------------
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    """Write the contract into an ONNX file that has none (e.g. from a plain torch.onnx.export):
+    the one way to give such a model to both command lines."""
+    import onnx
+
+    from .atomic import atomic_write
+    from .contract import ModelContract, PreprocessSpec
+
+    output = writable_path(args.output or args.model, "annotated model")
+    try:
+        labels = [line.strip() for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.labels}: cannot read the labels: {exc}") from None
+    if not labels:
+        raise UsageError(f"{args.labels}: no labels (one per line)")
+    try:
+        model = onnx.load(str(args.model))
+    except Exception as exc:  # onnx raises several types for a bad file
+        raise UsageError(f"{args.model}: not a readable ONNX model: {exc}") from None
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    outputs = [o.name for o in model.graph.output]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UsageError(f"{args.model}: needs exactly one input and one output (inputs {inputs}, outputs {outputs})")
+    contract = ModelContract(
+        labels=tuple(labels),
+        preprocess=PreprocessSpec(
+            resize_size=args.resize,
+            crop_size=args.crop,
+            mean=tuple(args.mean),
+            std=tuple(args.std),
+            interpolation=args.interpolation,
+        ),
+        input_name=inputs[0],
+        output_name=outputs[0],
+        output_kind=args.output_kind,
+        provenance={"annotated_by": "butterfly-onnx annotate"},
+    )
+    from .contract import write_contract
+
+    write_contract(model, contract)
+    with atomic_write(output, "wb") as handle:
+        handle.write(model.SerializeToString())
+    write_line(f"annotated: {output} ({len(labels)} labels, {contract.preprocess.describe()})")
+    return EXIT_OK
+
+
 # --- models -------------------------------------------------------------------------------
-def _writable_file(path: Path, what: str) -> Path:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{path}: cannot write the {what}: the folder {parent} does not exist")
-    return path
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import catalog
 
     if args.plot is not None:
-        _writable_file(args.plot, "plot")
+        writable_path(args.plot, "plot")
     try:
         entries = catalog.model_catalog(
             min_acc1=args.min_acc1,
@@ -402,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune torchvision classifiers, export self-describing ONNX, run it torch-free. "
         "Exit status: 0 all done, 1 some inputs failed (the rest written), 2 nothing done.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def progress_flags(p: argparse.ArgumentParser) -> None:
@@ -413,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="a progress bar on stderr (default: when stderr is a terminal)",
         )
-        group.add_argument("--no-progress", dest="progress", action="store_false")
+        group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     p = sub.add_parser("predict", parents=[common], help="classify images with an exported model")
     p.add_argument("model", help="an exported .onnx file")
@@ -421,17 +554,43 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUTS",
-        help="image files, directories (their images, sorted), glob patterns, or one Kaggle-style CSV",
+        help="image files, directories (their images, sorted), glob patterns, or one Kaggle-style CSV "
+        "(Testing_set.csv: only a CSV input makes a submission)",
     )
-    p.add_argument("--top-k", type=_positive("top-k"), default=5)
+    p.add_argument("--top-k", type=_positive("top-k"), default=5, help="how many classes per image")
     p.add_argument(
-        "--batch-size", type=_positive("batch-size"), default=None, help="images decoded and held at once (default 32)"
+        "--batch-size",
+        type=_positive("batch-size"),
+        default=None,
+        help="images decoded and held at once; bounds memory, not results (default: 32)",
     )
-    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument(
+        "--threads",
+        type=_positive("threads"),
+        default=None,
+        help="threads for decoding and inference (default: all cores)",
+    )
     p.add_argument("--json", action="store_true", help="JSON Lines on stdout, one object per input")
-    p.add_argument("-o", "--output", type=Path, help="write .csv or .jsonl here (a CSV input + .csv: filename,label)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write .csv or .jsonl here instead of stdout, atomically (a CSV input + .csv: a Kaggle "
+        "submission filename,label; its folder must exist)",
+    )
+    p.add_argument(
+        "--filename-column",
+        default="filename",
+        help="the column of a CSV input that names the images",
+    )
+    p.add_argument(
+        "--fill-label",
+        metavar="LABEL",
+        help="a CSV input + -o X.csv: give images that failed this label, so the submission has every row "
+        "(default: X.csv is not written, the predictions made go to X.partial.csv)",
+    )
     progress_flags(p)
-    p.add_argument("--backend", choices=("python", "rust"), default="rust")
+    p.add_argument("--backend", choices=("python", "rust"), default="rust", help="which inference backend")
     add_provider_arguments(p)
     p.add_argument(
         "--max-image-pixels",
@@ -458,33 +617,84 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.set_defaults(run=_cmd_predict)
 
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve a model over HTTP (Open Inference Protocol v2, /v1/classify, /metrics)"
+    )
+    p.add_argument("model", help="an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="the port (0: any free one, printed on start; default 8000)")
+    p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the file's stem)")
+    p.add_argument("--max-batch", type=_positive("max-batch"), help="images per model batch across requests")
+    p.add_argument("--max-wait-ms", type=int, help="how long a batch waits to fill, in milliseconds")
+    p.add_argument("--max-queue", type=_positive("max-queue"), help="requests admitted at once; past it, 503")
+    p.add_argument("--max-body-bytes", type=_positive("max-body-bytes"), help="largest request body; past it, 413")
+    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
+    p.set_defaults(run=_cmd_serve)
+
     p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("data", help="a Kaggle folder/CSV (filename,label) or a class-per-folder tree")
-    p.add_argument("--backend", choices=("python", "rust"), default="rust")
-    p.add_argument("--threads", type=_positive("threads"), default=None)
-    p.add_argument("--batch-size", type=_positive("batch-size"), default=None)
-    p.add_argument("--json", action="store_true", help="one JSON object (top1, top5, count, per_class, ...)")
-    p.add_argument("--plot", type=Path, help="write the confusion matrix PNG here (needs matplotlib)")
+    p.add_argument("--backend", choices=("python", "rust"), default="rust", help="which inference backend")
+    p.add_argument(
+        "--threads",
+        type=_positive("threads"),
+        default=None,
+        help="threads for decoding and inference (default: all cores)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive("batch-size"), default=None, help="images decoded and held at once (default: 32)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object (top1, top5, count, per_class, misclassified, ...)"
+    )
+    p.add_argument("--errors", action="store_true", help="also list each misclassified image: true and predicted label")
+    p.add_argument(
+        "--plot", type=Path, help="write the confusion matrix PNG here (needs matplotlib; its folder must exist)"
+    )
+    p.add_argument("--filename-column", default="filename", help="the CSV column naming the images")
+    p.add_argument("--label-column", default="label", help="the CSV column holding the true labels")
     progress_flags(p)
     add_provider_arguments(p)
     p.set_defaults(run=_cmd_val)
 
     p = sub.add_parser("info", parents=[common], help="show a model's contract")
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", help="an exported .onnx file")
+    p.add_argument("--json", action="store_true", help="the contract as JSON")
     add_provider_arguments(p)
     p.set_defaults(run=_cmd_info)
 
+    p = sub.add_parser(
+        "annotate",
+        parents=[common],
+        help="add the contract (labels, preprocessing) to an ONNX model that has none, e.g. a plain torch.onnx.export",
+    )
+    p.add_argument("model", type=Path, help="the .onnx model (one input, one output)")
+    p.add_argument("--labels", type=Path, required=True, help="a text file: one class label per line, in output order")
+    p.add_argument("--resize", type=_positive("resize"), default=256, help="Resize: the shorter side, in pixels")
+    p.add_argument("--crop", type=_positive("crop"), default=224, help="CenterCrop: the square side, in pixels")
+    from .contract import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+
+    p.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN), help="Normalize: per-channel mean")
+    p.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD), help="Normalize: per-channel std")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear", help="Resize's filter")
+    p.add_argument(
+        "--output-kind", choices=("logits", "probabilities"), default="logits", help="what the model's output holds"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="write the annotated model here (default: MODEL itself, atomically)"
+    )
+    p.set_defaults(run=_cmd_annotate)
+
     p = sub.add_parser("models", parents=[common], help="torchvision's classification weights: table and plot")
-    p.add_argument("--min-acc1", type=float)
-    p.add_argument("--max-gflops", type=float)
-    p.add_argument("--max-params", type=float, help="millions of parameters")
+    p.add_argument("--min-acc1", type=float, help="only weights with at least this ImageNet top-1 (%%)")
+    p.add_argument("--max-gflops", type=float, help="only weights with at most this many GFLOPS per image")
+    p.add_argument("--max-params", type=float, help="only weights with at most this many millions of parameters")
     p.add_argument("--all-weights", action="store_true", help="every weights, not only each model's default")
-    p.add_argument("--sort", default="acc1", help="a column: acc1, gflops, params_m, ...")
+    p.add_argument("--sort", default="acc1", help="the column to sort by: acc1, gflops, params_m, ...")
     p.add_argument("--pareto", action="store_true", help="only the accuracy/GFLOPS Pareto front")
-    p.add_argument("--csv", action="store_true")
-    p.add_argument("--plot", type=Path, help="write a PNG plot here")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a Markdown table")
+    p.add_argument("--plot", type=Path, help="write a PNG plot of accuracy vs GFLOPS here (its folder must exist)")
     p.set_defaults(run=_cmd_models)
 
     _finetune_parser(sub, common, progress_flags)
@@ -566,13 +776,24 @@ def _export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    with console_logging(debug):
+        return _main(argv, debug)
+
+
+def _main(argv: list[str], debug: bool) -> int:
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # names that are not UTF-8 printed as their bytes, as the Rust CLI
+        try:
+            reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):  # pragma: no cover - a detached stream
+            pass
     try:
         args = build_parser().parse_args(argv)
         return int(args.run(args))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (already printed, 2)
         return exc.code if isinstance(exc.code, int) else EXIT_FAILED
     except KeyboardInterrupt:  # pragma: no cover
-        _error("interrupted")
+        print_error("interrupted")
         return 130
     except BrokenPipeError:  # pragma: no cover - e.g. `| head`
         try:
@@ -583,12 +804,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ButterflyError, OSError, ValueError, TypeError, ImportError, RuntimeError, MemoryError) as exc:
         if debug:
             traceback.print_exc()
-        _error(_describe(exc))
+        print_error(_describe(exc))
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line (the traceback with --debug)
         if debug:
             traceback.print_exc()
-        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return EXIT_FAILED
 
 

@@ -564,8 +564,9 @@ class ModelContract:
         if raw is None:
             raise ContractError(
                 f"{source}: the model carries no butterfly_onnx contract (metadata key "
-                f"{METADATA_KEY!r}); export it with butterfly_onnx.export_onnx, or pass labels= "
-                "and preprocess= explicitly"
+                f"{METADATA_KEY!r}); export it with butterfly_onnx.export_onnx, add one with "
+                "'butterfly-onnx annotate MODEL --labels LABELS.txt [--resize ... --crop ...]', "
+                "or (Python) pass labels= and preprocess= explicitly"
             )
         return cls.from_dict(_loads(raw, source), source=source)
 

@@ -190,11 +190,13 @@ def _inspect(path: Path) -> dict[str, Any]:
     try:
         import io
 
-        with Image.open(io.BytesIO(data)) as image:
+        buffer = io.BytesIO(data)
+        with Image.open(buffer) as image:
             mode, size, fmt = image.mode, image.size, image.format
             image.convert("RGB")  # decodes every pixel: truncated files fail here, as in training
     except Exception as exc:  # Pillow raises many types for bad data
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        # Pillow names the buffer ("cannot identify image file <_io.BytesIO ...>"): name the file.
+        return {"error": f"{type(exc).__name__}: {str(exc).replace(repr(buffer), str(path))}"}
     return {"mode": mode, "size": size, "format": fmt, "sha1": hashlib.sha1(data).hexdigest()}
 
 

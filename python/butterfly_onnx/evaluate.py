@@ -47,6 +47,29 @@ class EvalReport:
     failed: list[str] = field(default_factory=list)
     predicted: list[int] = field(default_factory=list)  # top-1 class index per scored image
     targets: list[int] = field(default_factory=list)  # true class index (the model's) per scored image
+    sources: list[str] = field(default_factory=list)  # the file of each scored image
+    probabilities: list[float] = field(default_factory=list)  # the top-1 probability per scored image
+    class_names: list[str] = field(default_factory=list)  # the model's labels (index -> name)
+
+    @property
+    def misclassified(self) -> list[dict[str, Any]]:
+        """Each scored image whose top-1 class is wrong: ``source``, ``true``, ``predicted``
+        (labels) and ``probability`` (of the predicted class), in the data's order."""
+        names = self.class_names
+        return [
+            {"source": source, "true": names[t], "predicted": names[p], "probability": probability}
+            for source, t, p, probability in zip(
+                self.sources, self.targets, self.predicted, self.probabilities, strict=False
+            )
+            if t != p
+        ]
+
+    def errors_table(self) -> str:
+        """``val --errors``: one line per misclassified image, ``source  true -> predicted (p)``."""
+        rows = self.misclassified
+        lines = [f"misclassified: {len(rows)} of {self.count}"]
+        lines += [f"{r['source']}\t{r['true']} -> {r['predicted']} ({r['probability']:.4f})" for r in rows]
+        return "\n".join(lines)
 
     @property
     def macro_f1(self) -> float:
@@ -69,6 +92,7 @@ class EvalReport:
             "macro_f1": number(self.macro_f1),
             "per_class": self.per_class,
             "confusion_matrix": {"labels": self.labels, "matrix": self.confusion_matrix},
+            "misclassified": self.misclassified,
         }
 
     def summary(self) -> str:
@@ -154,14 +178,19 @@ def plot_confusion(
                         color="white" if values[i, j] > values.max() / 2 else "black",
                     )
     figure.tight_layout()
-    figure.savefig(path)
+    from .atomic import atomic_write
+
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png")
     return path
 
 
-def _labelled_samples(data: Any) -> tuple[list[tuple[Path, str]], str]:
+def _labelled_samples(
+    data: Any, filename_column: str = "filename", label_column: str = "label"
+) -> tuple[list[tuple[Path, str]], str]:
     from .datasets import read_labelled
 
-    dataset = read_labelled(data)
+    dataset = read_labelled(data, filename_column=filename_column, label_column=label_column)
     return [(p, dataset.classes[c]) for p, c in dataset.samples], dataset.source
 
 
@@ -173,15 +202,18 @@ def evaluate(
     threads: int | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
+    filename_column: str = "filename",
+    label_column: str = "label",
 ) -> EvalReport:
     """Score ``model`` (a path, the model's bytes, or a :class:`Classifier`) on labelled
-    ``data`` (see the module docstring)."""
+    ``data`` (see the module docstring; a CSV's columns are ``filename_column`` and
+    ``label_column``).  ``progress``: a bar on stderr (None: when stderr is a terminal)."""
     import warnings
 
     from .classifier import Classifier, ImageSkippedWarning
 
     classifier = model if isinstance(model, Classifier) else Classifier(model, backend=backend, threads=threads)
-    samples, source = _labelled_samples(data)
+    samples, source = _labelled_samples(data, filename_column, label_column)
     if not samples:
         raise DatasetError(f"{source}: no labelled images")
     names = list(classifier.labels)
@@ -200,6 +232,8 @@ def evaluate(
     targets: list[int] = []
     hits5 = 0
     failed: list[str] = []
+    sources: list[str] = []
+    probabilities: list[float] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)
         stream = classifier.iter_predict(
@@ -212,6 +246,8 @@ def evaluate(
             target = index[label]
             predicted.append(int(prediction.top_k[0].index))
             targets.append(target)
+            sources.append(prediction.source)
+            probabilities.append(float(prediction.top_k[0].probability))
             hits5 += any(score.index == target for score in prediction.top_k)
     count = len(targets)
     used, per_class, matrix = classification_report(predicted, targets, names) if count else ([], {}, [])
@@ -229,4 +265,7 @@ def evaluate(
         failed=failed,
         predicted=predicted,
         targets=targets,
+        sources=sources,
+        probabilities=probabilities,
+        class_names=names,
     )

@@ -432,7 +432,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.format_table())
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        from .atomic import atomic_write
+        from .results import dumps
+
+        with atomic_write(args.json_path, encoding="utf-8") as handle:
+            handle.write(dumps(result.to_dict(), indent=2) + "\n")
     exact = all(value == 0.0 for stage in STAGES[:-1] for value in result.max_diff[stage].values() if value is not None)
     agrees = all(value == 1.0 for value in result.top1_agreement.values())
     return 0 if exact and agrees else 1

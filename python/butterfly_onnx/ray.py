@@ -59,6 +59,7 @@ __all__ = [
     "write_submission",
     "iter_predictions",
     "predict_cli",
+    "serve_deployment",
 ]
 
 #: The columns of :func:`predict_dataset`'s rows, in order.
@@ -586,3 +587,97 @@ def predict_cli(args: Any) -> int:
     except (ButterflyError, OSError) as exc:
         print_error(exc)
         return EXIT_FAILED
+
+
+# -- Ray Serve ------------------------------------------------------------------------
+#: Ray Serve's batching knobs for :func:`serve_deployment` (``@serve.batch``): the same two
+#: as ``butterfly-onnx serve`` (docs/serving.md), in Ray's units.
+SERVE_MAX_BATCH_SIZE = 16
+SERVE_BATCH_WAIT_TIMEOUT_S = 0.005
+
+
+def serve_deployment(
+    model: str | os.PathLike[str],
+    *,
+    num_replicas: int = 2,
+    backend: str = "rust",
+    threads: int | None = None,
+    top_k: int = 5,
+    max_batch_size: int = SERVE_MAX_BATCH_SIZE,
+    batch_wait_timeout_s: float = SERVE_BATCH_WAIT_TIMEOUT_S,
+    num_cpus: float = 1.0,
+    name: str = "butterfly_onnx",
+) -> Any:
+    """A Ray Serve application (``serve.run(app)``) classifying images: ``num_replicas``
+    replicas, each holding one :class:`Classifier` (the model travels to them as the file's
+    bytes), each batching the requests it gets with ``@serve.batch`` and running one
+    ``Classifier.predict`` per batch.
+
+    Over HTTP (Serve's proxy): POST the encoded image as the body, ``?top_k=N`` optional; the
+    answer is the object of ``predict --json`` (with ``error_class`` and status 400 for a bad
+    image).  Through the handle ``serve.run`` returns:
+    ``handle.classify.remote(image_bytes, top_k)`` gives the same dict.  Answers equal
+    ``Classifier.predict`` on the same file exactly (docs/scale.md).
+    """
+    _import_ray()
+    try:
+        from ray import serve
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"serve_deployment needs Ray Serve ({exc}); install it with: pip install 'butterfly-onnx[ray]'"
+        ) from None
+    path = Path(model)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: model file not found")
+    for key, value in (("num_replicas", num_replicas), ("top_k", top_k), ("max_batch_size", max_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"{key} must be a positive int, got {value!r}")
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    model_bytes = path.read_bytes()
+    default_top_k = top_k
+
+    class ClassifierDeployment:
+        def __init__(self, model_bytes: bytes) -> None:
+            from butterfly_onnx.classifier import Classifier
+
+            self.classifier = Classifier(model_bytes, backend=backend, threads=threads)
+
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        async def _batch(self, requests: list[tuple[bytes, int]]) -> list[dict[str, Any]]:
+            import asyncio
+
+            # One predict per top_k in the batch (usually one); off the event loop, so the
+            # replica keeps taking requests for the next batch meanwhile.
+            answers: list[dict[str, Any]] = [{} for _ in requests]
+            for k in sorted({k for _, k in requests}):
+                where = [i for i, (_, kk) in enumerate(requests) if kk == k]
+                images = [requests[i][0] for i in where]
+                predictions = await asyncio.to_thread(self.classifier.predict, images, k, on_error="skip")
+                for i, prediction in zip(where, predictions, strict=True):
+                    answer = prediction.to_dict()
+                    if prediction.error is not None:
+                        answer["error_class"] = type(prediction.error).__name__
+                    answers[i] = answer
+            return answers
+
+        async def classify(self, image: bytes, top_k: int = default_top_k) -> dict[str, Any]:
+            return await self._batch((bytes(image), int(top_k)))
+
+        async def __call__(self, request: Any) -> Any:
+            from starlette.responses import JSONResponse
+
+            try:
+                top_k = int(request.query_params.get("top_k", default_top_k))
+            except ValueError:
+                top_k = 0
+            if top_k < 1:
+                message = "top_k must be a positive integer"
+                return JSONResponse({"error": message, "error_class": "InvalidArgumentError"}, status_code=400)
+            answer = await self.classify(await request.body(), top_k)
+            return JSONResponse(answer, status_code=400 if answer.get("error") else 200)
+
+    deployment: Any = serve.deployment(name=name, num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus})(
+        ClassifierDeployment
+    )
+    return deployment.bind(model_bytes)

@@ -12,7 +12,12 @@ from ``iter_predict`` is written as it comes, nothing is held), and write the fo
   index_K,probability_K,error``: one row per input, a failed one with empty prediction fields
   and its error message;
 - ``.jsonl``: one :meth:`Prediction.to_dict` object per line;
-- a submission: exactly ``filename,label`` (top-1), one row per good prediction, in order.
+- a submission: exactly ``filename,label`` (top-1), one row per listed image, in order; an
+  incomplete one is ``X.partial.csv`` (see :func:`write_submission`).
+
+Text cells of the CSV that a spreadsheet would run as a formula get a leading ``'``
+(:func:`csv_cell`); JSON never holds a bare NaN/Infinity (:func:`dumps`); every file is
+written atomically (:mod:`butterfly_onnx.atomic`).
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError
+from .errors import ImageError, InvalidArgumentError
 
 __all__ = [
     "FORMATS",
@@ -39,9 +47,19 @@ __all__ = [
     "EXIT_PARTIAL",
     "EXIT_FAILED",
     "print_error",
+    "write_line",
+    "console_logging",
+    "writable_path",
+    "LOG",
     "text_line",
     "kaggle_csv_input",
     "report_failures",
+    "csv_cell",
+    "dumps",
+    "json_safe",
+    "to_jsonable",
+    "predictions_table",
+    "partial_path",
 ]
 
 #: File extension -> format written by :func:`write_predictions`.
@@ -63,23 +81,109 @@ def csv_header(top_k: int) -> list[str]:
     return columns + ["error"]
 
 
+#: A cell a spreadsheet would run as a formula (OWASP, "CSV Injection"): = + - @, tab, CR.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell of a predictions CSV: prefixed with ``'`` when a spreadsheet would read it
+    as a formula (OWASP's rule; the Rust CLI writes the same).  Submissions are not escaped:
+    Kaggle reads them as data and compares the label text exactly."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def json_number(value: float | None) -> float | None:
+    """``value``, or None when it is not finite: no output holds a bare NaN/Infinity (invalid JSON)."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (dicts, lists, tuples walked)."""
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_jsonable(value: Any) -> Any:
+    """``json.dumps(predictions, default=to_jsonable)``: a Prediction or ClassScore as its
+    ``to_dict()`` (non-finite numbers as null), a path as text, numpy scalars as numbers."""
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return json_safe(to_dict())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return json_number(item()) if isinstance(item(), float) else item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` as every JSON output of the project writes it: valid JSON, never a bare
+    NaN/Infinity (they become null), predictions as their ``to_dict()``."""
+    return json.dumps(json_safe(value), allow_nan=False, default=to_jsonable, **kwargs)
+
+
+def predictions_table(predictions: Iterable[Any], top_k: int | None = None) -> list[dict[str, Any]]:
+    """One flat dict per prediction, the columns of the ``.csv`` output (``source, label,
+    index, probability, label_1, index_1, probability_1, ..., error``; values unescaped,
+    None when empty): ``pandas.DataFrame(predictions_table(preds))`` is a tidy table."""
+    rows = []
+    predictions = list(predictions)
+    k_max = top_k if top_k is not None else max((len(p.top_k) for p in predictions), default=0)
+    for prediction in predictions:
+        row: dict[str, Any] = {
+            "source": prediction.source,
+            "label": prediction.label,
+            "index": prediction.index,
+            "probability": prediction.probability,
+        }
+        for k in range(k_max):
+            score = prediction.top_k[k] if k < len(prediction.top_k) else None
+            row[f"label_{k + 1}"] = score.label if score else None
+            row[f"index_{k + 1}"] = score.index if score else None
+            row[f"probability_{k + 1}"] = score.probability if score else None
+        row["error"] = None if prediction.error is None else str(prediction.error)
+        rows.append(row)
+    return rows
+
+
+def _number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else ""
+
+
 def _csv_row(prediction: Any, top_k: int) -> list[Any]:
+    source = csv_cell(prediction.source)
     if not prediction.ok:
-        return [prediction.source, "", "", ""] + [""] * (3 * top_k) + [str(prediction.error)]
-    row: list[Any] = [prediction.source, prediction.label, prediction.index, repr(prediction.probability)]
+        return [source, "", "", ""] + [""] * (3 * top_k) + [csv_cell(str(prediction.error))]
+    row: list[Any] = [source, csv_cell(prediction.label), prediction.index, _number(prediction.probability)]
     for k in range(top_k):
         if k < len(prediction.top_k):
             score = prediction.top_k[k]
-            row += [score.label, score.index, repr(score.probability)]
+            row += [csv_cell(score.label), score.index, _number(score.probability)]
         else:
             row += ["", "", ""]
     return row + [""]
 
 
-def write_predictions(predictions: Iterable[Any], path: str | os.PathLike[str], top_k: int | None = None) -> Path:
+def write_predictions(
+    predictions: Iterable[Any], path: str | os.PathLike[str], top_k: int | None = None, *, keep_empty: bool = True
+) -> Path:
     """Write ``predictions`` to ``path`` (.csv or .jsonl, by the extension) and return the
     path.  ``top_k``: how many classes per row (None: as many as the first good prediction
-    has; a CSV needs one count for its header)."""
+    has; a CSV needs one count for its header).
+
+    The file is written atomically (:func:`butterfly_onnx.atomic.atomic_write`): an error or
+    interrupt leaves a previous ``path`` as it was.  ``keep_empty=False``: when no prediction
+    succeeded nothing is written (the command line's "nothing done", exit status 2) and
+    ImageError is raised.  Names that are not UTF-8 (``surrogateescape`` strings, as
+    ``os.listdir`` gives them) are written as their original bytes."""
+    from .atomic import atomic_write
+
     path = Path(path)
     fmt = output_format(path)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -93,40 +197,77 @@ def write_predictions(predictions: Iterable[Any], path: str | os.PathLike[str], 
                 break
         top_k = max((len(p.top_k) for p in head), default=1) or 1
     columns = top_k if top_k is not None else 1
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    good = 0
+    with atomic_write(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         if fmt == "csv":
             writer = csv.writer(handle)
             writer.writerow(csv_header(columns))
             for prediction in itertools.chain(head, stream):
+                good += prediction.ok
                 writer.writerow(_csv_row(prediction, columns))
         else:
             for prediction in itertools.chain(head, stream):
+                good += prediction.ok
                 record = prediction.to_dict()
                 if top_k is not None:
                     record["top_k"] = record["top_k"][:top_k]
-                handle.write(json.dumps(record) + "\n")
+                handle.write(dumps(record) + "\n")
+        if not good and not keep_empty:
+            raise ImageError(f"{path}: not written: no input could be predicted")
     return path
 
 
-def write_submission(predictions: Iterable[Any], filenames: Sequence[str], path: str | os.PathLike[str]) -> list[Any]:
-    """A Kaggle submission: ``filename,label`` with each good prediction's top-1 label, one
-    row per ``filenames[i]`` (``predictions`` in the same order, e.g. from
-    :func:`butterfly_onnx.datasets.read_image_list`).  Failed predictions are left out; they
-    are returned, so the caller can report them."""
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """Where an incomplete submission goes: ``X.partial.csv`` beside ``X.csv``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".partial" + (path.suffix or ".csv"))
+
+
+def write_submission(
+    predictions: Iterable[Any], filenames: Sequence[str], path: str | os.PathLike[str], *, fill: str | None = None
+) -> list[Any]:
+    """A Kaggle submission: ``filename,label`` with each prediction's top-1 label, one row per
+    ``filenames[i]`` (``predictions`` in the same order, e.g. from
+    :func:`butterfly_onnx.datasets.read_image_list`), written verbatim (Kaggle reads it as
+    data: no formula escaping) and atomically.  Returns the failed predictions.
+
+    A submission always has every row (Kaggle rejects one with rows missing): when some
+    images failed, the rows that were predicted go to :func:`partial_path` (``X.partial.csv``)
+    and ``path`` is not written -- unless ``fill`` names a label to give the failed rows.  When
+    every image failed nothing is written."""
+    from .atomic import AtomicFile, name_the_file
+
     path = Path(path)
     failed = []
     count = 0
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["filename", "label"])
-        for filename, prediction in zip(filenames, predictions, strict=False):
-            count += 1
-            if prediction.ok:
-                writer.writerow([filename, prediction.label])
-            else:
-                failed.append(prediction)
-    if count != len(filenames):
-        raise InvalidArgumentError(f"{len(filenames)} filenames but {count} predictions")
+    atomic = AtomicFile(path)
+    try:
+        with os.fdopen(os.dup(atomic.fd), "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["filename", "label"])
+            for filename, prediction in zip(filenames, predictions, strict=False):
+                count += 1
+                if prediction.ok:
+                    writer.writerow([filename, prediction.label])
+                else:
+                    failed.append(prediction)
+                    if fill is not None:
+                        writer.writerow([filename, fill])
+            handle.flush()
+        if count != len(filenames):
+            raise InvalidArgumentError(f"{len(filenames)} filenames but {count} predictions")
+        if len(failed) == count:
+            atomic.discard()
+        elif failed and fill is None:
+            atomic.commit(partial_path(path))
+        else:
+            atomic.commit()
+    except BaseException as exc:
+        atomic.discard()
+        name_the_file(exc, path)
+        raise
+    finally:
+        os.close(atomic.fd)
     return failed
 
 
@@ -136,10 +277,73 @@ PROG = "butterfly-onnx"
 EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
 
 
+#: The package's logger: the command line's messages go through it (a library user can
+#: silence or route them); :func:`console_logging` prints them as ``butterfly-onnx: LEVEL: ...``.
+LOG = logging.getLogger("butterfly_onnx")
+
+
+def write_line(text: str, file: Any = None) -> None:
+    """Print one line to ``file`` (default stdout) so that it never interleaves with a live
+    tqdm bar on the same terminal (``tqdm.write`` clears the bar, prints, redraws it)."""
+    file = sys.stdout if file is None else file
+    tqdm = sys.modules.get("tqdm")
+    # stderr holds the bars (a forced one too); a redirected stdout cannot be garbled by them.
+    if tqdm is not None and (file is sys.stderr or getattr(file, "isatty", lambda: False)()):
+        tqdm.tqdm.write(text, file=file)
+    else:
+        file.write(text + "\n")
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as one line each on the current ``sys.stderr``:
+    ``butterfly-onnx: error: <message>`` (newlines folded), clear of any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(self.format(record).split("\n")).strip()
+            write_line(f"{PROG}: {record.levelname.lower()}: {text}", sys.stderr)
+            sys.stderr.flush()
+        except Exception:  # pragma: no cover - logging's own convention
+            self.handleError(record)
+
+
+@contextmanager
+def console_logging(debug: bool = False) -> Iterator[None]:
+    """Within the block, the package's log records go to stderr as the command line's lines
+    (INFO and up; DEBUG with ``debug``), not to the root logger."""
+    handler = ConsoleHandler()
+    saved = LOG.level, LOG.propagate
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.DEBUG if debug else logging.INFO)
+    LOG.propagate = False
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(saved[0])
+        LOG.propagate = saved[1]
+
+
 def print_error(message: object) -> None:
-    """One line on stderr: ``butterfly-onnx: error: <message>`` (newlines folded)."""
-    text = " ".join(str(message).split("\n")).strip()
-    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+    """One error line: ``butterfly-onnx: error: <message>`` (through :data:`LOG`; the command
+    line shows it on stderr, newlines folded)."""
+    if LOG.hasHandlers() and LOG.isEnabledFor(logging.ERROR):
+        LOG.error("%s", message)
+    else:  # no logging set up (a bare call): still one line on stderr
+        text = " ".join(str(message).split("\n")).strip()
+        write_line(f"{PROG}: error: {text}", sys.stderr)
+
+
+def writable_path(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` if a file can be written there: its folder exists (folders are not created).
+    Checked before any long work (-o, --plot, --export), so a typo costs nothing."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"{path}: cannot write the {what}: the folder {parent} does not exist")
+    if path.is_dir():
+        raise InvalidArgumentError(f"{path}: cannot write the {what}: it is a folder")
+    return path
 
 
 def text_line(prediction: Any) -> str:

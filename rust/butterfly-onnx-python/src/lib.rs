@@ -463,6 +463,38 @@ fn loaded_ort_library() -> Option<PathBuf> {
     butterfly_onnx::runtime::loaded_library()
 }
 
+/// Serve `classifier` over HTTP until SIGTERM or Ctrl-C (core `serve::serve`, GIL released
+/// throughout); `None` options take the server's defaults (core `serve::ServeOptions`).
+#[pyfunction]
+#[pyo3(signature = (classifier, *, host=None, port=None, name=None, max_batch=None, max_wait_ms=None, max_queue=None, max_body_bytes=None))]
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    py: Python<'_>,
+    classifier: PyRef<'_, Classifier>,
+    host: Option<String>,
+    port: Option<u16>,
+    name: Option<String>,
+    max_batch: Option<usize>,
+    max_wait_ms: Option<u64>,
+    max_queue: Option<usize>,
+    max_body_bytes: Option<usize>,
+) -> PyResult<()> {
+    use butterfly_onnx::serve::ServeOptions;
+    let defaults = ServeOptions::default();
+    let options = ServeOptions {
+        host: host.unwrap_or(defaults.host),
+        port: port.unwrap_or(defaults.port),
+        name,
+        max_batch: max_batch.unwrap_or(defaults.max_batch),
+        max_wait: max_wait_ms.map_or(defaults.max_wait, std::time::Duration::from_millis),
+        max_queue: max_queue.unwrap_or(defaults.max_queue),
+        max_body_bytes: max_body_bytes.unwrap_or(defaults.max_body_bytes),
+    };
+    let inner = Arc::clone(&classifier.inner);
+    drop(classifier);
+    py.detach(|| butterfly_onnx::serve::serve(inner, options)).map_err(|e| to_py_err(&e))
+}
+
 /// Why a libonnxruntime file is not to be loaded unasked (writable by others, or owned by
 /// someone else: `runtime::untrusted_reason`), or None when it is safe.
 #[pyfunction]
@@ -475,6 +507,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Classifier>()?;
     m.add_class::<LogitsIter>()?;
     m.add_function(wrap_pyfunction!(loaded_ort_library, m)?)?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(ort_library_problem, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -441,7 +441,9 @@ pub(crate) fn missing_contract(source: &str) -> Error {
         source_name: source.to_string(),
         reason: format!(
             "the model carries no butterfly_onnx contract (metadata key '{METADATA_KEY}'); export it \
-             with butterfly_onnx.export_onnx, or pass labels= and preprocess= explicitly"
+             with butterfly_onnx.export_onnx, add one with 'butterfly-onnx annotate MODEL --labels \
+             LABELS.txt [--resize ... --crop ...]' (the Python package's command), or (Python) pass \
+             labels= and preprocess= explicitly"
         ),
     }
 }

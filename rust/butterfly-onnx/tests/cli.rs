@@ -159,8 +159,11 @@ fn build_layout(fx: &Fixture, layout: &serde_json::Map<String, Value>, data: &Pa
             std::fs::copy(pool[number % pool.len()], &path).unwrap();
         } else if kind == "text" {
             std::fs::write(&path, "not an image").unwrap();
-        } else if let Some(rows) = kind.strip_prefix("csv:") {
-            std::fs::write(&path, format!("filename\n{}\n", rows.split(',').collect::<Vec<_>>().join("\n"))).unwrap();
+        } else if let Some(spec) = kind.strip_prefix("csv") {
+            // csv:a,b (a `filename` column) or csv@COLUMN:a,b
+            let (head, rows) = spec.split_once(':').unwrap();
+            let column = head.strip_prefix('@').unwrap_or("filename");
+            std::fs::write(&path, format!("{column}\n{}\n", rows.split(',').collect::<Vec<_>>().join("\n"))).unwrap();
         } else {
             panic!("unknown layout kind {kind:?}");
         }
@@ -308,10 +311,15 @@ fn every_golden_predict_case() {
         for line in stderr.lines() {
             assert!(line.starts_with("butterfly-onnx: error: "), "one line per error: {context}");
         }
+        for absent in case.get("absent").and_then(Value::as_array).into_iter().flatten() {
+            let absent = substitute(absent.as_str().unwrap());
+            assert!(!Path::new(&absent).exists(), "{absent} should not exist: {context}");
+        }
         let format = case["format"].as_str().unwrap();
         if format == "none" {
             assert!(stdout.is_empty(), "{context}");
-            assert_eq!(stderr.lines().count(), 1, "{context}");
+            let lines = case.get("stderr_lines").and_then(Value::as_u64).unwrap_or(1) as usize;
+            assert_eq!(stderr.lines().count(), lines, "{context}");
             for needle in case["stderr_contains"].as_array().unwrap() {
                 assert!(stderr.contains(&substitute(needle.as_str().unwrap())), "{needle} missing: {context}");
             }
@@ -320,8 +328,13 @@ fn every_golden_predict_case() {
         let path_of = |relative: &Value| data.join(relative.as_str().unwrap()).to_str().unwrap().to_string();
         let sources: Vec<String> = case["sources"].as_array().unwrap().iter().map(path_of).collect();
         let failed: Vec<String> = case["failed"].as_array().unwrap().iter().map(path_of).collect();
-        // Every failed input named on stderr, one line each; nothing else there.
-        assert_eq!(stderr.lines().count(), failed.len(), "{context}");
+        // Every failed input named on stderr, one line each, and one line per note.
+        let notes: Vec<&str> =
+            case.get("notes").and_then(Value::as_array).into_iter().flatten().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(stderr.lines().count(), failed.len() + notes.len(), "{context}");
+        for note in &notes {
+            assert!(stderr.lines().any(|l| l.contains(note)), "{note} not said: {context}");
+        }
         for source in &failed {
             assert!(stderr.lines().any(|l| l.contains(source.as_str())), "{source} not reported: {context}");
         }
@@ -340,6 +353,10 @@ fn every_golden_predict_case() {
         let top_k = case["top_k"].as_u64().unwrap() as usize;
         for row in &rows {
             if failed.contains(&row.source) {
+                if let Some(fill) = case.get("fill").and_then(Value::as_str) {
+                    assert_eq!(row.top[0].0, fill, "{context}");
+                    continue;
+                }
                 assert!(row.error.is_some() && row.top.is_empty(), "{} should have failed: {context}", row.source);
                 continue;
             }
@@ -394,7 +411,10 @@ fn the_python_command_writes_the_same_bytes() {
         "directory_sorted_not_recursive",
         "bad_image_in_json_lines",
         "csv_output",
-        "kaggle_submission_bad_rows_left_out",
+        "kaggle_incomplete_goes_to_partial",
+        "kaggle_fill_label_completes_the_submission",
+        "every_input_failed_output_not_written",
+        "filename_column_option",
     ];
     for case in golden["cases"].as_array().unwrap().iter().filter(|c| picked.contains(&c["name"].as_str().unwrap())) {
         let name = case["name"].as_str().unwrap();
@@ -423,7 +443,8 @@ fn the_python_command_writes_the_same_bytes() {
             }
             let (code, stdout, stderr) = run(&mut command);
             let written = case.get("output").map(|o| std::fs::read(substitute(o.as_str().unwrap())).unwrap());
-            let mut errors: Vec<String> = stderr.lines().map(String::from).collect();
+            // Each command writes into its own {out}: named alike in the messages.
+            let mut errors: Vec<String> = stderr.lines().map(|l| l.replace(out.to_str().unwrap(), "{out}")).collect();
             errors.sort();
             results.push((code, stdout, written, errors));
         }

@@ -4,24 +4,26 @@
 //! butterfly-onnx predict MODEL INPUTS... [--top-k 5] [--batch-size 32] [--threads N] [--json]
 //!                        [-o FILE.csv|FILE.jsonl] [--progress|--no-progress] [--ort-lib PATH]
 //! butterfly-onnx info MODEL [--json] [--ort-lib PATH]
-//! (both: [--device cpu|cuda[:N]|... | --provider NAME[:KEY=VALUE,...]...])
+//! butterfly-onnx serve MODEL [--host 127.0.0.1] [--port 8000] [--name NAME] [--max-batch 16]
+//!                      [--max-wait-ms 2] [--max-queue 64] [--max-body-bytes N] [--threads N]
+//! (all: [--device cpu|cuda[:N]|... | --provider NAME[:KEY=VALUE,...]...])
 //! ```
 //! `predict` agrees with the Python command's `predict` (docs/inference.md, "Command line";
 //! both are tested on tests/fixtures/cli/predict_cases.json). Exit status: 0 all done; 1 some
 //! inputs failed (each named on stderr), the rest written; 2 nothing done (usage error,
 //! missing or invalid model, no ONNX Runtime, unreadable data, no images matched).
 
-use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
+use butterfly_onnx::atomic::AtomicFile;
 use butterfly_onnx::classifier::{
     providers, Classifier, ClassifierOptions, ImageInput, ImageResult, Provider, DEFAULT_MAX_IMAGE_PIXELS,
 };
 use butterfly_onnx::contract::{interpolation_name, resample_order_name};
 use butterfly_onnx::runtime;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The one list of image extensions (lowercase, no dot), shared with the Python package.
 const IMAGE_EXTENSIONS: &str = include_str!("../../../../python/butterfly_onnx/data/image_extensions.txt");
@@ -82,6 +84,15 @@ fn parse_provider(text: &str) -> Result<Provider, Fatal> {
     Ok(Provider { name: name.to_string(), options })
 }
 
+/// `--top-k`, `--batch-size`, `--threads`: a positive integer, refused as the Python CLI
+/// refuses it (`--NAME must be a positive integer, got '-1'`).
+fn positive(name: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
+    move |text: &str| match text.trim().parse::<i64>() {
+        Ok(value) if value >= 1 && value <= u32::MAX as i64 => Ok(value as u32),
+        _ => Err(format!("--{name} must be a positive integer, got '{text}'")),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print (or write) the top-k classes of each image.
@@ -89,27 +100,37 @@ enum Command {
         /// The exported .onnx model.
         model: PathBuf,
         /// Image files, directories (their image files, sorted, not recursive), glob patterns
-        /// (sorted), or exactly one Kaggle-style CSV with a `filename` column.
+        /// (sorted), or exactly one Kaggle-style CSV (Testing_set.csv: only a CSV input makes a
+        /// submission).
         #[arg(required = true, value_name = "INPUTS")]
         inputs: Vec<String>,
         /// How many classes per image.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 5, value_parser = positive("top-k"), allow_hyphen_values = true)]
         top_k: u32,
-        /// Images decoded and held at once (bounds memory, not results).
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Images decoded and held at once; bounds memory, not results.
+        #[arg(long, default_value_t = 32, value_parser = positive("batch-size"), allow_hyphen_values = true)]
         batch_size: u32,
-        /// Threads for decoding and for ONNX Runtime (default: all cores).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Threads for decoding and inference [default: all cores].
+        #[arg(long, value_parser = positive("threads"), allow_hyphen_values = true)]
         threads: Option<u32>,
         /// JSON Lines on stdout, one object per input.
         #[arg(long)]
         json: bool,
-        /// Write .csv or .jsonl here instead of stdout (a Kaggle CSV input + .csv: `filename,label`).
+        /// Write .csv or .jsonl here instead of stdout, atomically (a CSV input + .csv: a Kaggle
+        /// submission filename,label; its folder must exist).
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
-        /// A progress bar on stderr (default: when stderr is a terminal).
+        /// The column of a CSV input that names the images.
+        #[arg(long, default_value = "filename", value_name = "FILENAME_COLUMN")]
+        filename_column: String,
+        /// A CSV input + -o X.csv: give images that failed this label, so the submission has
+        /// every row [default: X.csv is not written, the predictions made go to X.partial.csv].
+        #[arg(long, value_name = "LABEL")]
+        fill_label: Option<String>,
+        /// A progress bar on stderr [default: when stderr is a terminal].
         #[arg(long, overrides_with = "no_progress")]
         progress: bool,
+        /// No progress bar.
         #[arg(long, overrides_with = "progress")]
         no_progress: bool,
         /// Refuse images with more pixels than this, from the header, before decoding
@@ -123,14 +144,78 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Serve the model over HTTP (Open Inference Protocol v2, /v1/classify, /metrics;
+    /// docs/serving.md) until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
     /// Summarise the model and its contract.
     Info {
+        /// The exported .onnx model.
         model: PathBuf,
+        /// The contract as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The exported .onnx model.
+    model: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port (0: any free one; the line printed on start says which).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model's name in /v2/models/NAME (default: the file's stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// Images per model batch across requests (and per request).
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+    /// How long a batch waits to fill, in milliseconds.
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_WAIT_MS)]
+    max_wait_ms: u64,
+    /// Requests admitted at once; past it, 503 with Retry-After.
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_QUEUE as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// Largest request body, in bytes; past it, 413.
+    #[arg(long, default_value_t = butterfly_onnx::serve::DEFAULT_MAX_BODY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: u64,
+    /// Threads for decoding and for ONNX Runtime (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+    /// Refuse images with more pixels (0 = no limit); Pillow's bomb limit by default.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// `serve`: open the model, serve until SIGTERM / Ctrl-C.
+fn serve(args: ServeArgs) -> Result<bool, Fatal> {
+    let options = ClassifierOptions {
+        threads: args.threads.map(|t| t as usize),
+        max_image_pixels: Some(match args.max_image_pixels {
+            0 => butterfly_onnx::classifier::NO_PIXEL_LIMIT,
+            n => n,
+        }),
+        ..args.runtime.options()?
+    };
+    let classifier = std::sync::Arc::new(Classifier::open(&args.model, options)?);
+    let settings = butterfly_onnx::serve::ServeOptions {
+        host: args.host,
+        port: args.port,
+        name: args.name,
+        max_batch: args.max_batch as usize,
+        max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+        max_queue: args.max_queue as usize,
+        max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+    };
+    butterfly_onnx::serve::serve(classifier, settings)?;
+    Ok(true)
 }
 
 /// Why nothing was done (exit status 2): one line on stderr. A write to stdout whose reader
@@ -166,18 +251,75 @@ fn report(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "butterfly-onnx: error: {message}");
 }
 
+/// A clap error phrased as the Python CLI (argparse) phrases it, with its pointer to --help.
+fn usage_message(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let command = std::env::args().nth(1).filter(|a| a == "predict" || a == "info");
+    let help = command.map_or("butterfly-onnx".to_string(), |c| format!("butterfly-onnx {c}"));
+    let context = |kind: ContextKind| match error.get(kind) {
+        Some(ContextValue::String(text)) => text.clone(),
+        Some(ContextValue::Strings(texts)) => texts.join(" "),
+        _ => String::new(),
+    };
+    let option = || context(ContextKind::InvalidArg).split([' ', '=']).next().unwrap_or("").to_string();
+    let mut help = help;
+    let text = match error.kind() {
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let reason = std::error::Error::source(error).map(|e| e.to_string());
+            match reason {
+                Some(reason) => format!("argument {}: {reason}", option()),
+                None => format!("argument {}: invalid value '{}'", option(), context(ContextKind::InvalidValue)),
+            }
+        }
+        ErrorKind::UnknownArgument => {
+            help = "butterfly-onnx".into(); // argparse reports these from the top-level parser
+            format!("unrecognized arguments: {}", context(ContextKind::InvalidArg))
+        }
+        ErrorKind::InvalidSubcommand => {
+            let names: Vec<String> = Cli::command().get_subcommands().map(|c| format!("'{}'", c.get_name())).collect();
+            format!(
+                "argument command: invalid choice: '{}' (choose from {})",
+                context(ContextKind::InvalidSubcommand),
+                names.join(", ")
+            )
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let names: Vec<String> = match error.get(ContextKind::InvalidArg) {
+                Some(ContextValue::Strings(names)) => names.clone(),
+                _ => Vec::new(),
+            };
+            let names: Vec<String> = names
+                .iter()
+                .map(|n| {
+                    let bare = n.trim_end_matches("...").trim_start_matches('<').trim_end_matches('>');
+                    if bare == "MODEL" {
+                        "model".to_string()
+                    } else {
+                        bare.to_string()
+                    }
+                })
+                .collect();
+            format!("the following arguments are required: {}", names.join(", "))
+        }
+        _ => {
+            let full = error.to_string();
+            let line = full.lines().next().unwrap_or("invalid arguments");
+            line.strip_prefix("error: ").unwrap_or(line).to_string()
+        }
+    };
+    format!("{text} (see '{help} --help')")
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
-            // --help, --version
-            let _ = write!(std::io::stdout().lock(), "{error}");
+            // --help, --version (on stdout, with its final newline)
+            let _ = error.print();
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            let text = error.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            report(line.strip_prefix("error: ").unwrap_or(line));
+            report(&usage_message(&error));
             return ExitCode::from(2);
         }
     };
@@ -190,6 +332,8 @@ fn main() -> ExitCode {
             threads,
             json,
             output,
+            filename_column,
+            fill_label,
             progress,
             no_progress,
             max_image_pixels,
@@ -212,14 +356,22 @@ fn main() -> ExitCode {
                 }
             };
             let show_progress = if progress || no_progress { progress } else { std::io::stderr().is_terminal() };
-            let settings =
-                PredictSettings { top_k: top_k as usize, batch_size: batch_size as usize, json, output, show_progress };
+            let settings = PredictSettings {
+                top_k: top_k as usize,
+                batch_size: batch_size as usize,
+                json,
+                output,
+                show_progress,
+                filename_column,
+                fill_label,
+            };
             predict(&model, &inputs, &settings, options)
         }
+        Command::Serve(args) => serve(args).map(|ok| if ok { 0 } else { 1 }),
         Command::Info { model, json, runtime } => runtime.options().and_then(|options| info(&model, json, options)),
     };
     match outcome {
-        Ok(all_ok) => ExitCode::from(if all_ok { 0 } else { 1 }),
+        Ok(status) => ExitCode::from(status),
         // The reader of stdout has what it wanted.
         Err(fatal) if fatal.is_broken_pipe() => ExitCode::SUCCESS,
         Err(Fatal(message, _)) => {
@@ -288,13 +440,13 @@ fn is_glob(text: &str) -> bool {
     text.contains(['*', '?', '['])
 }
 
-fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
+fn expand(inputs: &[String], filename_column: &str) -> Result<Inputs, Fatal> {
     let csvs: Vec<&String> = inputs.iter().filter(|i| i.to_ascii_lowercase().ends_with(".csv")).collect();
     if let Some(csv) = csvs.first() {
         if inputs.len() != 1 {
             return Err(Fatal::new(format!("{csv}: a CSV input (a list of images) must be the only input")));
         }
-        return read_image_list(Path::new(csv.as_str()));
+        return read_image_list(Path::new(csv.as_str()), filename_column);
     }
     let mut images = Vec::new();
     for text in inputs {
@@ -304,8 +456,11 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
         } else if path.is_dir() {
             let entries = std::fs::read_dir(&path)
                 .map_err(|e| Fatal::new(format!("{}: cannot list the directory: {e}", path.display())))?;
-            let mut found: Vec<PathBuf> =
-                entries.flatten().map(|e| e.path()).filter(|p| has_image_extension(p) && p.is_file()).collect();
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| normalized(&e.path()))
+                .filter(|p| has_image_extension(p) && p.is_file())
+                .collect();
             if found.is_empty() {
                 let known: Vec<&str> = image_extensions().collect();
                 return Err(Fatal::new(format!(
@@ -339,7 +494,7 @@ fn expand(inputs: &[String]) -> Result<Inputs, Fatal> {
 /// `<csv folder>/test/` when that folder exists, else next to the CSV. Errors name the CSV
 /// (and the line): no such file, not UTF-8, no `filename` column, no rows, or a filename that
 /// is empty, absolute, uses `..` or holds a control character. Missing images are listed.
-fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
+fn read_image_list(csv_path: &Path, filename_column: &str) -> Result<Inputs, Fatal> {
     let name = csv_path.display();
     let bytes = std::fs::read(csv_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Fatal::new(format!("{name}: no such CSV file")),
@@ -352,9 +507,13 @@ fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let header = reader.headers().map_err(|e| Fatal::new(format!("{name}, line 1: not a valid CSV: {e}")))?.clone();
-    let column = header.iter().position(|h| h == "filename").ok_or_else(|| {
-        let names: Vec<&str> = header.iter().collect();
-        Fatal::new(format!("{name}, line 1: missing column(s) ['filename']; the header is {names:?}"))
+    let column = header.iter().position(|h| h == filename_column).ok_or_else(|| {
+        let names: Vec<String> = header.iter().map(py_str_repr).collect();
+        Fatal::new(format!(
+            "{name}, line 1: missing column(s) [{}]; the header is [{}]",
+            py_str_repr(filename_column),
+            names.join(", ")
+        ))
     })?;
     let folder = {
         let parent = csv_path.parent().unwrap_or(Path::new(""));
@@ -363,9 +522,24 @@ fn read_image_list(csv_path: &Path) -> Result<Inputs, Fatal> {
     };
     let root = resolved(&folder, 40).unwrap_or_else(|| folder.clone());
     let (mut images, mut filenames) = (Vec::new(), Vec::new());
-    for record in reader.records() {
-        let record = record.map_err(|e| Fatal::new(format!("{name}: not a valid CSV: {e}")))?;
-        let line = record.position().map_or(0, |p| p.line());
+    let mut record = csv::StringRecord::new();
+    loop {
+        // Lines as Python's csv module counts them (`reader.line_num`): the record's last line.
+        let line_after = |reader: &csv::Reader<&[u8]>| {
+            let consumed = &text.as_bytes()[..(reader.position().byte() as usize).min(text.len())];
+            consumed.iter().filter(|&&b| b == b'\n').count() + usize::from(!consumed.ends_with(b"\n"))
+        };
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                return Err(Fatal::new(format!("{name}, line {}: not a valid CSV: {e}", line_after(&reader))));
+            }
+        }
+        let line = line_after(&reader);
+        if record.iter().all(str::is_empty) && record.len() <= 1 {
+            continue; // a blank line, skipped as Python's csv.DictReader skips it
+        }
         if record.len() > header.len() {
             return Err(Fatal::new(format!(
                 "{name}, line {line}: {} fields, the header has {}",
@@ -460,42 +634,113 @@ fn py_float(value: f32) -> String {
     }
 }
 
-/// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
-fn py_json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
+/// A float of a JSON output: Python's `repr`, or `null` when not finite (no output holds a
+/// bare NaN/Infinity, which is not JSON).
+fn json_float(value: f32) -> String {
+    if value.is_finite() {
+        py_float(value)
+    } else {
+        "null".into()
+    }
+}
+
+/// A float of a CSV output: Python's `repr`, or an empty cell when not finite.
+fn csv_float(value: f32) -> String {
+    if value.is_finite() {
+        py_float(value)
+    } else {
+        String::new()
+    }
+}
+
+/// `text` as Python's `repr(str)` writes it (for messages that quote a CSV header).
+fn py_str_repr(text: &str) -> String {
+    let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
+    let mut out = String::from(quote);
     for c in text.chars() {
         match c {
-            '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
             }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// A JSON string as Python's `json.dumps` writes it (ASCII only, `\uXXXX` escapes).
+fn py_json_string(text: &str) -> String {
+    py_json_bytes(text.as_bytes())
+}
+
+/// [`py_json_string`] of a name that may not be UTF-8: each byte that is not part of valid
+/// UTF-8 is written `\udcXX`, as Python's `json.dumps` writes the `surrogateescape` string
+/// `os.listdir` gives for it, so both CLIs write the same bytes.
+fn py_json_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\udc{byte:02x}"));
         }
     }
     out.push('"');
     out
 }
 
+/// A text cell of a predictions CSV: prefixed with `'` when a spreadsheet would run it as a
+/// formula (OWASP: it starts with = + - @, a tab or a CR), as Python's `results.csv_cell`.
+/// Submissions are written verbatim (Kaggle reads them as data).
+fn csv_cell(text: &[u8]) -> Vec<u8> {
+    if text.first().is_some_and(|b| b"=+-@\t\r".contains(b)) {
+        [b"'".as_slice(), text].concat()
+    } else {
+        text.to_vec()
+    }
+}
+
+/// The bytes of a path: a name that is not UTF-8 is written as it is on disk (as Python
+/// writes a `surrogateescape` name to a file or a stream).
+fn path_bytes(path: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes()
+}
+
 /// The JSON Lines object of one input, as the Python CLI's `json.dumps(prediction.to_dict())`.
-fn json_line(result: &ImageResult, top_k: usize) -> String {
+fn json_line(source: &[u8], result: &ImageResult, top_k: usize) -> String {
     let score = |label: &str, index: usize, probability: f32| {
         format!(
             "{{\"label\": {}, \"index\": {index}, \"probability\": {}}}",
             py_json_string(label),
-            py_float(probability)
+            json_float(probability)
         )
     };
-    let source = py_json_string(&result.source);
+    let source = py_json_bytes(source);
     match &result.outcome {
         Ok(top) => {
             let best = &top[0];
@@ -504,7 +749,7 @@ fn json_line(result: &ImageResult, top_k: usize) -> String {
                 "{{\"source\": {source}, \"label\": {}, \"index\": {}, \"probability\": {}, \"top_k\": [{}], \"error\": null}}",
                 py_json_string(&best.label),
                 best.index,
-                py_float(best.probability),
+                json_float(best.probability),
                 list.join(", ")
             )
         }
@@ -515,33 +760,67 @@ fn json_line(result: &ImageResult, top_k: usize) -> String {
     }
 }
 
-/// Where predictions go.
+/// Where predictions go: stdout, or a file written atomically (it takes its name only once
+/// the run is over, see [`Sink::finish`]).
 enum Sink {
     Text(BufWriter<std::io::StdoutLock<'static>>),
-    JsonLines(Box<dyn Write>),
-    Csv(csv::Writer<File>),
-    Submission(csv::Writer<File>),
+    JsonLines(BufWriter<std::io::StdoutLock<'static>>),
+    JsonLinesFile(BufWriter<AtomicFile>),
+    Csv(csv::Writer<AtomicFile>),
+    Submission(csv::Writer<AtomicFile>),
 }
 
-fn csv_writer(path: &Path) -> Result<csv::Writer<File>, Fatal> {
-    let file = File::create(path).map_err(|e| Fatal::new(format!("{}: cannot write: {e}", path.display())))?;
+fn cannot_write(path: &Path, error: impl std::fmt::Display) -> Fatal {
+    Fatal::new(format!("{}: cannot write: {error}", normalized(path).display()))
+}
+
+fn csv_writer(path: &Path) -> Result<csv::Writer<AtomicFile>, Fatal> {
+    let file = AtomicFile::create(path).map_err(|e| cannot_write(path, e))?;
     // As Python's csv.writer: minimal quoting, \r\n line ends.
     Ok(csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(file))
 }
 
-/// The format of `-o FILE` by its extension: ".csv" or ".jsonl", else a usage error.
-/// Checked before any work; the file itself is created only once the model is open.
+/// The format of `-o FILE` by its extension: ".csv" or ".jsonl", else a usage error; and
+/// its folder must exist (folders are not created). Checked before any work.
 fn check_output(path: &Path) -> Result<&'static str, Fatal> {
     let suffix = path.extension().map(|e| format!(".{}", e.to_string_lossy().to_lowercase()));
-    match suffix.as_deref() {
-        Some(".csv") => Ok(".csv"),
-        Some(".jsonl") => Ok(".jsonl"),
-        other => Err(Fatal::new(format!(
-            "{}: unknown output format '{}'; use .csv or .jsonl",
-            path.display(),
-            other.unwrap_or("(no extension)")
-        ))),
+    let format = match suffix.as_deref() {
+        Some(".csv") => ".csv",
+        Some(".jsonl") => ".jsonl",
+        other => {
+            return Err(Fatal::new(format!(
+                "{}: unknown output format '{}'; use .csv or .jsonl",
+                path.display(),
+                other.unwrap_or("(no extension)")
+            )))
+        }
+    };
+    let shown = normalized(path);
+    let parent = shown.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Fatal::new(format!(
+            "{}: cannot write the predictions: the folder {} does not exist",
+            shown.display(),
+            parent.display()
+        )));
     }
+    if path.is_dir() {
+        return Err(Fatal::new(format!("{}: cannot write the predictions: it is a folder", shown.display())));
+    }
+    Ok(format)
+}
+
+/// `X.partial.csv` beside `X.csv`: where an incomplete submission goes.
+fn partial_path(path: &Path) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let suffix = path.extension().map_or(".csv".to_string(), |e| format!(".{}", e.to_string_lossy()));
+    path.with_file_name(format!("{stem}.partial{suffix}"))
+}
+
+/// How a run went: predictions made and inputs failed.
+struct Tally {
+    ok: usize,
+    failed: usize,
 }
 
 impl Sink {
@@ -549,12 +828,12 @@ impl Sink {
     fn new(output: Option<&Path>, json: bool, kaggle: bool, top_k: usize) -> Result<Sink, Fatal> {
         let Some(path) = output else {
             let stdout = BufWriter::new(std::io::stdout().lock());
-            return Ok(if json { Sink::JsonLines(Box::new(stdout)) } else { Sink::Text(stdout) });
+            return Ok(if json { Sink::JsonLines(stdout) } else { Sink::Text(stdout) });
         };
         match check_output(path)? {
             ".csv" if kaggle => {
                 let mut writer = csv_writer(path)?;
-                writer.write_record(["filename", "label"])?;
+                writer.write_record(["filename", "label"]).map_err(|e| cannot_write(path, e))?;
                 Ok(Sink::Submission(writer))
             }
             ".csv" => {
@@ -564,62 +843,148 @@ impl Sink {
                     header.extend([format!("label_{k}"), format!("index_{k}"), format!("probability_{k}")]);
                 }
                 header.push("error".into());
-                writer.write_record(&header)?;
+                writer.write_record(&header).map_err(|e| cannot_write(path, e))?;
                 Ok(Sink::Csv(writer))
             }
             _ => {
-                let file =
-                    File::create(path).map_err(|e| Fatal::new(format!("{}: cannot write: {e}", path.display())))?;
-                Ok(Sink::JsonLines(Box::new(BufWriter::new(file))))
+                let file = AtomicFile::create(path).map_err(|e| cannot_write(path, e))?;
+                Ok(Sink::JsonLinesFile(BufWriter::new(file)))
             }
         }
     }
 
-    fn write(&mut self, result: &ImageResult, filename: Option<&str>, top_k: usize) -> Result<(), Fatal> {
+    fn is_stdout(&self) -> bool {
+        matches!(self, Sink::Text(_) | Sink::JsonLines(_))
+    }
+
+    fn write(
+        &mut self,
+        source: &[u8],
+        result: &ImageResult,
+        filename: Option<&str>,
+        fill: Option<&str>,
+        top_k: usize,
+    ) -> Result<(), Fatal> {
         match self {
             Sink::Text(out) => {
                 if let Ok(top) = &result.outcome {
                     let scores: String = top.iter().map(|p| format!("\t{} ({:.4})", p.label, p.probability)).collect();
-                    writeln!(out, "{}{scores}", result.source)?;
+                    out.write_all(source)?;
+                    writeln!(out, "{scores}")?;
                 }
             }
-            Sink::JsonLines(out) => writeln!(out, "{}", json_line(result, top_k))?,
+            Sink::JsonLines(out) => writeln!(out, "{}", json_line(source, result, top_k))?,
+            Sink::JsonLinesFile(out) => writeln!(out, "{}", json_line(source, result, top_k))?,
             Sink::Csv(writer) => {
-                let mut row: Vec<String> = vec![result.source.clone()];
+                let mut row: Vec<Vec<u8>> = vec![csv_cell(source)];
                 match &result.outcome {
                     Ok(top) => {
-                        row.extend([top[0].label.clone(), top[0].index.to_string(), py_float(top[0].probability)]);
+                        let cells = |label: &str, index: usize, p: f32| {
+                            [csv_cell(label.as_bytes()), index.to_string().into_bytes(), csv_float(p).into_bytes()]
+                        };
+                        row.extend(cells(&top[0].label, top[0].index, top[0].probability));
                         for k in 0..top_k {
                             match top.get(k) {
-                                Some(p) => row.extend([p.label.clone(), p.index.to_string(), py_float(p.probability)]),
-                                None => row.extend([String::new(), String::new(), String::new()]),
+                                Some(p) => row.extend(cells(&p.label, p.index, p.probability)),
+                                None => row.extend([Vec::new(), Vec::new(), Vec::new()]),
                             }
                         }
-                        row.push(String::new());
+                        row.push(Vec::new());
                     }
                     Err(error) => {
-                        row.extend(std::iter::repeat_n(String::new(), 3 + 3 * top_k));
-                        row.push(error.to_string());
+                        row.extend(std::iter::repeat_n(Vec::new(), 3 + 3 * top_k));
+                        row.push(csv_cell(error.to_string().as_bytes()));
                     }
                 }
                 writer.write_record(&row)?;
             }
             Sink::Submission(writer) => {
-                if let (Ok(top), Some(filename)) = (&result.outcome, filename) {
-                    writer.write_record([filename, top[0].label.as_str()])?;
+                let label = match &result.outcome {
+                    Ok(top) => Some(top[0].label.as_str()),
+                    Err(_) => fill,
+                };
+                if let (Some(label), Some(filename)) = (label, filename) {
+                    writer.write_record([filename, label])?;
                 }
             }
         }
         Ok(())
     }
 
-    fn finish(self) -> Result<(), Fatal> {
+    /// Flush stdout (a live progress bar is suspended around it).
+    fn flush(&mut self) -> Result<(), Fatal> {
         match self {
-            Sink::Text(mut out) => out.flush()?,
-            Sink::JsonLines(mut out) => out.flush()?,
-            Sink::Csv(mut writer) | Sink::Submission(mut writer) => writer.flush()?,
+            Sink::Text(out) | Sink::JsonLines(out) => out.flush()?,
+            _ => {}
         }
         Ok(())
+    }
+
+    /// End the run: flush stdout, or give the file its name -- unless no input was
+    /// predicted (nothing written, exit 2) or a submission misses rows (the rows made go to
+    /// `X.partial.csv`, X.csv is left alone, exit 1). Returns the exit status.
+    fn finish(self, path: Option<&Path>, tally: &Tally, fill: Option<&str>) -> Result<u8, Fatal> {
+        let status = if tally.failed == 0 {
+            0
+        } else if tally.ok == 0 {
+            2
+        } else {
+            1
+        };
+        let file = match self {
+            Sink::Text(mut out) | Sink::JsonLines(mut out) => {
+                out.flush()?;
+                return Ok(status);
+            }
+            Sink::JsonLinesFile(out) => {
+                out.into_inner().map_err(|e| cannot_write(path.expect("a file sink has a path"), e.into_error()))?
+            }
+            Sink::Csv(writer) => {
+                writer.into_inner().map_err(|e| cannot_write(path.expect("a file sink has a path"), e.into_error()))?
+            }
+            Sink::Submission(writer) => {
+                let path = path.expect("a submission has a path");
+                let file = writer.into_inner().map_err(|e| cannot_write(path, e.into_error()))?;
+                let shown = normalized(path);
+                let total = tally.ok + tally.failed;
+                if tally.failed == 0 {
+                    file.commit(None).map_err(|e| cannot_write(path, e))?;
+                } else if tally.ok == 0 {
+                    report(&format!("{}: not written: none of the {total} images could be predicted", shown.display()));
+                } else if let Some(fill) = fill {
+                    file.commit(None).map_err(|e| cannot_write(path, e))?;
+                    report(&format!(
+                        "{}: {} of {total} rows filled with {} (--fill-label)",
+                        shown.display(),
+                        tally.failed,
+                        py_str_repr(fill)
+                    ));
+                } else {
+                    let partial = partial_path(path);
+                    file.commit(Some(&partial)).map_err(|e| cannot_write(&partial, e))?;
+                    report(&format!(
+                        "{}: not written: {} of {total} images have no prediction (named above) and Kaggle rejects \
+                         a submission with rows missing; the {} predictions made are in {} (--fill-label LABEL \
+                         writes a complete submission with LABEL for those rows)",
+                        shown.display(),
+                        tally.failed,
+                        tally.ok,
+                        normalized(&partial).display()
+                    ));
+                }
+                return Ok(status);
+            }
+        };
+        let path = path.expect("a file sink has a path");
+        if tally.ok == 0 && tally.failed > 0 {
+            // Nothing done: the previous file stays as it was.
+            return Err(Fatal::new(format!(
+                "{}: not written: no input could be predicted",
+                normalized(path).display()
+            )));
+        }
+        file.commit(None).map_err(|e| cannot_write(path, e))?;
+        Ok(status)
     }
 }
 
@@ -631,6 +996,8 @@ struct PredictSettings {
     json: bool,
     output: Option<PathBuf>,
     show_progress: bool,
+    filename_column: String,
+    fill_label: Option<String>,
 }
 
 fn predict(
@@ -638,15 +1005,14 @@ fn predict(
     inputs: &[String],
     settings: &PredictSettings,
     options: ClassifierOptions,
-) -> Result<bool, Fatal> {
+) -> Result<u8, Fatal> {
     let top_k = settings.top_k;
     // Everything that can be refused is checked before the model is loaded.
-    let expanded = expand(inputs)?;
+    let expanded = expand(inputs, &settings.filename_column)?;
     if let Some(path) = &settings.output {
         check_output(path)?;
     }
     let classifier = open(model, options)?;
-    // Only now: a run refused above leaves an existing output file as it was.
     let mut sink = Sink::new(settings.output.as_deref(), settings.json, expanded.filenames.is_some(), top_k)?;
     let bar = settings.show_progress.then(|| {
         let bar = indicatif::ProgressBar::new(expanded.images.len() as u64);
@@ -659,40 +1025,60 @@ fn predict(
         bar.set_prefix("predict");
         bar
     });
-    let count = expanded.images.len();
+    // Results on a terminal that also shows the bar: the bar is cleared around each write,
+    // so no line is cut by it and no bar snapshot stays in the scrollback.
+    let stdout_shared = bar.is_some() && sink.is_stdout() && std::io::stdout().is_terminal();
+    let sources = expanded.images.clone();
     let stream =
         classifier.predict_stream(expanded.images.into_iter().map(ImageInput::Path), top_k, settings.batch_size)?;
-    let mut failed = 0;
+    let mut tally = Tally { ok: 0, failed: 0 };
+    let fill = settings.fill_label.as_deref();
     for result in stream {
         let result = result?;
-        if let Err(error) = &result.outcome {
-            failed += 1;
-            match &bar {
-                Some(bar) => bar.suspend(|| report(&error.to_string())),
-                None => report(&error.to_string()),
+        match &result.outcome {
+            Ok(_) => tally.ok += 1,
+            Err(error) => {
+                tally.failed += 1;
+                match &bar {
+                    Some(bar) => bar.suspend(|| report(&error.to_string())),
+                    None => report(&error.to_string()),
+                }
             }
         }
         let filename = expanded.filenames.as_ref().map(|names| names[result.index].as_str());
-        match sink.write(&result, filename, top_k) {
-            Err(fatal) if fatal.is_broken_pipe() => return Ok(failed == 0), // `| head`: the reader has what it wanted
-            other => other?,
+        let source = path_bytes(&sources[result.index]);
+        let mut write = || -> Result<(), Fatal> {
+            sink.write(source, &result, filename, fill, top_k)?;
+            if stdout_shared {
+                sink.flush()?;
+            }
+            Ok(())
+        };
+        let written = match &bar {
+            Some(bar) if stdout_shared => bar.suspend(write),
+            _ => write(),
+        };
+        match (written, settings.output.as_deref()) {
+            // `| head`: the reader has what it wanted
+            (Err(fatal), _) if fatal.is_broken_pipe() => return Ok(if tally.failed == 0 { 0 } else { 1 }),
+            // A full disk: the file named; the previous one is left as it was.
+            (Err(Fatal(message, _)), Some(path)) => return Err(cannot_write(path, message)),
+            (other, _) => other?,
         }
         if let Some(bar) = &bar {
             bar.inc(1);
         }
     }
     if let Some(bar) = bar {
-        bar.finish_and_clear();
+        bar.finish_and_clear(); // before the last results and messages: no stale bar above them
     }
-    match sink.finish() {
-        Err(fatal) if fatal.is_broken_pipe() => return Ok(failed == 0),
-        other => other?,
+    match sink.finish(settings.output.as_deref(), &tally, fill) {
+        Err(fatal) if fatal.is_broken_pipe() => Ok(if tally.failed == 0 { 0 } else { 1 }),
+        other => other,
     }
-    debug_assert!(failed <= count);
-    Ok(failed == 0)
 }
 
-fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool, Fatal> {
+fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<u8, Fatal> {
     let classifier = open(model, options)?;
     let mut out = std::io::stdout().lock();
     let contract = classifier.contract();
@@ -703,7 +1089,7 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         document["providers"] = serde_json::json!(classifier.providers());
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
         out.flush()?;
-        return Ok(true);
+        return Ok(0);
     }
     let spec = &contract.preprocess;
     let crop = spec.crop_size;
@@ -733,7 +1119,7 @@ fn info(model: &Path, as_json: bool, options: ClassifierOptions) -> Result<bool,
         writeln!(out, "onnxruntime:    {}", library.display())?;
     }
     out.flush()?;
-    Ok(true)
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -1,0 +1,107 @@
+"""``butterfly_onnx.serve`` (this module is ``serving`` so that the function is not shadowed
+by a submodule of the same name): put a model behind an HTTP endpoint (the Rust core's server).
+
+>>> from butterfly_onnx import serve                      # doctest: +SKIP
+>>> serve("butterflies.onnx", port=8000)                  # doctest: +SKIP
+
+There is one implementation, in the Rust crate (``rust/butterfly-onnx/src/serve/``): this
+function opens the model as the rust backend does and hands it to that server with the GIL
+released, exactly what ``butterfly-onnx serve`` (either CLI) runs.  It returns when the
+process gets SIGTERM or Ctrl-C, after answering the requests in flight.  Routes, batching,
+limits and figures: docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidArgumentError, InvalidArgumentTypeError
+
+__all__ = ["serve"]
+
+#: Stands for "the library's default" (Pillow's decompression-bomb limit) in max_image_pixels.
+DEFAULT: Any = object()
+
+
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(f"{name} must be an int or None, got {value!r}")
+    if value < 1:
+        raise InvalidArgumentError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def serve(
+    model: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str | None = None,
+    max_batch: int | None = None,
+    max_wait_ms: int | None = None,
+    max_queue: int | None = None,
+    max_body_bytes: int | None = None,
+    threads: int | None = None,
+    max_image_pixels: Any = DEFAULT,
+) -> None:
+    """Serve ``model`` (an exported .onnx file) on ``host:port`` until SIGTERM or Ctrl-C.
+
+    ``port=0`` takes any free port; a line on stdout says which once the server listens.
+    ``name``: the model's name in ``/v2/models/{name}`` (default: the file's stem).
+    ``max_batch``, ``max_wait_ms``, ``max_queue``, ``max_body_bytes``: the batching and
+    admission limits (None: the server's defaults, docs/serving.md).  ``threads`` and
+    ``max_image_pixels`` as for :class:`butterfly_onnx.Classifier`.
+    """
+    from ._backends import resolve_threads
+    from ._backends.rust import NO_PIXEL_LIMIT, find_onnxruntime_library
+    from .errors import BackendUnavailableError
+    from .images import pixel_limit_default
+
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be an int from 0 to 65535, got {port!r}")
+    if max_wait_ms is not None and (
+        isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, int) or max_wait_ms < 0
+    ):
+        raise InvalidArgumentError(f"max_wait_ms must be an int >= 0 or None, got {max_wait_ms!r}")
+    limits = {
+        key: _positive(key, value)
+        for key, value in (
+            ("max_batch", max_batch),
+            ("max_queue", max_queue),
+            ("max_body_bytes", max_body_bytes),
+        )
+    }
+    if max_image_pixels is DEFAULT:
+        max_image_pixels = pixel_limit_default()
+    else:
+        max_image_pixels = _positive("max_image_pixels", max_image_pixels)
+    try:
+        native = importlib.import_module("butterfly_onnx._native")
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"serving needs the compiled extension butterfly_onnx._native, which is not installed ({exc})"
+        ) from exc
+    classifier = native.Classifier(
+        os.fspath(Path(model)),
+        threads=resolve_threads(threads),
+        max_image_pixels=NO_PIXEL_LIMIT if max_image_pixels is None else max_image_pixels,
+        ort_library=os.fspath(find_onnxruntime_library()),
+    )
+    try:
+        native.serve(
+            classifier,
+            host=host,
+            port=port,
+            name=name,
+            max_batch=limits["max_batch"],
+            max_wait_ms=max_wait_ms,
+            max_queue=limits["max_queue"],
+            max_body_bytes=limits["max_body_bytes"],
+        )
+    except KeyboardInterrupt:  # Ctrl-C: the server has already stopped gracefully
+        pass
