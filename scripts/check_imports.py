@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("images and preprocessing", ("images", "preprocess", "datasets")),
     ("backends", ("_backends", "_native")),
     ("inference", ("classifier", "results", "evaluate")),
-    ("training and export", ("train", "export", "variants", "catalog", "sample_data")),
+    ("training and export", ("train", "export", "settings", "catalog", "sample_data")),
     ("CLI and tools", ("cli", "demo", "ray", "bench", "parity", "serving")),
 )
 OUTSIDE = {"butterfly_onnx", "butterfly_onnx.__main__"}

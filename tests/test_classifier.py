@@ -550,18 +550,16 @@ def test_model_given_as_bytes(backend, contract_model, classifiers, logit_paths)
         Classifier(b"not an onnx model", backend=backend)
 
 
-def test_prediction_to_dict_and_the_old_names(backend, classifiers, image_files):
-    from butterfly_onnx import ClassScore, TopK
+def test_prediction_to_dict(backend, classifiers, image_files):
+    from butterfly_onnx import ClassScore
 
     clf = classifiers(backend)
     prediction = clf.predict(sorted(image_files["good"].glob("*.jpg"))[0], top_k=2)[0]
-    assert TopK is ClassScore and isinstance(prediction.top_k[0], ClassScore)
+    assert isinstance(prediction.top_k[0], ClassScore)
     as_dict = prediction.to_dict()
     assert as_dict == json.loads(json.dumps(as_dict))
     assert as_dict["label"] == prediction.label and as_dict["error"] is None
     assert [t["label"] for t in as_dict["top_k"]] == [t.label for t in prediction.top_k]
-    with pytest.warns(DeprecationWarning, match="contract"):
-        assert clf.spec == clf.contract
 
 
 def test_progress_bar_on_stderr_only_when_asked(classifiers, image_files, capsys):

@@ -97,7 +97,8 @@ def test_unknown_label_is_an_error_and_the_cli(labelled, contract_model, tmp_pat
     assert {"top1", "top5", "count", "per_class"} <= set(result) and result["count"] > 0
     plot = tmp_path / "confusion.png"
     assert main(["val", str(contract_model.path), str(data), "--plot", str(plot), "--no-progress"]) == 0
-    assert Image.open(plot).format == "PNG" and "top-1" in capsys.readouterr().out
+    with Image.open(plot) as image:  # closed: an unclosed file is a ResourceWarning (an error here)
+        assert image.format == "PNG" and "top-1" in capsys.readouterr().out
     (data / "not_a_species").mkdir()
     shutil.copy(next(data.rglob("*.*")), data / "not_a_species" / "x.jpg")
     with pytest.raises(DatasetError, match="not_a_species"):

@@ -297,12 +297,9 @@ def test_export_from_a_checkpoint_path(model, photos, tmp_path):
 
 
 def test_verify_false_exports_without_images_and_says_so(model, preset, tmp_path):
-    # return_report=True is deprecated but still returns (path, the report that was saved)
-    with pytest.warns(DeprecationWarning, match=r"ExportReport\.load\(path\)"):
-        path, report = export_onnx(
-            model, tmp_path / "unverified.onnx", labels=LABELS, preprocess=preset, verify=False, return_report=True
-        )
-    assert isinstance(path, Path) and report == ExportReport.load(path)
+    path = export_onnx(model, tmp_path / "unverified.onnx", labels=LABELS, preprocess=preset, verify=False)
+    report = ExportReport.load(path)
+    assert isinstance(path, Path)
     assert report.verification is None
     contract = ModelContract.from_metadata(_session(path).get_modelmeta().custom_metadata_map)
     assert "verification" not in contract.provenance
@@ -420,12 +417,3 @@ def test_variants_from_a_finetune_result_are_loadable_carry_the_contract_and_are
         "lite0.onnx",
         "lite0.optimized.onnx",
     ]
-
-
-def test_coerce_preprocess_is_a_deprecated_alias_of_preprocess_spec_coerce(preset):
-    from butterfly_onnx.export import coerce_preprocess
-
-    plain = {"resize_size": 232, "crop_size": 200, "mean": [0.5] * 3, "std": [0.5] * 3}
-    for value in (plain, preset):
-        with pytest.warns(DeprecationWarning, match="PreprocessSpec.coerce"):
-            assert coerce_preprocess(value) == PreprocessSpec.coerce(value)

@@ -84,6 +84,7 @@ def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
         out_dir=tmp_path / "run",
         progress=True,
         seed=0,
+        precision="fp32",  # compared below with fp32 torchvision features (bf16: test_train_hardware.py)
     )
     assert result.labels == classes
     assert len(result.val_samples) == 4 * round(18 * 0.25)
@@ -161,6 +162,7 @@ def test_real_finetune_beats_chance_and_reports_everything(tmp_path):
         resume=False,
         progress=False,
         seed=0,
+        precision="fp32",
     )
     assert fallback.metrics["features"]["loaded"] is True
     assert fallback.metrics["history"][0]["val_acc1"] < probe_acc

@@ -211,7 +211,7 @@ def test_lite0_architecture_and_strict_load(lite0):
 
 
 def _imagenet_top5(model, image) -> list[str]:
-    from butterfly_onnx.train.loop import eval_transforms
+    from butterfly_onnx.train.transforms import eval_transforms
 
     categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
     with torch.no_grad():

@@ -20,7 +20,6 @@ _LAZY = {
     "Classifier": ".classifier",
     "Prediction": ".classifier",
     "ClassScore": ".classifier",
-    "TopK": ".classifier",
     "write_predictions": ".results",
     "write_submission": ".results",
     "evaluate": ".evaluate",
@@ -60,7 +59,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import model_catalog
-    from .classifier import Classifier, ClassScore, ImageSkippedWarning, Prediction, TopK
+    from .classifier import Classifier, ClassScore, ImageSkippedWarning, Prediction
     from .evaluate import evaluate
     from .export import ExportReport, export_onnx, verify_onnx
     from .results import write_predictions, write_submission

@@ -44,7 +44,6 @@ __all__ = [
     "Classifier",
     "Prediction",
     "ClassScore",
-    "TopK",
     "ImageSkippedWarning",
     "DEFAULT",
     "DECODE_BATCH",
@@ -81,10 +80,6 @@ class ClassScore(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "index": self.index, "probability": self.probability}
-
-
-#: Deprecated alias of :class:`ClassScore` (the name before 0.2).
-TopK = ClassScore
 
 
 @dataclass(frozen=True)
@@ -283,12 +278,6 @@ class Classifier:
     @property
     def contract(self) -> ModelContract:
         """The effective contract (the model's, with explicit overrides applied)."""
-        return self._backend.contract
-
-    @property
-    def spec(self) -> ModelContract:
-        """Deprecated alias of :attr:`contract`."""
-        warnings.warn("Classifier.spec is deprecated; use Classifier.contract", DeprecationWarning, stacklevel=2)
         return self._backend.contract
 
     @property

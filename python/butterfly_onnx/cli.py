@@ -366,21 +366,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 # --- finetune -----------------------------------------------------------------------------
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .settings import FinetuneSettings
     from .train import finetune
+    from .train.progress import log_to_stderr
 
-    options: dict[str, Any] = {
-        "model": args.model,
-        "weights": None if args.weights in ("none", "None") else args.weights,
-        "epochs": args.epochs,
-        "out_dir": args.out,
-        "seed": args.seed,
-        "resume": args.resume,
-    }
-    for name in ("batch_size", "lr", "head_epochs", "val_fraction", "num_workers", "patience", "device"):
-        value = getattr(args, name)
-        if value is not None:
-            options[name] = value
-    result = finetune(args.data, **options)
+    settings = FinetuneSettings(**_settings_values(args, FinetuneSettings))
+    with log_to_stderr():  # the per-epoch lines, also with --no-progress and in a redirected log
+        result = finetune(args.data, settings=settings, out_dir=args.out, resume=args.resume, progress=args.progress)
     print(f"best checkpoint: {result.checkpoint}")
     print(
         json.dumps({k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict))}, indent=2, default=str)
@@ -391,6 +383,74 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         path = export_onnx(result, args.export)
         print(f"exported: {path}")
     return EXIT_OK
+
+
+# --- options generated from the settings dataclasses (their one definition) ----------------
+def _shown(value: Any) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _option_parser(flag: str, annotation: str) -> Any:
+    """argparse ``type=`` for a settings field, from its annotation (``none`` for None)."""
+    optional = annotation.endswith("| None") or annotation == "Any"
+    base = annotation.removesuffix(" | None")
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        try:
+            if base == "int":
+                return int(text)
+            if base == "float":
+                return float(text)
+            if base == "str | float":  # unfreeze: a word or a fraction
+                return text if text in ("all", "none") else float(text)
+            if base.startswith(("PreprocessSpec", "Mapping")):
+                value = json.loads(text)
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+                return value
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}: cannot read {text!r} ({exc})") from None
+        return text
+
+    return parse
+
+
+def _add_settings_options(p: argparse.ArgumentParser, kind: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--name`` option per field of ``kind`` (a settings dataclass), its help and default
+    taken from the field; booleans as ``--name/--no-name``."""
+    from .settings import cli_fields
+
+    group = p.add_argument_group(f"{kind.__name__} (every option defaults to the API's default)")
+    for f in cli_fields(kind):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata['help']} (default: {_shown(f.default)})"
+        annotation = str(f.type)
+        if annotation in ("bool", "bool | None"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+            continue
+        choices = f.metadata.get("choices")
+        group.add_argument(
+            flag,
+            type=_option_parser(flag, annotation),
+            default=f.default,
+            choices=choices,
+            metavar=None if choices else f.name.upper(),
+            help=text,
+        )
+
+
+def _settings_values(args: argparse.Namespace, kind: type) -> dict[str, Any]:
+    from .settings import cli_fields
+
+    return {f.name: getattr(args, f.name) for f in cli_fields(kind) if hasattr(args, f.name)}
 
 
 # --- export -------------------------------------------------------------------------------
@@ -409,9 +469,10 @@ def _training_images(checkpoint: str) -> list[Path] | None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
+    from .settings import ExportSettings
 
     variants = tuple(args.variant or ())
-    kwargs: dict[str, Any] = {"variants": variants}
+    kwargs: dict[str, Any] = {}
     verify_images = args.verify_images
     calibration = args.calibration_images
     needs_images = (not args.no_verify and not verify_images) or ("int8" in variants and not calibration)
@@ -431,15 +492,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
         verify_images = verify_images or found
         calibration = calibration or found
-    if args.no_verify:
-        kwargs["verify"] = False
-    else:
+    if not args.no_verify:
         kwargs["verify_images"] = verify_images
     if calibration:
         kwargs["calibration_images"] = calibration
-    if args.min_agreement is not None:
-        kwargs["min_agreement"] = args.min_agreement
-    path = export_onnx(args.checkpoint, args.output, **kwargs)
+    values = _settings_values(args, ExportSettings)
+    settings = ExportSettings(**values, variants=variants, verify=not args.no_verify)
+    path = export_onnx(args.checkpoint, args.output, settings=settings, **kwargs)
     print(f"exported: {path}")
     if variants:  # each variant against fp32: agreement with its interval, accuracy, diff, speed
         from .export import ExportReport
@@ -638,58 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a PNG plot of accuracy vs GFLOPS here (its folder must exist)")
     p.set_defaults(run=_cmd_models)
 
-    p = sub.add_parser(
-        "finetune", parents=[common], help="fine-tune a torchvision model on a labelled image folder or CSV"
-    )
-    p.add_argument("data", help="Kaggle folder (Training_set.csv + train/), a CSV, or a class-per-folder root")
-    p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision weights name, a local file, or none")
-    p.add_argument("--epochs", type=_positive("epochs"), default=10)
-    p.add_argument("--out", type=Path, default=Path("runs/finetune"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive("batch-size"))
-    p.add_argument("--lr", type=float)
-    p.add_argument("--head-epochs", type=int)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--device")
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume",
-        dest="resume",
-        action="store_true",
-        default=None,
-        help="continue the run in --out (its last checkpoint)",
-    )
-    resume.add_argument("--fresh", dest="resume", action="store_false", help="start over, replacing the run in --out")
-    p.add_argument("--export", type=Path, help="also export the best checkpoint to this .onnx path")
-    p.set_defaults(run=_cmd_finetune)
-
-    p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
-    p.add_argument("checkpoint")
-    p.add_argument("output", type=Path)
-    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8", "bf16"))
-    verify = p.add_mutually_exclusive_group()
-    verify.add_argument(
-        "--verify-images",
-        nargs="+",
-        help="real images (files, directories) to verify torch vs ONNX on "
-        "(default: the checkpoint's training images, when they still exist)",
-    )
-    verify.add_argument("--no-verify", action="store_true", help="skip the verification against PyTorch")
-    p.add_argument(
-        "--calibration-images",
-        nargs="+",
-        help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
-    )
-    p.add_argument(
-        "--min-agreement",
-        type=float,
-        help="refuse to write a variant whose top-1 agreement with fp32 is below this "
-        "(default: export_onnx's min_agreement, 0.99; 0 turns the gate off)",
-    )
-    p.set_defaults(run=_cmd_export)
+    _finetune_parser(sub, common, progress_flags)
+    _export_parser(sub, common)
 
     p = sub.add_parser(
         "demo", parents=[common], help="the whole job on real photos: fine-tune, export, predict with both backends"
@@ -711,6 +720,57 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(f".{name}", __package__).add_arguments(p)
             p.set_defaults(run=_plugin(name))
     return parser
+
+
+def _finetune_parser(sub: Any, common: argparse.ArgumentParser, progress_flags: Any) -> None:
+    from .settings import FinetuneSettings
+
+    p = sub.add_parser(
+        "finetune",
+        parents=[common],
+        help="fine-tune a torchvision model on a labelled image folder or CSV",
+        description="Fine-tune a torchvision model: a head phase on cached features, then the whole "
+        "network; checkpoints, metrics and plots in --out, one log line per epoch on stderr.",
+    )
+    p.add_argument("data", help="Kaggle folder (Training_set.csv + train/), a CSV, or a class-per-folder root")
+    p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output folder (default: runs/finetune)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=None,
+        help="continue the run in --out (its last checkpoint)",
+    )
+    resume.add_argument("--fresh", dest="resume", action="store_false", help="start over, replacing the run in --out")
+    p.add_argument("--export", type=Path, help="also export the best checkpoint to this .onnx path (default: none)")
+    progress_flags(p)
+    _add_settings_options(p, FinetuneSettings)
+    p.set_defaults(run=_cmd_finetune)
+
+
+def _export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    from .settings import ExportSettings
+
+    p = sub.add_parser("export", parents=[common], help="export a checkpoint to a verified, self-describing ONNX file")
+    p.add_argument("checkpoint")
+    p.add_argument("output", type=Path)
+    p.add_argument("--variant", action="append", choices=("optimized", "fp16", "int8", "bf16"), help="(default: none)")
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--verify-images",
+        nargs="+",
+        help="real images (files, directories) to verify torch vs ONNX on "
+        "(default: the checkpoint's training images, when they still exist)",
+    )
+    verify.add_argument("--no-verify", action="store_true", help="skip the verification against PyTorch")
+    p.add_argument(
+        "--calibration-images",
+        nargs="+",
+        help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
+    )
+    _add_settings_options(p, ExportSettings, skip=("variants", "verify"))
+    p.set_defaults(run=_cmd_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def _torch_reference(checkpoint: Path, paths: list[Path], threads: int | None) -
 
     from .contract import PreprocessSpec
     from .train import load_checkpoint
-    from .train.loop import eval_transforms
+    from .train.transforms import eval_transforms
 
     model, config = load_checkpoint(checkpoint)
     transform = eval_transforms(PreprocessSpec.from_dict(config["preprocess"]))

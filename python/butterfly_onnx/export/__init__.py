@@ -17,10 +17,6 @@ Needs the ``train`` extra (torch, torchvision, onnx) besides onnxruntime.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
-from ..contract import PreprocessSpec
 from .pipeline import export_onnx
 from .reports import ExportReport, VariantReport, VerificationReport, report_path_for
 from .variants import VARIANTS
@@ -35,13 +31,3 @@ __all__ = [
     "VARIANTS",
     "report_path_for",
 ]
-
-
-def coerce_preprocess(value: Any, *, what: str = "preprocess") -> PreprocessSpec:
-    """Deprecated alias of :meth:`PreprocessSpec.coerce <butterfly_onnx.contract.PreprocessSpec.coerce>`."""
-    warnings.warn(
-        "butterfly_onnx.export.coerce_preprocess is deprecated: use PreprocessSpec.coerce",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return PreprocessSpec.coerce(value, what=what)

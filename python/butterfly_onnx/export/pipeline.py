@@ -11,17 +11,17 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
 
 from .._version import __version__
 from ..contract import ModelContract, write_contract
 from ..errors import ContractError, ExportError, ExportVerificationError
-from .calibration import DEFAULT_CALIBRATION_SIZE, DEFAULT_INT8_FORMAT, INT8_FORMATS, calibration_draw
+from ..settings import ExportSettings, settings_with, signature_with
+from .calibration import INT8_FORMATS, calibration_draw
 from .inputs import Sample, normalise_samples, require_onnx, require_torch
 from .reports import ExportReport, VariantReport, VerificationReport
 from .source import Source, resolve_source
@@ -39,54 +39,21 @@ from .verify import verify_onnx
 __all__ = ["export_onnx"]
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """export_onnx's keyword arguments, checked once (see export_onnx for their meaning)."""
-
-    target: Path
-    opset: int
-    dynamic_batch: bool
-    probabilities: bool
-    input_name: str
-    verify: bool
-    max_verify_images: int | None
-    max_abs_diff: float
-    min_top1_agreement: float
-    variants: tuple[str, ...]
-    calibration_size: int
-    int8_method: str
-    int8_format: str
-    min_agreement: float
-    benchmark_threads: int | None
-    benchmark_rounds: int
-    provenance: Mapping[str, Any] | None
-    batch_size: int
-    seed: int
-
-    @property
-    def output_name(self) -> str:
-        return "probabilities" if self.probabilities else "logits"
-
-    def check(self) -> None:
-        target = self.target
-        if target.suffix != ".onnx":
-            raise ExportError(f"the export path must end with .onnx, got {target}")
-        if not target.parent.is_dir():
-            raise ExportError(f"the directory of the export path does not exist: {target.parent}")
-        unknown = [v for v in self.variants if v not in VARIANTS + RUNTIME_PRECISIONS]
-        if unknown:
-            raise ExportError(f"unknown variants {unknown}; choose from {VARIANTS + RUNTIME_PRECISIONS}")
-        if "bf16" in self.variants:
-            require_openvino()
-        if "int8" in self.variants and self.int8_method not in INT8_METHODS:
-            raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {self.int8_method!r}")
-        if "int8" in self.variants and self.int8_format not in INT8_FORMATS:
-            raise ExportError(f"int8_format must be one of {INT8_FORMATS}, got {self.int8_format!r}")
-        agreement = self.min_agreement
-        if isinstance(agreement, bool) or not isinstance(agreement, (int, float)) or not 0 <= agreement <= 1:
-            raise ExportError(f"min_agreement must be a number in [0, 1], got {agreement!r}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset < 11:
-            raise ExportError(f"opset must be an int >= 11, got {self.opset!r}")
+def _check(settings: ExportSettings, target: Path) -> None:
+    """What ExportSettings cannot check alone: the path and the variant names."""
+    if target.suffix != ".onnx":
+        raise ExportError(f"the export path must end with .onnx, got {target}")
+    if not target.parent.is_dir():
+        raise ExportError(f"the directory of the export path does not exist: {target.parent}")
+    unknown = [v for v in settings.variants if v not in VARIANTS + RUNTIME_PRECISIONS]
+    if unknown:
+        raise ExportError(f"unknown variants {unknown}; choose from {VARIANTS + RUNTIME_PRECISIONS}")
+    if "bf16" in settings.variants:
+        require_openvino()
+    if "int8" in settings.variants and settings.int8_method not in INT8_METHODS:
+        raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {settings.int8_method!r}")
+    if "int8" in settings.variants and settings.int8_format not in INT8_FORMATS:
+        raise ExportError(f"int8_format must be one of {INT8_FORMATS}, got {settings.int8_format!r}")
 
 
 # --------------------------------------------------------------------------- before tracing
@@ -108,7 +75,7 @@ def _sample(samples: list[Sample], size: int | None, rng: np.random.Generator) -
 
 
 def _verification_samples(
-    verify_images: Any, src: Source, settings: _Settings, rng: np.random.Generator
+    verify_images: Any, src: Source, settings: ExportSettings, rng: np.random.Generator
 ) -> list[Sample]:
     if verify_images is not None:
         samples = normalise_samples(verify_images, "verify_images")
@@ -187,7 +154,7 @@ def _quiet_torchscript_exporter() -> Iterator[None]:
         yield
 
 
-def _trace(src: Source, settings: _Settings, out: Path) -> tuple[Any, list[Any]]:
+def _trace(src: Source, settings: ExportSettings, out: Path) -> tuple[Any, list[Any]]:
     """The ONNX graph of ``src.model`` written to ``out``, checked; (ModelProto, input shape)."""
     torch, onnx = require_torch(), require_onnx()
     model, spec, n_labels = src.model, src.preprocess, len(src.labels)
@@ -259,7 +226,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _contract(src: Source, settings: _Settings, verification: VerificationReport | None) -> ModelContract:
+def _contract(src: Source, settings: ExportSettings, verification: VerificationReport | None) -> ModelContract:
     """The fp32 model's contract: labels, preprocessing, I/O names and provenance."""
     prov: dict[str, Any] = {
         **{k: v for k, v in src.provenance.items() if v is not None},
@@ -293,7 +260,7 @@ def _contract(src: Source, settings: _Settings, verification: VerificationReport
 def _build_variants(
     staging: _Staging,
     contract: ModelContract,
-    settings: _Settings,
+    settings: ExportSettings,
     samples: list[Sample],
     calibration: list[Path] | None,
 ) -> list[VariantReport]:
@@ -359,96 +326,17 @@ def _build_variants(
 
 
 # --------------------------------------------------------------------------- export_onnx
-@overload
 def export_onnx(
     source: Any,
     path: str | os.PathLike[str],
+    settings: ExportSettings | None = None,
     *,
     labels: Sequence[str] | None = None,
     preprocess: Any = None,
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    probabilities: bool = False,
-    input_name: str = "input",
-    verify: bool = True,
     verify_images: Any = None,
-    max_verify_images: int | None = 256,
-    max_abs_diff: float = 1e-4,
-    min_top1_agreement: float = 1.0,
-    variants: Sequence[str] = (),
     calibration_images: Any = None,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    int8_method: str = "minmax",
-    int8_format: str = DEFAULT_INT8_FORMAT,
-    min_agreement: float = 0.99,
-    benchmark_threads: int | None = None,
-    benchmark_rounds: int = 7,
-    provenance: Mapping[str, Any] | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    return_report: Literal[False] = False,
-) -> Path: ...
-
-
-@overload
-def export_onnx(
-    source: Any,
-    path: str | os.PathLike[str],
-    *,
-    labels: Sequence[str] | None = None,
-    preprocess: Any = None,
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    probabilities: bool = False,
-    input_name: str = "input",
-    verify: bool = True,
-    verify_images: Any = None,
-    max_verify_images: int | None = 256,
-    max_abs_diff: float = 1e-4,
-    min_top1_agreement: float = 1.0,
-    variants: Sequence[str] = (),
-    calibration_images: Any = None,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    int8_method: str = "minmax",
-    int8_format: str = DEFAULT_INT8_FORMAT,
-    min_agreement: float = 0.99,
-    benchmark_threads: int | None = None,
-    benchmark_rounds: int = 7,
-    provenance: Mapping[str, Any] | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    return_report: Literal[True],
-) -> tuple[Path, ExportReport]: ...
-
-
-def export_onnx(
-    source: Any,
-    path: str | os.PathLike[str],
-    *,
-    labels: Sequence[str] | None = None,
-    preprocess: Any = None,
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    probabilities: bool = False,
-    input_name: str = "input",
-    verify: bool = True,
-    verify_images: Any = None,
-    max_verify_images: int | None = 256,
-    max_abs_diff: float = 1e-4,
-    min_top1_agreement: float = 1.0,
-    variants: Sequence[str] = (),
-    calibration_images: Any = None,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    int8_method: str = "minmax",
-    int8_format: str = DEFAULT_INT8_FORMAT,
-    min_agreement: float = 0.99,
-    benchmark_threads: int | None = None,
-    benchmark_rounds: int = 7,
-    provenance: Mapping[str, Any] | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    return_report: bool = False,
-) -> Path | tuple[Path, ExportReport]:
+    **overrides: Any,
+) -> Path:
     """Export a classifier to one self-describing ONNX file and verify it; returns its path.
 
     ``source``: a ``FinetuneResult``, a checkpoint path (``save_checkpoint`` format), or a
@@ -478,64 +366,41 @@ def export_onnx(
     the calibration images.
 
     The report is saved as JSON beside the model (:func:`report_path_for`); read it with
-    ``ExportReport.load(path)``.  ``return_report=True`` (deprecated) returns
-    ``(path, ExportReport)`` instead of the path.
+    ``ExportReport.load(path)``.
+
+    The knobs (``opset``, ``verify``, ``variants``, ...) are the fields of
+    :class:`~butterfly_onnx.settings.ExportSettings`, given as ``settings`` and/or keyword
+    ``overrides``: their one definition (``inspect.signature(export_onnx)`` lists them).
     """
-    if return_report:
-        warnings.warn(
-            "export_onnx(return_report=True) is deprecated: it returns the path; read the report "
-            "with ExportReport.load(path)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
     started = time.perf_counter()
-    settings = _Settings(
-        target=Path(path),
-        opset=opset,
-        dynamic_batch=dynamic_batch,
-        probabilities=probabilities,
-        input_name=input_name,
-        verify=verify,
-        max_verify_images=max_verify_images,
-        max_abs_diff=max_abs_diff,
-        min_top1_agreement=min_top1_agreement,
-        variants=tuple(variants),
-        calibration_size=calibration_size,
-        int8_method=int8_method,
-        int8_format=int8_format,
-        min_agreement=min_agreement,
-        benchmark_threads=benchmark_threads,
-        benchmark_rounds=benchmark_rounds,
-        provenance=provenance,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    settings = settings_with(ExportSettings, settings, overrides, ExportError)
+    target = Path(path)
     require_torch()
     require_onnx()
-    settings.check()
+    _check(settings, target)
     src = resolve_source(source, labels, preprocess)
     _check_size(src.model)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings.seed)
     verify_samples = _verification_samples(verify_images, src, settings, rng)
-    calibration = (
-        _calibration_samples(calibration_images, src, calibration_size, rng) if "int8" in settings.variants else None
-    )
+    calibration = None
+    if "int8" in settings.variants:
+        calibration = _calibration_samples(calibration_images, src, settings.calibration_size, rng)
 
     src.model.eval()
     try:
-        with _Staging(settings.target) as staging:
+        with _Staging(target) as staging:
             proto, input_shape = _trace(src, settings, staging.model)
             verification = None
-            if verify:
+            if settings.verify:
                 verification = verify_onnx(
                     staging.model,
                     src.model,
                     verify_samples,
                     preprocess=src.preprocess,
-                    probabilities=probabilities,
-                    max_abs_diff=max_abs_diff,
-                    min_top1_agreement=min_top1_agreement,
-                    batch_size=batch_size,
+                    probabilities=settings.probabilities,
+                    max_abs_diff=settings.max_abs_diff,
+                    min_top1_agreement=settings.min_top1_agreement,
+                    batch_size=settings.batch_size,
                 )
             contract = _contract(src, settings, verification)
             write_contract(proto, contract, staging.model)
@@ -547,9 +412,9 @@ def export_onnx(
         src.model.train(src.was_training)
 
     report = ExportReport(
-        path=str(settings.target),
-        opset=opset,
-        input_name=input_name,
+        path=str(target),
+        opset=settings.opset,
+        input_name=settings.input_name,
         output_name=settings.output_name,
         output_kind=settings.output_name,
         input_shape=input_shape,
@@ -560,4 +425,7 @@ def export_onnx(
         seconds=time.perf_counter() - started,
     )
     report.save()
-    return (settings.target, report) if return_report else settings.target
+    return target
+
+
+export_onnx.__signature__ = signature_with(export_onnx, ExportSettings)  # type: ignore[attr-defined]

@@ -3,7 +3,10 @@
 - :func:`build_model`, :func:`weights_preprocess`, :data:`ARCHITECTURES` (``models``)
 - :func:`save_checkpoint`, :func:`load_checkpoint` (``checkpoint``)
 - :func:`load_dataset`, :func:`health_report` (``data``)
-- :func:`finetune`, :class:`FinetuneResult` (``loop``), :class:`FinetuneSettings` (``settings``)
+- :func:`finetune` (``loop``: the run as named steps over ``state.Run``), :class:`FinetuneResult`
+  (``report``), :class:`FinetuneSettings` (``butterfly_onnx.settings``, torch-free)
+- one job per module: ``transforms``, ``distributed``, ``hardware`` (cores, precision, memory
+  format), ``epochs``, ``features`` (cache and probe), ``progress`` (bars, log lines), ``metrics``
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from .models import ARCHITECTURES, build_model, list_architectures, weights_prep
 
 _LAZY = {
     "finetune": ".loop",
-    "FinetuneResult": ".loop",
-    "FinetuneSettings": ".settings",
+    "FinetuneResult": ".report",
+    "FinetuneSettings": "..settings",
     "load_dataset": ".data",
     "Dataset": ".data",
     "health_report": ".data",

@@ -3,7 +3,7 @@
 While the backbone is frozen (eval mode: BatchNorm keeps its pretrained statistics, dropout
 off) the input of the classification head does not change from epoch to epoch.  It is computed
 once per image (and per augmented view), cached in ``out_dir/features.pt`` under a key of
-everything it depends on, and the head is fitted on the cache (:mod:`.loop`).
+everything it depends on, and the head is fitted on the cache (:mod:`.epochs`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import TrainingError
 from .checkpoint import atomic_save
 from .data import ImageSamples
+from .hardware import Precision, to_layout
 from .models import classifier_head
 
 __all__ = ["FeatureCache", "cacheable_head", "extract_features", "fit_probe", "cache_key", "probe_head_state"]
@@ -45,12 +46,13 @@ def extract_features(
     *,
     batch_size: int,
     device: torch.device,
-    amp: bool,
+    precision: Precision,
     workers: int,
+    channels_last: bool = False,
     progress_bar: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's input for every sample, float32 on the CPU, in sample order, with the model
-    in eval mode (the caller restores the mode it needs)."""
+    in eval mode (the caller restores the mode it needs), computed in ``precision``."""
     head = cacheable_head(model)
     if head is None:
         raise TrainingError(f"{type(model).__name__} has no Linear head: its features cannot be cached")
@@ -63,8 +65,8 @@ def extract_features(
     targets = []
     try:
         for images, target in loader:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                model(images.to(device))
+            with precision.autocast():
+                model(to_layout(images, device, channels_last))
             targets.append(target)
             if progress_bar is not None:
                 progress_bar.update(1)

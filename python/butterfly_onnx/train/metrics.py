@@ -83,8 +83,11 @@ def _figure(width: float, height: float) -> Any:
     return figure
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """Loss and accuracy per epoch (train and validation) as one PNG."""
+def plot_curves(history: list[dict[str, Any]], path: Path, best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch (train and validation) as one PNG: whole-epoch ticks, the
+    head phase shaded, the best epoch marked (``best_epoch``; 0 = the linear probe's head)."""
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(10, 4)
     loss_ax, acc_ax = figure.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
@@ -95,9 +98,15 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     acc_ax.plot(epochs, [row["val_acc1"] for row in history], "o-", label="val top-1")
     acc_ax.plot(epochs, [row["val_acc5"] for row in history], "o--", label="val top-5")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
+    head = [row["epoch"] for row in history if row.get("phase") == "head"]
     for ax in (loss_ax, acc_ax):
+        if head:
+            ax.axvspan(min(head) - 0.5, max(head) + 0.5, color="tab:gray", alpha=0.12, label="head phase")
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", linestyle=":", label=f"best (epoch {best_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
     return path
