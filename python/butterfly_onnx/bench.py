@@ -428,6 +428,8 @@ def run_bench(
     providers.  ``variants``: reduced-precision files of the same model (e.g.
     ``model.int8.onnx``), run side by side as ``<backend>:<variant>`` contenders whose top-1
     agreement and max logit difference are against the same backend on ``model``."""
+    # Long on purpose: every contender runs inside the same round loop (interleaved, the project's
+    # rule for timings on a shared machine), so that loop nest stays whole; setup and rows are helpers.
     import numpy as np
 
     from . import Classifier
@@ -466,29 +468,10 @@ def run_bench(
         except ImportError as exc:
             skipped["torchvision"] = f"not installed ({exc})"
     for n_threads in threads:
-        made: dict[str, _Contender] = {}
-        for name in contenders:
-            if name in skipped:
-                continue
-            try:
-                if name == "torchvision":
-                    made[name] = _Torchvision(model, spec, n_threads, torch_module)
-                elif name == "handwritten":
-                    made[name] = _Handwritten(model, spec, n_threads)
-                else:
-                    made[name] = _Backend(
-                        model, name, n_threads, jpeg_draft, {"providers": providers, "device": device}
-                    )
-            except Exception as exc:  # a backend that is not built here is reported, not fatal
-                if "execution provider" in str(exc):
-                    raise  # what was asked for cannot run: no figures without it
-                skipped[name] = f"{type(exc).__name__}: {exc}"
-        for variant in variants:  # "model.int8.onnx" -> "rust:int8", beside "rust"
-            label = Path(variant).stem.rpartition(".")[2]
-            for name in [c for c in ("python", "rust") if c in made]:
-                made[f"{name}:{label}"] = _Backend(
-                    str(variant), name, n_threads, jpeg_draft, {"providers": providers, "device": device}
-                )
+        runtime = {"providers": providers, "device": device}
+        made = _make_contenders(
+            model, spec, contenders, variants, n_threads, jpeg_draft, runtime, torch_module, skipped
+        )
         if not made:
             break
         floor_session = _ort_session(model, n_threads)
@@ -536,39 +519,7 @@ def run_bench(
                 floor = (min(floor_decode) + min(floor_infer)) * 1e3
                 floor_ms[f"batch {batch_size}, threads {n_threads}"] = floor
                 reference = "torchvision" if "torchvision" in made else next(iter(made))
-                tv_e2e = min(stats["torchvision"]["e2e"]) * 1e3 if "torchvision" in made else None
-                hand_e2e = min(stats["handwritten"]["e2e"]) * 1e3 if "handwritten" in made else None
-                ref_logits = logits[reference]
-                for name, s in stats.items():
-                    e2e = min(s["e2e"]) * 1e3
-                    ms = [v * 1e3 for v in s["e2e"]]
-                    agree = diff = None
-                    # a variant ("rust:int8") is compared with its backend on the fp32 model
-                    base = logits[name.partition(":")[0]] if ":" in name else ref_logits
-                    if name != reference and logits[name].shape == base.shape:
-                        agree = float(np.mean(logits[name].argmax(1) == base.argmax(1)))
-                        diff = float(np.max(np.abs(logits[name].astype(np.float64) - base)))
-                    rows.append(
-                        BenchRow(
-                            contender=name,
-                            batch_size=batch_size,
-                            threads=n_threads,
-                            decode_ms=min(s["decode"]) * 1e3 if s["decode"] else None,
-                            preprocess_ms=min(s["preprocess"]) * 1e3 if s["preprocess"] else None,
-                            decode_preprocess_ms=min(s["dec_pre"]) * 1e3,
-                            inference_ms=min(s["infer"]) * 1e3,
-                            end_to_end_ms=e2e,
-                            p50_ms=statistics.median(ms),
-                            p90_ms=_percentile(ms, 0.9),
-                            images_per_s=1000.0 / e2e if e2e > 0 else float("inf"),
-                            vs_torchvision=None if tv_e2e is None else tv_e2e / e2e,
-                            vs_floor=floor / e2e,
-                            vs_handwritten=None if hand_e2e is None else hand_e2e / e2e,
-                            top1_agreement=agree,
-                            max_logit_diff=diff,
-                            providers=getattr(made[name], "providers", "CPUExecutionProvider"),
-                        )
-                    )
+                rows += _rows(made, stats, logits, reference, floor, batch_size, n_threads)
         finally:
             if torch is not None and before is not None:
                 torch.set_num_threads(before)
@@ -583,6 +534,89 @@ def run_bench(
         skipped=skipped,
         jpeg_draft=jpeg_draft,
     )
+
+
+def _make_contenders(
+    model: str,
+    spec: Any,
+    contenders: Sequence[str],
+    variants: Sequence[str | os.PathLike[str]],
+    n_threads: int,
+    jpeg_draft: bool,
+    runtime: dict[str, Any],
+    torch_module: Any,
+    skipped: dict[str, str],
+) -> dict[str, _Contender]:
+    """The contenders that can run here at ``n_threads`` (the others land in ``skipped``), then
+    each variant file beside its backend ("model.int8.onnx" -> "rust:int8")."""
+    made: dict[str, _Contender] = {}
+    for name in contenders:
+        if name in skipped:
+            continue
+        try:
+            if name == "torchvision":
+                made[name] = _Torchvision(model, spec, n_threads, torch_module)
+            elif name == "handwritten":
+                made[name] = _Handwritten(model, spec, n_threads)
+            else:
+                made[name] = _Backend(model, name, n_threads, jpeg_draft, runtime)
+        except Exception as exc:  # a backend that is not built here is reported, not fatal
+            if "execution provider" in str(exc):
+                raise  # what was asked for cannot run: no figures without it
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+    for variant in variants:
+        label = Path(variant).stem.rpartition(".")[2]
+        for name in [c for c in ("python", "rust") if c in made]:
+            made[f"{name}:{label}"] = _Backend(str(variant), name, n_threads, jpeg_draft, runtime)
+    return made
+
+
+def _rows(
+    made: dict[str, _Contender],
+    stats: dict[str, dict[str, list[float]]],
+    logits: dict[str, Any],
+    reference: str,
+    floor: float,
+    batch_size: int,
+    n_threads: int,
+) -> list[BenchRow]:
+    """One row per contender from its rounds (best of each figure), compared with the reference."""
+    import numpy as np
+
+    tv_e2e = min(stats["torchvision"]["e2e"]) * 1e3 if "torchvision" in made else None
+    hand_e2e = min(stats["handwritten"]["e2e"]) * 1e3 if "handwritten" in made else None
+    rows = []
+    for name, s in stats.items():
+        e2e = min(s["e2e"]) * 1e3
+        ms = [v * 1e3 for v in s["e2e"]]
+        agree = diff = None
+        # a variant ("rust:int8") is compared with its backend on the fp32 model
+        base = logits[name.partition(":")[0]] if ":" in name else logits[reference]
+        if name != reference and logits[name].shape == base.shape:
+            agree = float(np.mean(logits[name].argmax(1) == base.argmax(1)))
+            diff = float(np.max(np.abs(logits[name].astype(np.float64) - base)))
+        rows.append(
+            BenchRow(
+                contender=name,
+                batch_size=batch_size,
+                threads=n_threads,
+                decode_ms=min(s["decode"]) * 1e3 if s["decode"] else None,
+                preprocess_ms=min(s["preprocess"]) * 1e3 if s["preprocess"] else None,
+                decode_preprocess_ms=min(s["dec_pre"]) * 1e3,
+                inference_ms=min(s["infer"]) * 1e3,
+                end_to_end_ms=e2e,
+                p50_ms=statistics.median(ms),
+                p90_ms=_percentile(ms, 0.9),
+                images_per_s=1000.0 / e2e if e2e > 0 else float("inf"),
+                vs_torchvision=None if tv_e2e is None else tv_e2e / e2e,
+                vs_floor=floor / e2e,
+                vs_handwritten=None if hand_e2e is None else hand_e2e / e2e,
+                top1_agreement=agree,
+                max_logit_diff=diff,
+                providers=getattr(made[name], "providers", "CPUExecutionProvider"),
+            )
+        )
+    return rows
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -371,6 +371,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .train.progress import log_to_stderr
 
     settings = FinetuneSettings(**_settings_values(args, FinetuneSettings))
+    if args.export:  # before hours of training, not after
+        writable_path(args.export, "exported model")
     with log_to_stderr():  # the per-epoch lines, also with --no-progress and in a redirected log
         result = finetune(args.data, settings=settings, out_dir=args.out, resume=args.resume, progress=args.progress)
     print(f"best checkpoint: {result.checkpoint}")
@@ -537,17 +539,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def progress_flags(p: argparse.ArgumentParser) -> None:
-        group = p.add_mutually_exclusive_group()
-        group.add_argument(
-            "--progress",
-            dest="progress",
-            action="store_true",
-            default=None,
-            help="a progress bar on stderr (default: when stderr is a terminal)",
-        )
-        group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    # one function per subcommand, in the order `--help` lists them
+    _predict_parser(sub, common)
+    _serve_parser(sub, common)
+    _val_parser(sub, common)
+    _info_parser(sub, common)
+    _annotate_parser(sub, common)
+    _models_parser(sub, common)
+    _finetune_parser(sub, common, _progress_flags)
+    _export_parser(sub, common)
+    _demo_parser(sub, common)
 
+    for name, help_text in (
+        ("bench", "time decode, preprocess and inference per backend"),
+        ("parity", "max difference per stage between torchvision, python and rust"),
+    ):
+        if _has_module(f"butterfly_onnx.{name}"):
+            p = sub.add_parser(name, parents=[common], help=help_text)
+            importlib.import_module(f".{name}", __package__).add_arguments(p)
+            p.set_defaults(run=_plugin(name))
+    return parser
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _predict_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predict", parents=[common], help="classify images with an exported model")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument(
@@ -589,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a CSV input + -o X.csv: give images that failed this label, so the submission has every row "
         "(default: X.csv is not written, the predictions made go to X.partial.csv)",
     )
-    progress_flags(p)
+    _progress_flags(p)
     p.add_argument("--backend", choices=("python", "rust"), default="rust", help="which inference backend")
     add_provider_arguments(p)
     p.add_argument(
@@ -617,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.set_defaults(run=_cmd_predict)
 
+
+def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "serve", parents=[common], help="serve a model over HTTP (Open Inference Protocol v2, /v1/classify, /metrics)"
     )
@@ -632,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
     p.set_defaults(run=_cmd_serve)
 
+
+def _val_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("val", parents=[common], help="accuracy of a model on labelled images (torch-free)")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("data", help="a Kaggle folder/CSV (filename,label) or a class-per-folder tree")
@@ -654,16 +684,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--filename-column", default="filename", help="the CSV column naming the images")
     p.add_argument("--label-column", default="label", help="the CSV column holding the true labels")
-    progress_flags(p)
+    _progress_flags(p)
     add_provider_arguments(p)
     p.set_defaults(run=_cmd_val)
 
+
+def _info_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", parents=[common], help="show a model's contract")
     p.add_argument("model", help="an exported .onnx file")
     p.add_argument("--json", action="store_true", help="the contract as JSON")
     add_provider_arguments(p)
     p.set_defaults(run=_cmd_info)
 
+
+def _annotate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "annotate",
         parents=[common],
@@ -686,6 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_annotate)
 
+
+def _models_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", parents=[common], help="torchvision's classification weights: table and plot")
     p.add_argument("--min-acc1", type=float, help="only weights with at least this ImageNet top-1 (%%)")
     p.add_argument("--max-gflops", type=float, help="only weights with at most this many GFLOPS per image")
@@ -697,9 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a PNG plot of accuracy vs GFLOPS here (its folder must exist)")
     p.set_defaults(run=_cmd_models)
 
-    _finetune_parser(sub, common, progress_flags)
-    _export_parser(sub, common)
 
+def _demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo", parents=[common], help="the whole job on real photos: fine-tune, export, predict with both backends"
     )
@@ -710,16 +745,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive("epochs"), default=4)
     p.add_argument("--threads", type=_positive("threads"), default=None)
     p.set_defaults(run=_cmd_demo)
-
-    for name, help_text in (
-        ("bench", "time decode, preprocess and inference per backend"),
-        ("parity", "max difference per stage between torchvision, python and rust"),
-    ):
-        if _has_module(f"butterfly_onnx.{name}"):
-            p = sub.add_parser(name, parents=[common], help=help_text)
-            importlib.import_module(f".{name}", __package__).add_arguments(p)
-            p.set_defaults(run=_plugin(name))
-    return parser
 
 
 def _finetune_parser(sub: Any, common: argparse.ArgumentParser, progress_flags: Any) -> None:

@@ -619,6 +619,8 @@ def resolve_contract(
 
     Nothing is ever filled in from defaults.  Every error names ``source``.
     """
+    # Long on purpose: the precedence rule (explicit, then the model's, then an error) reads top to
+    # bottom, field by field, as docs/contract.md states it and Rust's contract::resolve mirrors it.
     if labels is not None:
         try:
             labels = _check_labels(labels)

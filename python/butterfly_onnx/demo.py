@@ -55,6 +55,8 @@ def run_demo(
     threads: int | None = None,
     model: str = "efficientnet_lite0",
 ) -> dict[str, Any]:
+    # Long on purpose: the demo is the user's workflow as a script (data, fine-tune, export, both
+    # backends, summary); its steps read in the order a user runs them.
     from .classifier import Classifier
     from .export import ExportReport, export_onnx
     from .sample_data import tuxpaint_photo_dataset

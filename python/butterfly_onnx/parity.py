@@ -269,6 +269,8 @@ def run_parity(
     mode with torchvision on Pillow's drafted JPEGs (module docstring).  ``variants``: files of
     the same model in reduced precision (``model.int8.onnx``), compared with ``model`` on each
     backend (``ParityResult.variants``)."""
+    # Long on purpose: each image is decoded once and every stage is compared for every backend in
+    # that one pass, so the per-stage loops share their state.
     import numpy as np
 
     from . import Classifier

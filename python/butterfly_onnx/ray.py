@@ -334,6 +334,8 @@ def predict_dataset(
         check_model: open the model once here first, so a missing or invalid model (or
             backend) is one clear error before any actor starts.
     """
+    # Long on purpose: every argument is checked here on the driver, before any Ray work starts, so
+    # a mistake is one clear error instead of one per actor; the Ray part at the end is short.
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for name, value in (("top_k", top_k), ("batch_size", batch_size)):
