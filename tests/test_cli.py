@@ -570,3 +570,16 @@ def test_annotate_gives_a_plain_onnx_model_its_contract(contract_model, photos, 
         assert done.returncode == 2 and "butterfly-onnx annotate" in done.stderr
     assert main(["annotate", str(tmp_path / "plain.onnx"), "--labels", str(tmp_path / "none.txt")]) == 2
     assert "none.txt" in capsys.readouterr().err
+
+
+def test_finetune_export_path_checked_before_training(tmp_path, capsys):
+    """`finetune --export missing/dir/x.onnx` is refused at once (exit 2, one line naming the
+    folder), before any data is read or any run folder is made, not after hours of training."""
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    out = tmp_path / "run"
+    code = main(["finetune", str(data), "--out", str(out), "--export", str(tmp_path / "missing" / "x.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "missing" in err and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
