@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
+
 __all__ = ["run_demo"]
 
 
@@ -134,7 +136,8 @@ def run_demo(
         "validation_images": len(paths),
         "backends": rows,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_write(out / "summary.json", encoding="utf-8") as handle:
+        handle.write(json.dumps(summary, indent=2))
     example = paths[0]
     print(f"\nTry it: butterfly-onnx predict {onnx_path} {example} --backend rust")
     return summary

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
+
 __all__ = ["ExportReport", "SpeedRow", "VariantReport", "VerificationReport", "report_path_for", "wilson_interval"]
 
 #: the normal quantile of a two-sided 95 % interval
@@ -166,9 +168,8 @@ class ExportReport:
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write the JSON report (default: :func:`report_path_for` the model), atomically."""
         target = Path(path) if path is not None else report_path_for(self.path)
-        tmp = target.with_name("." + target.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, target)
+        with atomic_write(target, encoding="utf-8") as handle:
+            handle.write(self.to_json())
         return target
 
     @classmethod

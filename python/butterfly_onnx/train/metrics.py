@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
+
 __all__ = ["topk_accuracy", "classification_metrics", "write_history", "plot_curves", "plot_confusion"]
 
 
@@ -63,15 +65,12 @@ def write_history(history: list[dict[str, Any]], csv_path: Path, json_path: Path
         columns = list(history[0])
         for row in history[1:]:
             columns += [c for c in row if c not in columns]
-        tmp = csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as handle:
+        with atomic_write(csv_path, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(history)
-        tmp.replace(csv_path)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe({**extra, "history": history}), indent=2))
-    tmp.replace(json_path)
+    with atomic_write(json_path, encoding="utf-8") as handle:
+        handle.write(json.dumps(_json_safe({**extra, "history": history}), indent=2))
 
 
 def _figure(width: float, height: float) -> Any:
@@ -108,7 +107,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, best_epoch: int | Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png")
     return path
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write
 from ..contract import PreprocessSpec
 from ..settings import FinetuneSettings
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -123,7 +124,8 @@ def _write_outputs(run: Run, metrics: dict[str, Any], report: dict[str, Any]) ->
     final = {k: v for k, v in metrics.items() if k != "history"}
     write_history(run.history, out / "metrics.csv", out / "metrics.json", {"labels": labels, "best": final})
     if run.data.health is not None:
-        (out / "health.json").write_text(json.dumps(run.data.health, indent=2))
+        with atomic_write(out / "health.json", encoding="utf-8") as handle:
+            handle.write(json.dumps(run.data.health, indent=2))
     plots = {"curves": plot_curves(run.history, out / "curves.png", best_epoch=metrics["best_epoch"])}
     title = (
         "Validation confusion (linear probe head)"
