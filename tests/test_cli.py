@@ -269,7 +269,12 @@ def test_export_a_checkpoint_then_predict(contract_model, photos, tmp_path, caps
     )
     out_path = tmp_path / "cli.onnx"
     assert main(["export", str(checkpoint), str(out_path), "--verify-images", *map(str, photos)]) == 0
-    assert "exported" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exported" in printed
+    # the verification's figures and where the report is, not only the path
+    assert f"verified: {len(photos)} images: max |torch - onnx|" in printed
+    assert f"report: {out_path.with_name('cli.export.json')}" in printed
+    assert out_path.with_name("cli.export.json").is_file()
     ours = Classifier(out_path, backend="rust").logits(photos)
     reference = Classifier(contract_model.path, backend="python").logits(photos)
     assert abs(ours - reference).max() <= 1e-4

@@ -502,11 +502,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     settings = ExportSettings(**values, variants=variants, verify=not args.no_verify)
     path = export_onnx(args.checkpoint, args.output, settings=settings, **kwargs)
     print(f"exported: {path}")
-    if variants:  # each variant against fp32: agreement with its interval, accuracy, diff, speed
-        from .export import ExportReport
+    from .export import ExportReport, report_path_for
 
-        for variant in ExportReport.load(path).variants:
-            print(f"variant {variant.summary()}")
+    # What was measured, so nobody has to open the JSON: torch vs ONNX, then each variant against
+    # fp32 (agreement with its interval, accuracy, max logit difference, speed).
+    report = ExportReport.load(path)
+    if report.verification is not None:
+        print(f"verified: {report.verification.summary()}")
+    for variant in report.variants:
+        print(f"variant {variant.summary()}")
+    print(f"report: {report_path_for(path)}")
     return EXIT_OK
 
 
