@@ -129,4 +129,6 @@ def test_cli_finetune_redirected_log_is_plain_lines(tmp_path):
     for line, row in zip(lines, history, strict=True):
         assert line.startswith(f"epoch {row['epoch']}/3 ({row['phase']}")
         assert f"top-1 {row['val_acc1']:.4f}" in line and f"val loss {row['val_loss']:.4f}" in line
+    for line in lines:  # each once: not also through the command line's own log handler
+        assert text.count(line[:40]) == 1, text
     assert any(line.startswith("best epoch") or line.startswith("the linear probe") for line in text.splitlines())

@@ -41,17 +41,21 @@ def bar(enabled: bool, total: int, desc: str | None, leave: bool = True) -> Any:
 
 @contextlib.contextmanager
 def log_to_stderr() -> Iterator[None]:
-    """The training log lines (INFO) as plain lines on stderr, until the block ends."""
+    """The training log lines (INFO) as plain lines on stderr, until the block ends, and only
+    there: they do not also propagate to the package logger (whose console handler, under the
+    command line, would print each line a second time)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    previous = LOGGER.level
+    previous = LOGGER.level, LOGGER.propagate
     LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
     try:
         yield
     finally:
         LOGGER.removeHandler(handler)
-        LOGGER.setLevel(previous)
+        LOGGER.setLevel(previous[0])
+        LOGGER.propagate = previous[1]
 
 
 @contextlib.contextmanager
