@@ -387,7 +387,7 @@ def test_every_option_has_help_and_its_default():
     """--help: a sentence for every option and positional of the commands this file covers,
     and the default of every option that has one (finetune/export: tests/test_train_*)."""
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    for name in ("predict", "val", "info", "models", "bench", "parity"):
+    for name in ("predict", "serve", "val", "info", "annotate", "models", "demo", "bench", "parity"):
         if name not in sub.choices:
             continue
         parser = sub.choices[name]

@@ -519,7 +519,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=args.out, data=args.data, epochs=args.epochs, threads=args.threads)
+    run_demo(out_dir=args.out, data=args.data, epochs=args.epochs, threads=args.threads, progress=args.progress)
     return EXIT_OK
 
 
@@ -657,11 +657,32 @@ def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="the port (0: any free one, printed on start; default 8000)")
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the file's stem)")
-    p.add_argument("--max-batch", type=_positive("max-batch"), help="images per model batch across requests")
-    p.add_argument("--max-wait-ms", type=int, help="how long a batch waits to fill, in milliseconds")
-    p.add_argument("--max-queue", type=_positive("max-queue"), help="requests admitted at once; past it, 503")
-    p.add_argument("--max-body-bytes", type=_positive("max-body-bytes"), help="largest request body; past it, 413")
-    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument(
+        "--max-batch",
+        type=_positive("max-batch"),
+        help="images per model batch across requests (default: the server's, docs/serving.md)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=int,
+        help="how long a batch waits to fill, in milliseconds (default: the server's, docs/serving.md)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_positive("max-queue"),
+        help="requests admitted at once; past it, 503 (default: the server's, docs/serving.md)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=_positive("max-body-bytes"),
+        help="largest request body; past it, 413 (default: the server's, docs/serving.md)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive("threads"),
+        default=None,
+        help="threads for decoding and inference (default: all cores)",
+    )
     p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
     p.set_defaults(run=_cmd_serve)
 
@@ -746,9 +767,15 @@ def _demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", help="a dataset (e.g. Kaggle's butterfly folder); default: real photos from tuxpaint stamps"
     )
-    p.add_argument("--out", type=Path, default=Path("demo_out"))
-    p.add_argument("--epochs", type=_positive("epochs"), default=4)
-    p.add_argument("--threads", type=_positive("threads"), default=None)
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="the folder for everything (default: demo_out)")
+    p.add_argument("--epochs", type=_positive("epochs"), default=4, help="fine-tuning epochs (default: 4)")
+    p.add_argument(
+        "--threads",
+        type=_positive("threads"),
+        default=None,
+        help="threads for the inference backends (default: all cores)",
+    )
+    _progress_flags(p)
     p.set_defaults(run=_cmd_demo)
 
 

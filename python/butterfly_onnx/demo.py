@@ -56,6 +56,7 @@ def run_demo(
     epochs: int = 4,
     threads: int | None = None,
     model: str = "efficientnet_lite0",
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     # Long on purpose: the demo is the user's workflow as a script (data, fine-tune, export, both
     # backends, summary); its steps read in the order a user runs them.
@@ -77,7 +78,16 @@ def run_demo(
     # finetune's defaults (docs/training.md): the head fitted on cached frozen features, then the
     # whole network; the linear probe on the same features is the floor.  A rerun starts fresh
     # (resume=False) and reuses the cached features.
-    result = finetune(data, model=model, weights="DEFAULT", epochs=epochs, out_dir=out / "run", seed=0, resume=False)
+    result = finetune(
+        data,
+        model=model,
+        weights="DEFAULT",
+        epochs=epochs,
+        out_dir=out / "run",
+        seed=0,
+        resume=False,
+        progress=progress,
+    )
     metrics = result.metrics
     chosen = "the linear probe's head" if metrics.get("selected") == "probe" else f"epoch {metrics.get('best_epoch')}"
     probe = metrics.get("probe_acc1")
