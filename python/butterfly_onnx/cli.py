@@ -518,8 +518,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # --- demo ---------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .train.progress import log_to_stderr
 
-    run_demo(out_dir=args.out, data=args.data, epochs=args.epochs, threads=args.threads, progress=args.progress)
+    with log_to_stderr():  # the training's report and epoch lines as plain lines, as in finetune
+        run_demo(out_dir=args.out, data=args.data, epochs=args.epochs, threads=args.threads, progress=args.progress)
     return EXIT_OK
 
 
