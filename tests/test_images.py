@@ -254,5 +254,9 @@ def test_one_pixel_limit_whatever_the_way_and_the_backend(
             refused = {
                 image: any(f"{image}:" in line and "exceeds" in line for line in lines) for image in (small, bomb)
             }
-            assert code in (0, 1) and "panicked" not in stderr, stderr
+            # exit 1 when some images failed (refused, or the bomb's truncated data), 2 when none
+            # produced a result (the CLI's rule)
+            failed = [any(f"{image}:" in line for line in lines) for image in (small, bomb)]
+            assert code == (2 if all(failed) else 1 if any(failed) else 0), stderr
+            assert "panicked" not in stderr, stderr
     assert refused == expected
