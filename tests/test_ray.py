@@ -194,7 +194,10 @@ def test_model_by_path_and_bytes_and_writers(ray_cluster, contract_model, image_
 
     names = [os.path.basename(p) for p in image_files]
     left_out = write_submission(ds, tmp_path / "submission.csv", filenames=names[::-1])
-    lines = list(csv.reader((tmp_path / "submission.csv").open()))
+    # images failed: no submission under that name (Kaggle rejects missing rows), the rows
+    # predicted go to submission.partial.csv (results.write_submission's rule)
+    assert not (tmp_path / "submission.csv").exists()
+    lines = list(csv.reader((tmp_path / "submission.partial.csv").open()))
     assert lines[0] == ["filename", "label"]
     good = [p for p in image_files[::-1] if reference[p].ok]
     assert lines[1:] == [[os.path.basename(p), reference[p].label] for p in good]
@@ -258,8 +261,13 @@ def test_predict_cli_kaggle_csv_and_jsonl(ray_cluster, contract_model, image_fil
         progress=False,
         ray=None,
     )
-    assert predict_cli(args) == 1  # one image failed
-    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    from butterfly_onnx.results import console_logging
+
+    with console_logging():  # the command line's error lines on stderr, as main() sets them up
+        code = predict_cli(args)
+    assert code == 1  # one image failed: sub.csv is not written, sub.partial.csv is
+    assert not (tmp_path / "sub.csv").exists()
+    lines = (tmp_path / "sub.partial.csv").read_text().splitlines()
     assert lines == ["filename,label"] + [f"{Path(p).name},{reference[p].label}" for p in picked[:4]]
     err = capsys.readouterr().err
     assert err.count("butterfly-onnx: error: ") == 1 and Path(picked[-1]).name in err
@@ -280,13 +288,15 @@ def test_predict_cli_kaggle_csv_and_jsonl(ray_cluster, contract_model, image_fil
 
     # a directory input, and Ray's Parquet writer
     args.inputs, args.output = [str(folder / "test")], str(tmp_path / "out.parquet")
-    assert predict_cli(args) == 1
+    with console_logging():
+        assert predict_cli(args) == 1
     table = pq.read_table(tmp_path / "out.parquet")
     assert sorted(table.column("path").to_pylist()) == sorted(str(folder / "test" / Path(p).name) for p in picked)
     assert capsys.readouterr().err.count("butterfly-onnx: error: ") == 1
 
     args.model = str(tmp_path / "missing.onnx")
-    assert predict_cli(args) == 2
+    with console_logging():
+        assert predict_cli(args) == 2
     assert "missing.onnx" in capsys.readouterr().err
 
 

@@ -557,7 +557,12 @@ def _cli_run(
     if parquet and output is not None:
         ds = ds.materialize()
         write_parquet(ds, output)
-        for _ in report(iter_predictions(ds.filter(lambda row: row["error"] is not None))):
+        with warnings.catch_warnings():
+            # Ray 2.60 advises expressions over a Python filter for speed; this one reads only
+            # the failed rows of a materialized dataset, to name them
+            warnings.filterwarnings("ignore", "Use 'expr' instead of 'fn'", UserWarning)
+            failed = ds.filter(lambda row: row["error"] is not None)
+        for _ in report(iter_predictions(failed)):
             pass
     elif output is not None and filenames is not None and fmt == "csv":
         write_kaggle(report(iter_predictions(ds)), filenames, output)
