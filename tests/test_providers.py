@@ -113,6 +113,19 @@ def test_a_provider_this_runtime_lacks_is_refused_with_what_provides_it(backend,
 
 
 @pytest.mark.parametrize("name, device", NOT_HERE, ids=[n for n, _ in NOT_HERE])
+def test_serve_refuses_it_before_listening(contract_model, name, device):
+    from butterfly_onnx import serve
+
+    if name in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime has {name}")
+    require_backend("rust")
+    for kwargs in ({"providers": [name]}, {"device": device}):
+        with pytest.raises(BackendUnavailableError) as caught:
+            serve(contract_model.path, port=0, **kwargs)
+        assert str(caught.value) == _unavailable(name)
+
+
+@pytest.mark.parametrize("name, device", NOT_HERE, ids=[n for n, _ in NOT_HERE])
 def test_both_clis_refuse_it_in_one_line_with_exit_status_2(name, device, contract_model, photos, capsys):
     if name in ort.get_available_providers():
         pytest.skip(f"this onnxruntime has {name}")
@@ -123,6 +136,7 @@ def test_both_clis_refuse_it_in_one_line_with_exit_status_2(name, device, contra
         ["predict", model, photos[0], "--device", device],
         ["predict", model, photos[0], "--provider", name, "--backend", "python"],
         ["info", model, "--device", device],
+        ["serve", model, "--port", "0", "--device", device],  # refused before it listens
     ):
         assert main(args) == 2
         out, err = capsys.readouterr()

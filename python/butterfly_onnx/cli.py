@@ -227,6 +227,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
         **pixels,
+        **provider_arguments(args),
     )
     return EXIT_OK
 
@@ -686,6 +687,7 @@ def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="threads for decoding and inference (default: all cores)",
     )
     p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
+    add_provider_arguments(p)
     p.set_defaults(run=_cmd_serve)
 
 

@@ -13,7 +13,6 @@ limits and figures: docs/serving.md.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -48,18 +47,21 @@ def serve(
     max_body_bytes: int | None = None,
     threads: int | None = None,
     max_image_pixels: Any = DEFAULT,
+    providers: Any = None,
+    device: str | None = None,
 ) -> None:
     """Serve ``model`` (an exported .onnx file) on ``host:port`` until SIGTERM or Ctrl-C.
 
     ``port=0`` takes any free port; a line on stdout says which once the server listens.
     ``name``: the model's name in ``/v2/models/{name}`` (default: the file's stem).
     ``max_batch``, ``max_wait_ms``, ``max_queue``, ``max_body_bytes``: the batching and
-    admission limits (None: the server's defaults, docs/serving.md).  ``threads`` and
-    ``max_image_pixels`` as for :class:`butterfly_onnx.Classifier`.
+    admission limits (None: the server's defaults, docs/serving.md).  ``threads``,
+    ``max_image_pixels``, ``providers`` and ``device`` as for :class:`butterfly_onnx.Classifier`
+    (its rust backend: a provider that is missing is a ``BackendUnavailableError``, never a
+    silent fallback).
     """
-    from ._backends import resolve_threads
-    from ._backends.rust import NO_PIXEL_LIMIT, find_onnxruntime_library
-    from .errors import BackendUnavailableError
+    from ._backends.providers import resolve_providers
+    from ._backends.rust import Backend
     from .images import pixel_limit_default
 
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -80,21 +82,16 @@ def serve(
         max_image_pixels = pixel_limit_default()
     else:
         max_image_pixels = _positive("max_image_pixels", max_image_pixels)
-    try:
-        native = importlib.import_module("butterfly_onnx._native")
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"serving needs the compiled extension butterfly_onnx._native, which is not installed ({exc})"
-        ) from exc
-    classifier = native.Classifier(
-        os.fspath(Path(model)),
-        threads=resolve_threads(threads),
-        max_image_pixels=NO_PIXEL_LIMIT if max_image_pixels is None else max_image_pixels,
-        ort_library=os.fspath(find_onnxruntime_library()),
+    backend = Backend(
+        Path(os.fspath(model)),
+        threads=threads,
+        labels=None,
+        preprocess=None,
+        max_image_pixels=max_image_pixels,
+        providers=resolve_providers(providers, device),
     )
     try:
-        native.serve(
-            classifier,
+        backend.serve(
             host=host,
             port=port,
             name=name,

@@ -215,6 +215,11 @@ class Backend:
         self.providers: tuple[str, ...] = tuple(self._native.providers)
         self.contract = self._effective_contract()
 
+    def serve(self, **settings: Any) -> None:
+        """Hand this model to the Rust core's HTTP server (``butterfly_onnx.serve``); returns
+        after SIGTERM or Ctrl-C."""
+        _native().serve(self._native, **settings)
+
     def _effective_contract(self) -> ModelContract:
         """The effective contract Rust resolved (``contract::resolve``, the same rules as
         :func:`butterfly_onnx.contract.resolve_contract`), overrides applied."""
