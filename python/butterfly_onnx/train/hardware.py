@@ -5,7 +5,8 @@ the memory format.
   (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` of v1), which ``os.cpu_count()`` and torch's
   default thread count both ignore.
 - **Precision** ``"auto"``: bf16 autocast on a CPU with native bf16 arithmetic (AVX-512 BF16 or
-  AMX, read from ``/proc/cpuinfo``'s flags) and on a CUDA GPU that supports bf16, fp16 autocast
+  AMX, read from ``/proc/cpuinfo``'s flags; not for :data:`CPU_BF16_SLOWER_FAMILIES`, measured
+  slower in bf16 on such a CPU) and on a CUDA GPU that supports bf16, fp16 autocast
   with a GradScaler on other CUDA GPUs, fp32 otherwise.  Weights stay fp32 (autocast casts per
   operation), so checkpoints and the exported ONNX are fp32 either way.
 - **channels_last** ``None``: on for the convolutional families (:data:`CHANNELS_LAST_FAMILIES`;
@@ -27,6 +28,7 @@ import torch
 __all__ = [
     "CPUINFO",
     "CHANNELS_LAST_FAMILIES",
+    "CPU_BF16_SLOWER_FAMILIES",
     "Precision",
     "cpu_flags",
     "native_bf16_cpu",
@@ -46,10 +48,16 @@ CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/c
 #: The CPU flags that mean native bf16 arithmetic (AVX-512 BF16 dot products, AMX tiles).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
+#: Architecture name prefixes whose CPU training step is slower in bf16 autocast than in fp32,
+#: even on a CPU with native bf16: "auto" keeps them fp32 there.  Measured (docs/benchmarks.md,
+#: "Training"): MobileNetV3 (hard-swish, squeeze-and-excitation, small convolutions, where the
+#: casts cost more than the bf16 arithmetic saves).
+CPU_BF16_SLOWER_FAMILIES = ("mobilenet_v3",)
+
 #: Architecture name prefixes trained in channels_last by default: convolutional families, whose
 #: oneDNN convolutions run NHWC natively.  Measured (docs/benchmarks.md, "Training"): EfficientNet
-#: (Lite0: 1.8x per training step on the 2-core EPYC); the others are on by the same reasoning and
-#: still to be measured (benchmarks/train_hardware.py step --models ...).  Transformers (vit_,
+#: (Lite0: 1.8x per training step on the 2-core EPYC), ResNet (1.07x), MobileNetV3 (1.43x); the
+#: others are on by the same reasoning (benchmarks/train_hardware.py step --models ...).  Transformers (vit_,
 #: swin_, maxvit_) and the rest keep the default layout.
 CHANNELS_LAST_FAMILIES = (
     "efficientnet",
@@ -152,14 +160,17 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
 
-def resolve_precision(precision: str, device: torch.device, flags: frozenset[str] | None = None) -> Precision:
+def resolve_precision(
+    precision: str, device: torch.device, flags: frozenset[str] | None = None, arch: str = ""
+) -> Precision:
     """``precision`` for ``device``: an explicit "fp32"/"bf16"/"fp16" as asked; "auto" as the
-    module docstring says (``flags`` stands in for the CPU's flags in tests)."""
+    module docstring says, except that the families of :data:`CPU_BF16_SLOWER_FAMILIES` stay fp32
+    on a CPU (``flags`` stands in for the CPU's flags in tests)."""
     if precision != "auto":
         return Precision(precision, device.type)
     if device.type == "cuda":
         return Precision("bf16" if torch.cuda.is_bf16_supported() else "fp16", "cuda")
-    if device.type == "cpu" and native_bf16_cpu(flags):
+    if device.type == "cpu" and native_bf16_cpu(flags) and not arch.startswith(CPU_BF16_SLOWER_FAMILIES):
         return Precision("bf16", "cpu")
     return Precision("fp32", device.type)
 

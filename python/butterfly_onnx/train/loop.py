@@ -142,7 +142,7 @@ def start(
         out=out,
         resume=resume,
         bars=bars_enabled(progress) and dist.main,
-        precision=resolve_precision(settings.precision, device),
+        precision=resolve_precision(settings.precision, device, arch=settings.model),
         channels_last=use_channels_last(settings.channels_last, settings.model, device),
         workers=workers,
         spec=settings.preprocess or weights_preprocess(settings.model, settings.weights),
