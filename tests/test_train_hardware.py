@@ -50,7 +50,8 @@ def test_auto_precision_follows_the_cpu_flags(text, native, tmp_path, monkeypatc
     assert resolve_precision("fp32", cpu).name == "fp32" and resolve_precision("bf16", cpu).name == "bf16"
     assert resolve_precision("auto", torch.device("mps")).name == "fp32"
     # families measured slower in bf16 on a CPU stay fp32 there; others follow the flags
-    assert resolve_precision("auto", cpu, arch="mobilenet_v3_large").name == "fp32"
+    assert resolve_precision("auto", cpu, arch="mobilenet_v3_small").name == "fp32"
+    assert resolve_precision("auto", cpu, arch="mobilenet_v3_large").name == ("bf16" if native else "fp32")
     assert resolve_precision("auto", cpu, arch="efficientnet_lite0").name == ("bf16" if native else "fp32")
     assert resolve_precision("bf16", cpu, arch="mobilenet_v3_small").name == "bf16"
 
