@@ -189,6 +189,32 @@ def test_export_verification_runs_on_the_providers_asked_for(contract_model, pho
             verify_onnx(contract_model.path, contract_model.module, photos[:2], device="cuda")
 
 
+def test_export_verifies_on_the_providers_asked_for_and_refuses_a_missing_one(contract_model, photos, tmp_path):
+    from butterfly_onnx import export_onnx
+    from butterfly_onnx.export import ExportReport
+    from contract_models import LABELS
+
+    spec = contract_model.contract.preprocess
+    path = export_onnx(
+        contract_model.module,
+        tmp_path / "cpu.onnx",
+        labels=list(LABELS),
+        preprocess=spec,
+        verify_images=photos[:2],
+        device="cpu",
+    )
+    assert ExportReport.load(path).verification.top1_agreement == 1.0
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return
+    target = tmp_path / "cuda.onnx"
+    with pytest.raises(BackendUnavailableError) as caught:
+        export_onnx(
+            contract_model.module, target, labels=list(LABELS), preprocess=spec, verify_images=photos[:2], device="cuda"
+        )
+    assert str(caught.value) == _unavailable("CUDAExecutionProvider")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu.export.json", "cpu.onnx"]  # nothing of cuda.onnx
+
+
 # --- threads ---------------------------------------------------------------------------------------
 def test_threads_default_to_the_cpus_this_process_may_use(backend, contract_model):
     clf = Classifier(contract_model.path, backend=backend)

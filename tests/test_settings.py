@@ -49,7 +49,8 @@ def test_the_signature_shows_every_knob_with_the_dataclass_default(kind, module,
     "kind, command, positional, skip",
     [
         (FinetuneSettings, "finetune", ["data"], ()),
-        (ExportSettings, "export", ["model.pt", "model.onnx"], ("variants", "verify")),
+        # variants, verify, providers and device come from the CLI's own --variant, --no-verify, --device, --provider
+        (ExportSettings, "export", ["model.pt", "model.onnx"], ("variants", "verify", "providers", "device")),
     ],
 )
 def test_the_cli_options_are_the_settings_fields_with_their_defaults(kind, command, positional, skip):

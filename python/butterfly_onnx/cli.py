@@ -500,7 +500,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if calibration:
         kwargs["calibration_images"] = calibration
     values = _settings_values(args, ExportSettings)
-    settings = ExportSettings(**values, variants=variants, verify=not args.no_verify)
+    settings = ExportSettings(**values, **provider_arguments(args), variants=variants, verify=not args.no_verify)
     path = export_onnx(args.checkpoint, args.output, settings=settings, **kwargs)
     print(f"exported: {path}")
     from .export import ExportReport, report_path_for
@@ -831,6 +831,7 @@ def _export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="training images to calibrate the int8 variant on (default: the checkpoint's training images)",
     )
     _add_settings_options(p, ExportSettings, skip=("variants", "verify"))
+    add_provider_arguments(p)  # where the verification's ONNX Runtime runs
     p.set_defaults(run=_cmd_export)
 
 

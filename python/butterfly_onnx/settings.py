@@ -267,6 +267,10 @@ class ExportSettings:
     provenance: Mapping[str, Any] | None = knob(None, "extra provenance entries (JSON object)")
     batch_size: int = knob(16, "images per verification/benchmark batch")
     seed: int = knob(0, "seed of the verification and calibration samples")
+    # where the verification's ONNX Runtime runs, as Classifier takes them (the CLI's --device /
+    # --provider); None: the CPU provider.  Variants are measured on the CPU provider.
+    providers: Any = knob(None, "execution providers of the verification (names or (name, options))", cli=False)
+    device: str | None = knob(None, "the verification's device shorthand (cpu, cuda:0, openvino, ...)", cli=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset < 11:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._backends.providers import check_available, resolve_providers
 from .._version import __version__
 from ..contract import ModelContract, write_contract
 from ..errors import ContractError, ExportError, ExportVerificationError
@@ -54,6 +55,11 @@ def _check(settings: ExportSettings, target: Path) -> None:
         raise ExportError(f"int8_method must be one of {INT8_METHODS}, got {settings.int8_method!r}")
     if "int8" in settings.variants and settings.int8_format not in INT8_FORMATS:
         raise ExportError(f"int8_format must be one of {INT8_FORMATS}, got {settings.int8_format!r}")
+    if settings.providers is not None or settings.device is not None:
+        # a provider this ONNX Runtime lacks is refused now, before anything is traced
+        import onnxruntime as ort
+
+        check_available(resolve_providers(settings.providers, settings.device), ort.get_available_providers())
 
 
 # --------------------------------------------------------------------------- before tracing
@@ -401,6 +407,8 @@ def export_onnx(
                     max_abs_diff=settings.max_abs_diff,
                     min_top1_agreement=settings.min_top1_agreement,
                     batch_size=settings.batch_size,
+                    providers=settings.providers,
+                    device=settings.device,
                 )
             contract = _contract(src, settings, verification)
             write_contract(proto, contract, staging.model)
