@@ -440,3 +440,22 @@ def test_a_model_given_as_bytes(models, big_jpeg):
         _native.Classifier(str(path), model_bytes=path.read_bytes())
     with pytest.raises(errors.InvalidArgumentError, match="exactly one"):
         _native.Classifier()
+
+
+def test_every_core_error_kind_names_a_python_class_of_the_hierarchy():
+    """``ErrorKind::python_class`` (rust/butterfly-onnx/src/error.rs) is the one mapping the
+    binding raises from and the server answers with: each class it names is in
+    butterfly_onnx.errors, under ButterflyError, and exactly the image ones are ImageErrors."""
+    import re
+
+    source = (Path(__file__).resolve().parent.parent / "rust/butterfly-onnx/src/error.rs").read_text()
+    mapping = source[source.index("pub fn python_class") : source.index("pub fn is_image_error")]
+    image_kinds = source[source.index("pub fn is_image_error") :].split("}")[0]
+    arms = re.findall(r"((?:ErrorKind::\w+\s*\|\s*)*ErrorKind::\w+) => \"(\w+)\"", mapping)
+    kinds = set(re.findall(r"^\s{4}(\w+),$", source[source.index("pub enum ErrorKind") :].split("}")[0], re.M))
+    assert {k for arm, _ in arms for k in re.findall(r"ErrorKind::(\w+)", arm)} == kinds  # every kind mapped
+    for arm, name in arms:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.ButterflyError), name
+        for kind in re.findall(r"ErrorKind::(\w+)", arm):
+            assert issubclass(cls, errors.ImageError) == (f"ErrorKind::{kind}" in image_kinds), (kind, name)

@@ -2,7 +2,7 @@
 //!
 //! It only converts arguments, releases the GIL (`Python::detach`) around decoding,
 //! preprocessing and inference, and maps `butterfly_onnx::Error` onto the exception classes
-//! of `python/butterfly_onnx/errors.py` by `Error::kind()` (an exhaustive `match`). The Python adapter over it is
+//! of `python/butterfly_onnx/errors.py` that `ErrorKind::python_class` names. The Python adapter over it is
 //! `python/butterfly_onnx/_backends/rust.py`; the typed surface is `_native.pyi`.
 
 use std::collections::VecDeque;
@@ -12,45 +12,37 @@ use std::sync::{Arc, Mutex};
 use butterfly_onnx::classifier::{Classifier as CoreClassifier, ClassifierOptions, ImageErrors, ImageInput, Pipeline};
 use butterfly_onnx::contract;
 use butterfly_onnx::decode::RgbImage;
-use butterfly_onnx::{Error, ErrorKind};
+use butterfly_onnx::Error;
 use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray3, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyTuple};
 
 mod errors {
-    pyo3::import_exception!(butterfly_onnx.errors, ButterflyError);
-    pyo3::import_exception!(butterfly_onnx.errors, ImageNotFoundError);
-    pyo3::import_exception!(butterfly_onnx.errors, ImageDecodeError);
-    pyo3::import_exception!(butterfly_onnx.errors, ImageTooLargeError);
-    pyo3::import_exception!(butterfly_onnx.errors, NonFiniteOutputError);
-    pyo3::import_exception!(butterfly_onnx.errors, ModelNotFoundError);
-    pyo3::import_exception!(butterfly_onnx.errors, InvalidModelError);
-    pyo3::import_exception!(butterfly_onnx.errors, ContractError);
-    pyo3::import_exception!(butterfly_onnx.errors, BackendUnavailableError);
+    // raised by the binding itself; core errors are mapped by `to_py_err`
     pyo3::import_exception!(butterfly_onnx.errors, InvalidArgumentError);
     pyo3::import_exception!(butterfly_onnx.errors, InvalidArgumentTypeError);
 }
 
-/// The Python exception for a core error. Image errors carry `.source` (ImageError's second
-/// constructor argument); the others take the message only. Exhaustive: a new kind in the
-/// core does not compile until it is mapped here.
+/// The Python exception for a core error: the class the core names
+/// (`ErrorKind::python_class`, the one mapping, also what the server's error answers carry),
+/// from `butterfly_onnx.errors`; image errors carry `.source` (ImageError's second argument).
 fn to_py_err(error: &Error) -> PyErr {
+    let kind = error.kind();
     let message = error.to_string();
-    let source = error.source_name();
-    match error.kind() {
-        ErrorKind::ImageNotFound => errors::ImageNotFoundError::new_err((message, source)),
-        ErrorKind::ImageDecode => errors::ImageDecodeError::new_err((message, source)),
-        ErrorKind::ImageTooLarge => errors::ImageTooLargeError::new_err((message, source)),
-        ErrorKind::ModelNotFound => errors::ModelNotFoundError::new_err(message),
-        ErrorKind::InvalidModel => errors::InvalidModelError::new_err(message),
-        ErrorKind::Contract => errors::ContractError::new_err(message),
-        ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => {
-            errors::BackendUnavailableError::new_err(message)
+    Python::attach(|py| {
+        let made = py.import("butterfly_onnx.errors").and_then(|module| {
+            let class = module.getattr(kind.python_class())?;
+            if kind.is_image_error() {
+                class.call1((message, error.source_name()))
+            } else {
+                class.call1((message,))
+            }
+        });
+        match made {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(failed) => failed, // butterfly_onnx.errors missing or changed: say that
         }
-        ErrorKind::InvalidArgument => errors::InvalidArgumentError::new_err(message),
-        ErrorKind::Inference => errors::ButterflyError::new_err(message),
-        ErrorKind::NonFiniteOutput => errors::NonFiniteOutputError::new_err((message, source)),
-    }
+    })
 }
 
 /// Per-image failures as {input index: exception instance}.

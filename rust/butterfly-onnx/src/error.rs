@@ -74,6 +74,34 @@ pub enum ErrorKind {
     InvalidArgument,
 }
 
+impl ErrorKind {
+    /// The name of its Python exception class (python/butterfly_onnx/errors.py): what the
+    /// binding raises and what the server's error answers carry in `error_class`.
+    pub fn python_class(self) -> &'static str {
+        match self {
+            ErrorKind::ImageNotFound => "ImageNotFoundError",
+            ErrorKind::ImageDecode => "ImageDecodeError",
+            ErrorKind::ImageTooLarge => "ImageTooLargeError",
+            ErrorKind::ModelNotFound => "ModelNotFoundError",
+            ErrorKind::InvalidModel => "InvalidModelError",
+            ErrorKind::Contract => "ContractError",
+            ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => "BackendUnavailableError",
+            ErrorKind::Inference => "ButterflyError",
+            ErrorKind::NonFiniteOutput => "NonFiniteOutputError",
+            ErrorKind::InvalidArgument => "InvalidArgumentError",
+        }
+    }
+
+    /// Whether the Python class is an `ImageError`, built from the message and the input it
+    /// is about (`(message, source)`); the others take the message only.
+    pub fn is_image_error(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ImageNotFound | ErrorKind::ImageDecode | ErrorKind::ImageTooLarge | ErrorKind::NonFiniteOutput
+        )
+    }
+}
+
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::Handle;
 use super::metrics::Metrics;
-use super::{error_class, ServeOptions, DEFAULT_TOP_K, RETRY_AFTER_SECONDS};
+use super::{ServeOptions, DEFAULT_TOP_K, RETRY_AFTER_SECONDS};
 use crate::classifier::{split_non_finite, Classifier, ImageErrors, ImageInput, Prediction};
 use crate::{Error, ErrorKind};
 
@@ -96,7 +96,7 @@ impl Failure {
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Failure::new(StatusCode::BAD_REQUEST, error_class(ErrorKind::InvalidArgument), message)
+        Failure::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidArgument.python_class(), message)
     }
 
     fn from_error(error: &Error) -> Self {
@@ -107,7 +107,7 @@ impl Failure {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Failure::new(status, error_class(error.kind()), error.to_string())
+        Failure::new(status, error.kind().python_class(), error.to_string())
     }
 }
 
@@ -176,7 +176,7 @@ impl Shared {
         }
         Err(Failure::new(
             StatusCode::NOT_FOUND,
-            error_class(ErrorKind::InvalidArgument),
+            ErrorKind::InvalidArgument.python_class(),
             format!("unknown model {name:?}; this server serves {:?}", self.name),
         ))
     }
@@ -273,7 +273,7 @@ async fn within_body_timeout<T>(read: impl std::future::Future<Output = T>) -> R
     tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| {
         Failure::new(
             StatusCode::REQUEST_TIMEOUT,
-            error_class(ErrorKind::InvalidArgument),
+            ErrorKind::InvalidArgument.python_class(),
             format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
         )
     })
@@ -305,7 +305,7 @@ async fn read_body(state: &Shared, body: Body) -> Result<Bytes, Failure> {
         if too_large {
             Failure::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                error_class(ErrorKind::InvalidArgument),
+                ErrorKind::InvalidArgument.python_class(),
                 format!("the request body is larger than the limit of {} bytes", state.max_body_bytes),
             )
         } else {
@@ -740,7 +740,7 @@ fn multipart_failure(state: &Shared, text: &str, status: StatusCode) -> Failure 
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         return Failure::new(
             status,
-            error_class(ErrorKind::InvalidArgument),
+            ErrorKind::InvalidArgument.python_class(),
             format!("the request body is larger than the limit of {} bytes", state.max_body_bytes),
         );
     }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::classifier::Classifier;
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, Result};
 
 /// Default images per model batch across requests (docs/serving.md: measured on
 /// EfficientNet-Lite0, 2 cores; throughput is flat above a few images).
@@ -83,23 +83,6 @@ impl Default for ServeOptions {
             max_queue: DEFAULT_MAX_QUEUE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
-    }
-}
-
-/// The name of the Python exception class (python/butterfly_onnx/errors.py) of an error
-/// kind, as the binding raises it: what error responses carry in `error_class`.
-pub fn error_class(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::ImageNotFound => "ImageNotFoundError",
-        ErrorKind::ImageDecode => "ImageDecodeError",
-        ErrorKind::ImageTooLarge => "ImageTooLargeError",
-        ErrorKind::ModelNotFound => "ModelNotFoundError",
-        ErrorKind::InvalidModel => "InvalidModelError",
-        ErrorKind::Contract => "ContractError",
-        ErrorKind::RuntimeUnavailable | ErrorKind::ProviderUnavailable => "BackendUnavailableError",
-        ErrorKind::Inference => "ButterflyError",
-        ErrorKind::NonFiniteOutput => "NonFiniteOutputError",
-        ErrorKind::InvalidArgument => "InvalidArgumentError",
     }
 }
 
