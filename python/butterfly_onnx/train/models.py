@@ -175,6 +175,11 @@ class Conv2dSame(nn.Conv2d):
         left, right = same_padding(size[1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if torch.onnx.is_in_onnx_export():
             return _OnnxConv.apply(x, self.weight, self.bias, self, (top, left, bottom, right))
+        return self.padded_forward(x, (top, left, bottom, right))
+
+    def padded_forward(self, x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+        """The convolution of ``x`` zero-padded by ``pads`` = (top, left, bottom, right)."""
+        top, left, bottom, right = pads
         return self._conv_forward(F.pad(x, (left, right, top, bottom)), self.weight, self.bias)
 
 
@@ -186,8 +191,7 @@ class _OnnxConv(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, conv: Conv2dSame, pads: Any
     ) -> torch.Tensor:
-        top, left, bottom, right = pads
-        return conv._conv_forward(F.pad(x, (left, right, top, bottom)), weight, bias)
+        return conv.padded_forward(x, pads)
 
     @staticmethod
     def symbolic(g: Any, x: Any, weight: Any, bias: Any, conv: Conv2dSame, pads: Any) -> Any:
