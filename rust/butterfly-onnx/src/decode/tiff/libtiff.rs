@@ -230,6 +230,16 @@ fn unpack_plane(
     }
 }
 
+/// Bits per pixel of the buffer the unpacker reads: `bits` for contiguous samples; for planar
+/// images (`planes` = (count, 16-bit)) one 8- or 16-bit sample per plane.
+fn unpacked_bits(bits: usize, planes: Option<(usize, bool)>) -> usize {
+    match planes {
+        Some((n, true)) => 16 * n,
+        Some((n, false)) => 8 * n,
+        None => bits,
+    }
+}
+
 fn decode_strips(
     h: &Handle,
     img: &mut ModeImage,
@@ -239,11 +249,7 @@ fn decode_strips(
 ) -> std::result::Result<(), ()> {
     let tif = h.tif;
     let nplanes = planes.map_or(1, |p| p.0);
-    let bits = match planes {
-        Some((n, true)) => 16 * n,
-        Some((n, false)) => 8 * n,
-        None => bits,
-    };
+    let bits = unpacked_bits(bits, planes);
     let (xs, ys) = (img.width, img.height);
     let mut rps = 0u32;
     if unsafe { lt::TIFFGetField(tif, TAG_ROWSPERSTRIP, &mut rps as *mut u32) } != 1 || rps == u32::MAX {
@@ -300,11 +306,7 @@ fn decode_tiles(
 ) -> std::result::Result<(), ()> {
     let tif = h.tif;
     let nplanes = planes.map_or(1, |p| p.0);
-    let bits = match planes {
-        Some((n, true)) => 16 * n,
-        Some((n, false)) => 8 * n,
-        None => bits,
-    };
+    let bits = unpacked_bits(bits, planes);
     let (xs, ys) = (img.width, img.height);
     let tile_bytes = unsafe { lt::TIFFTileSize(tif) };
     if tile_bytes <= 0 {
