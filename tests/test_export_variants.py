@@ -6,14 +6,17 @@ variant falls below ``min_agreement`` failing with the figures and leaving nothi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from butterfly_onnx.errors import ExportError, ExportVerificationError
+from butterfly_onnx.errors import BackendUnavailableError, ExportError, ExportVerificationError
 from butterfly_onnx.export.calibration import (
     Int8Recipe,
+    _has_calibration_cache,
     calibration_draw,
     correct_biases,
     node_sensitivity,
@@ -22,6 +25,7 @@ from butterfly_onnx.export.calibration import (
     quantize_int8,
 )
 from butterfly_onnx.export.reports import ExportReport, wilson_interval
+from provider_envs import ROOT, make_openvino_env
 
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")
 
@@ -115,7 +119,8 @@ def test_formats_write_the_activation_type_they_name_and_keep_float_nodes(lite0_
     cache = tmp_path / "ranges.json"
     s8, u8 = tmp_path / "s8.onnx", tmp_path / "u8.onnx"
     quantize_int8(prepared, s8, Int8Recipe("s8s8"), inputs, cache)
-    assert cache.is_file()  # calibrated once; the second format reuses the ranges
+    # calibrated once, the second format reusing the ranges, where ONNX Runtime keeps them (1.27+)
+    assert cache.is_file() == _has_calibration_cache()
     quantize_int8(prepared, u8, Int8Recipe("u8s8"), inputs, cache)
     assert _activation_types(s8) == {onnx.TensorProto.INT8}
     assert _activation_types(u8) == {onnx.TensorProto.UINT8}
@@ -133,6 +138,85 @@ def test_formats_write_the_activation_type_they_name_and_keep_float_nodes(lite0_
     for path in (s8, u8, kept):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert session.run(None, {"input": inputs[0]})[0].shape == (len(inputs[0]), 1000)
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    consts = {t.name: t for t in graph.initializer}
+    return {
+        node.input[0]: float(numpy_helper.to_array(consts[node.input[1]]))
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in consts
+    }
+
+
+@pytest.mark.slow
+def test_histogram_methods_calibrate_on_a_short_last_batch_and_clip_outliers(lite0_fp32, tmp_path, capsys):
+    """Percentile and Entropy on 13 photos in batches of 8 and 5 (ONNX Runtime's histogram
+    calibrators stack every batch and used to fail on the short one): each writes a model that
+    ONNX Runtime runs, prints nothing on stdout, and clips where MinMax keeps the extremes: no
+    activation range wider than MinMax's, some narrower.  (Entropy as quantize_static runs it has
+    128 bins for 128 levels and gave MinMax's very ranges.)"""
+    from butterfly_onnx.export.session import ort_run, ort_session
+
+    _, prepared, inputs = lite0_fp32
+    uneven = [inputs[0], inputs[1][:5]]
+    methods = ("minmax", "percentile", "entropy") if _has_calibration_cache() else ("minmax", "percentile")
+    paths = {}
+    for method in methods:
+        paths[method] = tmp_path / f"{method}.onnx"
+        quantize_int8(prepared, paths[method], Int8Recipe(method=method), uneven, tmp_path / f"{method}.json")
+        assert ort_run(ort_session(paths[method]), uneven).shape == (13, 1000)
+    assert capsys.readouterr().out == ""
+    minmax = _activation_scales(paths["minmax"])
+    for method in methods[1:]:
+        scales = _activation_scales(paths[method])
+        assert scales.keys() == minmax.keys()
+        assert all(scales[t] <= minmax[t] * (1 + 1e-6) for t in scales), method
+        assert any(scales[t] < 0.9 * minmax[t] for t in scales), method
+
+
+def test_entropy_on_an_onnxruntime_without_the_calibration_cache_is_a_clear_error(tmp_path):
+    """Runs under onnxruntime-openvino 1.24 (:func:`test_the_export_code_under_onnxruntime_openvino`):
+    Entropy's 2048-bin ranges reach quantize_static through the cache that ONNX Runtime 1.27 added."""
+    import onnxruntime
+
+    if _has_calibration_cache():
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} has the calibration cache")
+    model, photos = tmp_path / "conv.onnx", np.ones((2, 6, 5, 5), np.float32)
+    _grouped_conv(model, np.ones((6, 2, 1, 1), np.float32), np.zeros(6, np.float32), groups=3)
+    with pytest.raises(BackendUnavailableError, match=r"int8_method='entropy' needs onnxruntime >= 1\.27"):
+        quantize_int8(model, tmp_path / "q.onnx", Int8Recipe(method="entropy"), [photos], tmp_path / "r.json")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.slow
+def test_the_export_code_under_onnxruntime_openvino():
+    """This file's int8 and bf16 tests again, in the environment whose onnxruntime is the
+    onnxruntime-openvino wheel (tests/provider_envs.py): the OpenVINO provider that bf16 needs, and
+    an ONNX Runtime (1.24) older than the calibration cache."""
+    if _has_openvino():
+        pytest.skip("this is that environment")
+    try:
+        python = make_openvino_env()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        if os.environ.get("BUTTERFLY_ONNX_REQUIRE_OPENVINO"):
+            raise
+        pytest.skip(f"cannot make the onnxruntime-openvino venv (no PyPI?): {exc}")
+    tests = "formats_write or histogram or bf16_is_measured or calibration_cache_is_a_clear_error"
+    done = subprocess.run(
+        [str(python), "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", tests, "-rs"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "4 passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
 
 
 def _grouped_conv(path: Path, weight: np.ndarray, bias: np.ndarray, groups: int) -> None:

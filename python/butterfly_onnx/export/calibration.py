@@ -7,6 +7,9 @@ on the calibration images).  docs/export.md has the measurements behind the defa
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import PreprocessSpec
-from ..errors import ExportError
+from ..errors import BackendUnavailableError, ExportError
 from .inputs import Sample, batches, preprocess_fn
 from .session import ort_run, ort_session
 
@@ -46,6 +49,11 @@ DEFAULT_INT8_FORMAT = "u8s8"
 #: calibration methods (onnxruntime.quantization.CalibrationMethod): MinMax is fast; Percentile
 #: and Entropy build histograms (several times slower) and can clip outliers.
 INT8_METHODS = ("minmax", "percentile", "entropy")
+#: Entropy's histogram: 2048 bins searched for the 128-level threshold of least KL divergence, as in
+#: TensorRT's calibrator, which ONNX Runtime's Entropy follows.  quantize_static leaves Entropy at its
+#: defaults of 128 bins for 128 levels, whose only candidate is the whole range (MinMax's).
+ENTROPY_BINS = 2048
+ENTROPY_LEVELS = 128
 #: calibration images drawn from the training split by default: a few hundred, every class in.
 DEFAULT_CALIBRATION_SIZE = 300
 #: the most sensitive nodes the search leaves in float (each with its input's producers): each costs speed
@@ -231,7 +239,7 @@ def quantize_int8(
 ) -> None:
     """Quantize ``prepared`` (see prepare_for_quantization) by ``recipe``.  The calibrated ranges
     are kept in ``cache`` (a JSON file) so that re-quantizing with other float nodes or another
-    format does not calibrate again."""
+    format does not calibrate again (ONNX Runtime >= 1.27; older ones calibrate every time)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     recipe.check()
@@ -240,22 +248,86 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
+    cached = _has_calibration_cache()
+    if recipe.method == "entropy" and not cache.is_file():
+        if not cached:
+            raise BackendUnavailableError(_too_old("int8_method='entropy'"))
+        _entropy_ranges(prepared, inputs, cache)
     input_name, _ = _input_name_and_batch(prepared)
     activation = QuantType.QInt8 if recipe.format == "s8s8" else QuantType.QUInt8
-    with warnings.catch_warnings():
+    # the histogram calibrators print their progress to stdout, where the CLI's --json output goes
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quantize_static(
             str(prepared),
             str(out_path),
-            _reader(input_name, inputs),
+            _reader(input_name, inputs if recipe.method == "minmax" else _uniform_batches(inputs)),
             quant_format=QuantFormat.QDQ,
             per_channel=recipe.per_channel,
             activation_type=activation,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[recipe.method],
             nodes_to_exclude=list(recipe.float_nodes),
-            calibration_cache_path=cache,
+            **({"calibration_cache_path": cache} if cached else {}),
         )
+
+
+def _has_calibration_cache() -> bool:
+    """Whether this ONNX Runtime's quantize_static reads and writes calibrated ranges (1.27+)."""
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _too_old(what: str) -> str:
+    import onnxruntime
+
+    return f"{what} needs onnxruntime >= 1.27 (its calibration cache); this is onnxruntime {onnxruntime.__version__}"
+
+
+def _entropy_ranges(prepared: Path, inputs: Sequence[np.ndarray], cache: Path) -> None:
+    """Calibrate ``prepared`` by Entropy over ENTROPY_BINS and write the ranges to ``cache`` for
+    quantize_static.  The KL threshold is symmetric (-t, t); each range is clipped to the values
+    seen, or a tensor that is never negative (a ReLU6's) would spend half its 8-bit levels below 0."""
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    input_name, _ = _input_name_and_batch(prepared)
+    with tempfile.TemporaryDirectory(prefix="butterfly_entropy_") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        calibrator = create_calibrator(
+            prepared,
+            None,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS},
+        )
+        calibrator.collect_data(_reader(input_name, _uniform_batches(inputs)))
+        seen = {name: (hist[2], hist[3]) for name, hist in calibrator.collector.histogram_dict.items()}
+        ranges = calibrator.compute_data()
+    clipped = {}
+    for name in ranges:
+        data, (low, high) = ranges[name], seen[name]
+        clipped[name] = TensorData(
+            lowest=np.maximum(data.lowest, low).astype(data.lowest.dtype),
+            highest=np.minimum(data.highest, high).astype(data.highest.dtype),
+            hist=data.hist,
+            bins=data.bins,
+        )
+    save_tensors_data(TensorsData(CalibrationMethod.Entropy, clipped), cache)
+
+
+def _uniform_batches(inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """``inputs`` with every batch the same size: ONNX Runtime's histogram calibrators (Percentile,
+    Entropy) stack each tensor's values over all batches and fail on a shorter last batch; then
+    each image is a batch of its own (MinMax reduces batch by batch and takes any sizes)."""
+    if len({len(batch) for batch in inputs}) <= 1:
+        return inputs
+    return [image[None] for batch in inputs for image in batch]
 
 
 def node_sensitivity(prepared: Path, quantized: Path, inputs: Sequence[np.ndarray]) -> list[tuple[str, float]]:
