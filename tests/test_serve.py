@@ -429,6 +429,54 @@ def test_python_api_checks_its_arguments_before_serving(model):
             serve(model, port=port, threads=1)
 
 
+_SERVE_TWICE = """
+import signal, sys, time
+from butterfly_onnx import serve
+serve(sys.argv[1], port=0, threads=1)
+print("returned", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+serve(sys.argv[1], port=0, threads=1)
+print("returned again", flush=True)
+time.sleep(60)
+print("outlived SIGTERM", flush=True)
+"""
+
+
+def test_python_serve_returns_on_sigterm_or_ctrl_c_and_leaves_sigterm_as_it_was(model):
+    """``butterfly_onnx.serve`` in a process that goes on: SIGTERM stops the first server, Ctrl-C
+    (SIGINT) a second one, and SIGTERM then ends the process as it would have before serving
+    (tokio's signal handlers, which stay once installed, kept it alive)."""
+    import queue
+
+    from butterfly_onnx._backends.rust import find_onnxruntime_library
+
+    env = {**os.environ, "BUTTERFLY_ONNX_ORT_LIB": str(find_onnxruntime_library())}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_TWICE, str(model)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        for stop, after in ((signal.SIGTERM, "returned True"), (signal.SIGINT, "returned again")):
+            assert LISTENING.search(lines.get(timeout=60))
+            process.send_signal(stop)
+            assert lines.get(timeout=30).strip() == after
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        process.kill()
+        process.wait()
+        reader.join(timeout=10)
+        err = process.stderr.read()  # type: ignore[union-attr]
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+    assert "Traceback" not in err, err
+
+
 def test_requests_whose_clients_leave_release_their_place(model, images, expected):
     """Clients that send a request and hang up: their places in the queue come back once
     their rows are dropped (never leaked), and the server goes on answering."""

@@ -104,8 +104,9 @@ def serve(
     max_queue: int | None = None,
     max_body_bytes: int | None = None,
 ) -> None:
-    """Serve ``classifier`` over HTTP until SIGTERM or Ctrl-C (the GIL released); None
-    options take the server's defaults. Prints ``butterfly-onnx serve: listening on
+    """Serve ``classifier`` over HTTP until a Python signal handler raises (Ctrl-C's
+    KeyboardInterrupt), then stop gracefully and raise it (the GIL released, taken every 0.1 s
+    to check for signals); None options take the server's defaults. Prints ``butterfly-onnx serve: listening on
     http://HOST:PORT (model NAME)`` on stdout once listening."""
 
 def ort_library_problem(path: str | PathLike[str]) -> str | None:

@@ -7,13 +7,18 @@ by a submodule of the same name): put a model behind an HTTP endpoint (the Rust 
 There is one implementation, in the Rust crate (``rust/butterfly-onnx/src/serve/``): this
 function opens the model as the rust backend does and hands it to that server with the GIL
 released, exactly what ``butterfly-onnx serve`` (either CLI) runs.  It returns when the
-process gets SIGTERM or Ctrl-C, after answering the requests in flight.  Routes, batching,
-limits and figures: docs/serving.md.
+process gets SIGTERM or Ctrl-C, after answering the requests in flight; the signals are
+Python's throughout (the server checks for them every 0.1 s), and the process's SIGTERM
+handler is put back when it returns.  Routes, batching, limits and figures: docs/serving.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,28 @@ def _positive(name: str, value: Any) -> int | None:
     return value
 
 
+class _Terminated(Exception):
+    """Raised by serve's SIGTERM handler: the server stops gracefully and serve returns."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_stops_serving() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` meanwhile; the previous handler is restored after.
+    Python runs signal handlers on the main thread only: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve(
     model: str | os.PathLike[str],
     *,
@@ -51,6 +78,9 @@ def serve(
     device: str | None = None,
 ) -> None:
     """Serve ``model`` (an exported .onnx file) on ``host:port`` until SIGTERM or Ctrl-C.
+
+    Called from the main thread, it handles SIGTERM while it serves (the handler before is put
+    back when it returns); from another thread it serves until the process ends.
 
     ``port=0`` takes any free port; a line on stdout says which once the server listens.
     ``name``: the model's name in ``/v2/models/{name}`` (default: the file's stem).
@@ -91,14 +121,15 @@ def serve(
         providers=resolve_providers(providers, device),
     )
     try:
-        backend.serve(
-            host=host,
-            port=port,
-            name=name,
-            max_batch=limits["max_batch"],
-            max_wait_ms=max_wait_ms,
-            max_queue=limits["max_queue"],
-            max_body_bytes=limits["max_body_bytes"],
-        )
-    except KeyboardInterrupt:  # Ctrl-C: the server has already stopped gracefully
+        with _sigterm_stops_serving():
+            backend.serve(
+                host=host,
+                port=port,
+                name=name,
+                max_batch=limits["max_batch"],
+                max_wait_ms=max_wait_ms,
+                max_queue=limits["max_queue"],
+                max_body_bytes=limits["max_body_bytes"],
+            )
+    except (KeyboardInterrupt, _Terminated):  # the server has already stopped gracefully
         pass

@@ -217,7 +217,7 @@ class Backend:
 
     def serve(self, **settings: Any) -> None:
         """Hand this model to the Rust core's HTTP server (``butterfly_onnx.serve``); returns
-        after SIGTERM or Ctrl-C."""
+        when a Python signal handler raises (Ctrl-C), with that exception, after a graceful stop."""
         _native().serve(self._native, **settings)
 
     def _effective_contract(self) -> ModelContract:

@@ -455,8 +455,11 @@ fn loaded_ort_library() -> Option<PathBuf> {
     butterfly_onnx::runtime::loaded_library()
 }
 
-/// Serve `classifier` over HTTP until SIGTERM or Ctrl-C (core `serve::serve`, GIL released
-/// throughout); `None` options take the server's defaults (core `serve::ServeOptions`).
+/// Serve `classifier` over HTTP until a Python signal handler raises (Ctrl-C's KeyboardInterrupt,
+/// or whatever the caller's SIGTERM handler raises), then stop gracefully and raise that
+/// (core `serve::serve_until`, the GIL released but while checking for signals); no signal
+/// handler of the core's stays behind. `None` options take the server's defaults (core
+/// `serve::ServeOptions`).
 #[pyfunction]
 #[pyo3(signature = (classifier, *, host=None, port=None, name=None, max_batch=None, max_wait_ms=None, max_queue=None, max_body_bytes=None))]
 #[allow(clippy::too_many_arguments)]
@@ -484,7 +487,21 @@ fn serve(
     };
     let inner = Arc::clone(&classifier.inner);
     drop(classifier);
-    py.detach(|| butterfly_onnx::serve::serve(inner, options)).map_err(|e| to_py_err(&e))
+    let mut raised: Option<PyErr> = None;
+    // Python runs its signal handlers on the main thread only, from check_signals.
+    let stop = || match Python::attach(|py| py.check_signals()) {
+        Ok(()) => false,
+        Err(err) => {
+            raised = Some(err);
+            true
+        }
+    };
+    let served =
+        py.detach(|| butterfly_onnx::serve::serve_until(inner, options, butterfly_onnx::serve::announce, stop));
+    match raised {
+        Some(err) => Err(err),
+        None => served.map_err(|e| to_py_err(&e)),
+    }
 }
 
 /// Why a libonnxruntime file is not to be loaded unasked (writable by others, or owned by

@@ -86,17 +86,26 @@ impl Default for ServeOptions {
     }
 }
 
+/// How often [`serve_until`] asks its caller whether to stop.
+pub const STOP_POLL: Duration = Duration::from_millis(100);
+
 /// Serve `classifier` until SIGTERM or SIGINT (Ctrl-C): then stop accepting, answer the
 /// requests in flight, and return. Prints one line on stdout once listening:
 /// `butterfly-onnx serve: listening on http://HOST:PORT (model NAME)`.
+///
+/// The signal handlers it installs stay for the life of the process (tokio's never uninstall):
+/// a process that goes on after serving wants [`serve_until`].
 pub fn serve(classifier: Arc<Classifier>, options: ServeOptions) -> Result<()> {
-    serve_with(classifier, options, |address, name| {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        // A closed stdout must not stop the server.
-        let _ = writeln!(out, "butterfly-onnx serve: listening on http://{address} (model {name})");
-        let _ = out.flush();
-    })
+    serve_with(classifier, options, announce)
+}
+
+/// The line [`serve`] prints once the socket is bound.
+pub fn announce(address: SocketAddr, name: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not stop the server.
+    let _ = writeln!(out, "butterfly-onnx serve: listening on http://{address} (model {name})");
+    let _ = out.flush();
 }
 
 /// [`serve`], calling `listening(address, model name)` once the socket is bound.
@@ -104,6 +113,30 @@ pub fn serve_with(
     classifier: Arc<Classifier>,
     options: ServeOptions,
     listening: impl FnOnce(SocketAddr, &str),
+) -> Result<()> {
+    run(classifier, options, listening, shutdown_signal(), || false)
+}
+
+/// Serve `classifier` until `stop()` says so, then stop as [`serve`] does; no signal handler is
+/// installed (the caller owns the process's signals: the Python binding runs Python's).
+/// `stop` is called every [`STOP_POLL`] on the calling thread, and may block: the server runs
+/// on threads of its own meanwhile.
+pub fn serve_until(
+    classifier: Arc<Classifier>,
+    options: ServeOptions,
+    listening: impl FnOnce(SocketAddr, &str),
+    stop: impl FnMut() -> bool,
+) -> Result<()> {
+    run(classifier, options, listening, std::future::pending(), stop)
+}
+
+/// Serve until `signal` completes or `stop()` is true.
+fn run(
+    classifier: Arc<Classifier>,
+    options: ServeOptions,
+    listening: impl FnOnce(SocketAddr, &str),
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+    mut stop: impl FnMut() -> bool,
 ) -> Result<()> {
     let invalid = |reason: String| Error::InvalidArgument { reason };
     if options.max_batch == 0 {
@@ -142,8 +175,29 @@ pub fn serve_with(
     let state = http::state(classifier, name.clone(), &options, batcher.handle(), metrics);
     listening(bound, &name);
     let outcome = runtime.block_on(async move {
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(state);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
+        let shutdown = async move {
+            tokio::select! {
+                () = signal => {}
+                _ = stopped => {}
+            }
+        };
+        // On the runtime's threads, so that a `stop()` that blocks holds up nothing.
+        let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
+        tokio::pin!(server);
+        let mut stopping = Some(stopping);
+        let mut poll = tokio::time::interval(STOP_POLL);
+        loop {
+            tokio::select! {
+                joined = &mut server => break joined.map_err(std::io::Error::other).and_then(|served| served),
+                _ = poll.tick() => {
+                    if stopping.is_some() && stop() {
+                        let _ = stopping.take().map(|tx| tx.send(()));
+                    }
+                }
+            }
+        }
     });
     // Every connection has been answered: the batcher's queue is empty; stop its threads.
     batcher.stop();
