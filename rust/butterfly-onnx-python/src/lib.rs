@@ -120,13 +120,13 @@ fn convert_item(converted: &mut Converted, index: usize, item: &Bound<'_, PyAny>
 
 /// An item's source as text for messages. A file name that is not UTF-8 comes from Python
 /// as a str with lone surrogates (os.fsdecode's surrogateescape), which is no Rust `String`:
-/// it is taken as the OS bytes it stands for (lossily shown, as `Path::display` shows the
-/// path itself); the Python adapter puts the caller's str back into the errors.
+/// it is taken as the OS bytes it stands for and named as the core names such a path
+/// (`error::path_name`); the Python adapter puts the caller's str back into the errors.
 fn source_name(source: &Bound<'_, PyAny>) -> PyResult<String> {
     let text = source.str()?;
     match text.extract::<String>() {
         Ok(source) => Ok(source),
-        Err(_) => Ok(text.extract::<PathBuf>()?.to_string_lossy().into_owned()),
+        Err(_) => Ok(butterfly_onnx::error::path_name(&text.extract::<PathBuf>()?)),
     }
 }
 

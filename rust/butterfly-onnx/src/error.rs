@@ -3,9 +3,34 @@
 //! on). The Python binding maps each kind onto a class of python/butterfly_onnx/errors.py
 //! with an exhaustive `match`, so a new kind does not compile until it is mapped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A path as messages name it: its UTF-8 as is, and each byte that is not UTF-8 as `\udcXX`,
+/// which is how Python prints the `surrogateescape` name `os.listdir` gives such a file (on
+/// stderr, `backslashreplace`): both CLIs name it alike, and no byte is lost (`display` would
+/// print U+FFFD).
+pub fn path_name(path: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::fmt::Write;
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        let mut name = String::with_capacity(bytes.len());
+        for chunk in bytes.utf8_chunks() {
+            name.push_str(chunk.valid());
+            for byte in chunk.invalid() {
+                let _ = write!(name, "\\udc{byte:02x}");
+            }
+        }
+        name
+    }
+    #[cfg(not(unix))]
+    {
+        path.display().to_string()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,11 +48,11 @@ pub enum Error {
     ImageTooLarge { source_name: String, width: u64, height: u64, pixels: u64, limit: u64 },
 
     /// The model path does not exist.
-    #[error("{path}: model file not found")]
+    #[error("{}: model file not found", path_name(.path))]
     ModelNotFound { path: PathBuf },
 
     /// The file is not a loadable ONNX model, or its inputs/outputs do not fit a classifier.
-    #[error("{path}: invalid model: {reason}")]
+    #[error("{}: invalid model: {reason}", path_name(.path))]
     InvalidModel { path: PathBuf, reason: String },
 
     /// The contract is missing, invalid, of an unknown version, or inconsistent with the model.
@@ -45,7 +70,7 @@ pub enum Error {
     ProviderUnavailable { provider: String, message: String },
 
     /// ONNX Runtime failed while running a model.
-    #[error("{path}: inference failed: {reason}")]
+    #[error("{}: inference failed: {reason}", path_name(.path))]
     Inference { path: PathBuf, reason: String },
 
     /// The model's output row for this image holds NaN or infinity: no prediction is made
@@ -128,7 +153,7 @@ impl Error {
             | Error::Contract { source_name, .. }
             | Error::NonFiniteOutput { source_name } => Some(source_name.clone()),
             Error::ModelNotFound { path } | Error::InvalidModel { path, .. } | Error::Inference { path, .. } => {
-                Some(path.display().to_string())
+                Some(path_name(path))
             }
             Error::RuntimeUnavailable { .. } | Error::ProviderUnavailable { .. } | Error::InvalidArgument { .. } => {
                 None
@@ -191,5 +216,18 @@ mod tests {
         assert!(inner.unwrap_err().to_string().contains("inner: deep"));
         assert_eq!(guard("c", "x", || Ok(7)).unwrap(), 7);
         assert!(!QUIET_PANICS.with(|q| q.get()), "quiet only inside a guard");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_name_that_is_not_utf8_is_named_as_python_prints_it() {
+        use std::os::unix::ffi::OsStrExt;
+        let name = |bytes: &[u8]| path_name(Path::new(std::ffi::OsStr::from_bytes(bytes)));
+        // what Python's stderr (UTF-8, backslashreplace) writes for os.fsdecode(b"caf\xe9/\xff.jpg")
+        assert_eq!(name(b"caf\xe9/\xff.jpg"), "caf\\udce9/\\udcff.jpg");
+        assert_eq!(name("été/ok.jpg".as_bytes()), "été/ok.jpg");
+        let error = Error::ModelNotFound { path: PathBuf::from(std::ffi::OsStr::from_bytes(b"m\xe9.onnx")) };
+        assert_eq!(error.to_string(), "m\\udce9.onnx: model file not found");
+        assert_eq!(error.source_name().as_deref(), Some("m\\udce9.onnx"));
     }
 }

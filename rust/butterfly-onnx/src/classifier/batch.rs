@@ -90,7 +90,7 @@ impl Preprocessor {
         let (source, image) = match item {
             ImageInput::Path(path) => {
                 decoded = decode::read_rgb(path, &self.limits)?;
-                (path.display().to_string(), &decoded)
+                (crate::error::path_name(path), &decoded)
             }
             ImageInput::Bytes { source, bytes } => {
                 decoded = decode::decode_rgb(bytes, source, &self.limits)?;

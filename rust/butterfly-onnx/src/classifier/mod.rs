@@ -122,7 +122,7 @@ impl ImageInput {
     /// The name used for this input in error messages.
     pub fn source(&self) -> String {
         match self {
-            ImageInput::Path(path) => path.display().to_string(),
+            ImageInput::Path(path) => crate::error::path_name(path),
             ImageInput::Bytes { source, .. } | ImageInput::Rgb { source, .. } => source.clone(),
         }
     }

@@ -77,7 +77,7 @@ pub(super) fn open(
         options.preprocess.as_ref(),
         &inputs,
         &outputs,
-        &path.display().to_string(),
+        &crate::error::path_name(path),
     )?;
     let static_batch = contract::static_batch(&inputs, &contract);
     let mut sessions = vec![session];
@@ -217,7 +217,7 @@ impl Model {
         let array = output.try_extract_array::<f32>().map_err(|e| failed(e.to_string()))?;
         if array.shape() != [n, self.classes] {
             return Err(Error::Contract {
-                source_name: self.path.display().to_string(),
+                source_name: crate::error::path_name(&self.path),
                 reason: format!(
                     "the model output has shape {:?}, but the contract has {} labels",
                     array.shape(),

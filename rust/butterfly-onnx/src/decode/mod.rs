@@ -85,7 +85,7 @@ impl JpegDraft {
 
 /// Read and decode the image file at `path`; errors name the path as given.
 pub fn read_rgb(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
-    let source_name = path.display().to_string();
+    let source_name = crate::error::path_name(path);
     match std::fs::read(path) {
         Ok(bytes) => decode_rgb(&bytes, &source_name, limits),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::ImageNotFound { source_name }),

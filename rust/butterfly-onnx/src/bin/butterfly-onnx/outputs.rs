@@ -126,6 +126,19 @@ pub(crate) fn csv_cell(text: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The error message about `source` with the name as its own bytes. The core names a path by
+/// `path_name` (`\udcXX` for a byte that is not UTF-8); Python's message holds the
+/// `surrogateescape` string, which its JSON writes `\udcXX` and its files as the byte itself.
+pub(crate) fn error_bytes(source: &[u8], error: &butterfly_onnx::Error) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let message = error.to_string();
+    let shown = butterfly_onnx::error::path_name(Path::new(std::ffi::OsStr::from_bytes(source)));
+    match message.strip_prefix(shown.as_str()) {
+        Some(rest) => [source, rest.as_bytes()].concat(),
+        None => message.into_bytes(),
+    }
+}
+
 /// The bytes of a path: a name that is not UTF-8 is written as it is on disk (as Python
 /// writes a `surrogateescape` name to a file or a stream).
 pub(crate) fn path_bytes(path: &Path) -> &[u8] {
@@ -142,13 +155,13 @@ pub(crate) fn json_line(source: &[u8], result: &ImageResult, top_k: usize) -> St
             json_float(probability)
         )
     };
-    let source = py_json_bytes(source);
+    let name = py_json_bytes(source);
     match &result.outcome {
         Ok(top) => {
             let best = &top[0];
             let list: Vec<String> = top.iter().take(top_k).map(|p| score(&p.label, p.index, p.probability)).collect();
             format!(
-                "{{\"source\": {source}, \"label\": {}, \"index\": {}, \"probability\": {}, \"top_k\": [{}], \"error\": null}}",
+                "{{\"source\": {name}, \"label\": {}, \"index\": {}, \"probability\": {}, \"top_k\": [{}], \"error\": null}}",
                 py_json_string(&best.label),
                 best.index,
                 json_float(best.probability),
@@ -156,8 +169,8 @@ pub(crate) fn json_line(source: &[u8], result: &ImageResult, top_k: usize) -> St
             )
         }
         Err(error) => format!(
-            "{{\"source\": {source}, \"label\": null, \"index\": null, \"probability\": null, \"top_k\": [], \"error\": {}}}",
-            py_json_string(&error.to_string())
+            "{{\"source\": {name}, \"label\": null, \"index\": null, \"probability\": null, \"top_k\": [], \"error\": {}}}",
+            py_json_bytes(&error_bytes(source, error))
         ),
     }
 }
@@ -295,7 +308,7 @@ impl Sink {
                     }
                     Err(error) => {
                         row.extend(std::iter::repeat_n(Vec::new(), 3 + 3 * top_k));
-                        row.push(csv_cell(error.to_string().as_bytes()));
+                        row.push(csv_cell(&error_bytes(source, error)));
                     }
                 }
                 writer.write_record(&row)?;
