@@ -432,6 +432,8 @@ def test_python_api_checks_its_arguments_before_serving(model):
 _SERVE_TWICE = """
 import signal, sys, time
 from butterfly_onnx import serve
+# Python leaves SIGINT ignored when its parent ignored it (a shell's background job): Ctrl-C as usual
+signal.signal(signal.SIGINT, signal.default_int_handler)
 serve(sys.argv[1], port=0, threads=1)
 print("returned", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
 serve(sys.argv[1], port=0, threads=1)

@@ -44,18 +44,25 @@ class _Terminated(Exception):
     """Raised by serve's SIGTERM handler: the server stops gracefully and serve returns."""
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated
-
-
 @contextlib.contextmanager
 def _sigterm_stops_serving() -> Iterator[None]:
-    """SIGTERM raises :class:`_Terminated` meanwhile; the previous handler is restored after.
-    Python runs signal handlers on the main thread only: elsewhere nothing changes."""
+    """The first SIGTERM raises :class:`_Terminated` and puts the previous handler back (a second
+    one, during the graceful stop, is then handled as it was before serving); the previous handler
+    is back in any case afterwards.  Python runs signal handlers on the main thread only:
+    elsewhere nothing changes.  A handler installed from C (``signal.signal`` then gives None)
+    cannot be put back from Python, so it is left alone."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGTERM) is None:
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:

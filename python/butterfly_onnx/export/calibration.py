@@ -249,10 +249,11 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
     }
     cached = _has_calibration_cache()
-    if recipe.method == "entropy" and not cache.is_file():
-        if not cached:
+    if recipe.method == "entropy":
+        if not cached:  # quantize_static would run its own 128-bin Entropy: MinMax's ranges
             raise BackendUnavailableError(_too_old("int8_method='entropy'"))
-        _entropy_ranges(prepared, inputs, cache)
+        if not cache.is_file():
+            _entropy_ranges(prepared, inputs, cache)
     input_name, _ = _input_name_and_batch(prepared)
     activation = QuantType.QInt8 if recipe.format == "s8s8" else QuantType.QUInt8
     # the histogram calibrators print their progress to stdout, where the CLI's --json output goes
@@ -287,15 +288,8 @@ def _too_old(what: str) -> str:
 
 def _entropy_ranges(prepared: Path, inputs: Sequence[np.ndarray], cache: Path) -> None:
     """Calibrate ``prepared`` by Entropy over ENTROPY_BINS and write the ranges to ``cache`` for
-    quantize_static.  The KL threshold is symmetric (-t, t); each range is clipped to the values
-    seen, or a tensor that is never negative (a ReLU6's) would spend half its 8-bit levels below 0."""
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        TensorData,
-        TensorsData,
-        create_calibrator,
-        save_tensors_data,
-    )
+    quantize_static (ONNX Runtime clips each KL threshold to the values seen)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
     input_name, _ = _input_name_and_batch(prepared)
     with tempfile.TemporaryDirectory(prefix="butterfly_entropy_") as tmp, contextlib.redirect_stdout(io.StringIO()):
@@ -307,18 +301,7 @@ def _entropy_ranges(prepared: Path, inputs: Sequence[np.ndarray], cache: Path) -
             extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS},
         )
         calibrator.collect_data(_reader(input_name, _uniform_batches(inputs)))
-        seen = {name: (hist[2], hist[3]) for name, hist in calibrator.collector.histogram_dict.items()}
-        ranges = calibrator.compute_data()
-    clipped = {}
-    for name in ranges:
-        data, (low, high) = ranges[name], seen[name]
-        clipped[name] = TensorData(
-            lowest=np.maximum(data.lowest, low).astype(data.lowest.dtype),
-            highest=np.minimum(data.highest, high).astype(data.highest.dtype),
-            hist=data.hist,
-            bins=data.bins,
-        )
-    save_tensors_data(TensorsData(CalibrationMethod.Entropy, clipped), cache)
+        save_tensors_data(calibrator.compute_data(), cache)
 
 
 def _uniform_batches(inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:

@@ -188,6 +188,8 @@ fn run(
         tokio::pin!(server);
         let mut stopping = Some(stopping);
         let mut poll = tokio::time::interval(STOP_POLL);
+        // A stop() that waited (for the GIL) is not called again at once for the ticks it missed.
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 joined = &mut server => break joined.map_err(std::io::Error::other).and_then(|served| served),
