@@ -98,16 +98,22 @@ def lite0_fp32(tmp_path_factory):
     return path, prepared, preprocessed_batches(photos, LITE0_PREPROCESS, 8)
 
 
-def _activation_types(path: Path) -> set[int]:
+def _activation_quantizers(path: Path) -> dict[str, tuple[float, int]]:
+    """Each quantized activation (not weight) of the model: (scale, zero point's element type)."""
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     consts = {t.name: t for t in graph.initializer}
-    types = set()
-    for node in graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in consts:  # activations, not weights
-            types.add(consts[node.input[2]].data_type)
-    return types
+    return {
+        node.input[0]: (float(numpy_helper.to_array(consts[node.input[1]])), consts[node.input[2]].data_type)
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in consts
+    }
+
+
+def _activation_types(path: Path) -> set[int]:
+    return {kind for _, kind in _activation_quantizers(path).values()}
 
 
 @pytest.mark.slow
@@ -141,16 +147,7 @@ def test_formats_write_the_activation_type_they_name_and_keep_float_nodes(lite0_
 
 
 def _activation_scales(path: Path) -> dict[str, float]:
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    consts = {t.name: t for t in graph.initializer}
-    return {
-        node.input[0]: float(numpy_helper.to_array(consts[node.input[1]]))
-        for node in graph.node
-        if node.op_type == "QuantizeLinear" and node.input[0] not in consts
-    }
+    return {tensor: scale for tensor, (scale, _) in _activation_quantizers(path).items()}
 
 
 @pytest.mark.slow

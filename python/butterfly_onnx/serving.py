@@ -51,10 +51,11 @@ def _sigterm_stops_serving() -> Iterator[None]:
     is back in any case afterwards.  Python runs signal handlers on the main thread only:
     elsewhere nothing changes.  A handler installed from C (``signal.signal`` then gives None)
     cannot be put back from Python, so it is left alone."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        yield
-        return
-    if signal.getsignal(signal.SIGTERM) is None:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "SIGTERM")
+        or signal.getsignal(signal.SIGTERM) is None
+    ):
         yield
         return
 

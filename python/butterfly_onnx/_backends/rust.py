@@ -152,7 +152,7 @@ def _lazy_payloads(items: Sequence[tuple[str, Any]], failed: dict[int, ImageErro
 def _shown(source: str) -> str:
     """How Rust names ``source`` in its messages (``error::path_name``): each byte of a file
     name that is not UTF-8 (a str with surrogateescape'd bytes) as the text ``\\udcXX``."""
-    return os.fsencode(source).decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode("utf-8")
+    return source.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _with_failures(

@@ -248,13 +248,18 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
+    input_name, _ = _input_name_and_batch(prepared)
     cached = _has_calibration_cache()
     if recipe.method == "entropy":
         if not cached:  # quantize_static would run its own 128-bin Entropy: MinMax's ranges
-            raise BackendUnavailableError(_too_old("int8_method='entropy'"))
+            import onnxruntime
+
+            raise BackendUnavailableError(
+                "int8_method='entropy' needs onnxruntime >= 1.27 (its calibration cache); "
+                f"this is onnxruntime {onnxruntime.__version__}"
+            )
         if not cache.is_file():
-            _entropy_ranges(prepared, inputs, cache)
-    input_name, _ = _input_name_and_batch(prepared)
+            _entropy_ranges(prepared, input_name, inputs, cache)
     activation = QuantType.QInt8 if recipe.format == "s8s8" else QuantType.QUInt8
     # the histogram calibrators print their progress to stdout, where the CLI's --json output goes
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -280,18 +285,11 @@ def _has_calibration_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def _too_old(what: str) -> str:
-    import onnxruntime
-
-    return f"{what} needs onnxruntime >= 1.27 (its calibration cache); this is onnxruntime {onnxruntime.__version__}"
-
-
-def _entropy_ranges(prepared: Path, inputs: Sequence[np.ndarray], cache: Path) -> None:
+def _entropy_ranges(prepared: Path, input_name: str, inputs: Sequence[np.ndarray], cache: Path) -> None:
     """Calibrate ``prepared`` by Entropy over ENTROPY_BINS and write the ranges to ``cache`` for
     quantize_static (ONNX Runtime clips each KL threshold to the values seen)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
-    input_name, _ = _input_name_and_batch(prepared)
     with tempfile.TemporaryDirectory(prefix="butterfly_entropy_") as tmp, contextlib.redirect_stdout(io.StringIO()):
         calibrator = create_calibrator(
             prepared,

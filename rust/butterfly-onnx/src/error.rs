@@ -1,7 +1,8 @@
 //! The one error type of the crate. Every variant names the input it is about, and
 //! [`Error::kind`] says which kind of failure it is ([`ErrorKind`], a plain enum to `match`
-//! on). The Python binding maps each kind onto a class of python/butterfly_onnx/errors.py
-//! with an exhaustive `match`, so a new kind does not compile until it is mapped.
+//! on). [`ErrorKind::python_class`] names each kind's class of python/butterfly_onnx/errors.py
+//! (the binding raises it, the server answers with it) in an exhaustive `match`, so a new kind
+//! does not compile until it is mapped.
 
 use std::path::{Path, PathBuf};
 
