@@ -17,12 +17,15 @@ from butterfly_onnx.errors import BackendUnavailableError, ExportError, ExportVe
 from butterfly_onnx.export.calibration import (
     Int8Recipe,
     _has_calibration_cache,
+    bias_shifts,
     calibration_draw,
     correct_biases,
+    float_units,
     node_sensitivity,
     prepare_for_quantization,
     preprocessed_batches,
     quantize_int8,
+    search_int8,
 )
 from butterfly_onnx.export.reports import ExportReport, wilson_interval
 from provider_envs import ROOT, make_openvino_env
@@ -280,6 +283,37 @@ def test_bias_correction_brings_int8_logits_closer_to_fp32(lite0_fp32, tmp_path)
         quantize_int8(source, out, Int8Recipe("u8s8", bias_correction=fix), inputs, tmp_path / f"{name}.json")
         errors[name] = float(np.abs(ort_run(ort_session(out), inputs) - fp32).mean())
     assert errors["corrected"] < 0.8 * errors["plain"], errors
+
+
+@pytest.mark.slow
+def test_convs_kept_in_float_keep_their_own_bias(lite0_fp32, tmp_path):
+    """Bias correction makes up for rounded weights; a Conv the int8 file keeps in float has none,
+    so its bias is fp32's exactly, while the Convs around it are still corrected."""
+    import onnx
+    from onnx import numpy_helper
+
+    fp32_path, prepared, inputs = lite0_fp32
+    graph = onnx.load(str(prepared)).graph
+    depthwise = next(
+        n.name for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    )
+    unit = float_units(prepared, [depthwise])[0]  # the depthwise Conv, its Clip and the Conv before
+    shifts = bias_shifts(prepared, inputs)
+    kept_convs = [name for name in unit if name in shifts]
+    assert len(kept_convs) == 2 and all(np.abs(shifts[name]).max() > 0 for name in kept_convs)
+
+    out = tmp_path / "kept.int8.onnx"
+    search = search_int8(fp32_path, out, Int8Recipe("u8s8", float_nodes=unit), inputs, target=0)
+    assert search.recipe.float_nodes == unit
+    fp32_bias = {n.name: n.input[2] for n in graph.node if n.name in kept_convs}
+    want = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in fp32_bias.values()}
+    written = onnx.load(str(out)).graph
+    got = {t.name: numpy_helper.to_array(t) for t in written.initializer}
+    nodes = {n.name: n for n in written.node}
+    for name in kept_convs:
+        bias = nodes[name].input[2]
+        assert bias in got, f"{name}'s bias is quantized, yet it was kept in float"
+        np.testing.assert_array_equal(got[bias], want[fp32_bias[name]])
 
 
 def test_unknown_format_or_method_is_a_clear_error():

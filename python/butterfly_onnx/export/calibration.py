@@ -12,7 +12,7 @@ import inspect
 import io
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ __all__ = [
     "INT8_METHODS",
     "Int8Recipe",
     "Int8Search",
+    "apply_bias_shifts",
+    "bias_shifts",
     "calibration_draw",
     "correct_biases",
     "float_units",
@@ -163,40 +165,44 @@ def prepare_for_quantization(fp32_path: Path, out_path: Path) -> None:
 _WEIGHT_QMAX = 127
 
 
-def correct_biases(prepared: Path, out_path: Path, inputs: Sequence[np.ndarray], per_channel: bool = True) -> int:
-    """Write ``prepared`` with each Conv's bias shifted by the mean output error that rounding its
-    weights to symmetric int8 (as ``quantize_int8`` will) causes on the calibration ``inputs``:
-    ``bias -= sum((W_int8 - W) * mean(input))`` per output channel, the input's per-channel mean
-    taken over the images and positions (bias correction, Nagel et al. 2019, "Data-Free
-    Quantization").  Rounding 9 or 25 depthwise taps per channel biases each output; on
-    EfficientNet-Lite0 this alone took int8 top-1 agreement with fp32 from 76% to 90%
-    (docs/export.md, "int8 recipes").  Returns how many Convs were corrected."""
+def correct_biases(
+    prepared: Path,
+    out_path: Path,
+    inputs: Sequence[np.ndarray],
+    per_channel: bool = True,
+    *,
+    keep: Collection[str] = (),
+) -> int:
+    """Write ``prepared`` with each Conv's bias corrected for its int8 weights
+    (:func:`bias_shifts` on the calibration ``inputs``), except the Convs named in ``keep``
+    (those that stay in float).  Returns how many Convs were corrected."""
+    return apply_bias_shifts(prepared, out_path, bias_shifts(prepared, inputs, per_channel), keep=keep)
+
+
+def bias_shifts(prepared: Path, inputs: Sequence[np.ndarray], per_channel: bool = True) -> dict[str, np.ndarray]:
+    """Each Conv's (by node name) mean output error that rounding its weights to symmetric int8
+    (as ``quantize_int8`` will) causes on the calibration ``inputs``, per output channel:
+    ``sum((W_int8 - W) * mean(input))``, the input's per-channel mean taken over the images and
+    positions (bias correction, Nagel et al. 2019, "Data-Free Quantization").  Rounding 9 or 25
+    depthwise taps per channel biases each output; on EfficientNet-Lite0 correcting it alone took
+    int8 top-1 agreement with fp32 from 76% to 90% (docs/export.md, "int8 recipes")."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(prepared))
     initializers = {init.name: init for init in model.graph.initializer}
-    convs = [
-        node
-        for node in model.graph.node
-        if node.op_type == "Conv"
-        and len(node.input) == 3
-        and node.input[1] in initializers
-        and node.input[2] in initializers
-    ]
+    convs = _biased_convs(model.graph)
     if not convs:
-        onnx.save(model, str(out_path))
-        return 0
+        return {}
     input_name, _ = _input_name_and_batch(prepared)
-    probe = onnx.load(str(prepared))
-    outputs = {out.name for out in probe.graph.output}
+    outputs = {out.name for out in model.graph.output}
     for node in convs:
         if node.input[0] not in outputs:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
             outputs.add(node.input[0])
     with tempfile.TemporaryDirectory(prefix="butterfly_bias_") as tmp:
         probe_path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(probe_path))
+        onnx.save(model, str(probe_path))
         session = ort_session(probe_path)
         names = [out.name for out in session.get_outputs()]
         sums: dict[str, np.ndarray] = {}
@@ -208,6 +214,7 @@ def correct_biases(prepared: Path, out_path: Path, inputs: Sequence[np.ndarray],
                     sums[node.input[0]] = np.zeros(values[node.input[0]].shape[1])
                 sums[node.input[0]] += values[node.input[0]].mean(axis=(2, 3), dtype=np.float64).sum(axis=0)
             count += len(batch)
+    shifts = {}
     for node in convs:
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
         axes = tuple(range(1, weight.ndim)) if per_channel else tuple(range(weight.ndim))
@@ -220,11 +227,49 @@ def correct_biases(prepared: Path, out_path: Path, inputs: Sequence[np.ndarray],
         # output channel o reads input channels [g * per_group, (g + 1) * per_group) of its group g
         group_of = np.arange(error.shape[0]) // (error.shape[0] // groups)
         means = mean.reshape(groups, per_group)[group_of]  # (out, in/group)
-        shift = (error.sum(axis=(2, 3)) * means).sum(axis=1)
+        shifts[_conv_key(node)] = (error.sum(axis=(2, 3)) * means).sum(axis=1)
+    return shifts
+
+
+def apply_bias_shifts(
+    prepared: Path, out_path: Path, shifts: Mapping[str, np.ndarray], *, keep: Collection[str] = ()
+) -> int:
+    """Write ``prepared`` with ``bias -= shift`` for each Conv in ``shifts`` but not in ``keep``:
+    a Conv kept in float has no rounded weights to make up for, so its bias stays as it is.
+    Returns how many Convs were corrected."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(prepared))
+    initializers = {init.name: init for init in model.graph.initializer}
+    corrected = 0
+    for node in _biased_convs(model.graph):
+        if _conv_key(node) not in shifts or node.name in keep:
+            continue
         bias = numpy_helper.to_array(initializers[node.input[2]])
-        initializers[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(bias.dtype), node.input[2]))
+        fixed = (bias - shifts[_conv_key(node)]).astype(bias.dtype)
+        initializers[node.input[2]].CopyFrom(numpy_helper.from_array(fixed, node.input[2]))
+        corrected += 1
     onnx.save(model, str(out_path))
-    return len(convs)
+    return corrected
+
+
+def _biased_convs(graph: Any) -> list[Any]:
+    """The Convs whose weights and bias are initializers (those bias correction can fix)."""
+    initializers = {init.name for init in graph.initializer}
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "Conv"
+        and len(node.input) == 3
+        and node.input[1] in initializers
+        and node.input[2] in initializers
+    ]
+
+
+def _conv_key(node: Any) -> str:
+    """A Conv's key in :func:`bias_shifts`: its name, or its output's when it has none."""
+    return str(node.name or node.output[0])
 
 
 def _input_name_and_batch(path: Path) -> tuple[str, int]:
@@ -380,17 +425,22 @@ def search_int8(
         prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
         prepare_for_quantization(fp32_path, prepared)
         fp32_top1 = ort_run(ort_session(prepared), inputs).argmax(axis=1)
-        if recipe.bias_correction:  # quantize (and rank nodes of) the corrected graph
-            corrected = Path(tmp) / "corrected.onnx"
-            correct_biases(prepared, corrected, inputs, recipe.per_channel)
-            prepared = corrected
-        quantize_int8(prepared, out_path, recipe, inputs, cache)
-        agreement = _agreement(out_path, inputs, fp32_top1)
+        shifts = bias_shifts(prepared, inputs, recipe.per_channel) if recipe.bias_correction else {}
+        corrected = Path(tmp) / "corrected.onnx"
+
+        def quantize(candidate: Int8Recipe) -> float:
+            """``candidate``'s model in ``out_path`` (each Conv it quantizes bias-corrected) and its
+            agreement with fp32; ranges are calibrated on the corrected fp32 graph."""
+            apply_bias_shifts(prepared, corrected, shifts, keep=candidate.float_nodes)
+            quantize_int8(corrected, out_path, candidate, inputs, cache)
+            return _agreement(out_path, inputs, fp32_top1)
+
+        agreement = quantize(recipe)
         search = Int8Search(recipe, agreement, [(recipe.float_nodes, agreement)])
         if agreement >= target or max_float_nodes <= 0:
             return search
         ranked = float_units(
-            prepared, [name for name, _ in node_sensitivity(prepared, out_path, _first_images(inputs))]
+            corrected, [name for name, _ in node_sensitivity(corrected, out_path, _first_images(inputs))]
         )
         best_path = Path(tmp) / "best.onnx"
         out_path.replace(best_path)
@@ -401,8 +451,7 @@ def search_int8(
             candidate = Int8Recipe(
                 recipe.format, recipe.method, recipe.per_channel, tuple(kept), recipe.bias_correction
             )
-            quantize_int8(prepared, out_path, candidate, inputs, cache)
-            agreement = _agreement(out_path, inputs, fp32_top1)
+            agreement = quantize(candidate)
             search.tried.append((candidate.float_nodes, agreement))
             if agreement > search.agreement:
                 search.recipe, search.agreement = candidate, agreement
