@@ -5,7 +5,7 @@ GIL while it decodes, preprocesses or runs the model; one instance may be shared
 Errors are the classes of ``butterfly_onnx.errors``.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -103,11 +103,15 @@ def serve(
     max_wait_ms: int | None = None,
     max_queue: int | None = None,
     max_body_bytes: int | None = None,
+    stop: Callable[[], object] | None = None,
+    listening: Callable[[str, int], object] | None = None,
 ) -> None:
     """Serve ``classifier`` over HTTP until a Python signal handler raises (Ctrl-C's
-    KeyboardInterrupt), then stop gracefully and raise it (the GIL released, taken every 0.1 s
-    to check for signals); None options take the server's defaults. Prints ``butterfly-onnx serve: listening on
-    http://HOST:PORT (model NAME)`` on stdout once listening."""
+    KeyboardInterrupt) or ``stop()`` is true, then stop gracefully (and raise what was raised);
+    the GIL released, taken every 0.1 s to check for signals and call ``stop``.  None options
+    take the server's defaults.  Prints ``butterfly-onnx serve: listening on
+    http://HOST:PORT (model NAME)`` on stdout once listening, then calls ``listening(host, port)``;
+    what it raises stops the server and is raised."""
 
 def ort_library_problem(path: str | PathLike[str]) -> str | None:
     """Why this libonnxruntime is not to be loaded unasked (group/world-writable, or owned by

@@ -7,9 +7,10 @@ by a submodule of the same name): put a model behind an HTTP endpoint (the Rust 
 There is one implementation, in the Rust crate (``rust/butterfly-onnx/src/serve/``): this
 function opens the model as the rust backend does and hands it to that server with the GIL
 released, exactly what ``butterfly-onnx serve`` (either CLI) runs.  It returns when the
-process gets SIGTERM or Ctrl-C, after answering the requests in flight; the signals are
-Python's throughout (the server checks for them every 0.1 s), and the process's SIGTERM
-handler is put back when it returns.  Routes, batching, limits and figures: docs/serving.md.
+process gets SIGTERM or Ctrl-C, or when its ``stop`` event is set, after answering the requests
+in flight; the signals are Python's throughout (the server checks for them and for ``stop`` every
+0.1 s), and the process's SIGTERM handler is put back when it returns.  Routes, batching, limits
+and figures: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,19 @@ def serve(
     max_image_pixels: Any = DEFAULT,
     providers: Any = None,
     device: str | None = None,
+    stop: threading.Event | None = None,
+    listening: Callable[[str, int], object] | None = None,
 ) -> None:
-    """Serve ``model`` (an exported .onnx file) on ``host:port`` until SIGTERM or Ctrl-C.
+    """Serve ``model`` (an exported .onnx file) on ``host:port`` until SIGTERM, Ctrl-C or ``stop``.
 
     Called from the main thread, it handles SIGTERM while it serves (the handler before is put
-    back when it returns); from another thread it serves until the process ends.
+    back when it returns).  Python delivers signals to the main thread only: from another
+    thread, set ``stop`` (a :class:`threading.Event`, or anything with ``is_set()``) to end it.
+    Either way the requests in flight are answered first.
 
-    ``port=0`` takes any free port; a line on stdout says which once the server listens.
+    ``port=0`` takes any free port; a line on stdout says which once the server listens, and
+    ``listening(host, port)`` is called then.  What ``listening`` raises stops the server and
+    ``serve`` raises it.
     ``name``: the model's name in ``/v2/models/{name}`` (default: the file's stem).
     ``max_batch``, ``max_wait_ms``, ``max_queue``, ``max_body_bytes``: the batching and
     admission limits (None: the server's defaults, docs/serving.md).  ``threads``,
@@ -116,6 +123,10 @@ def serve(
             ("max_body_bytes", max_body_bytes),
         )
     }
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise InvalidArgumentTypeError(f"stop must be a threading.Event (with is_set()) or None, got {stop!r}")
+    if listening is not None and not callable(listening):
+        raise InvalidArgumentTypeError(f"listening must be a callable (host, port) or None, got {listening!r}")
     if max_image_pixels is DEFAULT:
         max_image_pixels = pixel_limit_default()
     else:
@@ -138,6 +149,8 @@ def serve(
                 max_wait_ms=max_wait_ms,
                 max_queue=limits["max_queue"],
                 max_body_bytes=limits["max_body_bytes"],
+                stop=None if stop is None else stop.is_set,
+                listening=listening,
             )
     except (KeyboardInterrupt, _Terminated):  # the server has already stopped gracefully
         pass

@@ -217,7 +217,8 @@ class Backend:
 
     def serve(self, **settings: Any) -> None:
         """Hand this model to the Rust core's HTTP server (``butterfly_onnx.serve``); returns
-        when a Python signal handler raises (Ctrl-C), with that exception, after a graceful stop."""
+        after a graceful stop: when ``settings["stop"]()`` is true, or raising what a Python
+        signal handler (Ctrl-C) or a callback raised."""
         _native().serve(self._native, **settings)
 
     def _effective_contract(self) -> ModelContract:

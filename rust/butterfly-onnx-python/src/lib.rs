@@ -456,12 +456,14 @@ fn loaded_ort_library() -> Option<PathBuf> {
 }
 
 /// Serve `classifier` over HTTP until a Python signal handler raises (Ctrl-C's KeyboardInterrupt,
-/// or whatever the caller's SIGTERM handler raises), then stop gracefully and raise that
-/// (core `serve::serve_until`, the GIL released but while checking for signals); no signal
-/// handler of the core's stays behind. `None` options take the server's defaults (core
-/// `serve::ServeOptions`).
+/// or whatever the caller's SIGTERM handler raises) or `stop()` is true, then stop gracefully
+/// (core `serve::serve_until`, the GIL released but taken every 0.1 s to check for signals and
+/// call `stop`); no signal handler of the core's stays behind. `listening(host, port)` is called
+/// once the socket is bound, after the line on stdout. What `stop`, `listening` or a signal
+/// handler raises stops the server and is raised. `None` options take the server's defaults
+/// (core `serve::ServeOptions`).
 #[pyfunction]
-#[pyo3(signature = (classifier, *, host=None, port=None, name=None, max_batch=None, max_wait_ms=None, max_queue=None, max_body_bytes=None))]
+#[pyo3(signature = (classifier, *, host=None, port=None, name=None, max_batch=None, max_wait_ms=None, max_queue=None, max_body_bytes=None, stop=None, listening=None))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
     py: Python<'_>,
@@ -473,6 +475,8 @@ fn serve(
     max_wait_ms: Option<u64>,
     max_queue: Option<usize>,
     max_body_bytes: Option<usize>,
+    stop: Option<Py<PyAny>>,
+    listening: Option<Py<PyAny>>,
 ) -> PyResult<()> {
     use butterfly_onnx::serve::ServeOptions;
     let defaults = ServeOptions::default();
@@ -487,18 +491,36 @@ fn serve(
     };
     let inner = Arc::clone(&classifier.inner);
     drop(classifier);
-    let mut raised: Option<PyErr> = None;
-    // Python runs its signal handlers on the main thread only, from check_signals.
-    let stop = || match Python::attach(|py| py.check_signals()) {
-        Ok(()) => false,
+    // The first exception from Python (a callback or a signal handler): it stops the server.
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let keep = |outcome: PyResult<bool>| match outcome {
+        Ok(stopping) => stopping,
         Err(err) => {
-            raised = Some(err);
+            raised.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
             true
         }
     };
-    let served =
-        py.detach(|| butterfly_onnx::serve::serve_until(inner, options, butterfly_onnx::serve::announce, stop));
-    match raised {
+    let on_listening = |address: std::net::SocketAddr, model: &str| {
+        butterfly_onnx::serve::announce(address, model);
+        if let Some(callback) = &listening {
+            keep(Python::attach(|py| callback.call1(py, (address.ip().to_string(), address.port())).map(|_| false)));
+        }
+    };
+    // Python runs its signal handlers on the main thread only, from check_signals.
+    let should_stop = || {
+        if raised.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return true;
+        }
+        keep(Python::attach(|py| {
+            py.check_signals()?;
+            match &stop {
+                Some(stop) => stop.bind(py).call0()?.is_truthy(),
+                None => Ok(false),
+            }
+        }))
+    };
+    let served = py.detach(|| butterfly_onnx::serve::serve_until(inner, options, on_listening, should_stop));
+    match raised.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(err) => Err(err),
         None => served.map_err(|e| to_py_err(&e)),
     }
