@@ -295,16 +295,17 @@ def quantize_int8(
     }
     input_name, _ = _input_name_and_batch(prepared)
     cached = _has_calibration_cache()
-    if recipe.method == "entropy":
-        if not cached:  # quantize_static would run its own 128-bin Entropy: MinMax's ranges
+    if recipe.method != "minmax":
+        if cached and not cache.is_file():
+            _histogram_ranges(prepared, input_name, inputs, cache, recipe.method)
+        elif recipe.method == "entropy" and not cached:
+            # quantize_static would run its own 128-bin Entropy: MinMax's ranges
             import onnxruntime
 
             raise BackendUnavailableError(
                 "int8_method='entropy' needs onnxruntime >= 1.27 (its calibration cache); "
                 f"this is onnxruntime {onnxruntime.__version__}"
             )
-        if not cache.is_file():
-            _entropy_ranges(prepared, input_name, inputs, cache)
     activation = QuantType.QInt8 if recipe.format == "s8s8" else QuantType.QUInt8
     # the histogram calibrators print their progress to stdout, where the CLI's --json output goes
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -330,27 +331,36 @@ def _has_calibration_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def _entropy_ranges(prepared: Path, input_name: str, inputs: Sequence[np.ndarray], cache: Path) -> None:
-    """Calibrate ``prepared`` by Entropy over ENTROPY_BINS and write the ranges to ``cache`` for
-    quantize_static (ONNX Runtime clips each KL threshold to the values seen)."""
+def _histogram_ranges(prepared: Path, input_name: str, inputs: Sequence[np.ndarray], cache: Path, method: str) -> None:
+    """Calibrate ``prepared`` by Percentile (ONNX Runtime's defaults, as quantize_static's) or
+    Entropy (over ENTROPY_BINS) and write the ranges to ``cache`` for quantize_static.  The
+    batches go in one at a time: ONNX Runtime's collector merges each batch's histograms into the
+    ones so far, so memory holds one batch's activations (quantize_static collects every batch's
+    activations first: gigabytes for a few hundred images), and batches may differ in size."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
-    with tempfile.TemporaryDirectory(prefix="butterfly_entropy_") as tmp, contextlib.redirect_stdout(io.StringIO()):
+    histogram = {
+        "percentile": (CalibrationMethod.Percentile, {}),
+        "entropy": (CalibrationMethod.Entropy, {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS}),
+    }
+    calibrate_method, options = histogram[method]
+    with tempfile.TemporaryDirectory(prefix="butterfly_histogram_") as tmp, contextlib.redirect_stdout(io.StringIO()):
         calibrator = create_calibrator(
             prepared,
             None,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Entropy,
-            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS},
+            calibrate_method=calibrate_method,
+            extra_options=options,
         )
-        calibrator.collect_data(_reader(input_name, _uniform_batches(inputs)))
+        for batch in inputs:
+            calibrator.collect_data(_reader(input_name, [batch]))
         save_tensors_data(calibrator.compute_data(), cache)
 
 
 def _uniform_batches(inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
-    """``inputs`` with every batch the same size: ONNX Runtime's histogram calibrators (Percentile,
-    Entropy) stack each tensor's values over all batches and fail on a shorter last batch; then
-    each image is a batch of its own (MinMax reduces batch by batch and takes any sizes)."""
+    """``inputs`` with every batch the same size, for quantize_static's own Percentile (ONNX Runtime
+    < 1.27, without the calibration cache): it stacks each tensor's values over all batches and
+    fails on a shorter last batch; then each image is a batch of its own."""
     if len({len(batch) for batch in inputs}) <= 1:
         return inputs
     return [image[None] for batch in inputs for image in batch]
