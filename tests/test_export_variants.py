@@ -348,6 +348,24 @@ def test_convs_kept_in_float_keep_their_own_bias(lite0_fp32, tmp_path):
         assert bias in got, f"{name}'s bias is quantized, yet it was kept in float"
         np.testing.assert_array_equal(got[bias], want[fp32_bias[name]])
 
+    # a quantized Conv's bias is fp32's less its shift, to within the int32 bias's rounding
+    producer = {out: node for node in written.node for out in node.output}
+    fp32_biases = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    fp32_nodes = {n.name: n for n in graph.node}
+    checked = 0
+    for name, shift in shifts.items():
+        if name in kept_convs or name not in nodes:
+            continue
+        dequantize = producer[nodes[name].input[2]]
+        assert dequantize.op_type == "DequantizeLinear", name
+        scale = got[dequantize.input[1]].astype(np.float64)
+        written_bias = got[dequantize.input[0]].astype(np.float64) * scale
+        fp32 = fp32_biases[fp32_nodes[name].input[2]]
+        corrected = (fp32 - shift).astype(np.float32).astype(np.float64)  # as the graph stores it
+        assert np.all(np.abs(written_bias - corrected) <= 0.51 * scale), name
+        checked += np.any(np.abs(shift) > scale)  # where the shift is more than rounding
+    assert checked > 10
+
 
 def test_unknown_format_or_method_is_a_clear_error():
     with pytest.raises(ExportError, match="int8_format must be one of"):

@@ -510,46 +510,59 @@ def test_requests_whose_clients_leave_release_their_place(model, images, expecte
 
 
 def test_python_serve_in_a_thread_stops_when_its_event_is_set(model, images, expected):
-    """``butterfly_onnx.serve`` in a thread of this process: ``listening`` gives the port taken,
-    requests are answered as Classifier.predict answers them, and setting ``stop`` ends it
-    (Python's signals reach the main thread only, so before ``stop`` a server in a thread could
-    not be stopped at all)."""
+    """``butterfly_onnx.serve`` in a thread of this process: ``listening`` gives the port taken
+    once the server answers (the callback itself probes readiness), requests are answered as
+    Classifier.predict answers them, and setting ``stop`` ends it (Python's signals reach the
+    main thread only, so before ``stop`` a server in a thread could not be stopped at all)."""
     import queue
 
     from butterfly_onnx import serve
 
-    bound: queue.Queue[tuple[str, int]] = queue.Queue()
+    bound: queue.Queue[tuple[str, int, int]] = queue.Queue()
     stop = threading.Event()
     failed: list[BaseException] = []
 
+    def ready(host: str, port: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            connection.request("GET", "/v2/health/ready")
+            bound.put((host, port, connection.getresponse().status))
+        finally:
+            connection.close()
+
     def run() -> None:
         try:
-            serve(model, port=0, threads=1, stop=stop, listening=lambda host, port: bound.put((host, port)))
+            serve(model, port=0, threads=1, stop=stop, listening=ready)
         except BaseException as exc:  # the test reads it below
             failed.append(exc)
+            bound.put(("", 0, 0))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    host, port = bound.get(timeout=60)
-    path = next(p for p in images if p in expected)
-    connection = http.client.HTTPConnection(host, port, timeout=60)
     try:
-        connection.request("POST", f"/v1/classify?top_k={TOP_K}", body=path.read_bytes())
-        response = connection.getresponse()
-        assert response.status == 200
-        scores = json.loads(response.read())["top_k"]
-        assert [(s["label"], s["index"], s["probability"]) for s in scores] == expected[path]
+        host, port, ready_status = bound.get(timeout=60)
+        assert failed == [] and ready_status == 200, failed
+        path = next(p for p in images if p in expected)
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            connection.request("POST", f"/v1/classify?top_k={TOP_K}", body=path.read_bytes())
+            response = connection.getresponse()
+            assert response.status == 200
+            scores = json.loads(response.read())["top_k"]
+            assert [(s["label"], s["index"], s["probability"]) for s in scores] == expected[path]
+        finally:
+            connection.close()
+        assert thread.is_alive()
     finally:
-        connection.close()
-    assert thread.is_alive()
-    stop.set()
-    thread.join(timeout=30)
+        stop.set()
+        thread.join(timeout=30)
     assert not thread.is_alive(), "serve went on after stop was set"
     assert failed == []
     with pytest.raises(ConnectionRefusedError):
         http.client.HTTPConnection(host, port, timeout=5).request("GET", "/v2/health/live")
 
 
+@pytest.mark.timeout(60)
 def test_python_serve_raises_what_its_listening_callback_raises(model):
     from butterfly_onnx import serve
     from butterfly_onnx.errors import InvalidArgumentTypeError

@@ -110,8 +110,9 @@ def serve(
     KeyboardInterrupt) or ``stop()`` is true, then stop gracefully (and raise what was raised);
     the GIL released, taken every 0.1 s to check for signals and call ``stop``.  None options
     take the server's defaults.  Prints ``butterfly-onnx serve: listening on
-    http://HOST:PORT (model NAME)`` on stdout once listening, then calls ``listening(host, port)``;
-    what it raises stops the server and is raised."""
+    http://HOST:PORT (model NAME)`` on stdout once it answers, then calls ``listening(host, port)``
+    (host as an IP address; requests are answered meanwhile); what it raises stops the server
+    and is raised."""
 
 def ort_library_problem(path: str | PathLike[str]) -> str | None:
     """Why this libonnxruntime is not to be loaded unasked (group/world-writable, or owned by

@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -39,6 +39,12 @@ def _positive(name: str, value: Any) -> int | None:
     if value < 1:
         raise InvalidArgumentError(f"{name} must be at least 1, got {value}")
     return value
+
+
+class StopEvent(Protocol):
+    """What ``serve(stop=)`` takes: a :class:`threading.Event`, or anything with ``is_set()``."""
+
+    def is_set(self) -> bool: ...
 
 
 class _Terminated(Exception):
@@ -85,7 +91,7 @@ def serve(
     max_image_pixels: Any = DEFAULT,
     providers: Any = None,
     device: str | None = None,
-    stop: threading.Event | None = None,
+    stop: StopEvent | None = None,
     listening: Callable[[str, int], object] | None = None,
 ) -> None:
     """Serve ``model`` (an exported .onnx file) on ``host:port`` until SIGTERM, Ctrl-C or ``stop``.
@@ -95,9 +101,10 @@ def serve(
     thread, set ``stop`` (a :class:`threading.Event`, or anything with ``is_set()``) to end it.
     Either way the requests in flight are answered first.
 
-    ``port=0`` takes any free port; a line on stdout says which once the server listens, and
-    ``listening(host, port)`` is called then.  What ``listening`` raises stops the server and
-    ``serve`` raises it.
+    ``port=0`` takes any free port; a line on stdout says which once the server answers, and
+    ``listening(host, port)`` is called then (``host`` as an IP address; the server answers
+    requests meanwhile, so the callback may call it).  What ``listening`` raises stops the server
+    and ``serve`` raises it.
     ``name``: the model's name in ``/v2/models/{name}`` (default: the file's stem).
     ``max_batch``, ``max_wait_ms``, ``max_queue``, ``max_body_bytes``: the batching and
     admission limits (None: the server's defaults, docs/serving.md).  ``threads``,

@@ -180,7 +180,7 @@ def correct_biases(
 
 
 def bias_shifts(prepared: Path, inputs: Sequence[np.ndarray], per_channel: bool = True) -> dict[str, np.ndarray]:
-    """Each Conv's (by node name) mean output error that rounding its weights to symmetric int8
+    """Each Conv's (by node name, or output name for an unnamed one) mean output error that rounding its weights to symmetric int8
     (as ``quantize_int8`` will) causes on the calibration ``inputs``, per output channel:
     ``sum((W_int8 - W) * mean(input))``, the input's per-channel mean taken over the images and
     positions (bias correction, Nagel et al. 2019, "Data-Free Quantization").  Rounding 9 or 25
@@ -352,6 +352,8 @@ def _histogram_ranges(prepared: Path, input_name: str, inputs: Sequence[np.ndarr
             calibrate_method=calibrate_method,
             extra_options=options,
         )
+        # The first batch sets each histogram's bin width and later ones add bins of that width,
+        # so a tensor far wider later than in the first batch grows its histogram to match.
         for batch in inputs:
             calibrator.collect_data(_reader(input_name, [batch]))
         save_tensors_data(calibrator.compute_data(), cache)
@@ -440,7 +442,9 @@ def search_int8(
 
         def quantize(candidate: Int8Recipe) -> float:
             """``candidate``'s model in ``out_path`` (each Conv it quantizes bias-corrected) and its
-            agreement with fp32; ranges are calibrated on the corrected fp32 graph."""
+            agreement with fp32.  The ranges are calibrated on the first try's graph and reused
+            (ONNX Runtime >= 1.27): a Conv kept in float shifts its output by its small
+            correction, not worth calibrating again for."""
             apply_bias_shifts(prepared, corrected, shifts, keep=candidate.float_nodes)
             quantize_int8(corrected, out_path, candidate, inputs, cache)
             return _agreement(out_path, inputs, fp32_top1)

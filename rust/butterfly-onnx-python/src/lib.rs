@@ -459,7 +459,7 @@ fn loaded_ort_library() -> Option<PathBuf> {
 /// or whatever the caller's SIGTERM handler raises) or `stop()` is true, then stop gracefully
 /// (core `serve::serve_until`, the GIL released but taken every 0.1 s to check for signals and
 /// call `stop`); no signal handler of the core's stays behind. `listening(host, port)` is called
-/// once the socket is bound, after the line on stdout. What `stop`, `listening` or a signal
+/// once the server answers, after the line on stdout. What `stop`, `listening` or a signal
 /// handler raises stops the server and is raised. `None` options take the server's defaults
 /// (core `serve::ServeOptions`).
 #[pyfunction]

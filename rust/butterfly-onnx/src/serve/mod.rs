@@ -108,7 +108,8 @@ pub fn announce(address: SocketAddr, name: &str) {
     let _ = out.flush();
 }
 
-/// [`serve`], calling `listening(address, model name)` once the socket is bound.
+/// [`serve`], calling `listening(address, model name)` on the calling thread once the server answers
+/// on the socket (it may call the server; requests are answered meanwhile).
 pub fn serve_with(
     classifier: Arc<Classifier>,
     options: ServeOptions,
@@ -173,7 +174,6 @@ fn run(
     let batcher =
         batcher::Batcher::start(Arc::clone(&classifier), Arc::clone(&metrics), options.max_batch, options.max_wait)?;
     let state = http::state(classifier, name.clone(), &options, batcher.handle(), metrics);
-    listening(bound, &name);
     let outcome = runtime.block_on(async move {
         let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(state);
@@ -185,6 +185,8 @@ fn run(
         };
         // On the runtime's threads, so that a `stop()` that blocks holds up nothing.
         let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
+        // Once the server answers, so that `listening` may call it (a readiness probe, say).
+        listening(bound, &name);
         tokio::pin!(server);
         let mut stopping = Some(stopping);
         let mut poll = tokio::time::interval(STOP_POLL);
