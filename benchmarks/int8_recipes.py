@@ -87,9 +87,15 @@ def main() -> None:
         "--demo", action="store_true", help="instead: the demo's fine-tuned model, int8 on its whole validation split"
     )
     parser.add_argument("--demo-epochs", type=int, default=4, help="the demo's epochs (1: its head phase only)")
+    parser.add_argument(
+        "--demo-all-categories",
+        action="store_true",
+        help="--demo on every tuxpaint category (16 classes, 686 photos) instead of the demo's 7",
+    )
+    parser.add_argument("--demo-val-fraction", type=float, default=0.2, help="--demo's validation split")
     args = parser.parse_args()
     if args.demo:
-        demo(args.out, args.rounds, args.demo_epochs)
+        demo(args.out, args.rounds, args.demo_epochs, args.demo_all_categories, args.demo_val_fraction)
         return
 
     import torchvision
@@ -184,32 +190,45 @@ def main() -> None:
         )
 
 
-def demo(out: Path, rounds: int, epochs: int) -> None:
+def demo(out: Path, rounds: int, epochs: int, all_categories: bool = False, val_fraction: float = 0.2) -> None:
     """The project's demo model (Lite0 fine-tuned ``epochs`` on the 7-class tuxpaint photo set, as
     ``butterfly-onnx demo`` does with 4) exported with the int8 variant by export_onnx's defaults; the
-    report's figures on the whole validation split."""
+    report's figures on the whole validation split.  ``all_categories``: every tuxpaint category a
+    class (a larger validation split than the demo's 38 images)."""
     from butterfly_onnx import export_onnx, finetune
     from butterfly_onnx.export import ExportReport
-    from butterfly_onnx.sample_data import tuxpaint_photo_dataset
+    from butterfly_onnx.sample_data import TUXPAINT_STAMPS, tuxpaint_photo_dataset
 
-    data = out / "demo_data"
+    data = out / ("demo_data_all" if all_categories else "demo_data")
     if not data.is_dir():
-        tuxpaint_photo_dataset(data)
+        tops = sorted(p.name for p in TUXPAINT_STAMPS.iterdir() if p.is_dir())
+        tuxpaint_photo_dataset(data, categories={top: [top] for top in tops} if all_categories else None)
+    run = (
+        f"demo_run{epochs}"
+        + ("_all" if all_categories else "")
+        + (f"_val{val_fraction:g}" if val_fraction != 0.2 else "")
+    )
     result = finetune(
         data,
         model="efficientnet_lite0",
         weights="DEFAULT",
         epochs=epochs,
-        out_dir=out / f"demo_run{epochs}",
+        out_dir=out / run,
         seed=0,
         resume=False,
+        val_fraction=val_fraction,
     )
     path = export_onnx(
-        result, out / "demo.onnx", variants=("int8",), max_verify_images=None, min_agreement=0, benchmark_rounds=rounds
+        result,
+        out / f"{run}.onnx",
+        variants=("int8",),
+        max_verify_images=None,
+        min_agreement=0,
+        benchmark_rounds=rounds,
     )
     report = ExportReport.load(path)
     print(report.summary())
-    (out / "demo_report.json").write_text(report.to_json())
+    (out / f"{run}.report.json").write_text(report.to_json())
 
 
 if __name__ == "__main__":

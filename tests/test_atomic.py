@@ -145,6 +145,7 @@ def test_a_kill_mid_write_leaves_the_previous_file(which, fmt, sig, contract_mod
         if process.poll() is None:
             process.kill()
             process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
     assert process.returncode != 0
     assert target.read_bytes() == PREVIOUS
     assert os.listdir(out) == [name]  # no temporary file, no partial file

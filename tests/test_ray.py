@@ -180,7 +180,10 @@ def test_model_by_path_and_bytes_and_writers(ray_cluster, contract_model, image_
     write_csv(ds, tmp_path / "csv", top_k=TOP_K)
     parts = sorted((tmp_path / "csv").glob("*.csv"))
     assert parts
-    flat = [row for part in parts for row in csv.DictReader(part.open())]
+    flat = []
+    for part in parts:
+        with part.open(newline="") as handle:
+            flat += csv.DictReader(handle)
     assert len(flat) == len(rows)
     for row in flat:
         expected = reference[row["path"]]
@@ -197,7 +200,8 @@ def test_model_by_path_and_bytes_and_writers(ray_cluster, contract_model, image_
     # images failed: no submission under that name (Kaggle rejects missing rows), the rows
     # predicted go to submission.partial.csv (results.write_submission's rule)
     assert not (tmp_path / "submission.csv").exists()
-    lines = list(csv.reader((tmp_path / "submission.partial.csv").open()))
+    with (tmp_path / "submission.partial.csv").open(newline="") as handle:
+        lines = list(csv.reader(handle))
     assert lines[0] == ["filename", "label"]
     good = [p for p in image_files[::-1] if reference[p].ok]
     assert lines[1:] == [[os.path.basename(p), reference[p].label] for p in good]
@@ -232,7 +236,6 @@ def test_job_survives_a_worker_restart(ray_cluster, contract_model, image_files,
         top_k=TOP_K,
         concurrency=2,
         batch_size=4,
-        ray_remote_args={"max_restarts": 2, "max_task_retries": 2},
         _predictor=KillOnce,
     )
     rows = ds.take_all()
@@ -355,9 +358,12 @@ def test_serve_deployment_answers_equal_classifier_predict(ray_cluster, contract
 
         def post(path: str):
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            connection.request("POST", "/classify?top_k=2", body=Path(path).read_bytes())
-            response = connection.getresponse()
-            return path, response.status, json.loads(response.read())
+            try:
+                connection.request("POST", "/classify?top_k=2", body=Path(path).read_bytes())
+                response = connection.getresponse()
+                return path, response.status, json.loads(response.read())
+            finally:
+                connection.close()
 
         with ThreadPoolExecutor(8) as pool:
             for path, status, got in pool.map(post, image_files):

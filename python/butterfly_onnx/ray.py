@@ -328,9 +328,10 @@ def predict_dataset(
             GPU actors their GPU with ``ray_remote_args={"num_gpus": 1}``.
         address: ``ray.init(address)`` when no Ray session is running (None: an existing
             cluster if one is found, else a local one).
-        ray_remote_args: more ``map_batches`` arguments for the actors (``max_restarts``,
-            ``memory``, ``resources``, ...).  Ray Data restarts dead actors and retries their
-            batches by default (``max_restarts=-1``, ``max_task_retries=-1``).
+        ray_remote_args: more ``map_batches`` arguments for the actors, by Ray's names
+            (``num_gpus``, ``memory``, ``resources``, ``label_selector``, ``runtime_env``, ...;
+            Ray 2.60 deprecates the free-form ones).  Ray Data restarts dead actors and retries
+            their batches by default (``max_restarts=-1``, ``max_task_retries=-1``).
         check_model: open the model once here first, so a missing or invalid model (or
             backend) is one clear error before any actor starts.
     """
