@@ -456,6 +456,7 @@ def test_an_int8_variant_below_min_agreement_is_refused_with_its_figures(near_ti
         )
     message = str(caught.value)
     assert "below min_agreement=0.99" in message and "int8" in message
+    assert "--min-agreement" in message  # how to accept it anyway
     (refused,) = caught.value.reports  # type: ignore[attr-defined]
     assert refused.top1_agreement < 0.99
     assert f"({round(refused.top1_agreement * 16)}/16, 95% interval" in message

@@ -311,7 +311,9 @@ def _build_variants(
     if below:
         error = ExportVerificationError(
             f"{target}: variant {', '.join(r.name for r in below)} below min_agreement="
-            f"{settings.min_agreement:g}; nothing written: " + "; ".join(r.summary() for r in below)
+            f"{settings.min_agreement:g}; nothing written: "
+            + "; ".join(r.summary() for r in below)
+            + " (a lower min_agreement, --min-agreement on the command line, accepts it; 0 turns the gate off)"
         )
         error.reports = below  # type: ignore[attr-defined]
         raise error
