@@ -165,25 +165,17 @@ def prepare_for_quantization(fp32_path: Path, out_path: Path) -> None:
 _WEIGHT_QMAX = 127
 
 
-def correct_biases(
-    prepared: Path,
-    out_path: Path,
-    inputs: Sequence[np.ndarray],
-    per_channel: bool = True,
-    *,
-    keep: Collection[str] = (),
-) -> int:
-    """Write ``prepared`` with each Conv's bias corrected for its int8 weights
-    (:func:`bias_shifts` on the calibration ``inputs``), except the Convs named in ``keep``
-    (those that stay in float).  Returns how many Convs were corrected."""
-    return apply_bias_shifts(prepared, out_path, bias_shifts(prepared, inputs, per_channel), keep=keep)
+def correct_biases(prepared: Path, out_path: Path, inputs: Sequence[np.ndarray], per_channel: bool = True) -> int:
+    """Write ``prepared`` with every Conv's bias corrected for its int8 weights (:func:`bias_shifts`
+    on the calibration ``inputs``).  Returns how many Convs were corrected."""
+    return apply_bias_shifts(prepared, out_path, bias_shifts(prepared, inputs, per_channel))
 
 
 def bias_shifts(prepared: Path, inputs: Sequence[np.ndarray], per_channel: bool = True) -> dict[str, np.ndarray]:
-    """Each Conv's (by node name, or output name for an unnamed one) mean output error that rounding its weights to symmetric int8
-    (as ``quantize_int8`` will) causes on the calibration ``inputs``, per output channel:
-    ``sum((W_int8 - W) * mean(input))``, the input's per-channel mean taken over the images and
-    positions (bias correction, Nagel et al. 2019, "Data-Free Quantization").  Rounding 9 or 25
+    """Each Conv's (by node name, or output name for an unnamed one) mean output error that
+    rounding its weights to symmetric int8 (as ``quantize_int8`` will) causes on the calibration
+    ``inputs``, per output channel: ``sum((W_int8 - W) * mean(input))``, the input's per-channel
+    mean taken over the images and positions (bias correction, Nagel et al. 2019, "Data-Free Quantization").  Rounding 9 or 25
     depthwise taps per channel biases each output; on EfficientNet-Lite0 correcting it alone took
     int8 top-1 agreement with fp32 from 76% to 90% (docs/export.md, "int8 recipes")."""
     import onnx
@@ -313,7 +305,8 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(out_path),
-            _reader(input_name, inputs if recipe.method == "minmax" else _uniform_batches(inputs)),
+            # quantize_static calibrates only without a cache (a histogram method then wants even batches)
+            _reader(input_name, inputs if recipe.method == "minmax" or cached else _uniform_batches(inputs)),
             quant_format=QuantFormat.QDQ,
             per_channel=recipe.per_channel,
             activation_type=activation,

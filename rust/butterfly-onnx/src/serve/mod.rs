@@ -99,7 +99,7 @@ pub fn serve(classifier: Arc<Classifier>, options: ServeOptions) -> Result<()> {
     serve_with(classifier, options, announce)
 }
 
-/// The line [`serve`] prints once the socket is bound.
+/// The line [`serve`] prints once the server answers.
 pub fn announce(address: SocketAddr, name: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
