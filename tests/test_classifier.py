@@ -32,7 +32,7 @@ from butterfly_onnx.errors import (
     InvalidModelError,
     ModelNotFoundError,
 )
-from contract_models import LABELS
+from contract_models import BACKENDS, LABELS, require_backend
 from corpus import BIG, natural_rgb
 
 torch = pytest.importorskip("torch")
@@ -191,6 +191,24 @@ def test_bad_images_raise_clear_errors(backend, classifiers, image_files, name, 
     if name != "missing":  # the same bytes in memory fail the same way, named by position
         with pytest.raises(error, match="<bytes #1>"):
             clf.preprocess([image_files["good"] / "img0.jpg", path.read_bytes()])
+
+
+def test_both_backends_word_bad_images_alike(classifiers, image_files):
+    """The python backend words its errors as the Rust core does: the same message where the
+    cause is the same, and the same "cannot decode image" where only the decoder's reason differs."""
+    require_backend("rust")
+    inputs = {name: image_files["bad"] / name for name in ("empty.jpg", "text.jpg", "truncated.jpg")}
+    inputs["missing"] = image_files["missing"]
+    for name, path in inputs.items():
+        messages = []
+        for backend in BACKENDS:
+            with pytest.raises(ImageError) as info:
+                classifiers(backend).preprocess(path)
+            messages.append(str(info.value))
+        if name in ("missing", "empty.jpg"):
+            assert messages[0] == messages[1], messages
+        else:
+            assert all(m.startswith(f"{path}: cannot decode image: ") for m in messages), messages
 
 
 def test_on_error_skip_returns_the_good_images(backend, classifiers, image_files):

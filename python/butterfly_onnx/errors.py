@@ -63,6 +63,11 @@ class ImageDecodeError(ImageError):
     """The bytes are not a decodable image: empty, truncated, corrupt or an unknown format."""
 
 
+def decode_error(source: str, reason: str) -> ImageDecodeError:
+    """``source`` cannot be decoded for ``reason``, worded as the Rust core words it."""
+    return ImageDecodeError(f"{source}: cannot decode image: {reason}", source=source)
+
+
 class ImageTooLargeError(ImageError):
     """The image has more pixels than the decompression-bomb limit allows."""
 

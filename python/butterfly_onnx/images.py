@@ -22,7 +22,14 @@ import numpy as np
 from PIL import Image, JpegImagePlugin
 
 from .contract import PreprocessSpec
-from .errors import ImageDecodeError, ImageError, ImageNotFoundError, ImageTooLargeError, InvalidArgumentTypeError
+from .errors import (
+    ImageDecodeError,
+    ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InvalidArgumentTypeError,
+    decode_error,
+)
 from .preprocess import resized_size
 
 __all__ = [
@@ -184,22 +191,20 @@ def decode_rgb(
             return payload if payload.mode == "RGB" else payload.convert("RGB")
         elif isinstance(payload, bytes):
             if not payload:
-                raise ImageDecodeError(f"{source}: empty data (0 bytes)", source=source)
+                raise decode_error(source, "empty file (0 bytes)")
             stream: Any = io.BytesIO(payload)
         else:
             try:
                 stream = open(payload, "rb")
             except FileNotFoundError:
-                raise ImageNotFoundError(f"{source}: no such image file", source=source) from None
+                raise ImageNotFoundError(f"{source}: image not found", source=source) from None
             except IsADirectoryError:
-                raise ImageDecodeError(f"{source}: a directory, not an image file", source=source) from None
+                raise decode_error(source, "a directory, not an image file") from None
             except OSError as exc:
-                raise ImageDecodeError(
-                    f"{source}: cannot read the file: {exc.strerror or exc}", source=source
-                ) from None
+                raise decode_error(source, f"cannot read the file: {exc.strerror or exc}") from None
         with stream:
             if not isinstance(payload, bytes) and os.fstat(stream.fileno()).st_size == 0:
-                raise ImageDecodeError(f"{source}: empty file (0 bytes)", source=source)
+                raise decode_error(source, "empty file (0 bytes)")
             with Image.open(stream) as img:
                 _check_pixels(img.width, img.height, max_image_pixels, source)
                 if jpeg_draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
@@ -214,8 +219,8 @@ def decode_rgb(
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{source}: {exc}", source=source) from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError(f"{source}: not a recognised image format", source=source) from None
+        raise decode_error(source, "unknown image format (not one Pillow reads)") from None
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError...
-        raise ImageDecodeError(f"{source}: cannot decode the image: {exc}", source=source) from exc
+        raise decode_error(source, str(exc)) from exc

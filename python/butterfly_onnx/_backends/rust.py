@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..contract import ModelContract, PreprocessSpec
-from ..errors import BackendUnavailableError, ImageDecodeError, ImageError
+from ..errors import BackendUnavailableError, ImageError, decode_error
 from . import resolve_threads
 from .providers import CPU, Provider
 
@@ -107,7 +107,7 @@ def _pil_rgb(source: str, image: Any) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError...
-        raise ImageDecodeError(f"{source}: cannot decode the image: {exc}", source=source) from exc
+        raise decode_error(source, str(exc)) from exc
 
 
 def _payload(item: tuple[str, Any]) -> tuple[str, Any]:
