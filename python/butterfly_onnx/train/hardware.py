@@ -59,8 +59,8 @@ CPU_BF16_SLOWER_FAMILIES = ("mobilenet_v3_small",)
 #: Architecture name prefixes trained in channels_last by default: convolutional families, whose
 #: oneDNN convolutions run NHWC natively.  Measured (docs/benchmarks.md, "Training"), fp32 training
 #: step on the 2-core EPYC: EfficientNet (Lite0: 1.8x), ResNet (1.07x), MobileNetV3 (1.43x),
-#: RegNet (1.34x), DenseNet (1.16x), ShuffleNetV2 (1.15x), MnasNet (1.69x); ConvNeXt, ResNeXt and
-#: Wide ResNet are on by the same reasoning (benchmarks/train_hardware.py step --models ...).
+#: RegNet (1.34x), DenseNet (1.16x), ShuffleNetV2 (1.15x), MnasNet (1.69x), ResNeXt (1.25x), Wide
+#: ResNet (1.09x); ConvNeXt breaks even (0.97-1.05x: its blocks permute to channels-last anyway).
 #: Transformers (vit_, swin_, maxvit_) and the rest keep the default layout.
 CHANNELS_LAST_FAMILIES = (
     "efficientnet",
