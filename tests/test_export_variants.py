@@ -5,10 +5,13 @@ variant falls below ``min_agreement`` failing with the figures and leaving nothi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from butterfly_onnx.errors import BackendUnavailableError, ExportError, ExportVerificationError
 from butterfly_onnx.export.calibration import (
     Int8Recipe,
+    _bound_histograms,
     _has_calibration_cache,
     _histogram_ranges,
     _reader,
@@ -210,6 +214,44 @@ def test_percentile_ranges_taken_batch_by_batch_are_onnxruntimes_all_at_once(lit
         bin_width = float(np.diff(calibrator.collector.histogram_dict[name][1]).max())  # the all-at-once one's
         got_low, got_high = (float(v) for v in got[name].range_value)
         assert abs(got_low - low) <= bin_width and abs(got_high - high) <= bin_width, name
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_a_far_wider_later_batch_leaves_the_bins_bounded(method):
+    """A batch 300x wider than the first would grow ONNX Runtime's histogram to 275x its bins
+    (562,244 for Percentile; Entropy's threshold search over that had not ended after 15
+    minutes).  Bounded, it keeps at most twice its 2048 bins, every count, bins of one width
+    (zero on an edge for Entropy's signed one), and Percentile's range within one bin of ONNX
+    Runtime's all-at-once."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    data = [
+        (rng.normal(size=4000) * scale + shift).astype(np.float32) for scale, shift in ((1, 0.5), (300, -20), (2, 1))
+    ]
+
+    def collector() -> Any:
+        return HistogramCollector(
+            method, symmetric=False, num_bins=2048, num_quantized_bins=128, percentile=99.999, scenario="same"
+        )
+
+    ours, all_at_once = collector(), collector()
+    for batch in data:
+        ours.collect({"t": [batch]})
+        _bound_histograms(ours.histogram_dict, 2 * 2048)
+    all_at_once.collect({"t": [np.concatenate(data)]})
+    hist, edges, *_ = ours.histogram_dict["t"]
+    assert 2048 <= len(hist) <= 2 * 2048 and len(edges) == len(hist) + 1 and hist.sum() == 12000
+    widths = np.diff(edges.astype(np.float64))
+    assert np.allclose(widths, widths[0], rtol=1e-3)
+    if method == "entropy":
+        assert np.min(np.abs(edges)) < widths[0] * 1e-3  # zero on an edge
+        assert np.isclose(-edges[0], edges[-1]) and edges[-1] >= np.abs(np.concatenate(data)).max()
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            got, want = ours.compute_collection_result()["t"], all_at_once.compute_collection_result()["t"]
+        bin_width = float(np.diff(all_at_once.histogram_dict["t"][1]).max())
+        assert abs(float(got[0]) - float(want[0])) <= bin_width and abs(float(got[1]) - float(want[1])) <= bin_width
 
 
 def test_entropy_on_an_onnxruntime_without_the_calibration_cache_is_a_clear_error(tmp_path):

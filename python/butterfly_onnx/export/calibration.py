@@ -345,11 +345,34 @@ def _histogram_ranges(prepared: Path, input_name: str, inputs: Sequence[np.ndarr
             calibrate_method=calibrate_method,
             extra_options=options,
         )
-        # The first batch sets each histogram's bin width and later ones add bins of that width,
-        # so a tensor far wider later than in the first batch grows its histogram to match.
         for batch in inputs:
             calibrator.collect_data(_reader(input_name, [batch]))
+            _bound_histograms(calibrator.collector.histogram_dict, 2 * calibrator.collector.num_bins)
         save_tensors_data(calibrator.compute_data(), cache)
+
+
+def _bound_histograms(histograms: dict[str, tuple[Any, ...]], limit: int) -> None:
+    """Halve the bins of every histogram of ONNX Runtime's HistogramCollector that has more than
+    ``limit``, in place.  The first batch sets a histogram's bin width and a later, wider batch
+    adds bins of that width: a tensor 100x wider later would hold 100x the bins, and Entropy's
+    threshold search costs the square of the bins.  All at once, ONNX Runtime has ``num_bins``
+    over the whole range; with ``limit`` = 2 ``num_bins`` the bins stay at least as fine.
+
+    Percentile's histograms are of absolute values, ``(hist, edges, min, max)`` from the first
+    edge up; Entropy's are of values, ``(hist, edges, min, max, threshold)`` over
+    [-threshold, threshold], and keep zero on an edge."""
+    for name, (hist, edges, *rest) in histograms.items():
+        while len(hist) > limit:
+            step = edges[1] - edges[0]
+            if len(rest) == 2 and len(hist) % 2:  # absolute values: one empty bin at the top
+                hist = np.append(hist, 0)
+                edges = np.append(edges, edges[-1] + step).astype(edges.dtype)
+            elif len(rest) == 3 and len(hist) % 4:  # values: an empty bin at each end, zero stays an edge
+                hist = np.concatenate(([0], hist, [0])).astype(hist.dtype)
+                rest[2] = np.asarray(rest[2] + step, dtype=edges.dtype)
+                edges = np.linspace(-rest[2], rest[2], len(hist) + 1, dtype=edges.dtype)
+            hist, edges = hist.reshape(-1, 2).sum(axis=1), edges[::2]
+        histograms[name] = (hist, edges, *rest)
 
 
 def _uniform_batches(inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
