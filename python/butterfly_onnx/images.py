@@ -150,8 +150,8 @@ def expand_images(images: Any) -> list[ImageItem]:
 def _check_pixels(width: int, height: int, max_image_pixels: int | None, source: str) -> None:
     if max_image_pixels is not None and width * height > max_image_pixels:
         raise ImageTooLargeError(
-            f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{max_image_pixels} (max_image_pixels)",
+            f"{source}: image of {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{max_image_pixels} pixels (decompression bomb protection)",
             source=source,
         )
 
