@@ -193,14 +193,16 @@ def test_bad_images_raise_clear_errors(backend, classifiers, image_files, name, 
             clf.preprocess([image_files["good"] / "img0.jpg", path.read_bytes()])
 
 
-def test_both_backends_word_bad_images_alike(classifiers, image_files):
+def test_both_backends_word_bad_images_alike(classifiers, image_files, tmp_path):
     """The python backend words its errors as the Rust core does: the same message where the
-    cause is the same (a missing, empty or too large file), and the same "cannot decode image"
-    where only the decoder's reason differs."""
+    cause is the same (a missing, empty or too large file), the format a broken file claims to be,
+    and the same "cannot decode image" where only the decoder's reason differs."""
     require_backend("rust")
     names = ("empty.jpg", "text.jpg", "truncated.jpg", "big_4800px.png")
     inputs = {name: image_files["bad"] / name for name in names}
     inputs["missing"] = image_files["missing"]
+    inputs["jpeg_signature_only.jpg"] = tmp_path / "jpeg_signature_only.jpg"
+    inputs["jpeg_signature_only.jpg"].write_bytes(b"\xff\xd8\xff" + b"\xff" * 100)
     for name, path in inputs.items():
         messages = []
         for backend in BACKENDS:
@@ -209,6 +211,8 @@ def test_both_backends_word_bad_images_alike(classifiers, image_files):
             messages.append(str(info.value))
         if name in ("missing", "empty.jpg", "big_4800px.png"):
             assert messages[0] == messages[1], messages
+        elif name == "jpeg_signature_only.jpg":  # Pillow's JPEG check accepts it, its decoder does not
+            assert all(m.startswith(f"{path}: cannot decode image: not a JPEG file Pillow can open") for m in messages)
         else:
             assert all(m.startswith(f"{path}: cannot decode image: ") for m in messages), messages
 

@@ -156,6 +156,24 @@ def _check_pixels(width: int, height: int, max_image_pixels: int | None, source:
         )
 
 
+def _unidentified(prefix: bytes) -> str:
+    """Why Pillow opened nothing from bytes starting with ``prefix`` (its first 16, as Image.open
+    reads them): the formats whose signature they carry by Pillow's own checks, broken past it,
+    or none.  Formats without a check (Image.open tries them on anything) say nothing."""
+    Image.init()
+    formats = []
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        try:
+            if accept is not None and accept(prefix):
+                formats.append(name)
+        except Exception:  # a check that reads past a short prefix
+            continue
+    if formats:
+        return f"not a {' or '.join(formats)} file Pillow can open"
+    return "unknown image format (not one Pillow reads)"
+
+
 def jpeg_draft_request(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
     """The size JPEG draft mode asks Pillow's ``draft("RGB", size)`` for on a ``width x height``
     JPEG: what torchvision's ``Resize(resize_size, max_size=max_size)`` makes of the full image
@@ -205,7 +223,12 @@ def decode_rgb(
         with stream:
             if not isinstance(payload, bytes) and os.fstat(stream.fileno()).st_size == 0:
                 raise decode_error(source, "empty file (0 bytes)")
-            with Image.open(stream) as img:
+            try:
+                opened = Image.open(stream)
+            except Image.UnidentifiedImageError:
+                stream.seek(0)
+                raise decode_error(source, _unidentified(stream.read(16))) from None
+            with opened as img:
                 _check_pixels(img.width, img.height, max_image_pixels, source)
                 if jpeg_draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
                     request = jpeg_draft_request(img.width, img.height, jpeg_draft)
@@ -218,8 +241,6 @@ def decode_rgb(
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{source}: {exc}", source=source) from None
-    except Image.UnidentifiedImageError:
-        raise decode_error(source, "unknown image format (not one Pillow reads)") from None
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError...
