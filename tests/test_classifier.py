@@ -34,6 +34,7 @@ from butterfly_onnx.errors import (
 )
 from contract_models import BACKENDS, LABELS, require_backend
 from corpus import BIG, natural_rgb
+from reference_images import raw_png
 
 torch = pytest.importorskip("torch")
 T = pytest.importorskip("torchvision.transforms")
@@ -195,7 +196,8 @@ def test_bad_images_raise_clear_errors(backend, classifiers, image_files, name, 
 
 def test_both_backends_word_bad_images_alike(classifiers, image_files, tmp_path):
     """The python backend words its errors as the Rust core does: the same message where the
-    cause is the same (a missing, empty or too large file), the format a broken file claims to be,
+    cause is the same (a missing, empty or too large file, whoever refuses it: our limit or Pillow's
+    own ceiling), the format a broken file claims to be,
     and the same "cannot decode image" where only the decoder's reason differs."""
     require_backend("rust")
     names = ("empty.jpg", "text.jpg", "truncated.jpg", "big_4800px.png")
@@ -203,13 +205,17 @@ def test_both_backends_word_bad_images_alike(classifiers, image_files, tmp_path)
     inputs["missing"] = image_files["missing"]
     inputs["jpeg_signature_only.jpg"] = tmp_path / "jpeg_signature_only.jpg"
     inputs["jpeg_signature_only.jpg"].write_bytes(b"\xff\xd8\xff" + b"\xff" * 100)
+    # over Pillow's own ceiling at the default limit: Image.open refuses it before our check
+    inputs["bomb.png"] = tmp_path / "bomb.png"
+    inputs["bomb.png"].write_bytes(raw_png(14_000, 13_000, 8, 0, [bytes(64)]))  # the header, then a few bytes
     for name, path in inputs.items():
         messages = []
         for backend in BACKENDS:
+            kwargs = {} if name == "bomb.png" else {"max_image_pixels": 4000}
             with pytest.raises(ImageError) as info:
-                classifiers(backend, max_image_pixels=4000).preprocess(path)
+                classifiers(backend, **kwargs).preprocess(path)
             messages.append(str(info.value))
-        if name in ("missing", "empty.jpg", "big_4800px.png"):
+        if name in ("missing", "empty.jpg", "big_4800px.png", "bomb.png"):
             assert messages[0] == messages[1], messages
         elif name == "jpeg_signature_only.jpg":  # Pillow's JPEG check accepts it, its decoder does not
             assert all(m.startswith(f"{path}: cannot decode image: not a JPEG file Pillow can open") for m in messages)

@@ -156,10 +156,10 @@ def _check_pixels(width: int, height: int, max_image_pixels: int | None, source:
         )
 
 
-def _unidentified(prefix: bytes) -> str:
-    """Why Pillow opened nothing from bytes starting with ``prefix`` (its first 16, as Image.open
-    reads them): the formats whose signature they carry by Pillow's own checks, broken past it,
-    or none.  Formats without a check (Image.open tries them on anything) say nothing."""
+def _claimed_formats(prefix: bytes) -> list[str]:
+    """The formats whose signature ``prefix`` (a file's first 16 bytes, as Image.open reads them)
+    carries by Pillow's own checks, in Image.open's order; formats without a check (Image.open
+    tries them on anything) are left out."""
     Image.init()
     formats = []
     for name in Image.ID:
@@ -169,9 +169,31 @@ def _unidentified(prefix: bytes) -> str:
                 formats.append(name)
         except Exception:  # a check that reads past a short prefix
             continue
+    return formats
+
+
+def _unidentified(stream: Any) -> str:
+    """Why Pillow opened nothing from ``stream``: the format its signature claims, broken past it,
+    or none."""
+    stream.seek(0)
+    formats = _claimed_formats(stream.read(16))
     if formats:
         return f"not a {' or '.join(formats)} file Pillow can open"
     return "unknown image format (not one Pillow reads)"
+
+
+def _header_size(stream: Any) -> tuple[int, int] | None:
+    """The size the header of the image in ``stream`` gives, read by the plugin Image.open would
+    use but without Image.open's decompression-bomb check, which raises before the size is seen."""
+    stream.seek(0)
+    for name in _claimed_formats(stream.read(16)):
+        stream.seek(0)
+        try:
+            with Image.OPEN[name][0](stream, "") as image:
+                return image.size
+        except Exception:  # not this plugin's file after all: try the next, as Image.open does
+            continue
+    return None
 
 
 def jpeg_draft_request(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
@@ -226,8 +248,13 @@ def decode_rgb(
             try:
                 opened = Image.open(stream)
             except Image.UnidentifiedImageError:
-                stream.seek(0)
-                raise decode_error(source, _unidentified(stream.read(16))) from None
+                raise decode_error(source, _unidentified(stream)) from None
+            except Image.DecompressionBombError:
+                # worded as the Rust core words it, with the size Pillow's message leaves out
+                size = _header_size(stream)
+                if size is not None:
+                    _check_pixels(*size, effective_pixel_limit(max_image_pixels), source)
+                raise
             with opened as img:
                 _check_pixels(img.width, img.height, max_image_pixels, source)
                 if jpeg_draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
