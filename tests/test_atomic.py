@@ -131,7 +131,13 @@ def test_a_kill_mid_write_leaves_the_previous_file(which, fmt, sig, contract_mod
     target = out / name
     target.write_bytes(PREVIOUS)
     command, env = _command(which, contract_model.path, many_images / source, target, "--batch-size", "1")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A shell that starts a job in the background without job control has it ignore SIGINT, and a
+    # child inherits that: the command would rightly go on.  Start it as a terminal would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 120
         while not _writing_temp(process.pid, out):
