@@ -156,10 +156,12 @@ def _check_pixels(width: int, height: int, max_image_pixels: int | None, source:
         )
 
 
-def _claimed_formats(prefix: bytes) -> list[str]:
-    """The formats whose signature ``prefix`` (a file's first 16 bytes, as Image.open reads them)
-    carries by Pillow's own checks, in Image.open's order; formats without a check (Image.open
-    tries them on anything) are left out."""
+def _claimed_formats(stream: Any) -> list[str]:
+    """The formats whose signature the image in ``stream`` carries (its first 16 bytes, as
+    Image.open reads them) by Pillow's own checks, in Image.open's order; formats without a check
+    (Image.open tries them on anything) are left out."""
+    stream.seek(0)
+    prefix = stream.read(16)
     Image.init()
     formats = []
     for name in Image.ID:
@@ -175,8 +177,7 @@ def _claimed_formats(prefix: bytes) -> list[str]:
 def _unidentified(stream: Any) -> str:
     """Why Pillow opened nothing from ``stream``: the format its signature claims, broken past it,
     or none."""
-    stream.seek(0)
-    formats = _claimed_formats(stream.read(16))
+    formats = _claimed_formats(stream)
     if formats:
         return f"not a {' or '.join(formats)} file Pillow can open"
     return "unknown image format (not one Pillow reads)"
@@ -185,8 +186,7 @@ def _unidentified(stream: Any) -> str:
 def _header_size(stream: Any) -> tuple[int, int] | None:
     """The size the header of the image in ``stream`` gives, read by the plugin Image.open would
     use but without Image.open's decompression-bomb check, which raises before the size is seen."""
-    stream.seek(0)
-    for name in _claimed_formats(stream.read(16)):
+    for name in _claimed_formats(stream):
         stream.seek(0)
         try:
             with Image.OPEN[name][0](stream, "") as image:

@@ -1,8 +1,8 @@
 """The int8 recipe: which images calibrate it (a seeded draw from the training split in which every
 class is represented), how it is quantized (QDQ, S8S8 or U8S8, per-channel weights, MinMax /
-Percentile / Entropy ranges, each Conv's bias corrected for its weights' rounding), and which nodes stay in float (the most sensitive ones by ONNX
-Runtime's ``qdq_loss_debug`` per-tensor error, added until the quantized model agrees with fp32
-on the calibration images).  docs/export.md has the measurements behind the defaults.
+Percentile / Entropy ranges, each Conv's bias corrected for its weights' rounding), and which
+nodes stay in float (the most sensitive ones by ONNX Runtime's ``qdq_loss_debug`` per-tensor
+error, added until the quantized model agrees with fp32 on the calibration images).  docs/export.md has the measurements behind the defaults.
 """
 
 from __future__ import annotations
@@ -175,9 +175,10 @@ def bias_shifts(prepared: Path, inputs: Sequence[np.ndarray], per_channel: bool 
     """Each Conv's (by node name, or output name for an unnamed one) mean output error that
     rounding its weights to symmetric int8 (as ``quantize_int8`` will) causes on the calibration
     ``inputs``, per output channel: ``sum((W_int8 - W) * mean(input))``, the input's per-channel
-    mean taken over the images and positions (bias correction, Nagel et al. 2019, "Data-Free Quantization").  Rounding 9 or 25
-    depthwise taps per channel biases each output; on EfficientNet-Lite0 correcting it alone took
-    int8 top-1 agreement with fp32 from 76% to 90% (docs/export.md, "int8 recipes")."""
+    mean taken over the images and positions (bias correction, Nagel et al. 2019, "Data-Free
+    Quantization").  Rounding 9 or 25 depthwise taps per channel biases each output; on
+    EfficientNet-Lite0 correcting it alone took int8 top-1 agreement with fp32 from 76% to 90%
+    (docs/export.md, "int8 recipes")."""
     import onnx
     from onnx import numpy_helper
 
