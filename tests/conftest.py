@@ -70,3 +70,24 @@ def classifiers(contract_model):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def int8_variant(contract_model, tmp_path_factory) -> Path:
+    """The contract model's int8 variant as export_onnx writes it: ``build_variant`` calibrated on
+    the packages' real photos, with the provenance entries it returns (``fallback_margin``)."""
+    import dataclasses
+
+    pytest.importorskip("onnx")
+    from butterfly_onnx.contract import write_contract
+    from butterfly_onnx.export.variants import build_variant
+    from reference_images import real_photos
+
+    path = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    contract = contract_model.contract
+    entries = build_variant(
+        "int8", contract_model.path, path, spec=contract.preprocess, calibration=sorted(real_photos().values())
+    )
+    provenance = dict(contract.provenance, variant="int8", variant_of=contract_model.path.name, **entries)
+    write_contract(path, dataclasses.replace(contract, provenance=provenance), path)
+    return path

@@ -29,6 +29,7 @@ from butterfly_onnx.errors import (
     ImageNotFoundError,
     ImageTooLargeError,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     InvalidModelError,
     ModelNotFoundError,
 )
@@ -730,3 +731,82 @@ def test_a_file_name_that_is_not_utf8_is_predicted_like_any_other(backend, non_f
         failed = by_name[os.fsencode(bad)]
         assert isinstance(failed.error, ImageDecodeError)
         assert failed.error.source == str(bad) and str(bad) in str(failed.error)
+
+
+# --- the near-tie fallback: an int8 variant with its fp32 model answering the close calls -----
+def _recorded_margin(path: Path) -> float:
+    """The fallback_margin in the file's contract, read with onnx (not through the Classifier)."""
+    model = onnx.load(str(path), load_external_data=False)
+    document = json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
+    return float(document["provenance"]["fallback_margin"])
+
+
+def _close_calls(out: np.ndarray, margin: float) -> np.ndarray:
+    best_two = np.sort(out, axis=1)[:, -2:]
+    return best_two[:, 1] - best_two[:, 0] < margin
+
+
+def test_near_ties_are_answered_by_the_fallback_model(backend, contract_model, int8_variant, logit_paths):
+    fp32 = Classifier(contract_model.path, backend=backend).logits(logit_paths)
+    int8 = Classifier(int8_variant, backend=backend).logits(logit_paths)
+    clf = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path)
+    margin = _recorded_margin(int8_variant)
+    assert clf.fallback_margin == margin > 0 and f"fallback_margin={margin:g}" in repr(clf)
+    close = _close_calls(int8, margin)
+    assert 0 < close.sum() < len(close)  # both kinds of rows are exercised
+
+    got = clf.logits(logit_paths, batch_size=5)  # several chunks
+    assert np.array_equal(got[~close], int8[~close])
+    assert np.array_equal(got[close], fp32[close])
+    assert clf.fallbacks == close.sum()
+    # the answers: fp32's wherever int8's two best are close, so at least as many as int8's agree
+    agree = (got.argmax(1) == fp32.argmax(1)).sum()
+    assert agree >= (int8.argmax(1) == fp32.argmax(1)).sum()
+    assert [p.index for p in clf.predict(logit_paths)] == list(got.argmax(1))
+
+    # the margin decides: 0 changes nothing, one above every gap makes it fp32 throughout
+    none = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path, fallback_margin=0)
+    assert np.array_equal(none.logits(logit_paths), int8) and none.fallbacks == 0
+    every = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path, fallback_margin=1e9)
+    assert np.array_equal(every.logits(logit_paths), fp32) and every.fallbacks == len(logit_paths)
+
+
+def test_the_fallback_keeps_failed_images_in_place(backend, contract_model, int8_variant, logit_paths, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)
+    images = [*logit_paths[:7], broken, *logit_paths[7:]]
+    fp32 = Classifier(contract_model.path, backend=backend).logits(logit_paths)
+    int8 = Classifier(int8_variant, backend=backend).logits(logit_paths)
+    close = _close_calls(int8, _recorded_margin(int8_variant))
+    expected = np.where(close[:, None], fp32, int8).argmax(1)
+    clf = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path)
+    with pytest.warns(ImageSkippedWarning, match="broken.jpg"):
+        predictions = clf.predict(images, batch_size=4, on_error="skip")
+    assert [p.source for p in predictions] == [str(p) for p in images]
+    assert predictions[7].error is not None and predictions[7].index is None
+    assert [p.index for p in predictions[:7] + predictions[8:]] == list(expected)
+
+
+def test_fallback_arguments_are_checked(backend, contract_model, int8_variant, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="fallback_margin needs fallback_model"):
+        Classifier(int8_variant, backend=backend, fallback_margin=0.5)
+    with pytest.raises(InvalidArgumentError, match=r"efficientnet_lite0_10.onnx: records no fallback_margin"):
+        # an fp32 file records none
+        Classifier(contract_model.path, backend=backend, fallback_model=contract_model.path)
+    for bad in (-0.1, float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(InvalidArgumentError, match="fallback_margin must be a finite number >= 0"):
+            Classifier(int8_variant, backend=backend, fallback_model=contract_model.path, fallback_margin=bad)
+    with pytest.raises(ModelNotFoundError, match="nope.onnx"):
+        Classifier(int8_variant, backend=backend, fallback_model=tmp_path / "nope.onnx")
+    with pytest.raises(InvalidArgumentTypeError, match="fallback_model must be a path"):
+        Classifier(int8_variant, backend=backend, fallback_model=3)
+
+    def relabel(document):
+        document["labels"] = [f"other_{i}" for i in range(len(document["labels"]))]
+        return document
+
+    other = _rewrite(contract_model.path, tmp_path / "other.onnx", relabel)
+    with pytest.raises(ContractError, match="other.onnx: its labels differ from .*model.int8.onnx's"):
+        Classifier(int8_variant, backend=backend, fallback_model=other)
+    # explicit label overrides apply to both models alike, so they still answer the same question
+    assert Classifier(int8_variant, backend=backend, fallback_model=other, labels=LABELS).labels == LABELS

@@ -187,6 +187,11 @@ def _one_error_line(capsys, *needles):
         (["finetune", "{tmp}/no-data", "--epochs", "0"], ["epochs"]),
         (["models", "--plot", "{tmp}/missing/dir/x.png"], ["missing/dir"]),
         (["export", "{tmp}/nope.pt", "{tmp}/x.onnx"], ["nope.pt"]),
+        (
+            ["predict", "{tmp}/nope.onnx", "x.jpg", "--fallback-margin", "0.5"],
+            ["--fallback-margin needs --fallback-model"],
+        ),
+        (["predict", "{tmp}/text.onnx", "x.jpg", "--fallback-model", "{tmp}/nope.onnx"], ["nope.onnx"]),
     ],
 )
 def test_errors_are_one_line_with_exit_status_2(args, needles, tmp_path, capsys):
@@ -194,6 +199,25 @@ def test_errors_are_one_line_with_exit_status_2(args, needles, tmp_path, capsys)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(args) == 2
     _one_error_line(capsys, *needles)
+
+
+def test_predict_with_a_fallback_model(contract_model, int8_variant, photos, capsys):
+    """--fallback-model and --fallback-margin reach the Classifier: the near-ties of the int8 file
+    get the fp32 file's outputs (tests/test_classifier.py checks which rows those are)."""
+    from butterfly_onnx import Classifier
+
+    def probabilities(*options):
+        args = ["predict", str(int8_variant), *map(str, photos), "--json", "--no-progress", *options]
+        assert main(args) == 0
+        return [json.loads(line)["probability"] for line in capsys.readouterr().out.splitlines()]
+
+    def expected(model, **kwargs):
+        return pytest.approx([p.probability for p in Classifier(model, backend="rust", **kwargs).predict(photos)])
+
+    fp32 = str(contract_model.path)
+    assert probabilities("--fallback-model", fp32) == expected(int8_variant, fallback_model=fp32)
+    assert probabilities("--fallback-model", fp32, "--fallback-margin", "1e9") == expected(fp32)
+    assert probabilities() != expected(fp32)  # int8's own outputs differ from fp32's
 
 
 def test_models_errors_and_listing(tmp_path, capsys):

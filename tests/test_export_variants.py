@@ -482,6 +482,29 @@ def test_an_int8_variant_below_min_agreement_is_refused_with_its_figures(near_ti
     saved = json.loads((out / "m.export.json").read_text())
     assert saved["variants"][0]["speed"][0]["speedup"] > 0
 
+    # the near-tie fallback: the file records int8's largest error spread on the calibration
+    # images, and the report counts the answers with fp32's output wherever int8's best two are
+    # closer than that
+    from butterfly_onnx import Classifier
+
+    def outputs(images):
+        return [Classifier(p).logits(images).astype(np.float64) for p in (out / "m.onnx", out / "m.int8.onnx")]
+
+    fp32, int8 = outputs(flat)
+    diff = int8 - fp32
+    margin = Classifier(out / "m.int8.onnx").contract.provenance["fallback_margin"]
+    assert margin == pytest.approx((diff.max(1) - diff.min(1)).max(), abs=1e-4)
+    fp32, int8 = outputs(photos)
+    best_two = np.sort(int8, axis=1)[:, -2:]
+    close = best_two[:, 1] - best_two[:, 0] < margin
+    answers = np.where(close, fp32.argmax(1), int8.argmax(1))
+    agreed = int((answers == fp32.argmax(1)).sum())
+    assert variant.fallback is not None and variant.fallback.margin == margin
+    assert variant.fallback.share == close.mean()
+    assert variant.fallback.top1_agreement == agreed / 16
+    assert variant.fallback.agreement_interval == pytest.approx(wilson_interval(agreed, 16))
+    assert f"with fp32 answering its near-ties (margin {margin:.3g}, {close.mean():.1%} of images run twice)" in printed
+
     # the default gate (0.99): refused, the figures in the error, nothing left behind
     out = tmp_path / "gated"
     out.mkdir()

@@ -32,13 +32,17 @@ class Classifier:
         ort_library: str | PathLike[str] | None = None,
         jpeg_draft: bool = False,
         providers: Sequence[tuple[str, dict[str, str]]] | None = None,
+        fallback: Classifier | None = None,
+        fallback_margin: float | None = None,
     ) -> None:
         """Open a model: ``model_path``, or the .onnx file's bytes as ``model_bytes``
         (exactly one; InvalidArgumentError otherwise). ``preprocess_json``: ``json.dumps(PreprocessSpec.to_dict())``;
         ``ort_library``: the libonnxruntime file (else $BUTTERFLY_ONNX_ORT_LIB /
         $ORT_DYLIB_PATH); ``jpeg_draft``: decode JPEGs at a reduced DCT scale as Pillow's
         ``draft("RGB", request)`` does (not torchvision-exact); ``providers``: (name, options)
-        pairs in priority order (None: the CPU provider). Raises ModelNotFoundError, InvalidModelError, ContractError,
+        pairs in priority order (None: the CPU provider); ``fallback``: a classifier that answers this
+        one's near-ties (``fallback_margin`` None: the margin the contract records). Raises
+        ModelNotFoundError, InvalidModelError, ContractError,
         BackendUnavailableError, ValueError (threads < 1)."""
     @property
     def contract_json(self) -> str:
@@ -58,6 +62,12 @@ class Classifier:
     @property
     def jpeg_draft(self) -> bool:
         """Whether JPEGs are decoded in draft mode."""
+    @property
+    def fallback_margin(self) -> float | None:
+        """The margin below which ``fallback`` answers an image (None: no fallback)."""
+    @property
+    def fallbacks(self) -> int:
+        """Images ``fallback`` has answered so far."""
     @property
     def static_batch(self) -> int | None:
         """The model's fixed batch size, or None for a dynamic batch axis."""

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backends import load_backend, resolve_threads
+from ._backends import Backend, check_fallback_margin, load_backend, near_ties, resolve_threads
 from ._backends.providers import describe, resolve_providers
 from .contract import ModelContract, PreprocessSpec
 from .errors import (
@@ -42,6 +42,7 @@ from .images import effective_pixel_limit, expand_images, pixel_limit_default
 
 __all__ = [
     "Classifier",
+    "near_ties",
     "Prediction",
     "ClassScore",
     "ImageSkippedWarning",
@@ -176,6 +177,20 @@ def _split_non_finite(
     return out[~bad], dict(sorted(errors.items()))
 
 
+def _model_source(model: Any, what: str = "model") -> tuple[Path | None, str]:
+    """(path or None for bytes, the name errors use) of a model argument, checked."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        if not model:
+            raise InvalidModelError(f"<{what} bytes>: empty (0 bytes)")
+        return None, f"<{what} bytes>"
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise ModelNotFoundError(f"{path}: no such model file")
+        return path, str(path)
+    raise InvalidArgumentTypeError(f"{what} must be a path or the model file's bytes, got {type(model).__name__}")
+
+
 class Classifier:
     """An exported classifier on one backend.
 
@@ -211,6 +226,17 @@ class Classifier:
             (data/providers.json).  Nothing falls back: a provider the loaded ONNX Runtime
             lacks, or that fails to initialise, is a BackendUnavailableError naming it and
             what to install (docs/inference.md, "Execution providers").
+        fallback_model: a second model (path or bytes) that answers the same question, usually
+            the fp32 file an int8 variant was made from: every image whose two best scores are
+            less than ``fallback_margin`` apart is run again on it, on the same backend from the
+            same preprocessed rows, and takes its output (:func:`near_ties`).  A variant's error cannot swap two classes
+            further apart than its error spread, so this keeps the answers the cheaper model
+            would change, at the cost of running the near-ties twice (docs/inference.md,
+            "Near-tie fallback").  Its labels, preprocessing and output kind must equal this
+            model's (else ContractError).
+        fallback_margin: the margin (None: the ``fallback_margin`` the model's contract records:
+            an int8 variant's largest error spread on its calibration images, written by
+            ``export_onnx``).  Needs ``fallback_model``.
 
     Safe to call from several threads at once.
     """
@@ -227,6 +253,8 @@ class Classifier:
         jpeg_draft: bool = False,
         providers: Sequence[Any] | None = None,
         device: str | None = None,
+        fallback_model: str | os.PathLike[str] | bytes | None = None,
+        fallback_margin: float | None = None,
     ) -> None:
         if isinstance(labels, str):
             raise InvalidArgumentTypeError("labels must be a sequence of strings, not one string")
@@ -240,36 +268,36 @@ class Classifier:
         elif max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
             raise InvalidArgumentError(f"max_image_pixels must be a positive int or None, got {max_image_pixels!r}")
         self.max_image_pixels = max_image_pixels
-        if isinstance(model, (bytearray, memoryview)):
-            model = bytes(model)
-        if isinstance(model, bytes):
-            if not model:
-                raise InvalidModelError("<model bytes>: empty (0 bytes)")
-            path: Path | None = None
-            source = "<model bytes>"
-        elif isinstance(model, (str, os.PathLike)):
-            path = Path(model)
-            source = str(path)
-            if not path.exists():
-                raise ModelNotFoundError(f"{path}: no such model file")
-        else:
-            raise InvalidArgumentTypeError(
-                f"model must be a path or the model file's bytes, got {type(model).__name__}"
-            )
+        path, source = _model_source(model)
+        fallback = None if fallback_model is None else _model_source(fallback_model, "fallback_model")
+        if fallback_margin is not None:
+            if fallback is None:
+                raise InvalidArgumentError("fallback_margin needs fallback_model (the model that answers near-ties)")
+            fallback_margin = check_fallback_margin(fallback_margin, source)
         try:
             spec = None if preprocess is None else PreprocessSpec.coerce(preprocess)
         except ContractError as exc:
             raise ContractError(f"{source}: preprocess: {exc}") from None
         backend_class = load_backend(backend)
-        self._backend = backend_class(
-            path if path is not None else bytes(model),  # type: ignore[arg-type]  # bytes when no path
-            threads=threads,
-            labels=list(labels) if labels is not None else None,
-            preprocess=spec,
-            max_image_pixels=effective_pixel_limit(max_image_pixels),
-            jpeg_draft=jpeg_draft,
-            providers=requested,
-        )
+
+        def load(file: Path | None, given: Any, **fallback: Any) -> Backend:
+            """The backend on ``file``, or on the bytes ``given`` when there is no file."""
+            return backend_class(
+                file if file is not None else bytes(given),
+                threads=threads,
+                labels=list(labels) if labels is not None else None,
+                preprocess=spec,
+                max_image_pixels=effective_pixel_limit(max_image_pixels),
+                jpeg_draft=jpeg_draft,
+                providers=requested,
+                **fallback,
+            )
+
+        if fallback is None:
+            self._backend = load(path, model)
+        else:  # the backend answers the near-ties from its own preprocessed rows
+            answering = load(fallback[0], fallback_model)
+            self._backend = load(path, model, fallback=answering, fallback_margin=fallback_margin)
         #: The model file (None when the model was given as bytes).
         self.model_path = path
         self._source = source
@@ -321,13 +349,25 @@ class Classifier:
         """Whether JPEGs are decoded in draft mode (``Classifier(..., jpeg_draft=True)``)."""
         return self._backend.jpeg_draft
 
+    @property
+    def fallback_margin(self) -> float | None:
+        """The margin below which ``fallback_model`` answers an image (None: no fallback)."""
+        return self._backend.fallback_margin
+
+    @property
+    def fallbacks(self) -> int:
+        """Images ``fallback_model`` has answered so far (0 without one)."""
+        return self._backend.fallbacks
+
     def __repr__(self) -> str:
         _, h, w = self.input_size
         name = self.model_path.name if self.model_path is not None else self._source
         return (
             f"Classifier(backend={self.backend!r}, model={name!r}, "
             f"classes={self.num_classes}, input=3x{h}x{w}, threads={self.threads}, "
-            f"providers={describe(self.providers)}{', jpeg_draft=True' if self.jpeg_draft else ''})"
+            f"providers={describe(self.providers)}{', jpeg_draft=True' if self.jpeg_draft else ''}"
+            + (f", fallback_margin={self.fallback_margin:g}" if self.fallback_margin is not None else "")
+            + ")"
         )
 
     # -- helpers -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._backends.providers import add_provider_arguments, provider_arguments
 from ._version import __version__
-from .errors import ButterflyError
+from .errors import ButterflyError, InvalidArgumentError
 from .results import (
     EXIT_FAILED,
     EXIT_OK,
@@ -123,7 +123,11 @@ def _max_image_pixels(option: int | None) -> Any:
 
 # --- predict ------------------------------------------------------------------------------
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.fallback_margin is not None and args.fallback_model is None:
+        raise InvalidArgumentError("--fallback-margin needs --fallback-model")
     if getattr(args, "ray", None) is not None:
+        if args.fallback_model is not None:
+            raise InvalidArgumentError("--fallback-model runs on one machine; it does not combine with --ray")
         from .ray import predict_cli
 
         return predict_cli(args)
@@ -151,6 +155,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         threads=args.threads,
         jpeg_draft=args.jpeg_draft,
         max_image_pixels=_max_image_pixels(args.max_image_pixels),
+        fallback_model=args.fallback_model,
+        fallback_margin=args.fallback_margin,
         **provider_arguments(args),
     )
     counts = {"ok": 0, "failed": 0}
@@ -639,6 +645,18 @@ def _predict_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="JPEG draft mode: decode JPEGs at a reduced DCT scale as Pillow's draft() does "
         "(faster on large photos, not torchvision-exact)",
+    )
+    p.add_argument(
+        "--fallback-model",
+        metavar="FP32.onnx",
+        help="run images whose two best classes are closer than the margin again on this model (the fp32 "
+        "file of an int8 MODEL) and give its answer",
+    )
+    p.add_argument(
+        "--fallback-margin",
+        type=float,
+        metavar="X",
+        help="the margin for --fallback-model (default: the one the int8 file records)",
     )
     if _has_module("butterfly_onnx.ray"):
         p.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..errors import BackendUnavailableError, ContractError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from ..contract import ModelContract, PreprocessSpec
@@ -33,8 +34,12 @@ __all__ = [
     "SESSION_MEMORY_BUDGET",
     "THREAD_RULE_FILE",
     "available_cpus",
+    "check_fallback_margin",
+    "check_same_question",
+    "fallback_margin_for",
     "load_backend",
     "model_batch_for",
+    "near_ties",
     "pipelined_logits",
     "resolve_threads",
     "thread_split",
@@ -70,10 +75,20 @@ class Backend(Protocol):
         max_image_pixels: int | None,
         jpeg_draft: bool = ...,
         providers: Sequence[Provider] = ...,
+        fallback: Backend | None = ...,
+        fallback_margin: float | None = ...,
     ) -> None: ...
 
     @property
     def jpeg_draft(self) -> bool: ...
+
+    @property
+    def fallback_margin(self) -> float | None:
+        """The margin below which ``fallback`` answers an image (None: no fallback)."""
+
+    @property
+    def fallbacks(self) -> int:
+        """Images ``fallback`` has answered so far."""
 
     @property
     def model_batch(self) -> int: ...
@@ -208,6 +223,51 @@ def load_backend(name: str) -> type[Backend]:
         raise BackendUnavailableError(f"the {name} backend cannot be loaded: {exc}") from exc
     backend: type[Backend] = module.Backend
     return backend
+
+
+def near_ties(out: np.ndarray, margin: float) -> np.ndarray:
+    """Indices of the rows of ``out`` whose best two scores are less than ``margin`` apart: the
+    answers a model whose error moves two classes by up to ``margin`` could have swapped
+    (``Classifier(..., fallback_model=)`` runs them again; the export report counts them).  A
+    row that is not all finite is never picked: it is an error.  The Rust core's
+    ``classifier::near_ties`` is the same rule."""
+    if out.shape[1] < 2:
+        return np.zeros(0, dtype=np.intp)
+    top2 = np.partition(out, -2, axis=1)[:, -2:]
+    finite = np.isfinite(out).all(axis=1)
+    return np.flatnonzero(finite & (top2[:, 1] - top2[:, 0] < margin))
+
+
+def check_fallback_margin(margin: Any, source: str) -> float:
+    """``margin`` as a float, when it is a finite number >= 0."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise InvalidArgumentError(f"{source}: fallback_margin must be a finite number >= 0, got {margin!r}")
+    return float(margin)
+
+
+def fallback_margin_for(contract: ModelContract, margin: float | None, source: str) -> float:
+    """``margin``, else the ``fallback_margin`` ``contract`` records, checked (as the Rust core's
+    ``Classifier::with_fallback`` does)."""
+    if margin is None:
+        margin = contract.provenance.get("fallback_margin")
+        if margin is None:
+            raise InvalidArgumentError(
+                f"{source}: records no fallback_margin (an int8 variant written by export_onnx does): give one"
+            )
+    return check_fallback_margin(margin, source)
+
+
+def check_same_question(model: ModelContract, fallback: ModelContract, source: str, fallback_source: str) -> None:
+    """A fallback model must map the same preprocessed rows to the same classes the same way."""
+    for what, ours, theirs in (
+        ("labels", model.labels, fallback.labels),
+        ("preprocessing", model.preprocess, fallback.preprocess),
+        ("output kind", model.output_kind, fallback.output_kind),
+    ):
+        if ours != theirs:
+            raise ContractError(
+                f"{fallback_source}: its {what} differ from {source}'s, so it cannot answer that model's near-ties"
+            )
 
 
 def pipelined_logits(

@@ -33,8 +33,20 @@ from ..errors import (
     ModelNotFoundError,
 )
 from ..images import ImageItem, decode_rgb
-from . import model_batch_for, piece_rows, pipelined_logits, resolve_threads, thread_split
+from . import (
+    check_same_question,
+    fallback_margin_for,
+    model_batch_for,
+    near_ties,
+    piece_rows,
+    pipelined_logits,
+    resolve_threads,
+    thread_split,
+)
 from .providers import CPU, Provider, check_available, check_in_use, init_failed_message
+
+if TYPE_CHECKING:
+    from . import Backend as _Protocol
 
 __all__ = ["Backend"]
 
@@ -57,6 +69,8 @@ class Backend:
         max_image_pixels: int | None,
         jpeg_draft: bool = False,
         providers: Sequence[Provider] = ((CPU, {}),),
+        fallback: _Protocol | None = None,
+        fallback_margin: float | None = None,
     ) -> None:
         if isinstance(model, bytes):
             model_path = None
@@ -120,6 +134,14 @@ class Backend:
         self._pool_lock = Lock()
         self._model_batch: int | None = self._batch_limit
         self._model_batch_lock = Lock()
+        # The near-tie fallback: its rows come from this model's preprocessed batch.
+        self._fallback = fallback
+        self._fallback_margin: float | None = None
+        self._fallbacks = 0
+        if fallback is not None:
+            self._fallback_margin = fallback_margin_for(self.contract, fallback_margin, source)
+            fallback_source = str(fallback.model_path) if fallback.model_path is not None else "<fallback_model bytes>"
+            check_same_question(self.contract, fallback.contract, source, fallback_source)
 
     def _session_for(
         self, model: str | bytes, options: ort.SessionOptions, providers: Sequence[Provider]
@@ -227,9 +249,33 @@ class Backend:
         check_output(self.contract, out.shape, self._source, rows=len(chunk))
         return out[:rows]
 
+    def _answered(self, batch: np.ndarray, size: int | None = None) -> np.ndarray:
+        """:meth:`run`, with the rows :func:`near_ties` picks replaced by the fallback model's
+        output on the same rows of ``batch`` where that is finite (as the Rust core's
+        ``Classifier::answer_near_ties``)."""
+        out = self.run(batch, size)
+        if self._fallback is None or self._fallback_margin is None:
+            return out
+        rows = near_ties(out, self._fallback_margin)
+        if len(rows):
+            again = self._fallback.run(batch[rows])
+            finite = np.isfinite(again).all(axis=1)
+            out[rows[finite]] = again[finite]
+            with self._model_batch_lock:
+                self._fallbacks += int(finite.sum())
+        return out
+
+    @property
+    def fallback_margin(self) -> float | None:
+        return self._fallback_margin
+
+    @property
+    def fallbacks(self) -> int:
+        return self._fallbacks
+
     def logits(self, items: list[ImageItem]) -> tuple[np.ndarray, dict[int, ImageError]]:
         batch, errors = self.preprocess(items)
-        return self.run(batch), errors
+        return self._answered(batch), errors
 
     @property
     def model_batch(self) -> int:
@@ -262,7 +308,7 @@ class Backend:
         """Per chunk of ``batch_size`` items: (logits of the good ones, {index: error});
         the next chunk decodes while the model runs (see ``pipelined_logits``), which is fed
         :attr:`model_batch` rows per run, the runs spread over the concurrent sessions."""
-        return pipelined_logits(self.preprocess, self.run, items, batch_size, self.model_batch)
+        return pipelined_logits(self.preprocess, self._answered, items, batch_size, self.model_batch)
 
     def close(self) -> None:
         with self._pool_lock:
@@ -279,6 +325,4 @@ class Backend:
 
 
 if TYPE_CHECKING:  # mypy: this class satisfies the one Backend protocol
-    from . import Backend as _Protocol
-
     _checked: type[_Protocol] = Backend

@@ -188,6 +188,8 @@ class Backend:
         max_image_pixels: int | None,
         jpeg_draft: bool = False,
         providers: Sequence[Provider] = ((CPU, {}),),
+        fallback: Backend | None = None,
+        fallback_margin: float | None = None,
     ) -> None:
         native = _native()
         options = dict(
@@ -200,11 +202,14 @@ class Backend:
             max_image_pixels=NO_PIXEL_LIMIT if max_image_pixels is None else max_image_pixels,
             ort_library=os.fspath(find_onnxruntime_library()),
             jpeg_draft=jpeg_draft,
+            # the core answers near-ties from its own preprocessed rows (Classifier::with_fallback)
+            fallback=None if fallback is None else fallback._native,
+            fallback_margin=fallback_margin,
         )
         if isinstance(model, bytes):
             self.model_path = None
             self._source = "<model bytes>"
-            self._native = native.Classifier(None, model_bytes=model, **options)
+            self._native: Any = native.Classifier(None, model_bytes=model, **options)
         else:
             self.model_path = Path(model)
             self._source = str(self.model_path)
@@ -240,6 +245,15 @@ class Backend:
     @property
     def jpeg_draft(self) -> bool:
         return bool(self._native.jpeg_draft)
+
+    @property
+    def fallback_margin(self) -> float | None:
+        margin = self._native.fallback_margin
+        return None if margin is None else float(margin)
+
+    @property
+    def fallbacks(self) -> int:
+        return int(self._native.fallbacks)
 
     @property
     def model_batch(self) -> int:

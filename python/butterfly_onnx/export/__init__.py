@@ -18,7 +18,7 @@ Needs the ``train`` extra (torch, torchvision, onnx) besides onnxruntime.
 from __future__ import annotations
 
 from .pipeline import export_onnx
-from .reports import ExportReport, VariantReport, VerificationReport, report_path_for
+from .reports import ExportReport, NearTieFallback, VariantReport, VerificationReport, report_path_for
 from .variants import VARIANTS
 from .verify import verify_onnx
 
@@ -28,6 +28,7 @@ __all__ = [
     "ExportReport",
     "VerificationReport",
     "VariantReport",
+    "NearTieFallback",
     "VARIANTS",
     "report_path_for",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "bias_shifts",
     "calibration_draw",
     "correct_biases",
+    "error_spread",
     "float_units",
     "node_sensitivity",
     "preprocessed_batches",
@@ -429,11 +430,23 @@ class Int8Search:
     recipe: Int8Recipe
     agreement: float
     tried: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    #: the kept model's largest error spread on the calibration images (:func:`error_spread`)
+    error_spread: float = 0.0
 
 
-def _agreement(session_path: Path, inputs: Sequence[np.ndarray], fp32_top1: np.ndarray) -> float:
+def error_spread(fp32_out: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per row, how far ``out``'s error against ``fp32_out`` moves one class against another
+    (max minus min of the row's differences): two classes whose fp32 scores are further apart
+    than this keep their order.  Its largest value on the calibration images is the int8
+    variant's ``fallback_margin`` (:func:`butterfly_onnx.classifier.near_ties`)."""
+    diff = out.astype(np.float64) - fp32_out
+    return diff.max(axis=1) - diff.min(axis=1)
+
+
+def _compare(session_path: Path, inputs: Sequence[np.ndarray], fp32_out: np.ndarray) -> tuple[float, float]:
+    """(top-1 agreement with fp32, largest error spread) of a quantized model on ``inputs``."""
     out = ort_run(ort_session(session_path), inputs)
-    return float((out.argmax(axis=1) == fp32_top1).mean())
+    return float((out.argmax(axis=1) == fp32_out.argmax(axis=1)).mean()), float(error_spread(fp32_out, out).max())
 
 
 def search_int8(
@@ -453,21 +466,21 @@ def search_int8(
     with tempfile.TemporaryDirectory(prefix="butterfly_int8_") as tmp:
         prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
         prepare_for_quantization(fp32_path, prepared)
-        fp32_top1 = ort_run(ort_session(prepared), inputs).argmax(axis=1)
+        fp32_out = ort_run(ort_session(prepared), inputs)
         shifts = bias_shifts(prepared, inputs, recipe.per_channel) if recipe.bias_correction else {}
         corrected = Path(tmp) / "corrected.onnx"
 
-        def quantize(candidate: Int8Recipe) -> float:
-            """``candidate``'s model in ``out_path`` (each Conv it quantizes bias-corrected) and its
-            agreement with fp32.  The ranges are calibrated on the first try's graph and reused
+        def quantize(candidate: Int8Recipe) -> tuple[float, float]:
+            """``candidate``'s model in ``out_path`` (each Conv it quantizes bias-corrected), its
+            agreement with fp32 and its error spread.  The ranges are calibrated on the first try's graph and reused
             (ONNX Runtime >= 1.27): a Conv kept in float shifts its output by its small
             correction, not worth calibrating again for."""
             apply_bias_shifts(prepared, corrected, shifts, keep=candidate.float_nodes)
             quantize_int8(corrected, out_path, candidate, inputs, cache)
-            return _agreement(out_path, inputs, fp32_top1)
+            return _compare(out_path, inputs, fp32_out)
 
-        agreement = quantize(recipe)
-        search = Int8Search(recipe, agreement, [(recipe.float_nodes, agreement)])
+        agreement, spread = quantize(recipe)
+        search = Int8Search(recipe, agreement, [(recipe.float_nodes, agreement)], spread)
         if agreement >= target or max_float_nodes <= 0:
             return search
         ranked = float_units(
@@ -482,10 +495,10 @@ def search_int8(
             candidate = Int8Recipe(
                 recipe.format, recipe.method, recipe.per_channel, tuple(kept), recipe.bias_correction
             )
-            agreement = quantize(candidate)
+            agreement, spread = quantize(candidate)
             search.tried.append((candidate.float_nodes, agreement))
             if agreement > search.agreement:
-                search.recipe, search.agreement = candidate, agreement
+                search.recipe, search.agreement, search.error_spread = candidate, agreement, spread
                 out_path.replace(best_path)
             if search.agreement >= target or count >= min(max_float_nodes, len(ranked)):
                 break

@@ -279,7 +279,7 @@ def _build_variants(
         if name in RUNTIME_PRECISIONS:  # measured on the fp32 file below; no file of its own
             continue
         tmp, final = staging.variant(name)
-        notes = build_variant(
+        entries = build_variant(
             name,
             staging.model,
             tmp,
@@ -290,9 +290,9 @@ def _build_variants(
             int8_format=settings.int8_format,
             min_agreement=settings.min_agreement,
         )
-        provenance = dict(contract.provenance, variant=name, variant_of=target.name, variant_notes=notes)
+        provenance = dict(contract.provenance, variant=name, variant_of=target.name, **entries)
         write_contract(tmp, dataclasses.replace(contract, provenance=provenance), tmp)
-        built.append((name, tmp, final, notes))
+        built.append((name, tmp, final, entries))
     reports = (
         measure_variants(
             staging.model,

@@ -14,7 +14,15 @@ import numpy as np
 
 from ..atomic import atomic_write
 
-__all__ = ["ExportReport", "SpeedRow", "VariantReport", "VerificationReport", "report_path_for", "wilson_interval"]
+__all__ = [
+    "ExportReport",
+    "NearTieFallback",
+    "SpeedRow",
+    "VariantReport",
+    "VerificationReport",
+    "report_path_for",
+    "wilson_interval",
+]
 
 #: the normal quantile of a two-sided 95 % interval
 _Z95 = 1.959963984540054
@@ -80,6 +88,28 @@ class SpeedRow:
 
 
 @dataclass
+class NearTieFallback:
+    """A variant run with its fp32 model answering the near-ties
+    (``Classifier(variant, fallback_model=fp32)``), on the same images as its report."""
+
+    #: the variant's ``fallback_margin``: its largest error spread on the calibration images
+    margin: float
+    #: share of images whose two best scores are less than ``margin`` apart: run twice
+    share: float
+    #: top-1 agreement with fp32 of the answers given that way, with its 95 % Wilson interval
+    top1_agreement: float
+    agreement_interval: tuple[float, float]
+
+    def summary(self, num_images: int) -> str:
+        low, high = self.agreement_interval
+        return (
+            f"with fp32 answering its near-ties (margin {self.margin:.3g}, {self.share:.1%} of images run twice): "
+            f"top-1 agreement {self.top1_agreement:.2%} ({round(self.top1_agreement * num_images)}/{num_images}, "
+            f"95% interval {low:.2%}-{high:.2%})"
+        )
+
+
+@dataclass
 class VariantReport:
     """One optional variant (optimized / fp16 / int8) measured against the fp32 ONNX model."""
 
@@ -106,6 +136,8 @@ class VariantReport:
     fp32_top1_in_top5: float | None = None
     #: end-to-end speed against fp32 per backend and thread count
     speed: list[SpeedRow] = field(default_factory=list)
+    #: the same images answered with fp32 on the near-ties (variants with a ``fallback_margin``)
+    fallback: NearTieFallback | None = None
 
     @property
     def speedup(self) -> float:
@@ -135,6 +167,8 @@ class VariantReport:
                 f"; {row.backend} threads={row.threads}: {row.ms_per_image:.2f} vs "
                 f"{row.fp32_ms_per_image:.2f} ms/image (x{row.speedup:.2f})"
             )
+        if self.fallback is not None:
+            text += "; " + self.fallback.summary(self.num_images)
         return text
 
 
@@ -187,6 +221,10 @@ class ExportReport:
             raw["speed"] = [
                 SpeedRow(**{k: v for k, v in row.items() if k != "speedup"}) for row in raw.get("speed", [])
             ]
+            if raw.get("fallback") is not None:
+                fallback = raw["fallback"]
+                fallback["agreement_interval"] = tuple(fallback["agreement_interval"])
+                raw["fallback"] = NearTieFallback(**fallback)
         if verification is not None:
             verification["disagreements"] = [tuple(d) for d in verification["disagreements"]]
             verification = VerificationReport(**verification)

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from .._backends import near_ties
 from ..contract import PreprocessSpec
 from ..errors import BackendUnavailableError, ExportError
 from .calibration import DEFAULT_INT8_FORMAT, INT8_FORMATS, INT8_METHODS, Int8Recipe, preprocessed_batches, search_int8
 from .inputs import Sample, batches, preprocess_fn
-from .reports import SpeedRow, VariantReport, wilson_interval
+from .reports import NearTieFallback, SpeedRow, VariantReport, wilson_interval
 from .session import compare, ort_run, ort_session
 
 __all__ = [
@@ -65,15 +66,17 @@ def build_variant(
     int8_method: str = "minmax",
     int8_format: str = DEFAULT_INT8_FORMAT,
     min_agreement: float = 0.0,
-) -> str:
-    """Write variant ``name`` of ``fp32_path`` to ``out_path``; returns a note for provenance.
+) -> dict[str, Any]:
+    """Write variant ``name`` of ``fp32_path`` to ``out_path``; returns its provenance entries:
+    ``variant_notes`` (how it was made) and, for int8, ``fallback_margin`` (its largest error
+    spread on the calibration images, the margin ``Classifier(fallback_model=)`` defaults to).
 
     int8: ``min_agreement`` > 0 keeps the most sensitive nodes in float until the variant agrees
     with fp32 on that share of the calibration images (:func:`.calibration.search_int8`)."""
     if name == "optimized":
-        return _optimized(fp32_path, out_path)
+        return {"variant_notes": _optimized(fp32_path, out_path)}
     if name == "fp16":
-        return _fp16(fp32_path, out_path)
+        return {"variant_notes": _fp16(fp32_path, out_path)}
     if name == "int8":
         if not calibration:
             raise ExportError("the int8 variant needs calibration images")
@@ -119,7 +122,7 @@ def _int8(
     batch_size: int,
     recipe: Int8Recipe,
     target: float,
-) -> str:
+) -> dict[str, Any]:
     import onnx
 
     recipe.check()
@@ -129,7 +132,8 @@ def _int8(
         batch_size = fixed_batch
     inputs = preprocessed_batches(calibration, spec, batch_size)
     search = search_int8(fp32_path, out_path, recipe, inputs, target=target)
-    return search.recipe.describe(len(calibration)) + f"; top-1 agreement on them {search.agreement:.2%}"
+    notes = search.recipe.describe(len(calibration)) + f"; top-1 agreement on them {search.agreement:.2%}"
+    return {"variant_notes": notes, "fallback_margin": search.error_spread}
 
 
 #: the backends and thread counts every variant's speed is measured on (None: all cores)
@@ -173,7 +177,7 @@ def measure_speed(
 
 def measure_variants(
     fp32_path: Path,
-    built: Sequence[tuple[str, Path, Path, str]],
+    built: Sequence[tuple[str, Path, Path, Mapping[str, Any]]],
     samples: Sequence[Sample],
     *,
     spec: PreprocessSpec,
@@ -186,7 +190,10 @@ def measure_variants(
     the median ONNX Runtime latency of one batch (``threads``) and ms/image end to end on each
     backend at one thread and all cores (:func:`measure_speed`).
 
-    ``built``: (name, file to measure, final path to report, note).  Latency is measured in
+    A variant whose provenance entries give a ``fallback_margin`` (int8) also reports its answers
+    with fp32's on the images it would run twice (:class:`.reports.NearTieFallback`).
+
+    ``built``: (name, file to measure, final path to report, its provenance entries).  Latency is measured in
     interleaved rounds (fp32, then each variant, repeated) so that load on a shared machine
     affects all models alike.
     """
@@ -221,12 +228,13 @@ def measure_variants(
     )
 
     reports: list[VariantReport] = []
-    for name, vpath, final_path, notes in built:
+    for name, vpath, final_path, entries in built:
         out = ort_run(sessions[name], inputs)
         cmp = compare(fp32_out, out, samples)
         fp32_top1 = fp32_out.argmax(axis=1)
         agreed = int((out.argmax(axis=1) == fp32_top1).sum())
         top5 = np.argsort(-out, axis=1)[:, :5]
+        margin = entries.get("fallback_margin")
         reports.append(
             VariantReport(
                 name=name,
@@ -241,15 +249,26 @@ def measure_variants(
                 ms_per_batch=statistics.median(times[name]),
                 fp32_ms_per_batch=fp32_ms,
                 threads=threads,
-                notes=notes,
+                notes=entries["variant_notes"],
                 agreement_interval=wilson_interval(agreed, len(samples)),
                 fp32_top1_in_top5=float((top5 == fp32_top1[:, None]).any(axis=1).mean()),
                 speed=[
                     SpeedRow(backend, n_threads, ms[name], ms["fp32"]) for (backend, n_threads), ms in speed.items()
                 ],
+                fallback=None if margin is None else _near_tie_fallback(fp32_out, out, margin),
             )
         )
     return reports
+
+
+def _near_tie_fallback(fp32_out: np.ndarray, out: np.ndarray, margin: float) -> NearTieFallback:
+    """``out`` answered as ``Classifier(fallback_model=)`` answers it: fp32's rows on its near-ties."""
+    rows = near_ties(out, margin)
+    answered = out.copy()
+    answered[rows] = fp32_out[rows]
+    agreed = int((answered.argmax(axis=1) == fp32_out.argmax(axis=1)).sum())
+    n = len(out)
+    return NearTieFallback(margin, len(rows) / n, agreed / n, wilson_interval(agreed, n))
 
 
 # --------------------------------------------------------------------------- runtime precisions

@@ -157,7 +157,9 @@ impl Classifier {
     /// JPEGs at a reduced DCT scale as Pillow's `draft()` (core `ClassifierOptions::jpeg_draft`).
     #[new]
     /// `providers`: (name, {option: value}) pairs in priority order (None: the CPU provider).
-    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false, providers=None))]
+    /// `fallback`: a classifier that answers this one's near-ties (core
+    /// `Classifier::with_fallback`, `fallback_margin` None: the contract's).
+    #[pyo3(signature = (model_path=None, *, model_bytes=None, threads=None, labels=None, preprocess_json=None, max_image_pixels=None, ort_library=None, jpeg_draft=false, providers=None, fallback=None, fallback_margin=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -170,6 +172,8 @@ impl Classifier {
         ort_library: Option<PathBuf>,
         jpeg_draft: bool,
         providers: Option<Vec<(String, std::collections::BTreeMap<String, String>)>>,
+        fallback: Option<PyRef<'_, Classifier>>,
+        fallback_margin: Option<f64>,
     ) -> PyResult<Self> {
         let threads = match threads {
             Some(n) if n < 1 => {
@@ -207,13 +211,32 @@ impl Classifier {
                 None => butterfly_onnx::classifier::providers::cpu(),
             },
         };
+        let fallback = fallback.map(|fallback| Arc::clone(&fallback.inner));
         let inner = py
-            .detach(|| match &model_bytes {
-                Some(bytes) => CoreClassifier::from_bytes(bytes, model_path, options),
-                None => CoreClassifier::open(&model_path, options),
+            .detach(|| {
+                let inner = match &model_bytes {
+                    Some(bytes) => CoreClassifier::from_bytes(bytes, model_path, options),
+                    None => CoreClassifier::open(&model_path, options),
+                }?;
+                match fallback {
+                    Some(fallback) => inner.with_fallback(fallback, fallback_margin),
+                    None => Ok(inner),
+                }
             })
             .map_err(|e| to_py_err(&e))?;
         Ok(Classifier { inner: Arc::new(inner) })
+    }
+
+    /// The margin below which the fallback answers an image (None: no fallback).
+    #[getter]
+    fn fallback_margin(&self) -> Option<f64> {
+        self.inner.fallback_margin()
+    }
+
+    /// Images the fallback has answered so far.
+    #[getter]
+    fn fallbacks(&self) -> usize {
+        self.inner.fallbacks()
     }
 
     /// The effective contract, as `ModelContract.to_dict()` JSON.

@@ -401,3 +401,74 @@ fn threads_are_shared_out_as_concurrent_runs_with_the_same_results() {
         }
     }
 }
+
+// -- the near-tie fallback ---------------------------------------------------------------------
+
+#[test]
+fn near_ties_are_answered_by_the_fallback_model_as_in_python() {
+    let Some(fx) = fixture() else { return };
+    let reference = &fx.reference["fallback"];
+    let margin = reference["margin"].as_f64().unwrap();
+    let expected: Vec<Vec<f32>> = reference["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .collect();
+    let near: Vec<usize> =
+        reference["near_ties"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+    let images = paths(&fx.images());
+    assert!(!near.is_empty() && near.len() < images.len(), "{near:?}");
+
+    let variant = open(fx, "model_variant.onnx", ClassifierOptions::default()).unwrap();
+    let (plain, _) = variant.logits(&images).unwrap();
+    assert_eq!(butterfly_onnx::classifier::near_ties(plain.view(), margin as f32), near);
+
+    let fallback = open(fx, "model.onnx", ClassifierOptions::default()).unwrap();
+    let classifier = variant.with_fallback(fallback, None).unwrap();
+    assert_eq!(classifier.fallback_margin(), Some(margin));
+    let (logits, errors) = classifier.logits(&images).unwrap();
+    assert!(errors.is_empty());
+    for (row, want) in logits.outer_iter().zip(&expected) {
+        assert!(max_abs_diff(row.iter().copied(), want.iter().copied()) <= 1e-5, "{row} vs {want:?}");
+    }
+    assert_eq!(classifier.fallbacks(), near.len());
+    // The streaming pipeline answers the same rows, chunk by chunk.
+    for chunk_size in [1, 3] {
+        let rows: Vec<Vec<f32>> = classifier
+            .logits_stream(images.clone(), chunk_size)
+            .unwrap()
+            .flat_map(|chunk| chunk.unwrap().logits.outer_iter().map(|row| row.to_vec()).collect::<Vec<_>>())
+            .collect();
+        for (row, want) in rows.iter().zip(&expected) {
+            assert!(max_abs_diff(row.iter().copied(), want.iter().copied()) <= 1e-5, "{row:?} vs {want:?}");
+        }
+    }
+    assert_eq!(classifier.fallbacks(), 3 * near.len());
+}
+
+#[test]
+fn fallback_arguments_are_checked() {
+    let Some(fx) = fixture() else { return };
+    let reason = |result: Result<Classifier, Error>| result.unwrap_err().to_string();
+    let plain = || open(fx, "model.onnx", ClassifierOptions::default()).unwrap();
+    let variant = || open(fx, "model_variant.onnx", ClassifierOptions::default()).unwrap();
+    assert!(reason(plain().with_fallback(plain(), None))
+        .ends_with("model.onnx: records no fallback_margin (an int8 variant written by export_onnx does): give one"));
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        assert!(reason(variant().with_fallback(plain(), Some(bad)))
+            .contains("fallback_margin must be a finite number >= 0"));
+    }
+    let mut labels: Vec<String> = plain().labels().to_vec();
+    labels.reverse();
+    let relabelled = open(fx, "model.onnx", ClassifierOptions { labels: Some(labels), ..Default::default() }).unwrap();
+    let error = variant().with_fallback(relabelled, None).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Contract);
+    assert!(error.to_string().contains("model.onnx: its labels differ from "), "{error}");
+    assert!(error.to_string().ends_with("model_variant.onnx's, so it cannot answer that model's near-ties"));
+    // 0 is plain: nothing runs twice.
+    let none = variant().with_fallback(plain(), Some(0.0)).unwrap();
+    let (logits, _) = none.logits(&paths(&fx.images())).unwrap();
+    assert_eq!(logits, variant().logits(&paths(&fx.images())).unwrap().0);
+    assert_eq!(none.fallbacks(), 0);
+}

@@ -553,3 +553,39 @@ fn a_kaggle_csv_entry_linked_out_of_the_image_folder_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn predict_with_a_fallback_model_gives_its_answers_on_the_near_ties() {
+    let Some(fx) = fixture() else { return };
+    // The top-1 probability of each image as Python's Classifier(fallback_model=) answers it.
+    let expected: Vec<f32> = fx.reference["fallback"]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let row: Vec<f32> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            butterfly_onnx::classifier::softmax(&row).into_iter().fold(0.0, f32::max)
+        })
+        .collect();
+    let images: Vec<PathBuf> = fx.images();
+    let top1 = |fallback: &[&str]| -> Vec<f32> {
+        let (code, stdout, stderr) = run(cli(fx)
+            .args(["predict", "--json", "--no-progress"])
+            .args(fallback)
+            .arg(fx.path("model_variant.onnx"))
+            .args(&images));
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap()["probability"].as_f64().unwrap() as f32)
+            .collect()
+    };
+    let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5);
+    let model = fx.path("model.onnx");
+    let answered = top1(&["--fallback-model", model.to_str().unwrap()]);
+    assert!(close(&answered, &expected), "{answered:?} vs {expected:?}");
+    assert!(!close(&top1(&[]), &expected), "the fixture's near-ties change the outputs");
+
+    let (code, _, stderr) = run(cli(fx).args(["predict", "m.onnx", "x.jpg", "--fallback-margin", "0.5"]));
+    assert_eq!((code, stderr.as_str()), (2, "butterfly-onnx: error: --fallback-margin needs --fallback-model\n"));
+}

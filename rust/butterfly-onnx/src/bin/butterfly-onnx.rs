@@ -140,6 +140,13 @@ enum Command {
         /// (faster on large photos, not torchvision-exact).
         #[arg(long)]
         jpeg_draft: bool,
+        /// Run images whose two best classes are closer than the margin again on this model (the
+        /// fp32 file of an int8 MODEL) and give its answer.
+        #[arg(long, value_name = "FP32.onnx")]
+        fallback_model: Option<PathBuf>,
+        /// The margin for --fallback-model [default: the one the int8 file records].
+        #[arg(long, value_name = "X", allow_hyphen_values = true)]
+        fallback_margin: Option<f64>,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -337,8 +344,14 @@ fn main() -> ExitCode {
             no_progress,
             max_image_pixels,
             jpeg_draft,
+            fallback_model,
+            fallback_margin,
             runtime,
         } => {
+            if fallback_margin.is_some() && fallback_model.is_none() {
+                report("--fallback-margin needs --fallback-model");
+                return ExitCode::from(2);
+            }
             let options = match runtime.options() {
                 Ok(options) => ClassifierOptions {
                     threads: threads.map(|t| t as usize),
@@ -363,6 +376,7 @@ fn main() -> ExitCode {
                 show_progress,
                 filename_column,
                 fill_label,
+                fallback: fallback_model.map(|path| (path, fallback_margin)),
             };
             predict(&model, &inputs, &settings, options)
         }
@@ -420,6 +434,8 @@ struct PredictSettings {
     show_progress: bool,
     filename_column: String,
     fill_label: Option<String>,
+    /// `--fallback-model` and `--fallback-margin`.
+    fallback: Option<(PathBuf, Option<f64>)>,
 }
 
 fn predict(
@@ -434,7 +450,13 @@ fn predict(
     if let Some(path) = &settings.output {
         check_output(path)?;
     }
-    let classifier = open(model, options)?;
+    let classifier = match &settings.fallback {
+        None => open(model, options)?,
+        Some((fallback, margin)) => {
+            let main = open(model, options.clone())?;
+            main.with_fallback(open(fallback, options)?, *margin)?
+        }
+    };
     let mut sink = Sink::new(settings.output.as_deref(), settings.json, expanded.filenames.is_some(), top_k)?;
     let bar = settings.show_progress.then(|| {
         let bar = indicatif::ProgressBar::new(expanded.images.len() as u64);

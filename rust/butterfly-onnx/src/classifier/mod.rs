@@ -35,9 +35,10 @@ pub mod providers;
 mod session;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use ndarray::{Array2, Array4, ArrayView1, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
 
 use crate::contract::{ModelContract, OutputKind};
 use crate::decode::{DecodeLimits, JpegDraft, RgbImage};
@@ -157,6 +158,16 @@ pub struct Classifier {
     split_intra: usize,
     /// The providers the sessions use, the CPU provider last ([`providers::in_use`]).
     providers: Vec<String>,
+    /// The model that answers near-ties ([`Classifier::with_fallback`]).
+    fallback: Option<Box<Fallback>>,
+}
+
+/// A second model answering the images whose two best outputs are closer than `margin`.
+struct Fallback {
+    classifier: Arc<Classifier>,
+    margin: f64,
+    /// Images it has answered so far.
+    answered: AtomicUsize,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -252,7 +263,93 @@ impl Classifier {
             model_batch,
             split_intra,
             providers,
+            fallback: None,
         })
+    }
+
+    /// Answer this model's near-ties with `fallback` (usually the fp32 file an int8 variant was
+    /// made from): every image whose two best outputs are less than `margin` apart
+    /// ([`near_ties`]) is run again on `fallback`, from the same preprocessed rows, and takes
+    /// its output (one that is not finite keeps this model's). `margin` `None`: the
+    /// `fallback_margin` this model's contract records (an int8 variant's largest error spread
+    /// on its calibration images, written by `export_onnx`; docs/inference.md, "Near-tie
+    /// fallback"), as the Python `Classifier(fallback_model=)` does.
+    ///
+    /// Errors: `Contract` when `fallback` differs in labels, preprocessing or output kind;
+    /// `InvalidArgument` for a margin that is not a finite number >= 0, or none given and none
+    /// recorded.
+    pub fn with_fallback(mut self, fallback: impl Into<Arc<Classifier>>, margin: Option<f64>) -> Result<Self> {
+        let fallback = fallback.into();
+        let source = crate::error::path_name(&self.model_path);
+        let margin = match margin {
+            Some(margin) => margin,
+            None => match self.contract.provenance.get("fallback_margin") {
+                None | Some(serde_json::Value::Null) => {
+                    return Err(Error::InvalidArgument {
+                        reason: format!(
+                            "{source}: records no fallback_margin (an int8 variant written by export_onnx does): \
+                             give one"
+                        ),
+                    })
+                }
+                Some(value) => value.as_f64().ok_or_else(|| Error::InvalidArgument {
+                    reason: format!("{source}: fallback_margin must be a finite number >= 0, got {value}"),
+                })?,
+            },
+        };
+        if !margin.is_finite() || margin < 0.0 {
+            return Err(Error::InvalidArgument {
+                reason: format!("{source}: fallback_margin must be a finite number >= 0, got {margin}"),
+            });
+        }
+        let theirs = fallback.contract();
+        for (what, same) in [
+            ("labels", self.contract.labels == theirs.labels),
+            ("preprocessing", self.contract.preprocess == theirs.preprocess),
+            ("output kind", self.contract.output_kind == theirs.output_kind),
+        ] {
+            if !same {
+                return Err(Error::Contract {
+                    source_name: crate::error::path_name(fallback.model_path()),
+                    reason: format!("its {what} differ from {source}'s, so it cannot answer that model's near-ties"),
+                });
+            }
+        }
+        self.fallback = Some(Box::new(Fallback { classifier: fallback, margin, answered: AtomicUsize::new(0) }));
+        Ok(self)
+    }
+
+    /// The margin below which an image is answered by the fallback model (`None`: no fallback).
+    pub fn fallback_margin(&self) -> Option<f64> {
+        self.fallback.as_ref().map(|fallback| fallback.margin)
+    }
+
+    /// Images the fallback model has answered so far (0 without one).
+    pub fn fallbacks(&self) -> usize {
+        self.fallback.as_ref().map_or(0, |fallback| fallback.answered.load(Ordering::Relaxed))
+    }
+
+    /// The rows of `logits` (this model's output on `batch`) that [`near_ties`] picks, replaced
+    /// by the fallback model's output on the same rows of `batch`, where that is finite.
+    pub(crate) fn answer_near_ties(&self, logits: &mut Array2<f32>, batch: ArrayView4<'_, f32>) -> Result<()> {
+        let Some(fallback) = &self.fallback else {
+            return Ok(());
+        };
+        // Compared in f32, as the outputs are (and as NumPy compares a float32 gap with a float).
+        let rows = near_ties(logits.view(), fallback.margin as f32);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let again = fallback.classifier.run(batch.select(Axis(0), &rows).view())?;
+        let mut answered = 0;
+        for (&row, output) in rows.iter().zip(again.outer_iter()) {
+            if output.iter().all(|v| v.is_finite()) {
+                logits.row_mut(row).assign(&output);
+                answered += 1;
+            }
+        }
+        fallback.answered.fetch_add(answered, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The effective contract (the model's, with the explicit overrides applied).
@@ -350,7 +447,8 @@ impl Classifier {
     /// or infinity is that image's [`Error::NonFiniteOutput`], not a row.
     pub fn logits(&self, items: &[ImageInput]) -> Result<(Array2<f32>, ImageErrors)> {
         let (batch, errors) = self.preprocess(items)?;
-        let logits = self.run(batch.view())?;
+        let mut logits = self.run(batch.view())?;
+        self.answer_near_ties(&mut logits, batch.view())?;
         Ok(split_non_finite(logits, errors, 0, items.len(), |i| items[i].source()))
     }
 
@@ -421,6 +519,31 @@ pub(crate) fn split_non_finite(
     (logits.select(ndarray::Axis(0), &keep), errors)
 }
 
+/// The rows of `outputs` whose two best values differ by less than `margin` (in f32): the
+/// answers a model whose error moves two classes by up to `margin` could have swapped
+/// (`classifier.py::near_ties`; rows that are not all finite are never picked, they become
+/// errors). None when there are fewer than two classes.
+pub fn near_ties(outputs: ArrayView2<'_, f32>, margin: f32) -> Vec<usize> {
+    if outputs.ncols() < 2 {
+        return Vec::new();
+    }
+    let close = |row: ArrayView1<'_, f32>| {
+        if !row.iter().all(|v| v.is_finite()) {
+            return false;
+        }
+        let (mut best, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for &value in row {
+            if value > best {
+                (best, second) = (value, best);
+            } else if value > second {
+                second = value;
+            }
+        }
+        best - second < margin
+    };
+    outputs.outer_iter().enumerate().filter(|(_, row)| close(row.view())).map(|(index, _)| index).collect()
+}
+
 /// Numerically stable softmax, accumulated in f64.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -463,6 +586,22 @@ mod tests {
         // All finite: untouched.
         let (kept, errors) = split_non_finite(ndarray::array![[0.5f32]], Vec::new(), 0, 1, |i| format!("i{i}"));
         assert_eq!((kept, errors.len()), (ndarray::array![[0.5f32]], 0));
+    }
+
+    #[test]
+    fn near_ties_are_the_rows_whose_best_two_are_closer_than_the_margin() {
+        let outputs = ndarray::array![
+            [0.0, 1.0, 0.95],      // gap 0.05
+            [2.0, 0.0, 1.0],       // gap 1.0
+            [3.0, 3.0, -1.0],      // a tie: gap 0
+            [f32::NAN, 0.0, 0.01], // not finite: an error, never re-run
+            [0.5, 0.2, 0.7]        // gap 0.2
+        ];
+        assert_eq!(near_ties(outputs.view(), 0.1), [0, 2]);
+        assert_eq!(near_ties(outputs.view(), 0.2000001), [0, 2, 4]);
+        assert_eq!(near_ties(outputs.view(), 0.0), Vec::<usize>::new());
+        assert_eq!(near_ties(outputs.view(), 1e9), [0, 1, 2, 4]);
+        assert_eq!(near_ties(ndarray::array![[1.0f32], [2.0]].view(), 1e9), Vec::<usize>::new());
     }
 
     type ErrorKindName = &'static str;

@@ -237,10 +237,13 @@ impl<C: Deref<Target = Classifier>> Pipeline<C> {
         };
         // The chunk's pieces of `model_batch` rows go to the concurrent runs as they free up.
         let size = self.classifier.model_batch();
-        let logits = match self.classifier.run_in_pieces(batch.view(), size) {
+        let mut logits = match self.classifier.run_in_pieces(batch.view(), size) {
             Ok(logits) => logits,
             Err(error) => return Some(Err(error)),
         };
+        if let Err(error) = self.classifier.answer_near_ties(&mut logits, batch.view()) {
+            return Some(Err(error));
+        }
         drop(batch);
         let errors = local_errors.into_iter().map(|(i, e)| (pending.start + i, e)).collect();
         let (start, sources) = (pending.start, pending.sources);

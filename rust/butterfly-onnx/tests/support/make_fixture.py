@@ -4,7 +4,8 @@ predictions computed with torchvision + onnxruntime in Python.
 
     python make_fixture.py OUT_DIR
 
-Writes OUT_DIR/{model.onnx, model_static2.onnx, model_no_contract.onnx, not_a_model.onnx,
+Writes OUT_DIR/{model.onnx, model_static2.onnx, model_no_contract.onnx, model_variant.onnx,
+not_a_model.onnx,
 images/*, bad/*, reference.json, reference_batch.f32 (torchvision's batch, little-endian
 float32), ort_library.txt (the onnxruntime wheel's libonnxruntime, as the Python package finds
 it: butterfly_onnx._backends.rust.find_onnxruntime_library)}. Image paths in reference.json
@@ -43,14 +44,17 @@ LABELS = ["admiral", "monarch", "swallowtail", "peacock", "brimstone", "skipper"
 SPEC = PreprocessSpec(resize_size=80, crop_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def build_model(path: Path, *, batch: int | str, with_contract: bool) -> None:
-    """Conv(3->8, 3x3, stride 2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->7)."""
+def build_model(path: Path, *, batch: int | str, with_contract: bool, noise: float = 0.0) -> None:
+    """Conv(3->8, 3x3, stride 2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->7); ``noise``
+    perturbs the Gemm's weights (a stand-in for a reduced-precision variant of the model)."""
     rng = np.random.default_rng(7)
     crop = SPEC.crop_size
+    fc_w = rng.normal(0, 1.0, (len(LABELS), 8))
+    fc_w += np.random.default_rng(11).normal(0, noise, fc_w.shape) if noise else 0.0
     weights = [
         numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "conv_w"),
         numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "conv_b"),
-        numpy_helper.from_array(rng.normal(0, 1.0, (len(LABELS), 8)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(fc_w.astype(np.float32), "fc_w"),
         numpy_helper.from_array(rng.normal(0, 0.1, (len(LABELS),)).astype(np.float32), "fc_b"),
     ]
     nodes = [
@@ -122,6 +126,33 @@ def reference(model: Path, files: list[Path], batch_path: Path) -> list[dict]:
     return rows
 
 
+def fallback_reference(out: Path, files: list[Path], batch_path: Path) -> dict:
+    """``model_variant.onnx`` (the model with perturbed weights) recording a ``fallback_margin``
+    between its middle top-1/top-2 gaps on ``files``, so that about half of them are near-ties,
+    and what the Python ``Classifier(model_variant.onnx, fallback_model=model.onnx)`` gives."""
+    from butterfly_onnx import Classifier
+    from butterfly_onnx.classifier import near_ties
+
+    variant = out / "model_variant.onnx"
+    build_model(variant, batch="batch", with_contract=True, noise=0.3)
+    batch = np.fromfile(batch_path, dtype="<f4").reshape(len(files), 3, SPEC.crop_size, SPEC.crop_size)
+    logits = ort.InferenceSession(str(variant), providers=["CPUExecutionProvider"]).run(["logits"], {"input": batch})[0]
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    gaps = np.sort(top2[:, 1] - top2[:, 0])
+    middle = len(gaps) // 2
+    margin = float((gaps[middle - 1] + gaps[middle]) / 2) if len(gaps) > 1 else float(gaps[0]) + 1.0
+    contract = ModelContract(
+        labels=tuple(LABELS), preprocess=SPEC, provenance={"arch": "tiny_classifier", "fallback_margin": margin}
+    )
+    write_contract(variant, contract, variant)
+    answered = Classifier(variant, fallback_model=out / "model.onnx").logits(files)
+    return {
+        "margin": margin,
+        "near_ties": [int(i) for i in near_ties(logits, margin)],
+        "logits": [[float(v) for v in row] for row in answered],
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +173,7 @@ def main() -> None:
         "crop_size": SPEC.crop_size,
         "images": reference(out / "model.onnx", files, out / "reference_batch.f32"),
     }
+    refs["fallback"] = fallback_reference(out, files, out / "reference_batch.f32")
     (out / "reference.json").write_text(json.dumps(refs, indent=1))
     (out / "ort_library.txt").write_text(str(find_onnxruntime_library()))
 
