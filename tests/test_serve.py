@@ -390,6 +390,32 @@ def test_the_rust_cli_serves_the_same(model, images, expected):
     assert code == 0 and took < 15
 
 
+@pytest.mark.parametrize("which", ["python", "rust"])
+def test_an_int8_model_served_with_its_fallback_answers_as_the_classifier(which, model, int8_variant, images):
+    """``serve --fallback-model``: the batcher answers the near-ties with the fp32 model, as
+    ``Classifier(int8, fallback_model=fp32).predict`` does (and not as int8 alone)."""
+    from butterfly_onnx import Classifier
+
+    rust_cli = _rust_cli() if which == "rust" else None
+    if which == "rust" and rust_cli is None:
+        pytest.skip("the Rust CLI is not built (target/release/butterfly-onnx)")
+    good = [p for p in images if p.suffix in (".jpg", ".png")][:12]
+
+    def predictions(**kwargs):
+        found = Classifier(int8_variant, backend="rust", **kwargs).predict(good, top_k=TOP_K)
+        return [[(s.label, s.index, s.probability) for s in p.top_k] for p in found]
+
+    expected = predictions(fallback_model=model)
+    assert expected != predictions()  # some of these images are near-ties int8 alone answers otherwise
+    server = Server(int8_variant, "--fallback-model", str(model), rust_cli=rust_cli)
+    try:
+        body, headers = v2_body([p.read_bytes() for p in good])
+        assert v2_result(*server.request("POST", f"/v2/models/{server.name}/infer", body, headers)) == expected
+    finally:
+        code, _ = server.stop()
+    assert code == 0
+
+
 def test_model_rows_do_not_depend_on_the_batch(model, images):
     """What exactness rests on: ONNX Runtime gives an image the same output alone or in any
     batch (so the batcher may put requests together)."""
@@ -419,6 +445,10 @@ def test_python_api_checks_its_arguments_before_serving(model):
         serve(model, max_wait_ms=-1)
     with pytest.raises(ModelNotFoundError):
         serve(model.parent / "missing.onnx", port=0)
+    with pytest.raises(InvalidArgumentError, match="fallback_margin needs fallback_model"):
+        serve(model, port=0, fallback_margin=0.5)
+    with pytest.raises(InvalidArgumentError, match="records no fallback_margin"):
+        serve(model, port=0, fallback_model=model)  # an fp32 file records none
     import socket
 
     with socket.socket() as taken:

@@ -123,8 +123,7 @@ def _max_image_pixels(option: int | None) -> Any:
 
 # --- predict ------------------------------------------------------------------------------
 def _cmd_predict(args: argparse.Namespace) -> int:
-    if args.fallback_margin is not None and args.fallback_model is None:
-        raise InvalidArgumentError("--fallback-margin needs --fallback-model")
+    _check_fallback_flags(args)
     if getattr(args, "ray", None) is not None:
         if args.fallback_model is not None:
             raise InvalidArgumentError("--fallback-model runs on one machine; it does not combine with --ray")
@@ -219,6 +218,7 @@ def _submission(stream: Any, filenames: list[str], path: Path, fill: str | None,
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
+    _check_fallback_flags(args)
     pixels: dict[str, Any] = (
         {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}
     )
@@ -232,6 +232,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
+        fallback_model=args.fallback_model,
+        fallback_margin=args.fallback_margin,
         **pixels,
         **provider_arguments(args),
     )
@@ -587,6 +589,27 @@ def _progress_flags(p: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def _fallback_flags(p: argparse.ArgumentParser) -> None:
+    """The near-tie fallback of ``predict`` and ``serve`` (docs/inference.md, "Near-tie fallback")."""
+    p.add_argument(
+        "--fallback-model",
+        metavar="FP32.onnx",
+        help="run images whose two best classes are closer than the margin again on this model (the fp32 "
+        "file of an int8 MODEL) and give its answer",
+    )
+    p.add_argument(
+        "--fallback-margin",
+        type=float,
+        metavar="X",
+        help="the margin for --fallback-model (default: the one the int8 file records)",
+    )
+
+
+def _check_fallback_flags(args: argparse.Namespace) -> None:
+    if args.fallback_margin is not None and args.fallback_model is None:
+        raise InvalidArgumentError("--fallback-margin needs --fallback-model")
+
+
 def _predict_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predict", parents=[common], help="classify images with an exported model")
     p.add_argument("model", help="an exported .onnx file")
@@ -646,18 +669,7 @@ def _predict_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="JPEG draft mode: decode JPEGs at a reduced DCT scale as Pillow's draft() does "
         "(faster on large photos, not torchvision-exact)",
     )
-    p.add_argument(
-        "--fallback-model",
-        metavar="FP32.onnx",
-        help="run images whose two best classes are closer than the margin again on this model (the fp32 "
-        "file of an int8 MODEL) and give its answer",
-    )
-    p.add_argument(
-        "--fallback-margin",
-        type=float,
-        metavar="X",
-        help="the margin for --fallback-model (default: the one the int8 file records)",
-    )
+    _fallback_flags(p)
     if _has_module("butterfly_onnx.ray"):
         p.add_argument(
             "--ray",
@@ -705,6 +717,7 @@ def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="threads for decoding and inference (default: all cores)",
     )
     p.add_argument("--max-image-pixels", type=int, help="refuse larger images (0: no limit; default Pillow's)")
+    _fallback_flags(p)
     add_provider_arguments(p)
     p.set_defaults(run=_cmd_serve)
 

@@ -91,6 +91,8 @@ def serve(
     max_image_pixels: Any = DEFAULT,
     providers: Any = None,
     device: str | None = None,
+    fallback_model: str | os.PathLike[str] | None = None,
+    fallback_margin: float | None = None,
     stop: StopEvent | None = None,
     listening: Callable[[str, int], object] | None = None,
 ) -> None:
@@ -108,10 +110,12 @@ def serve(
     ``name``: the model's name in ``/v2/models/{name}`` (default: the file's stem).
     ``max_batch``, ``max_wait_ms``, ``max_queue``, ``max_body_bytes``: the batching and
     admission limits (None: the server's defaults, docs/serving.md).  ``threads``,
-    ``max_image_pixels``, ``providers`` and ``device`` as for :class:`butterfly_onnx.Classifier`
-    (its rust backend: a provider that is missing is a ``BackendUnavailableError``, never a
-    silent fallback).
+    ``max_image_pixels``, ``providers``, ``device``, ``fallback_model`` and ``fallback_margin``
+    as for :class:`butterfly_onnx.Classifier` (its rust backend: a provider that is missing is a
+    ``BackendUnavailableError``, never a silent fallback; the near-tie fallback answers in the
+    batcher, from the rows it batched).
     """
+    from ._backends import check_fallback_margin
     from ._backends.providers import resolve_providers
     from ._backends.rust import Backend
     from .images import pixel_limit_default
@@ -138,14 +142,21 @@ def serve(
         max_image_pixels = pixel_limit_default()
     else:
         max_image_pixels = _positive("max_image_pixels", max_image_pixels)
-    backend = Backend(
-        Path(os.fspath(model)),
+    settings: dict[str, Any] = dict(
         threads=threads,
         labels=None,
         preprocess=None,
         max_image_pixels=max_image_pixels,
         providers=resolve_providers(providers, device),
     )
+    if fallback_margin is not None and fallback_model is None:
+        raise InvalidArgumentError("fallback_margin needs fallback_model (the model that answers near-ties)")
+    if fallback_model is not None:
+        settings.update(
+            fallback=Backend(Path(os.fspath(fallback_model)), **settings),
+            fallback_margin=None if fallback_margin is None else check_fallback_margin(fallback_margin, str(model)),
+        )
+    backend = Backend(Path(os.fspath(model)), **settings)
     try:
         with _sigterm_stops_serving():
             backend.serve(

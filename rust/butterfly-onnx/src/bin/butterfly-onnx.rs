@@ -140,13 +140,8 @@ enum Command {
         /// (faster on large photos, not torchvision-exact).
         #[arg(long)]
         jpeg_draft: bool,
-        /// Run images whose two best classes are closer than the margin again on this model (the
-        /// fp32 file of an int8 MODEL) and give its answer.
-        #[arg(long, value_name = "FP32.onnx")]
-        fallback_model: Option<PathBuf>,
-        /// The margin for --fallback-model [default: the one the int8 file records].
-        #[arg(long, value_name = "X", allow_hyphen_values = true)]
-        fallback_margin: Option<f64>,
+        #[command(flatten)]
+        fallback: FallbackArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -163,6 +158,38 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+}
+
+/// The near-tie fallback of `predict` and `serve` (docs/inference.md, "Near-tie fallback").
+#[derive(clap::Args)]
+struct FallbackArgs {
+    /// Run images whose two best classes are closer than the margin again on this model (the
+    /// fp32 file of an int8 MODEL) and give its answer.
+    #[arg(long, value_name = "FP32.onnx")]
+    fallback_model: Option<PathBuf>,
+    /// The margin for --fallback-model [default: the one the int8 file records].
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    fallback_margin: Option<f64>,
+}
+
+impl FallbackArgs {
+    /// `--fallback-margin` without `--fallback-model` is refused before anything loads.
+    fn check(&self) -> Result<(), Fatal> {
+        if self.fallback_margin.is_some() && self.fallback_model.is_none() {
+            return Err(Fatal::new("--fallback-margin needs --fallback-model".to_string()));
+        }
+        Ok(())
+    }
+
+    /// `model` opened, answering its near-ties with `--fallback-model` when given.
+    fn open(&self, model: &Path, options: ClassifierOptions) -> Result<Classifier, Fatal> {
+        Ok(match &self.fallback_model {
+            None => open(model, options)?,
+            Some(fallback) => {
+                open(model, options.clone())?.with_fallback(open(fallback, options)?, self.fallback_margin)?
+            }
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -197,6 +224,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     max_image_pixels: u64,
     #[command(flatten)]
+    fallback: FallbackArgs,
+    #[command(flatten)]
     runtime: RuntimeArgs,
 }
 
@@ -210,7 +239,8 @@ fn serve(args: ServeArgs) -> Result<bool, Fatal> {
         }),
         ..args.runtime.options()?
     };
-    let classifier = std::sync::Arc::new(Classifier::open(&args.model, options)?);
+    args.fallback.check()?;
+    let classifier = std::sync::Arc::new(args.fallback.open(&args.model, options)?);
     let settings = butterfly_onnx::serve::ServeOptions {
         host: args.host,
         port: args.port,
@@ -344,12 +374,11 @@ fn main() -> ExitCode {
             no_progress,
             max_image_pixels,
             jpeg_draft,
-            fallback_model,
-            fallback_margin,
+            fallback,
             runtime,
         } => {
-            if fallback_margin.is_some() && fallback_model.is_none() {
-                report("--fallback-margin needs --fallback-model");
+            if let Err(Fatal(message, _)) = fallback.check() {
+                report(&message);
                 return ExitCode::from(2);
             }
             let options = match runtime.options() {
@@ -376,7 +405,7 @@ fn main() -> ExitCode {
                 show_progress,
                 filename_column,
                 fill_label,
-                fallback: fallback_model.map(|path| (path, fallback_margin)),
+                fallback,
             };
             predict(&model, &inputs, &settings, options)
         }
@@ -434,8 +463,7 @@ struct PredictSettings {
     show_progress: bool,
     filename_column: String,
     fill_label: Option<String>,
-    /// `--fallback-model` and `--fallback-margin`.
-    fallback: Option<(PathBuf, Option<f64>)>,
+    fallback: FallbackArgs,
 }
 
 fn predict(
@@ -450,13 +478,7 @@ fn predict(
     if let Some(path) = &settings.output {
         check_output(path)?;
     }
-    let classifier = match &settings.fallback {
-        None => open(model, options)?,
-        Some((fallback, margin)) => {
-            let main = open(model, options.clone())?;
-            main.with_fallback(open(fallback, options)?, *margin)?
-        }
-    };
+    let classifier = settings.fallback.open(model, options)?;
     let mut sink = Sink::new(settings.output.as_deref(), settings.json, expanded.filenames.is_some(), top_k)?;
     let bar = settings.show_progress.then(|| {
         let bar = indicatif::ProgressBar::new(expanded.images.len() as u64);

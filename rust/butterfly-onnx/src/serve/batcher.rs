@@ -201,7 +201,9 @@ impl Shared {
                 ndarray::concatenate(Axis(0), &views)
                     .map_err(|e| self.failed(format!("cannot batch the requests: {e}")))?
             };
-            self.classifier.run_in_pieces(batch.view(), self.classifier.model_batch())
+            let mut logits = self.classifier.run_in_pieces(batch.view(), self.classifier.model_batch())?;
+            self.classifier.answer_near_ties(&mut logits, batch.view())?;
+            Ok(logits)
         }))
         .unwrap_or_else(|_| Err(self.failed("a thread running the model panicked".into())));
         drop(views);
