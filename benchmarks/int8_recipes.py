@@ -77,11 +77,9 @@ def figures(fp32: np.ndarray, other: np.ndarray) -> dict[str, object]:
 def with_fallback(fp32: np.ndarray, out: np.ndarray, margin: float) -> dict[str, object]:
     """``figures`` of ``out`` answered as ``Classifier(fallback_model=fp32)`` answers it, and the
     share of images it runs twice."""
-    from butterfly_onnx.classifier import near_ties
+    from butterfly_onnx.export.variants import answered_near_ties
 
-    rows = near_ties(out, margin)
-    answered = out.copy()
-    answered[rows] = fp32[rows]
+    answered, rows = answered_near_ties(fp32, out, margin)
     return {"margin": margin, "share_run_twice": len(rows) / len(out), **figures(fp32, answered)}
 
 

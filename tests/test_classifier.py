@@ -741,6 +741,23 @@ def _recorded_margin(path: Path) -> float:
     return float(document["provenance"]["fallback_margin"])
 
 
+def test_near_ties_is_the_rust_cores_rule():
+    """The rows whose best two are closer than the margin (classifier::near_ties has the same
+    matrix); rows that are not finite are never picked, and say nothing about it."""
+    from butterfly_onnx.classifier import near_ties
+
+    nan, inf = float("nan"), float("inf")
+    out = np.array(
+        [[0.0, 1.0, 0.95], [2.0, 0.0, 1.0], [3.0, 3.0, -1.0], [nan, 0.0, 0.01], [0.5, 0.2, 0.7], [inf, inf, 0.0]],
+        dtype=np.float32,
+    )
+    assert list(near_ties(out, 0.1)) == [0, 2]
+    assert list(near_ties(out, 0.2000001)) == [0, 2, 4]
+    assert list(near_ties(out, 0.0)) == []
+    assert list(near_ties(out, 1e9)) == [0, 1, 2, 4]
+    assert list(near_ties(np.array([[1.0], [2.0]], dtype=np.float32), 1e9)) == []
+
+
 def _close_calls(out: np.ndarray, margin: float) -> np.ndarray:
     best_two = np.sort(out, axis=1)[:, -2:]
     return best_two[:, 1] - best_two[:, 0] < margin
@@ -759,13 +776,15 @@ def test_near_ties_are_answered_by_the_fallback_model(backend, contract_model, i
     assert np.array_equal(got[~close], int8[~close])
     assert np.array_equal(got[close], fp32[close])
     assert clf.fallbacks == close.sum()
+    one_shot, _ = clf._backend.logits([(str(p), p) for p in logit_paths])  # the backend's one call too
+    assert np.array_equal(one_shot, got) and clf.fallbacks == 2 * close.sum()
     # the answers: fp32's wherever int8's two best are close, so at least as many as int8's agree
     agree = (got.argmax(1) == fp32.argmax(1)).sum()
     assert agree >= (int8.argmax(1) == fp32.argmax(1)).sum()
     assert [p.index for p in clf.predict(logit_paths)] == list(got.argmax(1))
 
     # the margin decides: 0 changes nothing, one above every gap makes it fp32 throughout
-    none = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path, fallback_margin=0)
+    none = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path, fallback_margin=np.float32(0))
     assert np.array_equal(none.logits(logit_paths), int8) and none.fallbacks == 0
     every = Classifier(int8_variant, backend=backend, fallback_model=contract_model.path, fallback_margin=1e9)
     assert np.array_equal(every.logits(logit_paths), fp32) and every.fallbacks == len(logit_paths)

@@ -215,9 +215,11 @@ def test_predict_with_a_fallback_model(contract_model, int8_variant, photos, cap
         return pytest.approx([p.probability for p in Classifier(model, backend="rust", **kwargs).predict(photos)])
 
     fp32 = str(contract_model.path)
+    plain = probabilities()
+    assert plain == expected(int8_variant)
     assert probabilities("--fallback-model", fp32) == expected(int8_variant, fallback_model=fp32)
-    assert probabilities("--fallback-model", fp32, "--fallback-margin", "1e9") == expected(fp32)
-    assert probabilities() != expected(fp32)  # int8's own outputs differ from fp32's
+    everything = probabilities("--fallback-model", fp32, "--fallback-margin", "1e9")
+    assert everything == expected(fp32) and everything != plain
 
 
 def test_models_errors_and_listing(tmp_path, capsys):

@@ -22,11 +22,11 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ._backends import Backend, check_fallback_margin, load_backend, near_ties, resolve_threads
+from ._backends import check_fallback_arguments, load_backend, near_ties, resolve_threads
 from ._backends.providers import describe, resolve_providers
 from .contract import ModelContract, PreprocessSpec
 from .errors import (
@@ -39,6 +39,9 @@ from .errors import (
     NonFiniteOutputError,
 )
 from .images import effective_pixel_limit, expand_images, pixel_limit_default
+
+if TYPE_CHECKING:
+    from ._backends import Backend
 
 __all__ = [
     "Classifier",
@@ -270,10 +273,7 @@ class Classifier:
         self.max_image_pixels = max_image_pixels
         path, source = _model_source(model)
         fallback = None if fallback_model is None else _model_source(fallback_model, "fallback_model")
-        if fallback_margin is not None:
-            if fallback is None:
-                raise InvalidArgumentError("fallback_margin needs fallback_model (the model that answers near-ties)")
-            fallback_margin = check_fallback_margin(fallback_margin, source)
+        fallback_margin = check_fallback_arguments(fallback_model, fallback_margin, source)
         try:
             spec = None if preprocess is None else PreprocessSpec.coerce(preprocess)
         except ContractError as exc:
@@ -356,7 +356,8 @@ class Classifier:
 
     @property
     def fallbacks(self) -> int:
-        """Images ``fallback_model`` has answered so far (0 without one)."""
+        """Images ``fallback_model`` has answered so far: near-ties whose fallback output was
+        finite (0 without one)."""
         return self._backend.fallbacks
 
     def __repr__(self) -> str:

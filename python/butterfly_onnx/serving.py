@@ -115,7 +115,7 @@ def serve(
     ``BackendUnavailableError``, never a silent fallback; the near-tie fallback answers in the
     batcher, from the rows it batched).
     """
-    from ._backends import check_fallback_margin
+    from ._backends import check_fallback_arguments
     from ._backends.providers import resolve_providers
     from ._backends.rust import Backend
     from .images import pixel_limit_default
@@ -149,13 +149,9 @@ def serve(
         max_image_pixels=max_image_pixels,
         providers=resolve_providers(providers, device),
     )
-    if fallback_margin is not None and fallback_model is None:
-        raise InvalidArgumentError("fallback_margin needs fallback_model (the model that answers near-ties)")
+    fallback_margin = check_fallback_arguments(fallback_model, fallback_margin, str(model))
     if fallback_model is not None:
-        settings.update(
-            fallback=Backend(Path(os.fspath(fallback_model)), **settings),
-            fallback_margin=None if fallback_margin is None else check_fallback_margin(fallback_margin, str(model)),
-        )
+        settings.update(fallback=Backend(Path(os.fspath(fallback_model)), **settings), fallback_margin=fallback_margin)
     backend = Backend(Path(os.fspath(model)), **settings)
     try:
         with _sigterm_stops_serving():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ __all__ = [
     "SESSION_MEMORY_BUDGET",
     "THREAD_RULE_FILE",
     "available_cpus",
+    "check_fallback_arguments",
     "check_fallback_margin",
     "check_same_question",
     "fallback_margin_for",
@@ -233,16 +235,26 @@ def near_ties(out: np.ndarray, margin: float) -> np.ndarray:
     ``classifier::near_ties`` is the same rule."""
     if out.shape[1] < 2:
         return np.zeros(0, dtype=np.intp)
-    top2 = np.partition(out, -2, axis=1)[:, -2:]
-    finite = np.isfinite(out).all(axis=1)
-    return np.flatnonzero(finite & (top2[:, 1] - top2[:, 0] < margin))
+    finite = np.flatnonzero(np.isfinite(out).all(axis=1))
+    top2 = np.partition(out[finite], -2, axis=1)[:, -2:]
+    return finite[top2[:, 1] - top2[:, 0] < margin]
 
 
 def check_fallback_margin(margin: Any, source: str) -> float:
-    """``margin`` as a float, when it is a finite number >= 0."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+    """``margin`` as a float, when it is a finite number >= 0 (NumPy scalars too)."""
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
         raise InvalidArgumentError(f"{source}: fallback_margin must be a finite number >= 0, got {margin!r}")
     return float(margin)
+
+
+def check_fallback_arguments(fallback_model: Any, fallback_margin: Any, source: str) -> float | None:
+    """``Classifier``'s and ``serve``'s ``fallback_margin``, checked before anything loads
+    (None: the model's recorded one, or no fallback)."""
+    if fallback_margin is None:
+        return None
+    if fallback_model is None:
+        raise InvalidArgumentError("fallback_margin needs fallback_model (the model that answers near-ties)")
+    return check_fallback_margin(fallback_margin, source)
 
 
 def fallback_margin_for(contract: ModelContract, margin: float | None, source: str) -> float:

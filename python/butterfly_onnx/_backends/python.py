@@ -138,6 +138,7 @@ class Backend:
         self._fallback = fallback
         self._fallback_margin: float | None = None
         self._fallbacks = 0
+        self._fallbacks_lock = Lock()
         if fallback is not None:
             self._fallback_margin = fallback_margin_for(self.contract, fallback_margin, source)
             fallback_source = str(fallback.model_path) if fallback.model_path is not None else "<fallback_model bytes>"
@@ -261,7 +262,7 @@ class Backend:
             again = self._fallback.run(batch[rows])
             finite = np.isfinite(again).all(axis=1)
             out[rows[finite]] = again[finite]
-            with self._model_batch_lock:
+            with self._fallbacks_lock:
                 self._fallbacks += int(finite.sum())
         return out
 

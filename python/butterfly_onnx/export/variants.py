@@ -43,6 +43,7 @@ __all__ = [
     "INT8_METHODS",
     "RUNTIME_PRECISIONS",
     "VARIANTS",
+    "answered_near_ties",
     "build_variant",
     "measure_runtime_precision",
     "measure_speed",
@@ -261,11 +262,17 @@ def measure_variants(
     return reports
 
 
-def _near_tie_fallback(fp32_out: np.ndarray, out: np.ndarray, margin: float) -> NearTieFallback:
-    """``out`` answered as ``Classifier(fallback_model=)`` answers it: fp32's rows on its near-ties."""
+def answered_near_ties(fp32_out: np.ndarray, out: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """``out`` answered as ``Classifier(fallback_model=)`` answers it (fp32's rows on its
+    :func:`near_ties`), and those rows."""
     rows = near_ties(out, margin)
     answered = out.copy()
     answered[rows] = fp32_out[rows]
+    return answered, rows
+
+
+def _near_tie_fallback(fp32_out: np.ndarray, out: np.ndarray, margin: float) -> NearTieFallback:
+    answered, rows = answered_near_ties(fp32_out, out, margin)
     agreed = int((answered.argmax(axis=1) == fp32_out.argmax(axis=1)).sum())
     n = len(out)
     return NearTieFallback(margin, len(rows) / n, agreed / n, wilson_interval(agreed, n))

@@ -306,7 +306,8 @@ impl Classifier {
         Ok(output.into_pyarray(py))
     }
 
-    /// preprocess then run, without the GIL in between. Returns (logits, {index: ImageError}).
+    /// preprocess then run (the fallback answering the near-ties), without the GIL in between.
+    /// Returns (logits, {index: ImageError}).
     fn logits<'py>(
         &self,
         py: Python<'py>,
@@ -316,7 +317,9 @@ impl Classifier {
         let inner = &self.inner;
         let result = py.detach(|| {
             let (batch, failures) = preprocess_items(inner, converted)?;
-            inner.run(batch.view()).map(|logits| (logits, failures))
+            let mut logits = inner.run(batch.view())?;
+            inner.answer_near_ties(&mut logits, batch.view())?;
+            Ok((logits, failures))
         });
         let (logits, failures) = result.map_err(|e| to_py_err(&e))?;
         Ok((logits.into_pyarray(py), errors_to_dict(py, &failures)?))

@@ -181,14 +181,17 @@ impl FallbackArgs {
         Ok(())
     }
 
-    /// `model` opened, answering its near-ties with `--fallback-model` when given.
+    /// `model` opened, answering its near-ties with `--fallback-model` when given. In the
+    /// Python `Classifier`'s order: both files must exist (the model checked first), then the
+    /// fallback loads, then the model.
     fn open(&self, model: &Path, options: ClassifierOptions) -> Result<Classifier, Fatal> {
-        Ok(match &self.fallback_model {
-            None => open(model, options)?,
-            Some(fallback) => {
-                open(model, options.clone())?.with_fallback(open(fallback, options)?, self.fallback_margin)?
-            }
-        })
+        let Some(fallback) = &self.fallback_model else {
+            return open(model, options);
+        };
+        require_model_file(model)?;
+        require_model_file(fallback)?;
+        let fallback = open(fallback, options.clone())?;
+        Ok(open(model, options)?.with_fallback(fallback, self.fallback_margin)?)
     }
 }
 
@@ -425,10 +428,8 @@ fn main() -> ExitCode {
 
 /// Load ONNX Runtime (--ort-lib, the environment, else the wheel's library found on disk).
 fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fatal> {
-    if !model.exists() {
-        // Before looking for ONNX Runtime: the missing model is the first thing to fix.
-        return Err(Fatal::new(format!("{}: model file not found", model.display())));
-    }
+    // Before looking for ONNX Runtime: the missing model is the first thing to fix.
+    require_model_file(model)?;
     match runtime::configured_library(options.ort_library.as_deref()) {
         None => {
             options.ort_library =
@@ -442,6 +443,14 @@ fn open(model: &Path, mut options: ClassifierOptions) -> Result<Classifier, Fata
         }
     }
     Ok(Classifier::open(model, options)?)
+}
+
+fn require_model_file(model: &Path) -> Result<(), Fatal> {
+    if model.exists() {
+        Ok(())
+    } else {
+        Err(Fatal::new(format!("{}: model file not found", model.display())))
+    }
 }
 
 // The inputs and outputs of `predict` live beside this file (src/bin/butterfly-onnx/): not

@@ -324,14 +324,17 @@ impl Classifier {
         self.fallback.as_ref().map(|fallback| fallback.margin)
     }
 
-    /// Images the fallback model has answered so far (0 without one).
+    /// Images the fallback model has answered so far (near-ties whose fallback output was
+    /// finite; 0 without one).
     pub fn fallbacks(&self) -> usize {
         self.fallback.as_ref().map_or(0, |fallback| fallback.answered.load(Ordering::Relaxed))
     }
 
-    /// The rows of `logits` (this model's output on `batch`) that [`near_ties`] picks, replaced
-    /// by the fallback model's output on the same rows of `batch`, where that is finite.
-    pub(crate) fn answer_near_ties(&self, logits: &mut Array2<f32>, batch: ArrayView4<'_, f32>) -> Result<()> {
+    /// The rows of `logits` (this model's output on `batch`, from [`Self::run`]) that
+    /// [`near_ties`] picks, replaced by the fallback model's output on the same rows of `batch`,
+    /// where that is finite; nothing without a fallback. [`Self::logits`], the streams and the
+    /// server's batcher call it after their run.
+    pub fn answer_near_ties(&self, logits: &mut Array2<f32>, batch: ArrayView4<'_, f32>) -> Result<()> {
         let Some(fallback) = &self.fallback else {
             return Ok(());
         };
@@ -520,9 +523,9 @@ pub(crate) fn split_non_finite(
 }
 
 /// The rows of `outputs` whose two best values differ by less than `margin` (in f32): the
-/// answers a model whose error moves two classes by up to `margin` could have swapped
-/// (`classifier.py::near_ties`; rows that are not all finite are never picked, they become
-/// errors). None when there are fewer than two classes.
+/// answers a model whose error moves two classes by up to `margin` could have swapped (the
+/// Python rule: `_backends/__init__.py::near_ties`). Rows that are not all finite are never
+/// picked (they become errors); no rows when there are fewer than two classes.
 pub fn near_ties(outputs: ArrayView2<'_, f32>, margin: f32) -> Vec<usize> {
     if outputs.ncols() < 2 {
         return Vec::new();
