@@ -232,10 +232,10 @@ class Classifier:
         fallback_model: a second model (path or bytes) that answers the same question, usually
             the fp32 file an int8 variant was made from: every image whose two best scores are
             less than ``fallback_margin`` apart is run again on it, on the same backend from the
-            same preprocessed rows, and takes its output (:func:`near_ties`).  A variant's error cannot swap two classes
-            further apart than its error spread, so this keeps the answers the cheaper model
-            would change, at the cost of running the near-ties twice (docs/inference.md,
-            "Near-tie fallback").  Its labels, preprocessing and output kind must equal this
+            same preprocessed rows, and takes its output (:func:`near_ties`).  A variant's error
+            cannot swap two classes further apart than its error spread, so this keeps the
+            answers the cheaper model would change, at the cost of running the near-ties twice
+            (docs/inference.md, "Near-tie fallback").  Its labels, preprocessing and output kind must equal this
             model's (else ContractError).
         fallback_margin: the margin (None: the ``fallback_margin`` the model's contract records:
             an int8 variant's largest error spread on its calibration images, written by

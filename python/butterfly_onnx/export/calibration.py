@@ -472,9 +472,9 @@ def search_int8(
 
         def quantize(candidate: Int8Recipe) -> tuple[float, float]:
             """``candidate``'s model in ``out_path`` (each Conv it quantizes bias-corrected), its
-            agreement with fp32 and its error spread.  The ranges are calibrated on the first try's graph and reused
-            (ONNX Runtime >= 1.27): a Conv kept in float shifts its output by its small
-            correction, not worth calibrating again for."""
+            agreement with fp32 and its error spread.  The ranges are calibrated on the first
+            try's graph and reused (ONNX Runtime >= 1.27): a Conv kept in float shifts its output
+            by its small correction, not worth calibrating again for."""
             apply_bias_shifts(prepared, corrected, shifts, keep=candidate.float_nodes)
             quantize_int8(corrected, out_path, candidate, inputs, cache)
             return _compare(out_path, inputs, fp32_out)

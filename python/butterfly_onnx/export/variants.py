@@ -194,9 +194,9 @@ def measure_variants(
     A variant whose provenance entries give a ``fallback_margin`` (int8) also reports its answers
     with fp32's on the images it would run twice (:class:`.reports.NearTieFallback`).
 
-    ``built``: (name, file to measure, final path to report, its provenance entries).  Latency is measured in
-    interleaved rounds (fp32, then each variant, repeated) so that load on a shared machine
-    affects all models alike.
+    ``built``: (name, file to measure, final path to report, its provenance entries).  Latency
+    is measured in interleaved rounds (fp32, then each variant, repeated) so that load on a
+    shared machine affects all models alike.
     """
     preprocess = preprocess_fn(spec)
     inputs = [preprocess([p for p, _ in chunk]) for chunk in batches(list(samples), batch_size)]

@@ -159,7 +159,7 @@ pub struct Classifier {
     /// The providers the sessions use, the CPU provider last ([`providers::in_use`]).
     providers: Vec<String>,
     /// The model that answers near-ties ([`Classifier::with_fallback`]).
-    fallback: Option<Box<Fallback>>,
+    fallback: Option<Fallback>,
 }
 
 /// A second model answering the images whose two best outputs are closer than `margin`.
@@ -315,7 +315,7 @@ impl Classifier {
                 });
             }
         }
-        self.fallback = Some(Box::new(Fallback { classifier: fallback, margin, answered: AtomicUsize::new(0) }));
+        self.fallback = Some(Fallback { classifier: fallback, margin, answered: AtomicUsize::new(0) });
         Ok(self)
     }
 
