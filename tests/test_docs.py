@@ -156,10 +156,11 @@ def test_documented_command_parses(words):
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory, contract_model, corpus):
+def sandbox(tmp_path_factory, contract_model, int8_variant, corpus):
     """The files the docs' commands name."""
     import onnx
 
+    from butterfly_onnx import Classifier
     from butterfly_onnx.contract import write_contract
 
     root = tmp_path_factory.mktemp("docs")
@@ -168,6 +169,13 @@ def sandbox(tmp_path_factory, contract_model, corpus):
     model = onnx.load(str(contract_model.path))
     write_contract(model, renamed, root / "butterflies.onnx")
     shutil.copy(root / "butterflies.onnx", root / "model.onnx")
+    # its int8 variant, with the same labels and the fallback_margin export_onnx records
+    provenance = Classifier(int8_variant).contract.provenance
+    write_contract(
+        onnx.load(str(int8_variant)),
+        dataclasses.replace(renamed, provenance=provenance),
+        root / "butterflies.int8.onnx",
+    )
     photos = [corpus[n] for n in sorted(corpus) if n.startswith(("skimage_", "sklearn_", "matplotlib_grace"))]
     for folder in ("images", "photos"):
         (root / folder).mkdir()
